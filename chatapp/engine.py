@@ -171,7 +171,8 @@ class Turn:
         budget = max(0, min(settings.max_new_tokens, room))
         generator = torch.Generator(device=kv.device).manual_seed(self.seed)
         detok = ReplyDetokenizer(engine.tokenizer)
-        prefix_text = "".join(detok.step(t) for t in ids[len(ids) - self.prefix_len :])
+        for forced in ids[len(ids) - self.prefix_len :]:
+            detok.step(forced)  # the reply's forced start is part of its text
         penalty_ids = torch.tensor(ids, dtype=torch.long, device=kv.device) if settings.repetition_penalty else None
         stats.finish_reason = "length"
         first_token_at = None
@@ -234,7 +235,7 @@ class Turn:
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)
-            stats.text = prefix_text + detok.text
+            stats.text = detok.text
             if stats.finish_reason != "error":
                 engine._remember(
                     self.prompt_text + engine.tokenizer.decode(self.generated_ids, skip_special_tokens=False),

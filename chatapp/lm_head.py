@@ -35,6 +35,7 @@ class NonFiniteLogitsError(RuntimeError):
     """The model produced NaN or infinite logits (e.g. a float16 overflow)."""
 
 
+@torch.inference_mode()
 def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Project context vectors to vocabulary logits exactly as the model itself would.
 
@@ -112,6 +113,7 @@ def probabilities_from_logits(
     return probs[0] if single else probs
 
 
+@torch.inference_mode()
 def lm_head(
     model,
     last_token_context_vector: torch.Tensor,

@@ -27,6 +27,12 @@ MAX_MAX_NEW_TOKENS = 1_000_000
 class SettingError(ValueError):
     """A setting's value is out of range or malformed; the message is one line for the user."""
 
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        """Describe the problem; `setting` names the field when one is at fault."""
+        super().__init__(message)
+        self.setting = setting
+        """The setting at fault, e.g. "top_p", or None."""
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -76,18 +82,18 @@ class SamplingSettings:
 
 def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SettingError(f"{name} must be a finite number, got {value!r}")
+        raise SettingError(f"{name} must be a finite number, got {value!r}", name)
     return float(value)
 
 
 def _check_temperature(v: Any) -> None:
     if not 0 <= _finite("temperature", v) <= MAX_TEMPERATURE:
-        raise SettingError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {v!r}")
+        raise SettingError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {v!r}", "temperature")
 
 
 def _check_int(name: str, v: Any, low: int, high: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise SettingError(f"{name} must be a whole number from {low} to {high}, got {v!r}")
+        raise SettingError(f"{name} must be a whole number from {low} to {high}, got {v!r}", name)
 
 
 def _check_optional_unit(name: str, v: Any, *, allow_zero: bool) -> None:
@@ -96,12 +102,12 @@ def _check_optional_unit(name: str, v: Any, *, allow_zero: bool) -> None:
     x = _finite(name, v)
     if not ((0 <= x if allow_zero else 0 < x) and x <= 1):
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise SettingError(f"{name} must be in {interval}, got {v!r}")
+        raise SettingError(f"{name} must be in {interval}, got {v!r}", name)
 
 
 def _check_repetition_penalty(v: Any) -> None:
     if v is not None and not _finite("repetition_penalty", v) > 0:
-        raise SettingError(f"repetition_penalty must be greater than 0, got {v!r}")
+        raise SettingError(f"repetition_penalty must be greater than 0, got {v!r}", "repetition_penalty")
 
 
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
@@ -122,14 +128,14 @@ def _parse_float(name: str, text: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise SettingError(f"{name} must be a number, got {text.strip()!r}") from None
+        raise SettingError(f"{name} must be a number, got {text.strip()!r}", name) from None
 
 
 def _parse_int(name: str, text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise SettingError(f"{name} must be a whole number, got {text.strip()!r}") from None
+        raise SettingError(f"{name} must be a whole number, got {text.strip()!r}", name) from None
 
 
 def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:

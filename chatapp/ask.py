@@ -1,0 +1,70 @@
+"""`chatapp ask`: answer prompts headless, as streamed text or JSON Lines.
+
+Each PROMPT is the next user turn of one conversation, answered in order by one engine, so
+later turns reuse the KV cache of earlier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from chatapp.settings import SamplingSettings
+
+EXIT_MODEL = 2
+"""Exit code when the model cannot be loaded."""
+EXIT_GENERATION = 1
+"""Exit code when a reply fails (e.g. NaN logits, prompt too long)."""
+
+
+def _json_line(out: TextIO, record: dict) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | None = None) -> int:
+    """Load the model and answer `args.prompts`; return the exit code."""
+    from chatapp.conversation import ContextOverflowError
+    from chatapp.engine import Engine
+    from chatapp.lm_head import NonFiniteLogitsError
+    from chatapp.loading import ModelLoadError, load_model
+
+    out = out or sys.stdout
+    try:
+        loaded = load_model(args.model, args.device, args.dtype)
+    except ModelLoadError as error:
+        print(f"chatapp: error: {error}", file=sys.stderr)
+        return EXIT_MODEL
+    engine = Engine(loaded, top_n=args.top)
+    if args.json:
+        _json_line(out, engine.info.to_json())
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    for number, prompt in enumerate(args.prompts, start=1):
+        messages.append({"role": "user", "content": prompt})
+        turn = None
+        try:
+            turn = engine.start_turn(messages, settings)
+            for step in turn:
+                if args.json:
+                    _json_line(out, {"type": "token", "turn": number, **step.to_json()})
+                else:
+                    out.write(step.text)
+                    out.flush()
+        except (ContextOverflowError, NonFiniteLogitsError) as error:
+            print(f"\nchatapp: error: turn {number}: {error}", file=sys.stderr)
+            return EXIT_GENERATION
+        except KeyboardInterrupt:
+            if turn is not None:
+                turn.cancel()
+            print("\nchatapp: interrupted", file=sys.stderr)
+            return 130
+        stats = turn.stats
+        if args.json:
+            _json_line(out, {"type": "turn", "turn": number, **stats.to_json()})
+        else:
+            out.write("\n" if number == len(args.prompts) else "\n\n")
+            out.flush()
+        messages.append({"role": "assistant", "content": stats.text})
+    return 0

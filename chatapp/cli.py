@@ -1,0 +1,145 @@
+"""Command line: `chatapp` opens the TUI; `chatapp ask` answers prompts headless.
+
+Every bad flag value ends with exit code 2 and one line on stderr, before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from chatapp.loading import DEFAULT_MODEL, DTYPES
+from chatapp.settings import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    SamplingSettings,
+    SettingError,
+)
+
+EXIT_USAGE = 2
+"""Exit code for bad flags and for a model that cannot be loaded."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl+C, as shells report SIGINT."""
+DEFAULT_TOP_N = 10
+"""Candidates reported per step by default."""
+MAX_TOP_N = 1000
+"""Most candidates that can be reported per step."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr, exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="'default' (SmolLM2-135M-Instruct, bundled), a model folder, a .gguf file, or ORG/NAME "
+        "from the local Hugging Face cache (never downloaded)",
+    )
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: Accelerate's choice)")
+    group.add_argument("--dtype", default="auto", choices=DTYPES, help="weight dtype (default: auto)")
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy (default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0 = no cut (default: %(default)s)")
+    group.add_argument("--top-p", type=float, default=None, help="nucleus sampling in (0, 1] (default: off)")
+    group.add_argument("--min-p", type=float, default=None, help="min-p filter in [0, 1] (default: off)")
+    group.add_argument("--repetition-penalty", type=float, default=None, help="> 0, 1 = none (default: off)")
+    group.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
+    group.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest reply (default: %(default)s)")
+    group.add_argument("--system", default=None, help="system message that starts the conversation")
+    group.add_argument("--top", type=int, default=DEFAULT_TOP_N, metavar="N", help="candidates shown per step (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `chatapp` argument parser with its subcommands."""
+    parser = OneLineParser(
+        prog="chatapp",
+        description="Chat with a local language model and watch how it chooses every token. "
+        "With no command, opens the chat TUI.",
+    )
+    _add_model_flags(parser)
+    _add_sampling_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    ask = commands.add_parser("ask", help="answer prompts without the TUI, streaming text or JSON Lines")
+    _add_model_flags(ask)
+    _add_sampling_flags(ask)
+    ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
+    ask.add_argument("prompts", nargs="+", metavar="PROMPT", help="user turns of one conversation, answered in order")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
+    """Sampling settings from parsed flags, validated."""
+    return SamplingSettings(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+    ).validated()
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"chatapp: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `chatapp` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if not 1 <= args.top <= MAX_TOP_N:
+            raise SettingError(f"--top must be from 1 to {MAX_TOP_N}, got {args.top}")
+        if args.system is not None and not args.system.strip():
+            raise SettingError("--system is empty")
+    except SettingError as error:
+        message = str(error)
+        if error.setting:  # name the flag the user typed, not the field
+            message = message.replace(error.setting, "--" + error.setting.replace("_", "-"), 1)
+        return _fail(message)
+    from chatapp.loading import ModelLoadError, pick_device
+
+    try:
+        pick_device(args.device)
+    except ModelLoadError as error:
+        return _fail(str(error))
+    try:
+        if args.command == "ask":
+            from chatapp.ask import run_ask
+
+            return run_ask(args, settings)
+        from chatapp.tui.app import run_tui
+
+        return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top, system=args.system)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _engine_loader(args: argparse.Namespace):
+    """A function that loads the engine for `args`, reporting progress (run in a worker)."""
+
+    def load_engine(progress):
+        from chatapp.engine import Engine
+        from chatapp.loading import load_model
+
+        return Engine(load_model(args.model, args.device, args.dtype, progress=progress), top_n=args.top)
+
+    return load_engine
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real default model (loaded once) and tiny random models from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.loading import LoadedModel, load_model
+from chatapp.records import ModelInfo
+
+TINY_VOCAB = 49152
+"""Tiny models share the default tokenizer's vocabulary, so they can chat through it."""
+
+
+@pytest.fixture(scope="session")
+def default_model() -> LoadedModel:
+    """SmolLM2-135M-Instruct from the bundled GGUF (converted once into the user cache)."""
+    return load_model("default", device="cpu", dtype="float32")
+
+
+def tiny_llama(**overrides):
+    """A 2-layer random Llama in float32, built from a config (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        **overrides,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(default_model) -> LoadedModel:
+    """A tiny random model speaking through the default model's tokenizer and chat template."""
+    model = tiny_llama()
+    model.generation_config.eos_token_id = default_model.tokenizer.eos_token_id
+    info = ModelInfo(
+        name="tiny-llama", device="cpu", dtype="float32", context_length=512, vocab_size=TINY_VOCAB
+    )
+    return LoadedModel(model=model, tokenizer=default_model.tokenizer, info=info)

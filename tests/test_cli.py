@@ -1,0 +1,116 @@
+"""`chatapp ask` from the shell: JSON Lines contract, plain streaming, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TOKEN_KEYS = {"type", "turn", "step", "token_id", "text", "prob", "raw_prob", "rank", "entropy", "top"}
+TURN_KEYS = {
+    "type", "turn", "text", "tokens", "prompt_tokens", "cached_tokens", "prefill_tokens",
+    "dropped_turns", "ttft_ms", "tok_per_s", "finish_reason",
+}
+MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size"}
+
+
+def chatapp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chatapp", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--temperature", "nan"], "temperature"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--min-p", "-0.1"], "--min-p"),
+        (["--top-k", "-1"], "--top-k"),
+        (["--repetition-penalty", "0"], "--repetition-penalty"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--seed", "-5"], "--seed"),
+        (["--top", "0"], "--top"),
+        (["--dtype", "int3"], "--dtype"),
+        (["--device", "quantum"], "device"),
+        (["--temperature", "warm"], "--temperature"),
+        (["--system", "  "], "--system"),
+        (["--no-such-flag"], "unrecognized"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args, needle):
+    result = chatapp("ask", *args, "hello", timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_ask_needs_a_prompt():
+    result = chatapp("ask", timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "model,needle",
+    [
+        ("/no/such/model", "not found"),
+        ("/no/such/file.gguf", "no GGUF file"),
+        ("nobody/not-a-cached-model", "could not load model"),
+    ],
+)
+def test_missing_model_exits_2_with_one_line(model, needle):
+    result = chatapp("ask", "--model", model, "hello", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_broken_model_folder_exits_2_with_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{ this is not json")
+    result = chatapp("ask", "--model", str(tmp_path), "hello", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not load model" in lines[0], result.stderr
+
+
+@pytest.mark.model
+def test_ask_json_lines_contract():
+    result = chatapp(
+        "ask", "--json", "--temperature", "0", "--max-new-tokens", "12", "--top", "4",
+        "What is 2+2?", "And 3+3?",
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert set(records[0]) == MODEL_KEYS and records[0]["type"] == "model"
+    assert records[0]["name"] == "SmolLM2-135M-Instruct" and records[0]["vocab_size"] == 49152
+    turns = [r for r in records if r["type"] == "turn"]
+    tokens = [r for r in records if r["type"] == "token"]
+    assert [t["turn"] for t in turns] == [1, 2]
+    for record in tokens:
+        assert set(record) == TOKEN_KEYS
+        assert len(record["top"]) == 4
+        probs = [c["prob"] for c in record["top"]]
+        assert probs == sorted(probs, reverse=True)
+        assert set(record["top"][0]) == {"token_id", "text", "prob", "raw_prob"}
+    for turn in turns:
+        assert set(turn) == TURN_KEYS
+        mine = [r for r in tokens if r["turn"] == turn["turn"]]
+        assert turn["tokens"] == len(mine)
+        assert turn["text"] == "".join(r["text"] for r in mine)
+        assert turn["prefill_tokens"] == turn["prompt_tokens"] - turn["cached_tokens"]
+        assert turn["finish_reason"] in {"stop", "length"}
+    assert turns[1]["cached_tokens"] >= turns[0]["prompt_tokens"] + turns[0]["tokens"] - 1
+
+
+@pytest.mark.model
+def test_ask_plain_streams_text_and_same_seed_repeats():
+    args = ("ask", "--seed", "7", "--temperature", "1.0", "--max-new-tokens", "16", "Tell me a joke.")
+    first, second = chatapp(*args), chatapp(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() and first.stdout == second.stdout

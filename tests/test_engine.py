@@ -1,0 +1,161 @@
+"""The engine's turn loop: KV reuse across turns, seeds, stops, cancel, branching, context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from chatapp.conversation import ContextOverflowError
+from chatapp.engine import Engine
+from chatapp.settings import SamplingSettings
+
+GREEDY = SamplingSettings(temperature=0, max_new_tokens=24)
+
+
+def _run(engine, messages, settings):
+    turn = engine.start_turn(messages, settings)
+    steps = list(turn)
+    return turn, steps
+
+
+@pytest.mark.model
+def test_multi_turn_reuses_the_whole_previous_conversation(default_model):
+    engine = Engine(default_model)
+    messages = [{"role": "system", "content": "You are terse."}]
+    previous = None
+    for number, prompt in enumerate(["What is the capital of France?", "And of Italy?", "And of Spain?"]):
+        messages.append({"role": "user", "content": prompt})
+        turn, steps = _run(engine, messages, GREEDY)
+        stats = turn.stats
+        assert stats.prefill_tokens == stats.prompt_tokens - stats.cached_tokens
+        assert "".join(s.text for s in steps) == stats.text
+        assert stats.tokens == len(steps)
+        if previous is None:
+            assert stats.cached_tokens == 0
+        else:
+            prev_stats, prev_steps = previous
+            reply_tokens = len([s for s in prev_steps if not s.is_stop])
+            # Everything before this turn is cached: last prompt, last reply (its end token,
+            # chosen but never run through the model, is the only token prefilled again).
+            assert stats.cached_tokens >= prev_stats.prompt_tokens + reply_tokens
+            assert stats.prefill_tokens < 20
+        messages.append({"role": "assistant", "content": stats.text})
+        previous = (stats, steps)
+
+
+@pytest.mark.model
+def test_same_seed_same_reply(default_model):
+    engine = Engine(default_model)
+    messages = [{"role": "user", "content": "Tell me a short story."}]
+    settings = SamplingSettings(temperature=1.0, top_k=0, seed=1234, max_new_tokens=30)
+    first = [s.token_id for s in engine.start_turn(messages, settings)]
+    second = [s.token_id for s in engine.start_turn(messages, settings)]
+    other = [s.token_id for s in engine.start_turn(messages, SamplingSettings(temperature=1.0, top_k=0, seed=99, max_new_tokens=30))]
+    assert first == second
+    assert first != other
+
+
+@pytest.mark.model
+def test_step_probabilities_equal_transformers_processors(default_model):
+    engine = Engine(default_model, top_n=20)
+    settings = SamplingSettings(temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, seed=5, max_new_tokens=1)
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    turn = engine.start_turn(messages, settings)
+    step = next(iter(turn))
+    with torch.no_grad():
+        logits = default_model.model(input_ids=torch.tensor([turn.prompt_ids])).logits[:, -1].float()
+    processors = LogitsProcessorList(
+        [TemperatureLogitsWarper(0.8), TopKLogitsWarper(40), TopPLogitsWarper(0.9), MinPLogitsWarper(0.02)]
+    )
+    expected = torch.softmax(processors(torch.tensor([turn.prompt_ids]), logits), -1)[0]
+    raw = torch.softmax(logits, -1)[0]
+    for cand in step.top:
+        assert cand.prob == pytest.approx(float(expected[cand.token_id]), rel=1e-4, abs=1e-7)
+        assert cand.raw_prob == pytest.approx(float(raw[cand.token_id]), rel=1e-4, abs=1e-7)
+    assert step.prob == pytest.approx(float(expected[step.token_id]), rel=1e-4, abs=1e-7)
+    assert [c.prob for c in step.top] == sorted((c.prob for c in step.top), reverse=True)
+    assert step.rank == int((raw > raw[step.token_id]).sum()) + 1
+
+
+@pytest.mark.model
+def test_stop_token_and_length(default_model):
+    engine = Engine(default_model)
+    messages = [{"role": "user", "content": "Say just: yes"}]
+    turn, steps = _run(engine, messages, SamplingSettings(temperature=0, max_new_tokens=64))
+    assert turn.stats.finish_reason == "stop"
+    assert steps[-1].is_stop and steps[-1].text == ""
+    turn, steps = _run(engine, [{"role": "user", "content": "Write a long poem."}], SamplingSettings(temperature=0, max_new_tokens=5))
+    assert turn.stats.finish_reason == "length" and len(steps) == 5
+
+
+@pytest.mark.model
+def test_cancel_between_steps(default_model):
+    engine = Engine(default_model)
+    turn = engine.start_turn([{"role": "user", "content": "Write a long poem."}], GREEDY)
+    steps = []
+    for step in turn:
+        steps.append(step)
+        if len(steps) == 3:
+            turn.cancel()
+    assert len(steps) == 3
+    assert turn.stats.finish_reason == "cancelled"
+    assert turn.stats.text == "".join(s.text for s in steps)
+
+
+@pytest.mark.model
+def test_regenerate_and_branch_crop_the_cache(default_model):
+    engine = Engine(default_model)
+    messages = [{"role": "user", "content": "Write a long poem about the sea."}]
+    turn, steps = _run(engine, messages, GREEDY)
+    regen = engine.start_turn(messages, GREEDY)
+    regen_steps = list(regen)
+    assert [s.token_id for s in regen_steps] == [s.token_id for s in steps]
+    assert regen.stats.cached_tokens == regen.stats.prompt_tokens - 1
+    # Branch at step 3 with the second candidate.
+    alternative = steps[3].top[1].token_id
+    prefix = [s.token_id for s in steps[:3]] + [alternative]
+    branch = engine.start_turn(messages, GREEDY, reply_prefix_ids=prefix)
+    branch_steps = list(branch)
+    assert branch_steps[0].step == 4
+    assert branch.stats.prefill_tokens <= len(prefix) + 1
+    assert branch.stats.cached_tokens == branch.stats.prompt_tokens - 1 or branch.stats.cached_tokens == branch.stats.prompt_tokens
+    # The branch continues exactly as a fresh greedy run over the same tokens would.
+    fresh = Engine(default_model)
+    fresh_steps = list(fresh.start_turn(messages, GREEDY, reply_prefix_ids=prefix))
+    assert [s.token_id for s in fresh_steps] == [s.token_id for s in branch_steps]
+    tok = default_model.tokenizer
+    reply_ids = prefix + [s.token_id for s in branch_steps if not s.is_stop]
+    assert branch.stats.text == tok.decode(reply_ids, skip_special_tokens=True)
+
+
+@pytest.mark.model
+def test_context_overflow_drops_oldest_turns_and_keeps_system(tiny_loaded):
+    engine = Engine(tiny_loaded)  # context 512 tokens
+    messages = [{"role": "system", "content": "SYSTEM-KEEP"}]
+    for i in range(12):
+        messages += [
+            {"role": "user", "content": f"question {i} " + "word " * 30},
+            {"role": "assistant", "content": f"answer {i} " + "word " * 30},
+        ]
+    messages.append({"role": "user", "content": "last question"})
+    turn = engine.start_turn(messages, SamplingSettings(temperature=0, max_new_tokens=16))
+    steps = list(turn)
+    assert turn.stats.dropped_turns > 0
+    assert turn.stats.prompt_tokens + 16 <= 512
+    assert "SYSTEM-KEEP" in turn.prompt_text and "last question" in turn.prompt_text
+    assert "question 0 " not in turn.prompt_text
+    assert len(steps) <= 16
+
+
+@pytest.mark.model
+def test_a_single_message_larger_than_the_window_is_refused(tiny_loaded):
+    engine = Engine(tiny_loaded)
+    with pytest.raises(ContextOverflowError, match="512"):
+        engine.start_turn([{"role": "user", "content": "word " * 2000}], GREEDY)

@@ -1,0 +1,114 @@
+"""Our LM head and KV-cached loop against the model's own forward and `model.generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.decoding import KVState
+from chatapp.engine import Engine
+from chatapp.lm_head import output_logits
+from chatapp.settings import SamplingSettings
+from tests.conftest import tiny_llama
+
+GREEDY_PROMPTS = [
+    "Write a long story about a dragon who learns to cook.",
+    "Explain in detail how a bicycle works.",
+    "List twenty animals and describe each one.",
+]
+GREEDY_TOKENS = 32
+
+
+def _own_last_logits(model, input_ids):
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits[:, -1].float()  # (B, V)
+
+
+def _our_last_logits(model, input_ids):
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=input_ids).last_hidden_state[:, -1]  # (B, d_model)
+        return output_logits(model, hidden)
+
+
+@pytest.mark.model
+def test_lm_head_logits_equal_default_model_logits(default_model):
+    tok = default_model.tokenizer
+    ids = tok("The quick brown fox jumps over the lazy dog", return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(
+        _our_last_logits(default_model.model, ids), _own_last_logits(default_model.model, ids)
+    )
+
+
+def test_lm_head_logits_equal_model_logits_with_final_softcapping():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0,
+        attn_implementation="eager",
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():  # large logits, so the softcap really bends them
+        model.get_output_embeddings().weight.mul_(40.0)
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    ours, theirs = _our_last_logits(model, ids), _own_last_logits(model, ids)
+    torch.testing.assert_close(ours, theirs)
+    with torch.no_grad():
+        plain = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state[:, -1])
+    assert not torch.allclose(plain, theirs), "softcapping must matter for this test to mean anything"
+
+
+def _assert_cached_equals_full(model, ids: list[int], split: int):
+    kv = KVState(model)
+    hiddens = [kv.prefill(ids[:split])]
+    for token in ids[split:]:
+        hiddens.append(kv.decode_one(token))
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids])).logits[0].float()  # (T, V)
+    for offset, hidden in enumerate(hiddens):
+        position = split - 1 + offset
+        torch.testing.assert_close(output_logits(model, hidden), full[position], rtol=1e-4, atol=1e-4)
+
+
+def test_cached_decoding_equals_full_recompute_tiny():
+    model = tiny_llama()
+    ids = torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    _assert_cached_equals_full(model, ids, split=7)
+
+
+@pytest.mark.model
+def test_cached_decoding_equals_full_recompute_default(default_model):
+    ids = default_model.tokenizer("Once upon a time, in a land far away, there lived a")["input_ids"]
+    _assert_cached_equals_full(default_model.model, ids, split=4)
+
+
+def test_crop_then_continue_equals_full_recompute():
+    model = tiny_llama()
+    ids = torch.randint(0, 1000, (30,), generator=torch.Generator().manual_seed(3)).tolist()
+    kv = KVState(model)
+    kv.prefill(ids)
+    kv.keep(12)  # as a branch at position 12 would
+    other = [5, 6, 7]
+    hidden = kv.prefill(other)
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids[:12] + other])).logits[0, -1]
+    torch.testing.assert_close(output_logits(model, hidden), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("prompt", GREEDY_PROMPTS)
+def test_greedy_reply_equals_model_generate(default_model, prompt):
+    engine = Engine(default_model)
+    messages = [{"role": "user", "content": prompt}]
+    settings = SamplingSettings(temperature=0, max_new_tokens=GREEDY_TOKENS)
+    ours = [step.token_id for step in engine.start_turn(messages, settings)]
+    tok = default_model.tokenizer
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = default_model.model.generate(
+            **inputs, do_sample=False, max_new_tokens=GREEDY_TOKENS, pad_token_id=tok.eos_token_id
+        )
+    theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert len(ours) == GREEDY_TOKENS, "the prompt should produce a long reply"
+    assert ours == theirs
