@@ -1,0 +1,164 @@
+"""The chat screen's user actions: stop, regenerate, edit, new chat, inspect, branch, versions.
+
+A mixin of `ChatScreen`, kept apart so neither module grows large. Handlers use Textual's
+naming convention (`on_chat_log_inspected`) because `@on` is only collected on widget classes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatapp.tui.screens import HelpScreen
+from chatapp.tui.state import ReplyVersion, branch_version
+from chatapp.tui.widgets.chat_log import ChatLog, Cursor
+from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.topk_panel import TopKPanel
+
+if TYPE_CHECKING:
+    from chatapp.tui.chat_screen import ChatScreen
+
+BUSY_MESSAGE = "A reply is being written: wait, or press Esc to stop it."
+"""Shown when an action needs the engine while it is busy."""
+
+
+class ConversationActions:
+    """Actions on the conversation, mixed into `ChatScreen`."""
+
+    def action_stop(self: "ChatScreen") -> None:
+        """Esc: stop the reply (it is kept, marked stopped), or cancel an edit."""
+        if self.generating:
+            if self._turn is not None:
+                self._turn.cancel()
+            self.workers.cancel_group(self, "engine")
+        elif self.editing:
+            self.editing = False
+            self.query_one(PromptInput).clear()
+            self.notify("Edit cancelled.")
+
+    def _ready(self: "ChatScreen") -> bool:
+        if self.engine is None:
+            self.notify("The model is still loading.", severity="warning")
+        elif self.generating:
+            self.notify(BUSY_MESSAGE, severity="warning")
+        return self.engine is not None and not self.generating
+
+    def action_regenerate(self: "ChatScreen") -> None:
+        """Write a new version of the last reply (the old one stays reachable)."""
+        if not self._ready():
+            return
+        if self.conversation.last is None:
+            self.notify("Nothing to regenerate yet.")
+            return
+        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+
+    def action_edit_last(self: "ChatScreen") -> None:
+        """Put the last user message in the prompt; Enter resends it in place."""
+        if self.generating:
+            self.notify(BUSY_MESSAGE, severity="warning")
+            return
+        last = self.conversation.last
+        if last is None:
+            self.notify("No message to edit yet.")
+            return
+        self.editing = True
+        prompt = self.query_one(PromptInput)
+        prompt.set_prompt(last.user)
+        prompt.focus()
+        self.notify("Editing the last message: Enter resends it, Esc cancels.")
+
+    def on_prompt_input_edit_last_requested(self: "ChatScreen", _message: PromptInput.EditLastRequested) -> None:
+        """Up in an empty prompt edits the last message."""
+        if self.conversation.last is not None and not self.generating:
+            self.action_edit_last()
+
+    async def action_new_chat(self: "ChatScreen") -> None:
+        """Forget the conversation (the system prompt and settings stay)."""
+        if self._turn is not None:
+            self._turn.cancel()
+        self._job, self._turn, self._version, self.editing = None, None, None, False
+        self.conversation.exchanges.clear()
+        await self.query_one(ChatLog).clear()
+        self.query_one(TopKPanel).view = None
+        self.query_one(PromptInput).focus()
+        if self.engine is not None:
+            self.reset_engine()
+        self.update_status()
+
+    def action_help(self: "ChatScreen") -> None:
+        """Show slash commands and keys."""
+        self.app.push_screen(HelpScreen())
+
+    def action_inspect(self: "ChatScreen") -> None:
+        """Open or close the token inspector."""
+        log = self.query_one(ChatLog)
+        if log.cursor is not None:
+            log.inspect(None)
+        elif not log.open_inspector():
+            self.notify("No reply to inspect yet.")
+
+    def action_heatmap(self: "ChatScreen") -> None:
+        """Colour reply tokens by probability, or stop."""
+        log = self.query_one(ChatLog)
+        log.set_heatmap(not log.heatmap)
+
+    def on_chat_log_inspected(self: "ChatScreen", message: ChatLog.Inspected) -> None:
+        """Show the inspected step's candidates; on close, return to the prompt."""
+        cursor = message.cursor
+        if cursor is None:
+            self.query_one(PromptInput).focus()
+            reply = self._last_reply()
+            if reply is not None and reply.steps:
+                self.show_step(reply.steps[-1], reply.settings)
+            return
+        reply = self.conversation.exchanges[cursor.exchange].reply
+        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row)
+
+    def on_top_k_panel_row_clicked(self: "ChatScreen", message: TopKPanel.RowClicked) -> None:
+        """A click on a candidate picks it for branching (inspector only)."""
+        self.query_one(ChatLog).pick_row(message.row)
+
+    def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
+        """Cut the reply at the cursor, force the picked candidate, and continue from it."""
+        cursor = message.cursor
+        if not self._ready():
+            return
+        if cursor.exchange != len(self.conversation.exchanges) - 1:
+            self.notify("Branching works on the last reply.", severity="warning")
+            return
+        exchange = self.conversation.exchanges[cursor.exchange]
+        old = exchange.reply
+        step = old.steps[cursor.step]
+        row = cursor.row if cursor.row is not None else next(
+            (i for i, c in enumerate(step.top) if c.token_id == step.token_id), 0)
+        stop_ids = getattr(self.engine, "stop_ids", frozenset())
+        version, prefix_ids = branch_version(old, cursor.step, step.top[row], self.settings, stop_ids)
+        if version.steps[-1].is_stop:
+            # The forced token ends the reply: nothing more to generate.
+            exchange.add_version(version).status = "done"
+            self.query_one(ChatLog).reply_view(cursor.exchange).show_reply()
+        else:
+            self.start_reply(cursor.exchange, version, tuple(prefix_ids))
+        self.query_one(ChatLog).inspect(Cursor(cursor.exchange, cursor.step))
+
+    def action_previous_version(self: "ChatScreen", index: int) -> None:
+        """Show the previous version of reply `index` (a click on "‹")."""
+        self.action_switch_version(index, -1)
+
+    def action_next_version(self: "ChatScreen", index: int) -> None:
+        """Show the next version of reply `index` (a click on "›")."""
+        self.action_switch_version(index, 1)
+
+    def action_switch_version(self: "ChatScreen", index: int, delta: int) -> None:
+        """Show another version of reply `index` ("‹ 1/2 ›")."""
+        if self.generating and self._job.exchange == index:
+            self.notify(BUSY_MESSAGE, severity="warning")
+            return
+        exchange = self.conversation.exchanges[index]
+        if not exchange.switch(delta):
+            return
+        log = self.query_one(ChatLog)
+        log.reply_view(index).show_reply()
+        if log.cursor is not None and log.cursor.exchange == index:
+            steps = len(exchange.reply.steps)
+            log.inspect(Cursor(index, min(log.cursor.step, steps - 1)) if steps else None)
+        self.update_status()

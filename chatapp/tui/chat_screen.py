@@ -1,0 +1,279 @@
+"""The chat screen: loads the engine, runs replies in a thread worker, routes records to views.
+
+The model never runs on the UI thread. Loading and generation are thread workers that talk to
+the screen only through the small messages of `chatapp.tui.messages`; the handlers below update
+the plain conversation state (`chatapp.tui.state`) and then the widgets that view it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import get_current_worker
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui import commands
+from chatapp.tui.actions import ConversationActions
+from chatapp.tui.generation import GenerationJob, one_line, stream_turn
+from chatapp.tui.messages import (
+    CandidatesUpdated, EngineLoaded, LoadFailed, LoadProgress, TokensGenerated, TurnFailed, TurnFinished,
+)
+from chatapp.tui.state import Conversation, Exchange, ReplyVersion
+from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.loading_panel import LoadingPanel
+from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.status_bar import StatusBar, StatusData
+from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
+
+EngineLoader = Callable[[Callable[[str], None]], object]
+"""Builds the engine, reporting progress lines; runs on a worker thread."""
+PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
+"""Shown in the empty prompt."""
+
+
+class ChatScreen(ConversationActions, Screen):
+    """Conversation, candidates panel, prompt, status line and footer."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+l", "edit_last", "Edit last"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+t", "inspect", "Inspect"),
+        Binding("ctrl+o", "heatmap", "Heatmap"),
+        Binding("f1", "help", "Help"),
+    ]
+    """Chat keys (the inspector's own keys live on `ChatLog`)."""
+
+    def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int) -> None:
+        """A chat that will load its engine with `load_engine` once mounted."""
+        super().__init__()
+        self.settings = settings
+        self.top_n = top_n
+        self.engine = None
+        self.conversation = Conversation()
+        self.editing = False
+        self._load_engine = load_engine
+        self._job: GenerationJob | None = None
+        self._jobs = 0
+        self._turn = None
+        self._version: ReplyVersion | None = None
+
+    def compose(self) -> ComposeResult:
+        """Conversation beside the panel; prompt, status and footer below."""
+        with Horizontal(id="main"):
+            with Vertical(id="conversation"):
+                yield LoadingPanel()
+                yield ChatLog()
+            yield TopKPanel()
+        yield PromptInput(placeholder=PROMPT_PLACEHOLDER)
+        yield StatusBar()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Start loading; the prompt is usable right away."""
+        self.query_one(TopKPanel).border_title = "Candidates"
+        self.query_one(PromptInput).focus()
+        self.update_status("loading…")
+        self.load()
+
+    @property
+    def generating(self) -> bool:
+        """True while a reply is being written."""
+        return self._job is not None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def load(self) -> None:
+        """Build the engine off the UI thread, forwarding progress lines."""
+        worker = get_current_worker()
+        try:
+            engine = self._load_engine(lambda text: self.post_message(LoadProgress(text)))
+        except Exception as error:  # a load failure is shown, never raised into the UI
+            self.post_message(LoadFailed(one_line(error)))
+            return
+        if not worker.is_cancelled:
+            self.post_message(EngineLoaded(engine))
+
+    @on(LoadProgress)
+    def load_progress(self, message: LoadProgress) -> None:
+        """Show what loading is doing."""
+        self.query_one(LoadingPanel).add_line(message.text)
+        self.update_status(message.text)
+
+    @on(EngineLoaded)
+    def engine_loaded(self, message: EngineLoaded) -> None:
+        """Swap the loading panel for the conversation."""
+        self.engine = message.engine
+        self.query_one(LoadingPanel).remove()
+        self.add_class("-ready")
+        self.update_status()
+
+    @on(LoadFailed)
+    def load_failed(self, message: LoadFailed) -> None:
+        """Say why the model could not be loaded."""
+        self.query_one(LoadingPanel).fail(message.error)
+        self.update_status("model failed to load")
+        self.notify(message.error, title="Model not loaded", severity="error", markup=False)
+
+    def update_status(self, activity: str | None = None) -> None:
+        """Refresh the status line from the engine, the last turn and the settings."""
+        bar = self.query_one(StatusBar)
+        stats = self._last_stats()
+        info = getattr(self.engine, "info", None)
+        if activity is None:
+            activity = "writing…" if self.generating else ""
+        bar.data = StatusData(
+            info=info,
+            activity=activity,
+            tok_per_s=stats.tok_per_s if stats else None,
+            context_used=stats.prompt_tokens + len(self._last_reply().steps) if stats else 0,
+            cached=stats.cached_tokens if stats else None,
+            prompt=stats.prompt_tokens if stats else 0,
+            settings=self.settings.describe(),
+        )
+
+    def _last_reply(self) -> ReplyVersion | None:
+        last = self.conversation.last
+        return last.reply if last else None
+
+    def _last_stats(self):
+        reply = self._last_reply()
+        return reply.stats if reply else None
+
+    # -- sending and commands ------------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    async def submitted(self, event: PromptInput.Submitted) -> None:
+        """Run a slash command or send a message."""
+        prompt = self.query_one(PromptInput)
+        text = event.text.strip()
+        if not text:
+            return
+        if commands.is_command(text):
+            await self.run_command(text)
+            return
+        if self.engine is None:
+            self.notify("The model is still loading; your message is kept.", severity="warning")
+            return
+        if self.generating:
+            self.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
+            return
+        prompt.clear()
+        await self.send(commands.message_text(text))
+
+    async def send(self, text: str) -> None:
+        """Add (or, when editing, replace) the last user message and generate the reply."""
+        log = self.query_one(ChatLog)
+        if self.editing and self.conversation.last is not None:
+            self.editing = False
+            exchange = self.conversation.last
+            exchange.user, exchange.versions, exchange.current = text, [], 0
+            index = len(self.conversation.exchanges) - 1
+            log.user_view(index).set_text(text)
+        else:
+            exchange = Exchange(text)
+            self.conversation.exchanges.append(exchange)
+            index = len(self.conversation.exchanges) - 1
+            await log.add_exchange(exchange, index)
+        self.start_reply(index, ReplyVersion(settings=self.settings))
+
+    async def run_command(self, text: str) -> None:
+        """Apply a slash command, or show its one-line error (the prompt keeps the text)."""
+        try:
+            command = commands.parse_command(text, self.settings)
+        except commands.CommandError as error:
+            self.notify(str(error), title="Command", severity="error", markup=False)
+            return
+        self.query_one(PromptInput).clear()
+        if isinstance(command, commands.ApplySettings):
+            self.settings = command.settings
+            self.notify(command.summary, title="Settings", markup=False)
+            self.update_status()
+        elif isinstance(command, commands.SetSystem):
+            self.conversation.system = command.text
+            self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
+        elif isinstance(command, commands.ClearChat):
+            await self.action_new_chat()
+        elif isinstance(command, commands.ShowHelp):
+            self.action_help()
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
+        """Add `version` to exchange `index` and generate the rest of it in the worker."""
+        exchange = self.conversation.exchanges[index]
+        exchange.add_version(version)
+        self._jobs += 1
+        self._version = version
+        self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
+        self.query_one(ChatLog).reply_view(index).show_reply()
+        self.update_status()
+        self.generate(self._job)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def generate(self, job: GenerationJob) -> None:
+        """Run one turn of the engine, posting its steps (the body is `stream_turn`)."""
+        worker = get_current_worker()
+        try:
+            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
+        except Exception as error:  # e.g. ContextOverflowError: shown, the chat is kept
+            self.post_message(TurnFailed(job.job, one_line(error)))
+            return
+        self._turn = turn
+        if worker.is_cancelled:
+            turn.cancel()
+        stream_turn(turn, job.job, self.post_message, lambda: worker.is_cancelled)
+
+    def _current(self, job: int) -> bool:
+        return self._job is not None and self._job.job == job
+
+    @on(TokensGenerated)
+    async def tokens_generated(self, message: TokensGenerated) -> None:
+        """Append a batch of steps to the reply being written."""
+        if self._current(message.job) and self._version is not None:
+            added = self._version.add_steps(message.steps)
+            await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
+
+    @on(CandidatesUpdated)
+    def candidates_updated(self, message: CandidatesUpdated) -> None:
+        """Show the newest step's candidates unless the user is inspecting another."""
+        if self._current(message.job) and self.query_one(ChatLog).cursor is None:
+            self.show_step(message.step, self._job.settings)
+
+    def show_step(self, step, settings: SamplingSettings, cursor: int | None = None) -> None:
+        """Show `step` in the candidates panel."""
+        self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)
+
+    @on(TurnFinished)
+    async def turn_finished(self, message: TurnFinished) -> None:
+        """Finish the reply with one full render."""
+        if self._current(message.job):
+            self._version.finish(message.stats)
+            await self._end_job()
+
+    @on(TurnFailed)
+    async def turn_failed(self, message: TurnFailed) -> None:
+        """Keep the conversation and say what went wrong."""
+        if self._current(message.job):
+            self._version.fail(message.error)
+            self.notify(message.error, title="Reply failed", severity="error", markup=False)
+            await self._end_job()
+
+    async def _end_job(self) -> None:
+        index = self._job.exchange
+        self._job, self._turn, self._version = None, None, None
+        await self.query_one(ChatLog).reply_view(index).finish()
+        self.update_status()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def reset_engine(self) -> None:
+        """Drop the engine's cache (new chat); waits for a cancelled turn to let go of it."""
+        self.engine.reset()

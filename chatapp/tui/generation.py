@@ -1,0 +1,87 @@
+"""Runs one turn of the engine on a worker thread and reports it to the UI in batches.
+
+`stream_turn` is the body of the screen's thread worker, kept free of widgets so tests can run
+it directly. Steps are posted in batches at most `BATCH_SECONDS` apart: posting and rendering
+every token separately would make the UI thread compete with the model for the GIL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from textual.message import Message
+
+from chatapp.records import Step
+from chatapp.settings import SamplingSettings
+from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+
+BATCH_SECONDS = 1 / 20
+"""Longest wait before new text is posted to the UI; 20 updates a second reads as smooth."""
+MAX_ERROR_CHARS = 300
+"""Longest error line shown to the user."""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What one generation needs: the conversation up to the reply, and how to sample it."""
+
+    job: int
+    """Sequence number; messages of older jobs are ignored."""
+    exchange: int
+    """Index of the exchange whose reply is generated."""
+    messages: list[dict]
+    """The conversation the model answers."""
+    settings: SamplingSettings
+    """Sampling settings for this reply."""
+    prefix_ids: tuple[int, ...] = field(default=())
+    """Tokens the reply must start with (branching)."""
+
+
+def one_line(error: BaseException) -> str:
+    """A one-line, bounded description of an exception for a notification."""
+    text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+def stream_turn(
+    turn,
+    job: int,
+    post: Callable[[Message], object],
+    is_cancelled: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Iterate `turn`, posting batched steps, the latest candidates, and how it ended.
+
+    Args:
+        turn: an engine `Turn` (iterable of `Step`, with `cancel()` and `stats`).
+        job: the job number stamped on every message.
+        post: thread-safe message poster (the screen's `post_message`).
+        is_cancelled: True once the worker is cancelled; the turn then stops before its next step.
+        clock: time source, injectable for tests.
+    """
+    pending: list[Step] = []
+    last_post = clock()
+
+    def flush() -> None:
+        nonlocal pending, last_post
+        if pending:
+            post(TokensGenerated(job, pending))
+            pending = []
+        last_post = clock()
+
+    try:
+        for step in turn:
+            pending.append(step)
+            post(CandidatesUpdated(job, step))
+            if clock() - last_post >= BATCH_SECONDS:
+                flush()
+            if is_cancelled():
+                turn.cancel()
+    except Exception as error:  # any engine failure becomes a notification, never a crash
+        flush()
+        post(TurnFailed(job, one_line(error)))
+        return
+    flush()
+    post(TurnFinished(job, turn.stats))

@@ -1,0 +1,123 @@
+"""One user message and one assistant reply, as shown in the conversation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.widgets import Markdown, Static
+from textual.widgets._markdown import MarkdownStream
+
+from chatapp.tui.formatting import literal_text
+from chatapp.tui.state import Exchange
+from chatapp.tui.widgets.token_view import TokenView, TokenViewData
+
+STATUS_LABELS = {"streaming": "writing…", "stopped": "stopped", "error": "error", "done": ""}
+"""Header note for each reply status."""
+
+
+class UserMessage(Static):
+    """What the user sent, shown literally."""
+
+    def __init__(self, text: str) -> None:
+        """Show `text` (never parsed as markup)."""
+        super().__init__(Content(literal_text(text)))
+
+    def set_text(self, text: str) -> None:
+        """Replace the shown text (after an edit)."""
+        self.update(Content(literal_text(text)))
+
+
+class AssistantMessage(Vertical):
+    """The shown version of a reply: Markdown normally, token spans in the inspector or heatmap."""
+
+    def __init__(self, exchange: Exchange, index: int) -> None:
+        """View the reply of `exchange`, which is number `index` in the conversation."""
+        super().__init__()
+        self.exchange = exchange
+        self.index = index
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        """Header line, Markdown body, token view."""
+        yield Static(classes="reply-header")
+        yield Markdown(classes="reply-body")
+        yield TokenView()
+
+    def on_mount(self) -> None:
+        """Render what the exchange already holds."""
+        self.show_reply()
+
+    def header(self) -> Content:
+        """"assistant ‹ 1/2 › · stopped" with clickable arrows; error text stays literal."""
+        reply = self.exchange.reply
+        parts = [Content("assistant")]
+        count = len(self.exchange.versions)
+        if count > 1:
+            i = self.index
+            parts.append(Content.from_markup(
+                f" [@click=screen.previous_version({i})]‹[/] {self.exchange.current + 1}/{count} "
+                f"[@click=screen.next_version({i})]›[/]"
+            ))
+        if reply is not None:
+            note = STATUS_LABELS[reply.status]
+            if reply.branched_at is not None:
+                note = f"branched at token {reply.branched_at + 1}" + (f" · {note}" if note else "")
+            if reply.error:
+                note = f"{note}: {reply.error}"
+            if note:
+                parts.append(Content(f" · {literal_text(note)}"))
+        return Content.assemble(*parts)
+
+    def refresh_header(self) -> None:
+        """Redraw the header (status or version count changed)."""
+        self.query_one(".reply-header", Static).update(self.header())
+
+    def show_reply(self) -> None:
+        """Render the shown version in full (one Markdown update)."""
+        reply = self.exchange.reply
+        text = reply.text if reply else ""
+        self.refresh_header()
+        self.query_one(Markdown).update(literal_text(text))
+        view = self.query_one(TokenView)
+        view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
+
+    async def append(self, text: str) -> None:
+        """Stream new reply text into the Markdown body."""
+        view = self.query_one(TokenView)
+        reply = self.exchange.reply
+        view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
+        if not text:
+            return
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+        await self._stream.write(literal_text(text))
+
+    async def finish(self) -> None:
+        """End streaming and finish with one full render."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.show_reply()
+
+    def set_token_mode(self, show_tokens: bool, heatmap: bool, cursor: int | None) -> None:
+        """Show token spans (inspector or heatmap) instead of Markdown, or go back."""
+        view = self.query_one(TokenView)
+        view.data = TokenViewData(view.data.steps, cursor, heatmap)
+        self.set_class(show_tokens, "-tokens")
+
+    def on_click(self, event: events.Click) -> None:
+        """A click on the Markdown body asks to inspect this reply."""
+        if not self.has_class("-tokens"):
+            self.post_message(self.Clicked(self.index))
+
+    @dataclass
+    class Clicked(Message):
+        """The reply (shown as Markdown) was clicked."""
+
+        index: int
+        """Its exchange index."""

@@ -1,0 +1,128 @@
+"""A scripted engine behind the real `Engine`'s interface, for Pilot and snapshot tests.
+
+Each reply is a list of token texts; every step lists the chosen token and a few scripted
+alternatives with fixed probabilities, so tests (and snapshots) are deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from chatapp.records import Candidate, ModelInfo, Step, TurnStats
+
+STOP_ID = 0
+"""The fake end-of-turn token."""
+FAKE_INFO = ModelInfo(name="FakeLM-1", device="cpu", dtype="float32", context_length=2048, vocab_size=1000)
+"""What the fake model reports."""
+ALTERNATIVES = (" the", " a", "[bold]", "\n", "\ufffd")
+"""Scripted runner-up tokens: a space, markup-like text, a newline, a partial character."""
+CHOSEN_PROB = 0.6
+"""Sampled probability of each scripted token."""
+ALT_PROBS = (0.2, 0.1, 0.05, 0.03, 0.00002)
+"""Sampled probabilities of the alternatives, best first."""
+FAKE_TOK_PER_S = 42.0
+"""Speed the fake reports."""
+
+
+class Vocab:
+    """Token text <-> id, assigned on first sight (id 0 is the stop token)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {"<|im_end|>": STOP_ID}
+        self.texts: dict[int, str] = {STOP_ID: ""}
+
+    def id(self, text: str) -> int:
+        if text not in self.ids:
+            self.ids[text] = len(self.ids)
+            self.texts[self.ids[text]] = text
+        return self.ids[text]
+
+
+@dataclass
+class Call:
+    """One `start_turn` call, for assertions."""
+
+    messages: list[dict]
+    settings: object
+    prefix_ids: list[int]
+
+
+@dataclass
+class FakeEngine:
+    """Replies with `replies[i]` to the i-th turn (the last one repeats)."""
+
+    replies: list[list[str]] = field(default_factory=lambda: [["Hello", ",", " world", "!"]])
+    delay: float = 0.0
+    """Seconds between steps."""
+    gate: threading.Event | None = None
+    """When set, each step after the first `gate_after` waits for this event."""
+    gate_after: int = 1
+    fail_at: int | None = None
+    """Raise at this step index, to test error handling."""
+    top_n: int = 6
+    info: ModelInfo = FAKE_INFO
+    calls: list[Call] = field(default_factory=list)
+    resets: int = 0
+    vocab: Vocab = field(default_factory=Vocab)
+    stop_ids: frozenset[int] = frozenset({STOP_ID})
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def start_turn(self, messages, settings, reply_prefix_ids=()) -> "FakeTurn":
+        self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))
+        tokens = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
+        return FakeTurn(self, tokens, list(reply_prefix_ids), messages)
+
+    def step(self, index: int, text: str) -> Step:
+        """The scripted record for token `text` at `index`."""
+        chosen = self.vocab.id(text) if text else STOP_ID
+        top = [Candidate(chosen, text or "<|im_end|>", CHOSEN_PROB, CHOSEN_PROB * 0.9, (text or "<|im_end|>").encode())]
+        for alt, prob in zip(ALTERNATIVES, ALT_PROBS):
+            piece = b"\xe2\x80" if alt == "\ufffd" else alt.encode()
+            top.append(Candidate(self.vocab.id(f"{alt}#{index}") if alt != text else chosen, alt, prob, prob * 1.1, piece))
+        return Step(step=index, token_id=chosen, text=text, prob=CHOSEN_PROB, raw_prob=CHOSEN_PROB * 0.9, rank=1,
+                    entropy=1.5, top=tuple(top[: self.top_n]), is_stop=not text, piece=(text or "<|im_end|>").encode())
+
+
+class FakeTurn:
+    """Iterates scripted steps; honours `cancel()` like the real `Turn`."""
+
+    def __init__(self, engine: FakeEngine, tokens: list[str], prefix_ids: list[int], messages) -> None:
+        self.engine = engine
+        self.tokens = tokens + [""]  # "" is the stop token
+        self.prefix_len = len(prefix_ids)
+        prompt = sum(len(m["content"].split()) + 4 for m in messages)
+        self.stats = TurnStats(prompt_tokens=prompt, cached_tokens=prompt // 2, prefill_tokens=prompt - prompt // 2)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self):
+        engine, stats = self.engine, self.stats
+        start = self.prefix_len
+        texts: list[str] = []
+        stats.finish_reason = "length"
+        for index in range(start, max(start, len(self.tokens))):
+            if self._cancelled.is_set():
+                stats.finish_reason = "cancelled"
+                break
+            if engine.gate is not None and index - start >= engine.gate_after:
+                engine.gate.wait(timeout=10)
+            if engine.fail_at == index:
+                stats.finish_reason = "error"
+                raise RuntimeError("logits became NaN at [bold]step[/bold]")
+            if engine.delay:
+                time.sleep(engine.delay)
+            step = engine.step(index, self.tokens[index])
+            texts.append(step.text)
+            stats.tokens += 1
+            yield step
+            if step.is_stop:
+                stats.finish_reason = "stop"
+                break
+        stats.text = "".join(engine.vocab.texts.get(i, "") for i in ()) + "".join(texts)
+        stats.tok_per_s = FAKE_TOK_PER_S
