@@ -113,10 +113,6 @@ class ConversationActions:
         reply = self.conversation.exchanges[cursor.exchange].reply
         self.show_step(reply.steps[cursor.step], reply.settings, cursor.row)
 
-    def on_top_k_panel_row_clicked(self: "ChatScreen", message: TopKPanel.RowClicked) -> None:
-        """A click on a candidate picks it for branching (inspector only)."""
-        self.query_one(ChatLog).pick_row(message.row)
-
     def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
         """Cut the reply at the cursor, force the picked candidate, and continue from it."""
         cursor = message.cursor
@@ -139,6 +135,10 @@ class ConversationActions:
         else:
             self.start_reply(cursor.exchange, version, tuple(prefix_ids))
         self.query_one(ChatLog).inspect(Cursor(cursor.exchange, cursor.step))
+
+    def on_chat_log_version_requested(self: "ChatScreen", message: ChatLog.VersionRequested) -> None:
+        """The inspector asks for another version (",", ".")."""
+        self.action_switch_version(message.exchange, message.delta)
 
     def action_previous_version(self: "ChatScreen", index: int) -> None:
         """Show the previous version of reply `index` (a click on "‹")."""

@@ -248,6 +248,11 @@ class ChatScreen(ConversationActions, Screen):
         if self._current(message.job) and self.query_one(ChatLog).cursor is None:
             self.show_step(message.step, self._job.settings)
 
+    @on(TopKPanel.RowClicked)
+    def panel_row_clicked(self, message: TopKPanel.RowClicked) -> None:
+        """A click on a candidate picks it for branching (inspector only)."""
+        self.query_one(ChatLog).pick_row(message.row)
+
     def show_step(self, step, settings: SamplingSettings, cursor: int | None = None) -> None:
         """Show `step` in the candidates panel."""
         self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)

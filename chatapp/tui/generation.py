@@ -7,6 +7,7 @@ every token separately would make the UI thread compete with the model for the G
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -62,7 +63,7 @@ def stream_turn(
         clock: time source, injectable for tests.
     """
     pending: list[Step] = []
-    last_post = clock()
+    last_post = -math.inf  # the first token is shown at once: it is the time-to-first-token
 
     def flush() -> None:
         nonlocal pending, last_post

@@ -94,6 +94,7 @@ class FakeTurn:
         self.engine = engine
         self.tokens = tokens + [""]  # "" is the stop token
         self.prefix_len = len(prefix_ids)
+        self.prefix_text = "".join(engine.vocab.texts.get(i, "").split("#")[0] for i in prefix_ids)
         prompt = sum(len(m["content"].split()) + 4 for m in messages)
         self.stats = TurnStats(prompt_tokens=prompt, cached_tokens=prompt // 2, prefill_tokens=prompt - prompt // 2)
         self._cancelled = threading.Event()
@@ -124,5 +125,5 @@ class FakeTurn:
             if step.is_stop:
                 stats.finish_reason = "stop"
                 break
-        stats.text = "".join(engine.vocab.texts.get(i, "") for i in ()) + "".join(texts)
+        stats.text = self.prefix_text + "".join(texts)
         stats.tok_per_s = FAKE_TOK_PER_S

@@ -64,6 +64,15 @@ class ChatLog(VerticalScroll):
         cursor: Cursor
         """Reply, step and candidate row to branch from."""
 
+    @dataclass
+    class VersionRequested(Message):
+        """Show another version of a reply."""
+
+        exchange: int
+        """Index of the reply's exchange."""
+        delta: int
+        """-1 for the previous version, +1 for the next."""
+
     def __init__(self) -> None:
         """An empty conversation."""
         super().__init__()
@@ -178,7 +187,7 @@ class ChatLog(VerticalScroll):
     def action_version(self, delta: int) -> None:
         """Show the previous or next version of the inspected reply."""
         if self.cursor:
-            self.screen.run_action(f"switch_version({self.cursor.exchange},{delta})")
+            self.post_message(self.VersionRequested(self.cursor.exchange, delta))
 
     def action_leave(self) -> None:
         """Close the inspector."""

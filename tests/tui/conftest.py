@@ -1,0 +1,69 @@
+"""Helpers for the TUI tests: an app around a scripted engine, and waiting on workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui.app import ChatApp, make_app
+from chatapp.tui.widgets.prompt_input import PromptInput
+from tests.tui.fakes import FakeEngine
+
+WAIT_TIMEOUT = 5.0
+"""Longest a test waits for a worker's effect before failing."""
+POLL_SECONDS = 0.01
+"""How often `wait_until` checks its condition."""
+
+
+async def wait_until(pilot, condition: Callable[[], bool], timeout: float = WAIT_TIMEOUT, what: str = "") -> None:
+    """Let the app run until `condition()` holds (workers post from threads)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await pilot.pause(POLL_SECONDS)
+    await pilot.pause()
+
+
+def app_with(engine: FakeEngine, settings: SamplingSettings | None = None, progress: tuple[str, ...] = ()) -> ChatApp:
+    """An app whose loader reports `progress` lines and returns `engine`."""
+
+    def load(report):
+        for line in progress:
+            report(line)
+        return engine
+
+    return make_app(settings=settings or SamplingSettings(), load_engine=load, top_n=engine.top_n)
+
+
+async def ready(pilot) -> None:
+    """Wait until the engine is loaded."""
+    await wait_until(pilot, lambda: pilot.app.chat.engine is not None, what="engine loaded")
+
+
+async def send(pilot, text: str, wait: bool = True) -> None:
+    """Put `text` in the prompt, press Enter, and (by default) wait for the reply to finish.
+
+    The text is inserted rather than typed key by key, which keeps the suite fast; the tests
+    that are about typing press keys themselves.
+    """
+    if text:
+        pilot.app.chat.query_one(PromptInput).insert(text)
+    await pilot.press("enter")
+    if wait:
+        await wait_until(pilot, lambda: not pilot.app.chat.generating, what="reply finished")
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    """A scripted engine answering "Hello, world!"."""
+    return FakeEngine()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Pilot tests run on asyncio (through anyio's pytest plugin)."""
+    return "asyncio"

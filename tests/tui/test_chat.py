@@ -1,0 +1,251 @@
+"""Pilot tests of chatting: send and stream, the panel, stop, regenerate, edit, commands, loading."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from rich.console import Console
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
+from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.loading_panel import LoadingPanel
+from chatapp.tui.widgets.messages_view import AssistantMessage
+from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.status_bar import StatusBar
+from chatapp.tui.widgets.topk_panel import TopKPanel
+from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.fakes import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+
+def panel_lines(app) -> list[str]:
+    """The candidates panel rendered as plain text lines."""
+    panel = app.chat.query_one(TopKPanel)
+    console = Console(width=panel.content_size.width, record=True, color_system=None)
+    console.print(panel.render())
+    return console.export_text().splitlines()
+
+
+def last_reply(app) -> AssistantMessage:
+    return app.chat.query_one(ChatLog).replies[-1]
+
+
+async def test_send_streams_the_reply_and_follows_the_panel():
+    gate = threading.Event()
+    # Steps slower than the batch interval are each posted at once.
+    engine = FakeEngine(gate=gate, gate_after=2, delay=0.06)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi", wait=False)
+        await wait_until(pilot, lambda: app.chat.query_one(TopKPanel).view is not None
+                         and app.chat.query_one(TopKPanel).view.step.step == 1
+                         and app.chat.conversation.last.reply.text == "Hello,", what="two steps")
+        assert app.chat.generating
+        assert "writing" in str(app.chat.query_one(StatusBar).render())
+        # The prompt stays usable while the reply streams.
+        await pilot.press(*"next")
+        assert app.chat.query_one(PromptInput).text == "next"
+        gate.set()
+        await wait_until(pilot, lambda: not app.chat.generating)
+        reply = app.chat.conversation.last.reply
+        assert reply.text == "Hello, world!" and reply.status == "done"
+        assert engine.calls[0].messages == [{"role": "user", "content": "hi"}]
+        step = app.chat.query_one(TopKPanel).view.step
+        assert step.is_stop and step.step == len(reply.steps) - 1
+        marked = [line for line in panel_lines(app) if line.lstrip().startswith("▶")]
+        assert len(marked) == 1 and "<|im_end|>" in marked[0]
+        status = str(app.chat.query_one(StatusBar).render())
+        assert "FakeLM-1" in status and "42.0 tok/s" in status and "ctx" in status and "cache 2/5 (40%)" in status
+
+
+async def test_panel_shows_a_sampled_token_ranked_below_the_list():
+    engine = FakeEngine()
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        from dataclasses import replace
+
+        from chatapp.tui.widgets.topk_panel import PanelView
+
+        step = app.chat.conversation.last.reply.steps[0]
+        outside = replace(step, token_id=999, rank=17, prob=0.001, raw_prob=0.0004, piece=b" rare")
+        app.chat.query_one(TopKPanel).view = PanelView(outside, 0.7, 50)
+        await pilot.pause()
+        marked = [line for line in panel_lines(app) if line.lstrip().startswith("▶")]
+        assert marked and "17" in marked[0] and "␣rare" in marked[0] and "0.1%" in marked[0]
+
+
+async def test_escape_stops_the_reply_and_keeps_it():
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate, gate_after=1)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi", wait=False)
+        await wait_until(pilot, lambda: app.chat.conversation.last.reply.steps, what="first step")
+        await pilot.press("escape")
+        gate.set()
+        await wait_until(pilot, lambda: not app.chat.generating)
+        reply = app.chat.conversation.last.reply
+        assert reply.status == "stopped" and reply.text.startswith("Hello") and reply.text != "Hello, world!"
+        assert "stopped" in str(last_reply(app).header())
+
+
+async def test_regenerate_adds_a_version():
+    engine = FakeEngine(replies=[["One"], ["Two"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: len(app.chat.conversation.last.versions) == 2 and not app.chat.generating)
+        assert app.chat.conversation.last.reply.text == "Two"
+        assert engine.calls[1].messages == engine.calls[0].messages
+        assert "‹ 2/2 ›" in str(last_reply(app).header())
+        app.chat.action_switch_version(0, -1)
+        assert app.chat.conversation.last.reply.text == "One"
+        assert "‹ 1/2 ›" in str(last_reply(app).header())
+
+
+async def test_edit_last_message_and_resend():
+    engine = FakeEngine(replies=[["A"], ["B"], ["C"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        await send(pilot, "secnd")
+        await pilot.press("up")  # Up in the empty prompt recalls the last message
+        prompt = app.chat.query_one(PromptInput)
+        assert prompt.text == "secnd" and app.chat.editing
+        await pilot.press("left", "left", "o")
+        await send(pilot, "")
+        exchanges = app.chat.conversation.exchanges
+        assert [e.user for e in exchanges] == ["first", "second"]
+        assert exchanges[-1].reply.text == "C" and len(exchanges[-1].versions) == 1
+        assert engine.calls[-1].messages[-1] == {"role": "user", "content": "second"}
+        assert engine.calls[-1].messages[-2] == {"role": "assistant", "content": "A"}
+
+
+async def test_ctrl_l_edits_and_escape_cancels():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await pilot.press("ctrl+l")
+        assert app.chat.editing and app.chat.query_one(PromptInput).text == "hi"
+        await pilot.press("escape")
+        assert not app.chat.editing and app.chat.query_one(PromptInput).text == ""
+
+
+async def test_slash_commands_valid_and_invalid():
+    engine = FakeEngine()
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "/temp 0.3", wait=False)
+        await send(pilot, "/set topk=7 seed=11", wait=False)
+        assert (app.chat.settings.temperature, app.chat.settings.top_k, app.chat.settings.seed) == (0.3, 7, 11)
+        assert "T=0.3 k=7 seed=11" in str(app.chat.query_one(StatusBar).render())
+        await send(pilot, "/temp hot", wait=False)
+        errors = [n for n in app._notifications if n.severity == "error"]
+        assert errors and "temperature must be a number" in errors[-1].message and "\n" not in errors[-1].message
+        assert app.chat.query_one(PromptInput).text == "/temp hot"  # kept, to fix
+        assert app.chat.settings.temperature == 0.3
+        app.chat.query_one(PromptInput).clear()
+        await send(pilot, "/set temp=0.9 topk=many", wait=False)
+        assert app.chat.settings.temperature == 0.3  # all or nothing
+        app.chat.query_one(PromptInput).clear()
+        await send(pilot, "/system Be brief.", wait=False)
+        await send(pilot, "hi")
+        assert engine.calls[-1].messages[0] == {"role": "system", "content": "Be brief."}
+        assert engine.calls[-1].settings == SamplingSettings(temperature=0.3, top_k=7, seed=11)
+        await send(pilot, "/clear", wait=False)
+        await pilot.pause()
+        assert app.chat.conversation.exchanges == [] and not app.chat.query_one(ChatLog).replies
+        await wait_until(pilot, lambda: engine.resets == 1, what="engine reset")
+        await send(pilot, "/help", wait=False)
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_loading_shows_progress_and_stays_responsive():
+    release = threading.Event()
+    engine = FakeEngine()
+
+    def load(report):
+        report("converting model.gguf (first run only)")
+        release.wait(timeout=10)
+        return engine
+
+    from chatapp.tui.app import make_app
+
+    app = make_app(settings=SamplingSettings(), load_engine=load)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: "converting" in str(app.chat.query_one("#loading-log").content))
+        assert "converting" in str(app.chat.query_one(StatusBar).render())
+        await pilot.press(*"early", "enter")
+        assert app.chat.query_one(PromptInput).text == "early"  # kept while loading
+        assert any("still loading" in n.message for n in app._notifications)
+        release.set()
+        await ready(pilot)
+        assert not app.chat.query(LoadingPanel)
+        await send(pilot, "")
+        assert app.chat.conversation.last.reply.text == "Hello, world!"
+
+
+async def test_load_failure_is_shown():
+    def load(report):
+        raise RuntimeError("model 'x' not found: pass 'default' [bold]or[/bold] a folder")
+
+    from chatapp.tui.app import make_app
+
+    app = make_app(settings=SamplingSettings(), load_engine=load)
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.chat.query_one(LoadingPanel).has_class("-failed"))
+        assert "[bold]or[/bold]" in str(app.chat.query_one("#loading-log").content)
+
+
+async def test_engine_error_is_a_notification_and_the_chat_continues():
+    engine = FakeEngine(fail_at=1)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        reply = app.chat.conversation.last.reply
+        assert reply.status == "error" and reply.text == "Hello"
+        assert any("NaN" in n.message for n in app._notifications)
+        engine.fail_at = None
+        await send(pilot, "again")
+        assert app.chat.conversation.last.reply.text == "Hello, world!"
+
+
+async def test_quit_mid_reply_asks_first():
+    gate = threading.Event()
+    app = app_with(FakeEngine(gate=gate, gate_after=1))
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi", wait=False)
+        await wait_until(pilot, lambda: app.chat.conversation.last.reply.steps)
+        await pilot.press("ctrl+c")
+        assert isinstance(app.screen, ConfirmQuitScreen)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmQuitScreen) and app.is_running
+        await pilot.press("ctrl+c")
+        await pilot.press("y")
+        gate.set()
+        await pilot.pause()
+        assert not app.is_running or app._exit_renderables is not None or app.return_code is not None
+
+
+async def test_palette_lists_the_chat_actions():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"New chat", "Regenerate", "Edit last message", "Token inspector", "Heatmap", "Set temperature…"} <= titles

@@ -1,0 +1,117 @@
+"""Pilot tests of the token inspector, branching, versions and the heatmap."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatapp.tui.widgets.chat_log import ChatLog, Cursor
+from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.token_view import TokenView
+from chatapp.tui.widgets.topk_panel import TopKPanel
+from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.fakes import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+
+def panel_step(app):
+    return app.chat.query_one(TopKPanel).view.step
+
+
+async def two_replies(pilot):
+    await ready(pilot)
+    await send(pilot, "first")
+    await send(pilot, "second")
+
+
+async def test_keyboard_navigation_moves_the_panel():
+    engine = FakeEngine(replies=[["Hello", ",", " world", "!"], ["Bye", " now"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await two_replies(pilot)
+        log = app.chat.query_one(ChatLog)
+        await pilot.press("ctrl+t")
+        assert log.has_focus and log.cursor == Cursor(1, 2)  # "Bye", " now", stop
+        assert panel_step(app).is_stop
+        await pilot.press("left")
+        assert log.cursor.step == 1 and panel_step(app).text == " now"
+        await pilot.press("home")
+        assert panel_step(app).text == "Bye"
+        await pilot.press("pageup")
+        assert log.cursor == Cursor(0, 0) and panel_step(app).text == "Hello"
+        await pilot.press("end")
+        assert log.cursor == Cursor(0, 4)
+        await pilot.press("right")  # clamps at the last token
+        assert log.cursor == Cursor(0, 4)
+        await pilot.press("pagedown")
+        assert log.cursor.exchange == 1
+        await pilot.press("down", "down")
+        assert log.cursor.row == 2 and app.chat.query_one(TopKPanel).view.cursor == 2
+        await pilot.press("escape")
+        assert log.cursor is None and app.chat.query_one(PromptInput).has_focus
+
+
+async def test_mouse_picks_tokens_and_rows():
+    engine = FakeEngine(replies=[["Hello", ",", " world", "!"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        log = app.chat.query_one(ChatLog)
+        # A click on the reply opens the inspector; then tokens are clickable spans.
+        await pilot.click(".reply-body")
+        assert log.cursor == Cursor(0, 4)
+        await pilot.click(TokenView, offset=(7, 0))  # " world" starts at column 6
+        assert log.cursor.step == 2 and panel_step(app).text == " world"
+        panel = app.chat.query_one(TopKPanel)
+        await pilot.click(TopKPanel, offset=(4, panel.styles.gutter.top + 1 + 3))  # the 4th row
+        assert log.cursor.row == 3
+
+
+async def test_branching_forces_the_candidate_and_keeps_the_old_version():
+    engine = FakeEngine(replies=[["Hello", ",", " world", "!"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        old = app.chat.conversation.last.reply
+        await pilot.press("ctrl+t", "home", "right")  # step 1: ","
+        await pilot.press("down")  # row 1: " the"
+        candidate = old.steps[1].top[1]
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(app.chat.conversation.last.versions) == 2 and not app.chat.generating)
+        new = app.chat.conversation.last.reply
+        assert engine.calls[-1].prefix_ids == [old.steps[0].token_id, candidate.token_id]
+        assert engine.calls[-1].messages == engine.calls[0].messages
+        assert new.steps[1].forced and new.steps[1].token_id == candidate.token_id
+        assert new.steps[0] == old.steps[0] and [s.step for s in new.steps] == list(range(len(new.steps)))
+        assert new.text == "Hello the world!" and new.branched_at == 1
+        reply_view = app.chat.query_one(ChatLog).replies[-1]
+        assert "‹ 2/2 ›" in str(reply_view.header()) and "branched at token 2" in str(reply_view.header())
+        assert panel_step(app).forced  # the cursor stays on the forced token
+        await pilot.press("comma")
+        assert app.chat.conversation.last.reply is old
+        await pilot.press("full_stop")
+        assert app.chat.conversation.last.reply is new
+
+
+async def test_heatmap_shows_tokens_and_back():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        view = app.chat.query_one(ChatLog).replies[-1]
+        await pilot.press("ctrl+o")
+        assert view.has_class("-tokens") and view.query_one(TokenView).data.heatmap
+        assert "background=" in str(view.query_one(TokenView).render().spans)
+        await pilot.press("ctrl+o")
+        assert not view.has_class("-tokens")
+
+
+async def test_inspector_needs_a_reply():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+t")
+        assert app.chat.query_one(ChatLog).cursor is None
+        assert any("No reply" in n.message for n in app._notifications)

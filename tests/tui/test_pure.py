@@ -1,0 +1,167 @@
+"""Plain-Python parts of the TUI: formatting, slash commands, conversation state, batching."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui import commands
+from chatapp.tui.formatting import format_percent, literal_text, prob_bar, token_label, visible_token
+from chatapp.tui.generation import stream_turn
+from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.tui.state import Conversation, Exchange, ReplyVersion, branch_version
+from tests.tui.fakes import FakeEngine
+
+
+@given(st.floats(min_value=0, max_value=1, allow_nan=False))
+def test_percent_is_never_a_rounded_zero(p):
+    text = format_percent(p)
+    assert text.endswith("%")
+    if p > 0:
+        assert float(text.rstrip("%")) > 0, text
+
+
+def test_percent_examples():
+    assert format_percent(0.875) == "87.5%"
+    assert format_percent(0.0035) == "0.35%"
+    assert format_percent(2.1e-7) == "2.1e-05%"
+    assert format_percent(0.0) == "0%"
+
+
+def test_whitespace_and_controls_are_visible():
+    assert visible_token(" a\n\t") == "␣a↵⇥"
+    assert visible_token("\x1b[31m") == "␛[31m"
+    assert literal_text("a\nb\x1b[0m") == "a\nb␛[0m"
+
+
+def test_partial_character_shows_its_bytes():
+    assert token_label("\ufffd", b"\xe2\x80") == "<e2 80>"
+    assert token_label(" the", b" the") == "␣the"
+
+
+def test_bar_fills_in_eighths():
+    assert prob_bar(1.0, 4) == "████"
+    assert prob_bar(0.0, 4) == "    "
+    assert len(prob_bar(0.37, 8)) == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        ("/temp 0.3", "temperature", 0.3),
+        ("/topk 7", "top_k", 7),
+        ("/topp 0.9", "top_p", 0.9),
+        ("/topp off", "top_p", None),
+        ("/minp 0.05", "min_p", 0.05),
+        ("/rep 1.1", "repetition_penalty", 1.1),
+        ("/max 64", "max_new_tokens", 64),
+        ("/seed 7", "seed", 7),
+    ],
+)
+def test_setting_commands(text, field, value):
+    command = commands.parse_command(text, SamplingSettings())
+    assert isinstance(command, commands.ApplySettings)
+    assert getattr(command.settings, field) == value
+
+
+def test_set_applies_several_at_once_or_none():
+    command = commands.parse_command("/set temp=0.5 topk=40 seed=3", SamplingSettings())
+    assert (command.settings.temperature, command.settings.top_k, command.settings.seed) == (0.5, 40, 3)
+    with pytest.raises(commands.CommandError, match="top_k"):
+        commands.parse_command("/set temp=0.5 topk=x", SamplingSettings())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("/temp", "takes one value"),
+        ("/temp abc", "temperature must be a number"),
+        ("/temp -1", "temperature must be between"),
+        ("/topk -3", "top_k"),
+        ("/topp 2", "top_p"),
+        ("/bogus 1", "unknown command /bogus"),
+        ("/set temp", "name=value"),
+        ("/set colour=red", "unknown setting"),
+    ],
+)
+def test_bad_commands_give_one_line(text, message):
+    with pytest.raises(commands.CommandError, match=message) as error:
+        commands.parse_command(text, SamplingSettings())
+    assert "\n" not in str(error.value)
+
+
+def test_other_commands_and_literal_slash():
+    settings = SamplingSettings()
+    assert commands.parse_command("/system Be brief.", settings) == commands.SetSystem("Be brief.")
+    assert commands.parse_command("/system", settings) == commands.SetSystem(None)
+    assert commands.parse_command("/clear", settings) == commands.ClearChat()
+    assert commands.parse_command("/help", settings) == commands.ShowHelp()
+    assert not commands.is_command("//etc/hosts") and commands.message_text("//etc/hosts") == "/etc/hosts"
+
+
+def test_messages_use_the_shown_versions_and_the_system_prompt():
+    settings = SamplingSettings()
+    first = Exchange("hi")
+    first.add_version(ReplyVersion(settings, text="v1"))
+    first.add_version(ReplyVersion(settings, text="v2"))
+    first.switch(-1)
+    conversation = Conversation("sys", [first, Exchange("again")])
+    assert conversation.messages_before(1) == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "v1"},
+        {"role": "user", "content": "again"},
+    ]
+
+
+def test_branch_keeps_the_prefix_and_forces_the_candidate():
+    engine = FakeEngine()
+    old = ReplyVersion(SamplingSettings())
+    old.add_steps(engine.step(i, t) for i, t in enumerate(["Hello", ",", " world"]))
+    candidate = old.steps[1].top[1]
+    version, prefix = branch_version(old, 1, candidate, SamplingSettings())
+    assert prefix == [old.steps[0].token_id, candidate.token_id]
+    assert [s.forced for s in version.steps] == [False, True]
+    assert version.steps[1].token_id == candidate.token_id and version.steps[1].top == old.steps[1].top
+    assert version.text == "Hello the" and version.branched_at == 1
+
+
+class Ticks:
+    """A clock that advances by `dt` each call."""
+
+    def __init__(self, dt: float) -> None:
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        self.t += self.dt
+        return self.t
+
+
+def test_stream_turn_batches_text_and_posts_every_panel_update():
+    engine = FakeEngine(replies=[list("abcdefghij")])
+    posted = []
+    stream_turn(engine.start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1, posted.append,
+                lambda: False, clock=Ticks(0.02))
+    batches = [m for m in posted if isinstance(m, TokensGenerated)]
+    panels = [m for m in posted if isinstance(m, CandidatesUpdated)]
+    assert len(panels) == 11 and len(batches) < 11
+    assert "".join(s.text for b in batches for s in b.steps) == "abcdefghij"
+    assert isinstance(posted[-1], TurnFinished) and posted[-1].stats.finish_reason == "stop"
+    assert panels[-1].can_replace(panels[-2]) and not panels[-1].can_replace(CandidatesUpdated(2, panels[0].step))
+
+
+def test_stream_turn_reports_errors_as_one_line():
+    engine = FakeEngine(fail_at=2)
+    posted = []
+    stream_turn(engine.start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1, posted.append, lambda: False)
+    assert isinstance(posted[-1], TurnFailed) and "NaN" in posted[-1].error
+
+
+def test_stream_turn_cancels_the_turn_when_the_worker_is_cancelled():
+    engine = FakeEngine(replies=[list("abcdefghij")])
+    turn = engine.start_turn([{"role": "user", "content": "x"}], SamplingSettings())
+    posted = []
+    stream_turn(turn, 1, posted.append, lambda: True)
+    assert turn.stats.finish_reason == "cancelled" and turn.stats.tokens == 1
