@@ -26,6 +26,10 @@ DEFAULT_TOP_N = 10
 """Candidates reported per step by default."""
 MAX_TOP_N = 1000
 """Most candidates that can be reported per step."""
+MAX_BENCH_TOKENS = 4096
+"""Longest benchmark run."""
+MAX_BENCH_RUNS = 50
+"""Most runs per benchmark configuration."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -75,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(ask)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
     ask.add_argument("prompts", nargs="+", metavar="PROMPT", help="user turns of one conversation, answered in order")
+    bench = commands.add_parser("bench", help="measure speed and memory against model.generate, as ratios")
+    _add_model_flags(bench)
+    bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    bench.add_argument("--tokens", type=int, default=128, help="new tokens per run (default: %(default)s)")
+    bench.add_argument("--runs", type=int, default=3, help="runs per configuration; medians reported (default: %(default)s)")
     return parser
 
 
@@ -100,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `chatapp` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     try:
         settings = settings_from_args(args)
         if not 1 <= args.top <= MAX_TOP_N:
@@ -124,9 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_ask(args, settings)
         from chatapp.tui.app import run_tui
 
-        return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top, system=args.system)
+        return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if not 2 <= args.tokens <= MAX_BENCH_TOKENS:
+        return _fail(f"--tokens must be from 2 to {MAX_BENCH_TOKENS}, got {args.tokens}")
+    if not 1 <= args.runs <= MAX_BENCH_RUNS:
+        return _fail(f"--runs must be from 1 to {MAX_BENCH_RUNS}, got {args.runs}")
+    from chatapp.bench import main_bench
+
+    return main_bench(args)
 
 
 def _engine_loader(args: argparse.Namespace):

@@ -1,0 +1,267 @@
+"""`chatapp bench`: chatapp's speed and memory as ratios against `model.generate`, in one run.
+
+Configurations, measured in alternation so that machine noise hits all of them alike:
+  (a) chatapp's engine in its default configuration, with the candidate records on;
+  (b) the engine at the same dtype as (c);
+  (c) `model.generate` with the same model, dtype, prompt and sampling settings, eager;
+  (d) `model.generate` in float32, eager (what straightforward transformers code gets).
+Plus a multi-turn engine run that reports time to first token of turn 1 and turn 8.
+Figures are medians over the runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from chatapp.engine import Engine
+from chatapp.loading import LoadedModel, load_model
+from chatapp.settings import SamplingSettings
+
+BENCH_PROMPT = "Write a long story about a lighthouse keeper who befriends a storm."
+"""A prompt the default model answers at length, so every run decodes the full budget."""
+DEFAULT_TOKENS = 128
+"""New tokens per measured run."""
+DEFAULT_RUNS = 3
+"""Runs per configuration; medians are reported."""
+MULTI_TURN_PROMPTS = [
+    "Hi! Let's talk about the sea.", "What lives in it?", "Which is the largest?", "How big is it?",
+    "What does it eat?", "Where does it travel?", "Is it endangered?", "How can people help?",
+]
+"""Eight short user turns for the KV-cache run."""
+MULTI_TURN_TOKENS = 48
+"""New tokens per turn in the multi-turn run."""
+BENCH_SEED = 1234
+"""Fixed sampling seed for the engine runs."""
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except OSError:
+        return _peak_rss_mb()
+
+
+@dataclass
+class RunFigures:
+    """One configuration's medians."""
+
+    label: str
+    """Which configuration, e.g. "(a) chatapp default"."""
+    dtype: str
+    """Weights dtype."""
+    tok_per_s: list[float] = field(default_factory=list)
+    """Decode tokens/s of each run (after the first token)."""
+    ttft_ms: list[float] = field(default_factory=list)
+    """Time to the first new token of each run."""
+    tokens: list[int] = field(default_factory=list)
+    """New tokens of each run."""
+    rss_mb: float = 0.0
+    """Resident memory after the runs."""
+
+    def summary(self) -> dict:
+        """Medians, for printing and JSON."""
+        return {
+            "label": self.label,
+            "dtype": self.dtype,
+            "tok_per_s": statistics.median(self.tok_per_s),
+            "ttft_ms": statistics.median(self.ttft_ms),
+            "tokens": statistics.median(self.tokens),
+            "rss_mb": round(self.rss_mb, 1),
+            "runs": len(self.tok_per_s),
+        }
+
+
+def _messages() -> list[dict]:
+    return [{"role": "user", "content": BENCH_PROMPT}]
+
+
+def _run_engine(engine: Engine, settings: SamplingSettings, figures: RunFigures) -> None:
+    engine.reset()  # every run prefills the prompt, as generate does
+    turn = engine.start_turn(_messages(), settings)
+    for _ in turn:
+        pass
+    figures.tok_per_s.append(turn.stats.tok_per_s)
+    figures.ttft_ms.append(turn.stats.ttft_ms)
+    figures.tokens.append(turn.stats.tokens)
+
+
+class _Clock:
+    """A generate() streamer that timestamps each new token."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate first "streams" the prompt itself
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _run_generate(loaded: LoadedModel, settings: SamplingSettings, tokens: int, figures: RunFigures) -> None:
+    import torch
+
+    tokenizer = loaded.tokenizer
+    inputs = tokenizer.apply_chat_template(
+        _messages(), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(loaded.model.device)
+    torch.manual_seed(BENCH_SEED)
+    clock = _Clock()
+    with torch.inference_mode():
+        loaded.model.generate(
+            **inputs,
+            do_sample=settings.temperature > 0,
+            temperature=settings.temperature or None,
+            top_k=settings.top_k,
+            max_new_tokens=tokens,
+            pad_token_id=tokenizer.eos_token_id,
+            streamer=clock,
+        )
+    n = len(clock.times)
+    figures.ttft_ms.append((clock.times[0] - clock.start) * 1000.0)
+    figures.tok_per_s.append((n - 1) / (clock.times[-1] - clock.times[0]) if n > 1 else 0.0)
+    figures.tokens.append(n)
+
+
+def _multi_turn(engine: Engine, tokens: int) -> list[float]:
+    """Time to first token of each of eight turns of one conversation."""
+    engine.reset()
+    settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
+    messages: list[dict] = []
+    ttfts = []
+    for prompt in MULTI_TURN_PROMPTS:
+        messages.append({"role": "user", "content": prompt})
+        turn = engine.start_turn(messages, settings)
+        for _ in turn:
+            pass
+        ttfts.append(turn.stats.ttft_ms)
+        messages.append({"role": "assistant", "content": turn.stats.text})
+    return ttfts
+
+
+def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=None) -> dict:
+    """Measure every configuration; return the JSON-ready report."""
+    progress = progress or (lambda message: None)
+    settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
+    rss_start = _current_rss_mb()
+    progress("loading the default configuration")
+    default = load_model(model, device, "auto")
+    default_engine = Engine(default)
+    progress(f"loading float32 weights for (d)")
+    fp32 = default if default.info.dtype == "float32" else load_model(model, device, "float32")
+    configs = {
+        "a": RunFigures("(a) chatapp, default configuration", default.info.dtype),
+        "b": RunFigures("(b) chatapp, same dtype as (c), eager", default.info.dtype),
+        "c": RunFigures("(c) model.generate, same model/dtype/sampling, eager", default.info.dtype),
+        "d": RunFigures("(d) model.generate, float32, eager", "float32"),
+    }
+    eager_engine = Engine(default)  # the same weights, no fast paths
+    # Warm-up: one short run each, so one-time costs don't land in the first measurement.
+    warm = SamplingSettings(seed=BENCH_SEED, max_new_tokens=8)
+    _run_engine(default_engine, warm, RunFigures("warm", ""))
+    _run_generate(default, warm, 8, RunFigures("warm", ""))
+    _run_generate(fp32, warm, 8, RunFigures("warm", ""))
+    for run in range(runs):
+        progress(f"run {run + 1}/{runs}")
+        _run_engine(default_engine, settings, configs["a"])
+        _run_engine(eager_engine, settings, configs["b"])
+        _run_generate(default, settings, tokens, configs["c"])
+        _run_generate(fp32, settings, tokens, configs["d"])
+        gc.collect()
+    for figures in configs.values():
+        figures.rss_mb = _current_rss_mb()
+    progress("multi-turn run (8 turns)")
+    ttfts = _multi_turn(default_engine, MULTI_TURN_TOKENS)
+    s = {key: figures.summary() for key, figures in configs.items()}
+    return {
+        "type": "bench",
+        "model": default.info.name,
+        "device": default.info.device,
+        "tokens": tokens,
+        "runs": runs,
+        "machine": _machine(),
+        "configs": s,
+        "ratios": {
+            "b_over_c": s["b"]["tok_per_s"] / s["c"]["tok_per_s"],
+            "a_over_d": s["a"]["tok_per_s"] / s["d"]["tok_per_s"],
+            "a_over_c": s["a"]["tok_per_s"] / s["c"]["tok_per_s"],
+        },
+        "multi_turn": {
+            "ttft_ms": ttfts,
+            "turn1_ttft_ms": ttfts[0],
+            "turn8_ttft_ms": ttfts[-1],
+            "turn8_over_turn1": ttfts[-1] / ttfts[0],
+        },
+        "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)},
+    }
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table."""
+    lines = [
+        f"chatapp bench: {report['model']} on {report['device']}, {report['tokens']} new tokens, "
+        f"median of {report['runs']} runs",
+        "",
+        f"{'configuration':58} {'dtype':9} {'tok/s':>7} {'TTFT ms':>8} {'RSS MiB':>8}",
+    ]
+    for c in report["configs"].values():
+        lines.append(f"{c['label']:58} {c['dtype']:9} {c['tok_per_s']:7.1f} {c['ttft_ms']:8.1f} {c['rss_mb']:8.0f}")
+    r, m = report["ratios"], report["multi_turn"]
+    lines += [
+        "",
+        f"(b)/(c) = {r['b_over_c']:.2f}   our loop with candidates vs model.generate (target >= 1.0)",
+        f"(a)/(d) = {r['a_over_d']:.2f}   default configuration vs float32 generate (target >= 3.0)",
+        f"turn 8 / turn 1 TTFT = {m['turn8_over_turn1']:.2f}  ({m['turn1_ttft_ms']:.0f} ms -> {m['turn8_ttft_ms']:.0f} ms; target <= 1.2)",
+        f"peak RSS {report['memory']['peak_rss_mb']:.0f} MiB",
+    ]
+    return "\n".join(lines)
+
+
+def main_bench(args) -> int:
+    """Entry point of `chatapp bench`."""
+    from chatapp.loading import ModelLoadError
+
+    progress = (lambda message: print(f"… {message}", file=sys.stderr)) if not args.json else None
+    try:
+        report = run_bench(args.model, args.device, args.tokens, args.runs, progress)
+    except ModelLoadError as error:
+        print(f"chatapp: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
