@@ -26,7 +26,7 @@ def candidate(seed: int, rank: int) -> Candidate:
         text="\ufffd" if partial else word,
         prob=0.0 if rank > 7 else 1 / (rank + 2 + seed % 3),
         raw_prob=1 / (rank + 3) ** 1.7 + 1e-300 * (seed % 2),
-        piece=word.encode()[:1] if partial else word.encode(),
+        piece=word.encode()[-1:] if partial else word.encode(),
     )
 
 
@@ -94,3 +94,27 @@ def rich_chat() -> SavedChat:
     fourth = Exchange(user="(no reply yet)")
     conversation = Conversation(system=None, exchanges=[first, second, third, fourth])
     return SavedChat(conversation, id="rich", title="A rich chat", model="SmolLM2-135M-Instruct")
+
+
+GROW_BASE = 20
+"""Exchanges of the chat that `grow` continues (a `big_chat(GROW_BASE)`)."""
+GROW_LENGTH = 100
+"""Tokens of each reply `grow` writes."""
+
+
+def grow(chat: SavedChat, turn: int, tokens: int) -> None:
+    """Continue a `big_chat(GROW_BASE)` to follow-up `turn` with `tokens` tokens of its reply.
+
+    Deterministic however it is reached, so a test can rebuild what a killed writer had.
+    The reply is "streaming" until it has `GROW_LENGTH` tokens, then finished.
+    """
+    exchanges = chat.conversation.exchanges
+    index = GROW_BASE + turn
+    if len(exchanges) == index:
+        exchanges.append(Exchange(user=f"follow-up {turn}"))
+        exchanges[index].add_version(ReplyVersion(settings=SamplingSettings()))
+    version = exchanges[index].reply
+    seed = 1000 + turn
+    version.add_steps(step(i, seed, stop=i == GROW_LENGTH - 1) for i in range(len(version.steps), tokens))
+    if tokens == GROW_LENGTH:
+        version.finish(TurnStats(text=version.text, tokens=GROW_LENGTH))

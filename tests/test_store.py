@@ -1,0 +1,220 @@
+"""The history store: CRUD, partial replies, refusals that touch nothing, SIGKILL safety, open time."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatapp.chat_file import INTERRUPTED_NOTE, load_chat_file
+from chatapp.store import ChatStore, StoreError, default_store_path
+from tests.chat_samples import GROW_BASE, big_chat, grow, reply, rich_chat
+
+ROOT = Path(__file__).resolve().parents[1]
+"""Repository root: the crash-test child imports `tests.chat_samples` from here."""
+OPEN_BOUND_S = 5.0
+"""Generous bound on opening a 200-turn chat on a loaded CI box; the target is 1 s (printed)."""
+KILL_RUNS = 4
+"""SIGKILLs per crash test, each at a random moment."""
+KILL_DELAY_MAX_S = 0.1
+"""The kill comes this long at most after a save begins (a full save takes longer)."""
+CHILD_START_TIMEOUT_S = 30.0
+"""Longest wait for the child's first save."""
+
+CHILD = r"""
+import sys
+from chatapp.chat_file import save_chat_file
+from chatapp.store import ChatStore
+from tests.chat_samples import GROW_BASE, big_chat, grow
+
+mode, target = sys.argv[1], sys.argv[2]
+chat = big_chat(GROW_BASE, chat_id="crash")
+store = ChatStore(target) if mode == "store" else None
+for turn in range(1000):
+    for tokens in range(1, 101):
+        grow(chat, turn, tokens)
+        full = tokens % 25 == 0  # now and then rewrite everything: a long write to be killed in
+        print("begin", turn, tokens, int(full), flush=True)
+        if store is None:
+            save_chat_file(chat, target)
+        else:
+            store.save(chat, from_exchange=0 if full else len(chat.conversation.exchanges) - 1)
+        print("saved", turn, tokens, flush=True)
+"""
+"""A child that streams replies into a long chat, saving after every token."""
+
+
+def test_save_load_list_rename_delete(tmp_path):
+    with ChatStore(tmp_path / "h.sqlite3") as store:
+        chat, other = rich_chat(), big_chat(3, chat_id="0123abcd")
+        store.save(chat)
+        store.save(other)
+        assert store.load("rich") == chat and store.load("0123abcd") == other
+        assert [s.id for s in store.list_chats()] == ["0123abcd", "rich"]  # newest first
+        summary = store.list_chats()[0]
+        assert (summary.title, summary.model, summary.turns) == ("question 0: Hello", "tiny-llama", 3)
+        assert store.last().id == "0123abcd" and store.resolve("0123") == "0123abcd"
+        assert store.rename("0123abcd", "Renamed") and store.list_chats()[0].title == "Renamed"
+        assert store.load("0123abcd").title == "Renamed"
+        assert store.delete("0123abcd") and not store.delete("0123abcd")
+        assert [s.id for s in store.list_chats()] == ["rich"]
+        with pytest.raises(StoreError, match="no saved chat"):
+            store.load("0123abcd")
+        with pytest.raises(StoreError, match="no saved chats match"):
+            store.resolve("zz")
+    with sqlite3.connect(tmp_path / "h.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM exchanges WHERE chat_id = '0123abcd'").fetchone() == (0,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_reopened_chat_saves_again_after_changes(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    with ChatStore(path) as store:
+        store.save(rich_chat())
+    with ChatStore(path) as store:
+        chat = store.load("rich")
+        chat.conversation.exchanges[-1].add_version(reply(9, 6))
+        store.save(chat, from_exchange=len(chat.conversation.exchanges) - 1)
+        chat.conversation.exchanges.pop(0)  # an edit that shortens the chat: full save
+        store.save(chat)
+        assert store.load("rich") == chat
+        assert store.list_chats()[0].turns == 3
+
+
+def test_partial_reply_is_kept_and_marked_interrupted(tmp_path):
+    with ChatStore(tmp_path / "h.sqlite3") as store:
+        chat = rich_chat()
+        partial = reply(5, 42, status="streaming")
+        chat.conversation.exchanges[-1].add_version(partial)
+        store.save(chat)
+        loaded = store.load("rich").conversation.exchanges[-1].reply
+    assert loaded.steps == partial.steps and loaded.text == partial.text
+    assert (loaded.status, loaded.error) == ("stopped", INTERRUPTED_NOTE)
+
+
+def _sqlite_file(path: Path, chats: int = 3) -> bytes:
+    with ChatStore(path) as store:
+        for i in range(chats):
+            store.save(big_chat(5, chat_id=f"c{i}"))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "future", "damaged record"])
+def test_bad_database_gives_one_clear_line_and_stays_untouched(tmp_path, kind):
+    path = tmp_path / "h.sqlite3"
+    if kind == "garbage":
+        path.write_bytes(b"this is not a database\n" * 100)
+    elif kind == "truncated":
+        path.write_bytes(_sqlite_file(tmp_path / "full.sqlite3")[:20_000])
+    else:
+        _sqlite_file(path)
+        with sqlite3.connect(path) as db:
+            if kind == "future":
+                db.execute("PRAGMA user_version = 99")
+            else:
+                db.execute("UPDATE exchanges SET record = x'0badf00d' WHERE chat_id = 'c1' AND position = 2")
+        db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        with ChatStore(path) as store:
+            store.list_chats()
+            store.load("c1")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert {"garbage": "not a chat history", "truncated": "malformed", "future": "newer chatapp",
+            "damaged record": "chat c1: damaged record"}[kind] in message
+    assert path.read_bytes() == before
+
+
+def test_default_path_is_in_the_user_data_dir():
+    path = default_store_path()
+    assert path.name == "chats.sqlite3" and "chatapp" in str(path.parent)
+
+
+def _kill_mid_save(mode: str, target: Path, rng: random.Random) -> tuple[tuple[int, int], bool]:
+    """Run the child, SIGKILL it during a save; return the last confirmed (turn, tokens) and
+    whether the kill landed between a "begin" and its "saved"."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(target)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + CHILD_START_TIMEOUT_S
+        confirmed, in_save, fulls_wanted = (0, 0), False, rng.randint(1, 2)
+        while time.monotonic() < deadline:
+            words = child.stdout.readline().split()
+            assert words, "the child exited before being killed"
+            if words[0] == "saved":
+                confirmed, in_save = (int(words[1]), int(words[2])), False
+            elif words[0] == "begin":
+                in_save = True
+                fulls_wanted -= mode == "file" or words[3] == "1"
+                if fulls_wanted <= 0 and confirmed != (0, 0):
+                    time.sleep(rng.uniform(0, KILL_DELAY_MAX_S))
+                    break
+        child.send_signal(signal.SIGKILL)
+        rest = child.communicate()[0].split("\n")
+    finally:
+        child.kill()
+        child.wait()
+    for line in rest:
+        if line.startswith("saved"):
+            confirmed, in_save = tuple(map(int, line.split()[1:3])), False
+        elif line.startswith("begin"):
+            in_save = True
+    return confirmed, in_save
+
+
+def _check_complete(chat, confirmed: tuple[int, int]) -> None:
+    """The saved chat is one whole version, holding at least every confirmed token."""
+    exchanges = chat.conversation.exchanges
+    turn, tokens = len(exchanges) - GROW_BASE - 1, len(exchanges[-1].reply.steps)
+    assert (turn, tokens) >= confirmed
+    expected = big_chat(GROW_BASE, chat_id="crash")
+    for t in range(turn + 1):
+        grow(expected, t, 100 if t < turn else tokens)
+    last = expected.conversation.exchanges[-1].reply
+    if last.status == "streaming":
+        last.status, last.error = "stopped", INTERRUPTED_NOTE
+    assert chat.conversation == expected.conversation
+
+
+@pytest.mark.parametrize("mode", ["store", "file"])
+def test_sigkill_mid_save_leaves_a_complete_previous_version(tmp_path, mode):
+    rng = random.Random(1234)
+    killed_mid_save = 0
+    for run in range(KILL_RUNS):
+        target = tmp_path / str(run) / ("h.sqlite3" if mode == "store" else "chat.json")
+        target.parent.mkdir()
+        confirmed, in_save = _kill_mid_save(mode, target, rng)
+        killed_mid_save += in_save
+        if mode == "store":
+            with ChatStore(target) as store:
+                chat = store.load("crash")
+        else:
+            chat = load_chat_file(target)
+        _check_complete(chat, confirmed)
+    assert killed_mid_save >= 1  # at least one kill really landed inside a write
+
+
+def test_a_200_turn_chat_opens_in_under_a_second(tmp_path, capsys):
+    path = tmp_path / "h.sqlite3"
+    chat = big_chat(200, tokens=100, top=10)
+    with ChatStore(path) as store:
+        store.save(chat)
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with ChatStore(path) as store:
+            loaded = store.load("big")
+        timings.append(time.perf_counter() - start)
+    assert loaded == chat
+    with capsys.disabled():
+        size = path.stat().st_size / 1e6
+        print(f"\nopen 200-turn chat (20,000 tokens, 200,000 candidates, {size:.1f} MB): "
+              f"best {min(timings):.3f} s of {len(timings)}")
+    assert min(timings) < OPEN_BOUND_S
