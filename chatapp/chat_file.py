@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Iterable, get_args
 
 from chatapp.atomic_file import atomic_write
 from chatapp.records import FinishReason, TurnStats
@@ -118,11 +118,8 @@ def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
 
 def exchange_to_dict(exchange: Exchange) -> dict[str, Any]:
     """One exchange (user message and reply versions) as a JSON-ready dict."""
-    return {
-        "user": exchange.user,
-        "current": exchange.current,
-        "versions": [version_to_dict(v) for v in exchange.versions],
-    }
+    versions = [version_to_dict(v) for v in exchange.versions]
+    return {"user": exchange.user, "current": exchange.current, "versions": versions}
 
 
 def chat_to_dict(chat: SavedChat) -> dict[str, Any]:
@@ -145,10 +142,8 @@ def _get(data: Any, key: str, kinds: type | tuple[type, ...]) -> Any:
     """`data[key]`, checked to be of `kinds`; ValueError names the key otherwise."""
     if not isinstance(data, dict) or key not in data:
         raise ValueError(f"{key!r} is missing")
-    value = data[key]
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise ValueError(f"{key!r} has the wrong type")
-    if not isinstance(value, kinds):
+    value, kinds = data[key], kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
         raise ValueError(f"{key!r} has the wrong type")
     return value
 
@@ -200,6 +195,17 @@ def exchange_from_dict(data: Any) -> Exchange:
     return Exchange(user=_get(data, "user", str), versions=versions, current=current)
 
 
+def exchanges_from_dicts(records: Iterable[Any]) -> list[Exchange]:
+    """Rebuild exchanges in order; the ValueError of a damaged one says which (1-based)."""
+    exchanges = []
+    for number, record in enumerate(records, 1):
+        try:
+            exchanges.append(exchange_from_dict(record))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"exchange {number}: {one_line(error)}") from None
+    return exchanges
+
+
 def check_format(data: Any, source: str) -> None:
     """Raise `ChatFileError` unless `data` is a chatapp document this version can read."""
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
@@ -237,10 +243,8 @@ def chat_from_dict(data: Any, source: str = "chat") -> SavedChat:
     check_format(data, source)
     try:
         with gc_paused():
-            conversation = Conversation(
-                system=_get(data, "system", (str, type(None))),
-                exchanges=[exchange_from_dict(e) for e in _get(data, "exchanges", list)],
-            )
+            exchanges = exchanges_from_dicts(_get(data, "exchanges", list))
+            conversation = Conversation(system=_get(data, "system", (str, type(None))), exchanges=exchanges)
             return SavedChat(
                 conversation=conversation,
                 id=_get(data, "id", str),

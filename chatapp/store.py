@@ -28,7 +28,7 @@ from typing import Iterator
 from platformdirs import user_data_dir
 
 from chatapp.chat_file import (
-    FORMAT_VERSION, JSON_SEPARATORS, ChatFileError, SavedChat, default_title, exchange_from_dict,
+    FORMAT_VERSION, JSON_SEPARATORS, ChatFileError, SavedChat, default_title, exchanges_from_dicts,
     exchange_to_dict, one_line, utc_now,
 )
 from chatapp.token_columns import gc_paused
@@ -246,7 +246,7 @@ class ChatStore:
             raise StoreError(f"chat {chat_id}: damaged record (exchanges missing)")
         try:
             with gc_paused():
-                exchanges = [exchange_from_dict(json.loads(zlib.decompress(record))) for _, record in records]
+                exchanges = exchanges_from_dicts(json.loads(zlib.decompress(record)) for _, record in records)
         except (ValueError, TypeError, zlib.error) as error:
             raise StoreError(f"chat {chat_id}: damaged record ({one_line(error)})") from None
         return SavedChat(Conversation(system=system, exchanges=exchanges), id=chat_id, title=title, model=model,
