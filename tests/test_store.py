@@ -183,6 +183,7 @@ def _check_complete(chat, confirmed: tuple[int, int]) -> None:
     assert chat.conversation == expected.conversation
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL is POSIX-only")
 @pytest.mark.parametrize("mode", ["store", "file"])
 def test_sigkill_mid_save_leaves_a_complete_previous_version(tmp_path, mode):
     rng = random.Random(1234)
