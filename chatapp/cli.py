@@ -9,11 +9,15 @@ import argparse
 import sys
 from typing import Sequence
 
-from chatapp.loading import DEFAULT_MODEL, DTYPES
+from dataclasses import replace
+
+from chatapp.config import DEFAULT_TOP_N, MAX_TOP_N, Config, config_path, load_config
+from chatapp.loading import DTYPES
 from chatapp.settings import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
+    SETTING_NAMES,
     SamplingSettings,
     SettingError,
 )
@@ -22,10 +26,6 @@ EXIT_USAGE = 2
 """Exit code for bad flags and for a model that cannot be loaded."""
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl+C, as shells report SIGINT."""
-DEFAULT_TOP_N = 10
-"""Candidates reported per step by default."""
-MAX_TOP_N = 1000
-"""Most candidates that can be reported per step."""
 MAX_BENCH_TOKENS = 4096
 """Longest benchmark run."""
 MAX_BENCH_RUNS = 50
@@ -43,25 +43,25 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         help="'default' (SmolLM2-135M-Instruct, bundled), a model folder, a .gguf file, or ORG/NAME "
         "from the local Hugging Face cache (never downloaded)",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: Accelerate's choice)")
-    group.add_argument("--dtype", default="auto", choices=DTYPES, help="weight dtype (default: auto)")
+    group.add_argument("--dtype", default=None, choices=DTYPES, help="weight dtype (default: auto)")
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy (default: %(default)s)")
-    group.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="0 = no cut (default: %(default)s)")
+    group.add_argument("--temperature", type=float, default=None, help=f"0 = greedy (default: {DEFAULT_TEMPERATURE})")
+    group.add_argument("--top-k", type=int, default=None, help=f"0 = no cut (default: {DEFAULT_TOP_K})")
     group.add_argument("--top-p", type=float, default=None, help="nucleus sampling in (0, 1] (default: off)")
     group.add_argument("--min-p", type=float, default=None, help="min-p filter in [0, 1] (default: off)")
     group.add_argument("--repetition-penalty", type=float, default=None, help="> 0, 1 = none (default: off)")
     group.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: random)")
-    group.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest reply (default: %(default)s)")
+    group.add_argument("--max-new-tokens", type=int, default=None, help=f"longest reply (default: {DEFAULT_MAX_NEW_TOKENS})")
     group.add_argument("--system", default=None, help="system message that starts the conversation")
-    group.add_argument("--top", type=int, default=DEFAULT_TOP_N, metavar="N", help="candidates shown per step (default: %(default)s)")
+    group.add_argument("--top", type=int, default=None, metavar="N", help=f"candidates shown per step (default: {DEFAULT_TOP_N})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(ask)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
     ask.add_argument("prompts", nargs="+", metavar="PROMPT", help="user turns of one conversation, answered in order")
+    export = commands.add_parser("export", help="write a saved chat as Markdown or JSON")
+    export.add_argument("chat_id", metavar="ID", help="chat id (or a unique prefix), as the history screen shows it")
+    export.add_argument("--format", choices=("md", "json"), default="md", help="output format (default: md)")
+    export.add_argument("-o", "--output", default=None, metavar="PATH", help="write to PATH instead of stdout")
+    config = commands.add_parser("config", help="about the config file")
+    config.add_argument("--path", action="store_true", required=True, help="print where config.toml is read from")
     bench = commands.add_parser("bench", help="measure speed and memory against model.generate, as ratios")
     _add_model_flags(bench)
     bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -87,17 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
-    """Sampling settings from parsed flags, validated."""
-    return SamplingSettings(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-    ).validated()
+def settings_from_args(args: argparse.Namespace, base: SamplingSettings | None = None) -> SamplingSettings:
+    """Sampling settings: `base` (the config file's) with the flags given on top, validated."""
+    given = {name: getattr(args, name) for name in SETTING_NAMES if getattr(args, name, None) is not None}
+    return replace(base or SamplingSettings(), **given).validated()
+
+
+def apply_config(args: argparse.Namespace, config: Config) -> None:
+    """Fill the model flags the user did not give from the config file."""
+    args.model = args.model if args.model is not None else config.model
+    args.device = args.device if args.device is not None else config.device
+    args.dtype = args.dtype if args.dtype is not None else config.dtype
+    if hasattr(args, "top"):
+        args.top = args.top if args.top is not None else config.top
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -109,10 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `chatapp` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "config":
+        print(config_path())
+        return 0
+    if args.command == "export":
+        return _export(args)
+    config, warnings = load_config()
+    for warning in warnings:
+        print(f"chatapp: warning: {warning}", file=sys.stderr)
+    apply_config(args, config)
     if args.command == "bench":
         return _bench(args)
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, config.sampling)
         if not 1 <= args.top <= MAX_TOP_N:
             raise SettingError(f"--top must be from 1 to {MAX_TOP_N}, got {args.top}")
         if args.system is not None and not args.system.strip():
@@ -138,6 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _export(args: argparse.Namespace) -> int:
+    from chatapp.chat_file import ChatFileError
+    from chatapp.export import export_chat, render
+    from chatapp.store import ChatStore
+
+    try:
+        with ChatStore() as store:
+            chat = store.load(store.resolve(args.chat_id))
+        if args.output:
+            export_chat(chat, args.output, args.format)
+        else:
+            sys.stdout.write(render(chat, args.format))
+    except (ChatFileError, OSError, ValueError) as error:
+        return _fail(" ".join(str(error).split()))
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
