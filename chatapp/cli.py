@@ -49,6 +49,18 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: Accelerate's choice)")
     group.add_argument("--dtype", default=None, choices=DTYPES, help="weight dtype (default: auto)")
+    group.add_argument(
+        "--device-map",
+        default=None,
+        choices=("auto",),
+        help="'auto' spreads a model too large for one device over GPUs, CPU memory and disk (Accelerate)",
+    )
+    group.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="LIMITS",
+        help="per-device limits for --device-map, e.g. 0=10GiB,cpu=30GiB",
+    )
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,10 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.setting:  # name the flag the user typed, not the field
             message = message.replace(error.setting, "--" + error.setting.replace("_", "-"), 1)
         return _fail(message)
-    from chatapp.loading import ModelLoadError, pick_device
+    from chatapp.loading import ModelLoadError, parse_max_memory, pick_device
 
     try:
         pick_device(args.device)
+        args.max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
+        if args.max_memory and not args.device_map:
+            raise ModelLoadError("--max-memory needs --device-map auto")
     except ModelLoadError as error:
         return _fail(str(error))
     try:
@@ -191,7 +206,11 @@ def _engine_loader(args: argparse.Namespace):
         from chatapp.engine import Engine
         from chatapp.loading import load_model
 
-        return Engine(load_model(args.model, args.device, args.dtype, progress=progress), top_n=args.top)
+        loaded = load_model(
+            args.model, args.device, args.dtype, progress=progress,
+            device_map=args.device_map, max_memory=args.max_memory,
+        )
+        return Engine(loaded, top_n=args.top)
 
     return load_engine
 

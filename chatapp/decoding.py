@@ -13,6 +13,8 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from chatapp.loading import input_device
+
 
 class KVState:
     """The KV cache of one conversation and the token ids it holds."""
@@ -21,7 +23,7 @@ class KVState:
         """Start empty for `model` (a transformers causal LM)."""
         self.model = model
         self.backbone = model.base_model  # the transformer without its LM head
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.cache = DynamicCache(config=model.config)
         self.token_ids: list[int] = []
         # transformers renamed `past_key_values` to `cache` during 5.x; accept both.

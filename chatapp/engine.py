@@ -169,7 +169,7 @@ class Turn:
         stats.prefill_tokens = len(ids) - cached
         room = engine.info.context_length - len(ids)
         budget = max(0, min(settings.max_new_tokens, room))
-        generator = torch.Generator(device=kv.device).manual_seed(self.seed)
+        generator = None  # made on the device the LM head's output lands on
         detok = ReplyDetokenizer(engine.tokenizer)
         for forced in ids[len(ids) - self.prefix_len :]:
             detok.step(forced)  # the reply's forced start is part of its text
@@ -193,6 +193,8 @@ class Turn:
                     repetition_penalty=settings.repetition_penalty,
                     previous_ids=penalty_ids,
                 )  # (V,), (V,)
+                if generator is None:
+                    generator = torch.Generator(device=probs.device).manual_seed(self.seed)
                 token = sample_token_ids(probs, 1, generator)[0]  # ()
                 choice = describe_choice(token, probs, logits, engine.top_n)
                 token_id = choice.token_id

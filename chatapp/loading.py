@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 """Accepted `--dtype` values."""
 CACHE_FORMAT_VERSION = "1"
 """Bump to invalidate converted copies written by older chatapp versions."""
+MEMORY_AMOUNT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+"""A memory size as Accelerate reads it, e.g. 10GiB or 500MB."""
 FALLBACK_CONTEXT_LENGTH = 2048
 """Context size assumed when a config states none."""
 
@@ -164,11 +167,45 @@ def _resolve(spec: str, progress: Progress) -> tuple[str, dict, str, list[str]]:
     )
 
 
+def parse_max_memory(text: str) -> dict:
+    """Parse `--max-memory`, e.g. "0=10GiB,cpu=30GiB", into Accelerate's max_memory dict."""
+    limits: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        device, sep, amount = part.partition("=")
+        device, amount = device.strip(), amount.strip()
+        if not sep or not device or not MEMORY_AMOUNT.fullmatch(amount):
+            raise ModelLoadError(f"bad --max-memory entry {part!r}: write DEVICE=AMOUNT, e.g. cpu=2GiB,0=10GiB")
+        key = device.removeprefix("cuda:")
+        limits[int(key) if key.isdigit() else key] = amount
+    if not limits:
+        raise ModelLoadError("--max-memory is empty: write DEVICE=AMOUNT, e.g. cpu=2GiB")
+    return limits
+
+
+def input_device(model):
+    """Where input ids must go: the device of the input embedding (CPU if it is offloaded)."""
+    import torch
+
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def _placement(model) -> str:
+    """Human description of where the weights are, e.g. "cpu" or "auto: cpu, disk"."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map and len(set(device_map.values())) > 1:
+        places = sorted({str(v) for v in device_map.values()})
+        return "auto: " + ", ".join(places)
+    return str(next(model.parameters()).device)
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
     dtype: str = "auto",
     progress: Progress | None = None,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
 ) -> LoadedModel:
     """Load a model and tokenizer for chatting, offline.
 
@@ -177,6 +214,8 @@ def load_model(
         device: torch device string; None lets Accelerate choose.
         dtype: one of `DTYPES`.
         progress: called with one-line status messages (the TUI shows them).
+        device_map: "auto" lets Accelerate spread the layers over the GPUs, CPU memory and disk.
+        max_memory: per-device limits for `device_map`, e.g. {0: "10GiB", "cpu": "30GiB"}.
 
     Raises:
         ModelLoadError: with one line saying what was tried and what to do.
@@ -191,12 +230,17 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # an app, not a library: our own messages say what matters
     try:
         source, extra, name, notes = _resolve(spec, progress)
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
         common = dict(local_files_only=True, trust_remote_code=False, **extra)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **common)
+        placement = {}
+        if device_map:
+            offload = cache_root().parent / "offload"
+            placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **common, **placement)
     except ModelLoadError:
         raise
     except MemoryError:
@@ -204,7 +248,8 @@ def load_model(
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
-    model.to(target_device)
+    if not device_map:
+        model.to(target_device)
     model.eval()
     if getattr(tokenizer, "chat_template", None) is None:
         raise ModelLoadError(f"model {spec!r} has no chat template: chatapp needs an instruction-tuned (chat) model")
@@ -212,7 +257,7 @@ def load_model(
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     info = ModelInfo(
         name=name,
-        device=target_device,
+        device=_placement(model),
         dtype=str(model.dtype).removeprefix("torch."),
         context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),

@@ -23,7 +23,7 @@ def tiny_llama(**overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=TINY_VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -32,8 +32,8 @@ def tiny_llama(**overrides):
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,
-        **overrides,
     )
+    config = LlamaConfig(**{**shape, **overrides})
     return LlamaForCausalLM(config).eval()
 
 
