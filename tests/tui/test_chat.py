@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from rich.console import Console
 
 from chatapp.settings import SamplingSettings
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
@@ -23,10 +22,7 @@ pytestmark = pytest.mark.anyio
 
 def panel_lines(app) -> list[str]:
     """The candidates panel rendered as plain text lines."""
-    panel = app.chat.query_one(TopKPanel)
-    console = Console(width=panel.content_size.width, record=True, color_system=None)
-    console.print(panel.render())
-    return console.export_text().splitlines()
+    return app.chat.query_one(TopKPanel).render().plain.splitlines()
 
 
 def last_reply(app) -> AssistantMessage:
@@ -36,7 +32,7 @@ def last_reply(app) -> AssistantMessage:
 async def test_send_streams_the_reply_and_follows_the_panel():
     gate = threading.Event()
     # Steps slower than the batch interval are each posted at once.
-    engine = FakeEngine(gate=gate, gate_after=2, delay=0.06)
+    engine = FakeEngine(gate=gate, gate_after=2, delay=0.12)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)

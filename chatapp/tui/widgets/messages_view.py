@@ -87,10 +87,11 @@ class AssistantMessage(Vertical):
         view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
 
     async def append(self, text: str) -> None:
-        """Stream new reply text into the Markdown body."""
-        view = self.query_one(TokenView)
-        reply = self.exchange.reply
-        view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
+        """Stream new reply text into the Markdown body (and the token view, when it shows)."""
+        if self.has_class("-tokens"):
+            view = self.query_one(TokenView)
+            reply = self.exchange.reply
+            view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
         if not text:
             return
         if self._stream is None:
@@ -106,8 +107,8 @@ class AssistantMessage(Vertical):
 
     def set_token_mode(self, show_tokens: bool, heatmap: bool, cursor: int | None) -> None:
         """Show token spans (inspector or heatmap) instead of Markdown, or go back."""
-        view = self.query_one(TokenView)
-        view.data = TokenViewData(view.data.steps, cursor, heatmap)
+        reply = self.exchange.reply
+        self.query_one(TokenView).data = TokenViewData(tuple(reply.steps) if reply else (), cursor, heatmap)
         self.set_class(show_tokens, "-tokens")
 
     def on_click(self, event: events.Click) -> None:

@@ -17,7 +17,7 @@ from chatapp.tui.formatting import heat_color, literal_text
 EMPTY_TOKEN_MARK = "▯"
 """Stands for a token that adds no text (a partial character, or the end-of-turn token)."""
 NEWLINE_MARK = "↵"
-"""Shown before a newline token so the cursor has something to sit on."""
+"""Shown before each newline of a token so newline tokens are visible and clickable."""
 META_KEY = "step"
 """Key of the step index stored in each token's style, read back on click."""
 
@@ -64,8 +64,8 @@ class TokenView(Widget):
             style = Style.from_meta({META_KEY: index})
             if not text:
                 text, style = EMPTY_TOKEN_MARK, style + mark_style
-            elif text.startswith("\n"):
-                text = NEWLINE_MARK + text
+            else:
+                text = text.replace("\n", NEWLINE_MARK + "\n")
             if data.heatmap:
                 style = style + Style.parse(f"on {heat_color(step.prob)}")
             if step.forced:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.console import RenderableType
-from rich.table import Table
-from rich.text import Text
+from rich.cells import set_cell_size
 from textual import events
+from textual.content import Content
 from textual.message import Message
 from textual.reactive import reactive
+from textual.style import Style
 from textual.widget import Widget
 
 from chatapp.records import Step
@@ -21,10 +21,12 @@ NARROW_BAR_WIDTH = 3
 """Cells of the bar in a narrow panel, leaving room for the token text."""
 NARROW_PANEL = 44
 """Content widths below this get the narrow bar."""
+RANK_WIDTH = 3
+"""Cells of the rank column ("▶17")."""
 PERCENT_WIDTH = 7
 """Cells of a formatted percentage such as "0.0022%"."""
 TOKEN_COLUMN_MIN = 6
-"""Narrowest the token column gets before the bar gives way."""
+"""Narrowest the token column gets."""
 HEADER_ROWS = 1
 """Rows above the first candidate (the column header)."""
 
@@ -72,46 +74,42 @@ class TopKPanel(Widget):
         self.border_title = f"{kind} {step.step + 1} · T={view.temperature:g} k={view.top_k} · H={step.entropy:.2f} bits"
         self.border_subtitle = f"chosen: raw rank {step.rank}"
 
-    def render(self) -> RenderableType:
-        """The candidate table for `view` (pure function of it)."""
+    def render(self) -> Content:
+        """The candidate rows for `view` (pure function of it and the panel width)."""
         view = self.view
         if view is None:
-            return Text(self.placeholder, style="dim")
+            return Content(self.placeholder)
         step = view.step
-        bar_width = BAR_WIDTH if self.content_size.width >= NARROW_PANEL else NARROW_BAR_WIDTH
-        sampled = self.get_component_rich_style("topk-panel--sampled")
-        cursor = self.get_component_rich_style("topk-panel--cursor")
-        bar_style = self.get_component_rich_style("topk-panel--bar")
-        table = Table(box=None, padding=(0, 1), pad_edge=False, expand=True, show_edge=False,
-                      header_style=self.get_component_rich_style("topk-panel--header"))
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("token", ratio=1, min_width=TOKEN_COLUMN_MIN, no_wrap=True, overflow="ellipsis")
-        table.add_column("p", no_wrap=True)
-        table.add_column("raw", justify="right", no_wrap=True)
+        width = max(self.content_size.width, TOKEN_COLUMN_MIN + 2 * PERCENT_WIDTH + 6)
+        bar_width = BAR_WIDTH if width >= NARROW_PANEL else NARROW_BAR_WIDTH
+        token_width = width - RANK_WIDTH - bar_width - 2 * PERCENT_WIDTH - 4
+        styles = {name: Style.from_rich_style(self.get_component_rich_style(f"topk-panel--{name}"))
+                  for name in ("sampled", "cursor", "header", "bar")}
+
+        def row(rank: str, label: str, prob: float, raw: float, style: Style | None) -> Content:
+            line = Content.assemble(
+                f"{rank:>{RANK_WIDTH}} {set_cell_size(label, token_width)} {format_percent(prob):>{PERCENT_WIDTH}} ",
+                (prob_bar(prob, bar_width), styles["bar"]),
+                f" {format_percent(raw):>{PERCENT_WIDTH}}",
+            )
+            # Under the bar's own colour, so the highlighted row keeps its bar visible.
+            return line.stylize_before(style) if style else line
+
+        header = (f"{'#':>{RANK_WIDTH}} {set_cell_size('token', token_width)} {'p':>{PERCENT_WIDTH}} "
+                  f"{'':{bar_width}} {'raw':>{PERCENT_WIDTH}}")
+        lines = [Content(header).stylize(styles["header"])]
         listed = False
-        for row, candidate in enumerate(step.top):
+        for index, candidate in enumerate(step.top):
             chosen = candidate.token_id == step.token_id
             listed = listed or chosen
-            style = cursor if row == view.cursor else sampled if chosen else None
-            mark = "▶" if chosen else " "
-            table.add_row(
-                Text(f"{mark}{row + 1}"),
-                Text(token_label(candidate.text, candidate.piece)),
-                Text.assemble((prob_bar(candidate.prob, bar_width), bar_style), f" {format_percent(candidate.prob):>{PERCENT_WIDTH}}"),
-                Text(format_percent(candidate.raw_prob)),
-                style=style,
-            )
+            style = styles["cursor"] if index == view.cursor else styles["sampled"] if chosen else None
+            label = token_label(candidate.text, candidate.piece)
+            lines.append(row(f"{'▶' if chosen else ''}{index + 1}", label, candidate.prob, candidate.raw_prob, style))
         if not listed:
             # The sampled token ranked below the list: show it anyway, with its rank.
             label = token_label(step.piece.decode("utf-8", errors="replace"), step.piece)
-            table.add_row(
-                Text(f"▶{step.rank}"),
-                Text(label),
-                Text.assemble((prob_bar(step.prob, bar_width), bar_style), f" {format_percent(step.prob):>{PERCENT_WIDTH}}"),
-                Text(format_percent(step.raw_prob)),
-                style=sampled,
-            )
-        return table
+            lines.append(row(f"▶{step.rank}", label, step.prob, step.raw_prob, styles["sampled"]))
+        return Content("\n").join(lines)
 
     def on_click(self, event: events.Click) -> None:
         """Report which candidate row was clicked."""

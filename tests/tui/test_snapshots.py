@@ -1,0 +1,65 @@
+"""SVG snapshots of the main screens, on the scripted engine (deterministic: no blink, no clock)."""
+
+from __future__ import annotations
+
+from chatapp.tui.widgets.prompt_input import PromptInput
+from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.fakes import FakeEngine
+
+REPLIES = [
+    ["Sure", "!", " Here", " is", " a", " list", ":\n\n", "-", " **", "tea", "**", "\n", "-", " `", "coffee", "`"],
+    ["A", " haiku", ":", " cold", " rain", " on", " [bold]", " roofs"],
+]
+"""Two scripted replies: Markdown (a list, bold, code) and markup-like text."""
+
+
+def chat_app():
+    return app_with(FakeEngine(replies=REPLIES))
+
+
+async def chatted(pilot, turns: int = 2) -> None:
+    pilot.app.chat.query_one(PromptInput).cursor_blink = False
+    await ready(pilot)
+    for text in ["What can I drink?", "Write a [haiku]"][:turns]:
+        await send(pilot, text)
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+def test_chat_80x24(snap_compare):
+    async def run_before(pilot):
+        await chatted(pilot, turns=1)
+
+    assert snap_compare(chat_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_chat_wide(snap_compare):
+    assert snap_compare(chat_app(), terminal_size=(130, 36), run_before=chatted)
+
+
+def test_inspector_with_a_candidate_picked(snap_compare):
+    async def run_before(pilot):
+        await chatted(pilot)
+        await pilot.press("ctrl+t", "left", "left", "down", "down")
+
+    assert snap_compare(chat_app(), terminal_size=(130, 36), run_before=run_before)
+
+
+def test_branch_with_heatmap(snap_compare):
+    async def run_before(pilot):
+        await chatted(pilot)
+        await pilot.press("ctrl+t", "home", "right", "down", "enter")
+        await wait_until(pilot, lambda: not pilot.app.chat.generating)
+        await pilot.press("escape", "ctrl+o")
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(chat_app(), terminal_size=(110, 30), run_before=run_before)
+
+
+def test_help(snap_compare):
+    async def run_before(pilot):
+        await chatted(pilot, turns=0)
+        await pilot.press("f1")
+
+    assert snap_compare(chat_app(), terminal_size=(110, 30), run_before=run_before)
