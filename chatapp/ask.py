@@ -34,7 +34,8 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     out = out or sys.stdout
     try:
         loaded = load_model(
-            args.model, args.device, args.dtype, device_map=args.device_map, max_memory=args.max_memory
+            args.model, args.device, args.dtype,
+            device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
         )
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)

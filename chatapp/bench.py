@@ -168,31 +168,36 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     progress("loading the default configuration")
     default = load_model(model, device, "auto")
     default_engine = Engine(default)
-    progress(f"loading float32 weights for (d)")
-    fp32 = default if default.info.dtype == "float32" else load_model(model, device, "float32")
+    progress("loading plain weights for (b) and (c)")
+    plain = load_model(model, device, default.info.dtype, quantize="none")
+    progress("loading float32 weights for (d)")
+    fp32 = plain if plain.info.dtype == "float32" else load_model(model, device, "float32", quantize="none")
+    fast = ", ".join(note.split(" (")[0] for note in default.info.notes if note.startswith("int4"))
     configs = {
-        "a": RunFigures("(a) chatapp, default configuration", default.info.dtype),
+        "a": RunFigures("(a) chatapp, default configuration" + (f" ({fast})" if fast else ""), default.info.dtype),
         "b": RunFigures("(b) chatapp, same dtype as (c), eager", default.info.dtype),
         "c": RunFigures("(c) model.generate, same model/dtype/sampling, eager", default.info.dtype),
         "d": RunFigures("(d) model.generate, float32, eager", "float32"),
     }
-    eager_engine = Engine(default)  # the same weights, no fast paths
+    plain_engine = Engine(plain)  # no fast paths
     # Warm-up: one short run each, so one-time costs don't land in the first measurement.
     warm = SamplingSettings(seed=BENCH_SEED, max_new_tokens=8)
     _run_engine(default_engine, warm, RunFigures("warm", ""))
-    _run_generate(default, warm, 8, RunFigures("warm", ""))
+    _run_engine(plain_engine, warm, RunFigures("warm", ""))
+    _run_generate(plain, warm, 8, RunFigures("warm", ""))
     _run_generate(fp32, warm, 8, RunFigures("warm", ""))
     for run in range(runs):
         progress(f"run {run + 1}/{runs}")
         _run_engine(default_engine, settings, configs["a"])
-        _run_engine(eager_engine, settings, configs["b"])
-        _run_generate(default, settings, tokens, configs["c"])
+        _run_engine(plain_engine, settings, configs["b"])
+        _run_generate(plain, settings, tokens, configs["c"])
         _run_generate(fp32, settings, tokens, configs["d"])
         gc.collect()
     for figures in configs.values():
         figures.rss_mb = _current_rss_mb()
-    progress("multi-turn run (8 turns)")
-    ttfts = _multi_turn(default_engine, MULTI_TURN_TOKENS)
+    progress("multi-turn runs (8 turns each)")
+    passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
+    ttfts = [statistics.median(turn) for turn in zip(*passes)]
     s = {key: figures.summary() for key, figures in configs.items()}
     return {
         "type": "bench",
@@ -201,6 +206,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "tokens": tokens,
         "runs": runs,
         "machine": _machine(),
+        "default_notes": list(default.info.notes),
         "configs": s,
         "ratios": {
             "b_over_c": s["b"]["tok_per_s"] / s["c"]["tok_per_s"],

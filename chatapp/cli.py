@@ -12,7 +12,7 @@ from typing import Sequence
 from dataclasses import replace
 
 from chatapp.config import DEFAULT_TOP_N, MAX_TOP_N, Config, config_path, load_config
-from chatapp.loading import DTYPES
+from chatapp.loading import DTYPES, QUANTIZE_CHOICES
 from chatapp.settings import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -49,6 +49,14 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: Accelerate's choice)")
     group.add_argument("--dtype", default=None, choices=DTYPES, help="weight dtype (default: auto)")
+    group.add_argument(
+        "--quantize",
+        default="auto",
+        choices=QUANTIZE_CHOICES,
+        help="int4 packs the transformer weights to 4 bits on CPU (faster, changes outputs slightly); "
+        "auto does so only for 4-bit GGUF weights, e.g. the default model, on a CPU with native "
+        "bfloat16, keeping the file's own 4-bit codes (default: auto)",
+    )
     group.add_argument(
         "--device-map",
         default=None,
@@ -208,7 +216,7 @@ def _engine_loader(args: argparse.Namespace):
 
         loaded = load_model(
             args.model, args.device, args.dtype, progress=progress,
-            device_map=args.device_map, max_memory=args.max_memory,
+            device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
         )
         return Engine(loaded, top_n=args.top)
 

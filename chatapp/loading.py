@@ -36,6 +36,14 @@ CACHE_FORMAT_VERSION = "1"
 """Bump to invalidate converted copies written by older chatapp versions."""
 MEMORY_AMOUNT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 """A memory size as Accelerate reads it, e.g. 10GiB or 500MB."""
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+"""/proc/cpuinfo flags of CPUs that compute bfloat16 natively."""
+FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
+"""GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
+QUANTIZE_CHOICES = ("auto", "none", "int4")
+EXACT_FRACTION = 0.99
+"""Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
+"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
 FALLBACK_CONTEXT_LENGTH = 2048
 """Context size assumed when a config states none."""
 
@@ -114,6 +122,24 @@ def pick_dtype(name: str, device: str):
     return torch.float32
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so it is faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = set(cpuinfo.read().split())
+    except OSError:
+        return False
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
+def _gguf_is_4bit(path: Path) -> bool:
+    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1)."""
+    from gguf import GGUFReader
+
+    types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
+    return bool(types) and types <= FOUR_BIT_GGUF_TYPES | {"F32", "F16"}
+
+
 def _converted_dir(gguf: Path) -> Path:
     stat = gguf.stat()
     key = f"{CACHE_FORMAT_VERSION}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -143,27 +169,62 @@ def _convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _resolve(spec: str, progress: Progress) -> tuple[str, dict, str, list[str]]:
-    """Map a `--model` value to (folder, extra from_pretrained kwargs, display name, notes)."""
+@dataclass(frozen=True)
+class _Source:
+    """Where `from_pretrained` reads a model from."""
+
+    location: str
+    """Folder or ORG/NAME."""
+    extra: dict
+    """Extra from_pretrained arguments (gguf_file)."""
+    name: str
+    """Display name."""
+    gguf: Path | None = None
+    """The GGUF file the weights come from, if any."""
+
+
+def _resolve(spec: str, progress: Progress) -> _Source:
+    """Map a `--model` value to where and how to load it."""
     if spec == DEFAULT_MODEL:
         gguf = default_gguf_path()
         target = _converted_dir(gguf)
         if not (target / "config.json").is_file():
             _convert_gguf(gguf, target, progress)
-        return str(target), {}, DEFAULT_MODEL_NAME, [f"weights dequantized from {gguf.name}"]
+        return _Source(str(target), {}, DEFAULT_MODEL_NAME, gguf)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        return str(path.parent), {"gguf_file": path.name}, path.stem, [f"weights dequantized from {path.name}"]
+        return _Source(str(path.parent), {"gguf_file": path.name}, path.stem, path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
-        return str(path), {}, path.name, []
+        return _Source(str(path), {}, path.name)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return spec, {}, spec.split("/")[-1], []
+        return _Source(spec, {}, spec.split("/")[-1])
     raise ModelLoadError(
         f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
+    )
+
+
+def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: str | None) -> bool:
+    import torch
+
+    from chatapp.quantize import int4_supported
+
+    if quantize == "none" or device_map:
+        return False
+    on_cpu = torch.device(device).type == "cpu"
+    if quantize == "int4":
+        if not (on_cpu and int4_supported()):
+            raise ModelLoadError("--quantize int4 needs --device cpu and a torch build with CPU int4 kernels")
+        return True
+    return (
+        on_cpu
+        and cpu_has_native_bf16()  # the int4 kernels compute in bfloat16
+        and int4_supported()
+        and source.gguf is not None
+        and _gguf_is_4bit(source.gguf)
     )
 
 
@@ -206,6 +267,7 @@ def load_model(
     progress: Progress | None = None,
     device_map: str | None = None,
     max_memory: dict | None = None,
+    quantize: str = "auto",
 ) -> LoadedModel:
     """Load a model and tokenizer for chatting, offline.
 
@@ -216,14 +278,22 @@ def load_model(
         progress: called with one-line status messages (the TUI shows them).
         device_map: "auto" lets Accelerate spread the layers over the GPUs, CPU memory and disk.
         max_memory: per-device limits for `device_map`, e.g. {0: "10GiB", "cpu": "30GiB"}.
+        quantize: "int4" packs the transformer blocks' linear weights to 4 bits (CPU); "auto"
+            does so only when they are 4-bit GGUF blocks already (the file's own codes, with
+            bfloat16 scales) on a CPU with native bfloat16; "none" never. The LM head, embeddings
+            and norms keep `dtype`, and the LM head is always float32.
 
     Raises:
         ModelLoadError: with one line saying what was tried and what to do.
     """
+    import torch
+
     progress = progress or (lambda message: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -232,15 +302,19 @@ def load_model(
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()  # an app, not a library: our own messages say what matters
     try:
-        source, extra, name, notes = _resolve(spec, progress)
+        source = _resolve(spec, progress)
+        name = source.name
+        use_int4 = _wants_int4(quantize, source, target_device, torch_dtype, device_map)
+        # int4 packing reads the float32 weights, where GGUF's 4-bit codes are exact.
+        load_dtype = torch.float32 if use_int4 else torch_dtype
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
-        common = dict(local_files_only=True, trust_remote_code=False, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        common = dict(local_files_only=True, trust_remote_code=False, **source.extra)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
         placement = {}
         if device_map:
             offload = cache_root().parent / "offload"
             placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **common, **placement)
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
     except ModelLoadError:
         raise
     except MemoryError:
@@ -248,6 +322,22 @@ def load_model(
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
+    notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []
+    if use_int4:
+        from chatapp.quantize import Float32Head, quantize_int4
+
+        progress("packing weights to int4")
+        report = quantize_int4(model)
+        # The LM head stays float32: the probabilities we show are read from its logits.
+        head = Float32Head(model.get_output_embeddings().weight)
+        # Parameters only: buffers such as the rotary frequencies must stay float32.
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(torch_dtype)
+        model.set_output_embeddings(head)
+        model.config.tie_word_embeddings = False
+        model.config.dtype = torch_dtype
+        exact = "GGUF 4-bit codes kept exactly" if report.exact_blocks > EXACT_FRACTION else "lossy"
+        notes.append(f"int4 weights ({exact}, bf16 scales)")
     if not device_map:
         model.to(target_device)
     model.eval()

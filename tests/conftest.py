@@ -14,8 +14,8 @@ TINY_VOCAB = 49152
 
 @pytest.fixture(scope="session")
 def default_model() -> LoadedModel:
-    """SmolLM2-135M-Instruct from the bundled GGUF (converted once into the user cache)."""
-    return load_model("default", device="cpu", dtype="float32")
+    """SmolLM2-135M-Instruct from the bundled GGUF, plain float32 (the reference path)."""
+    return load_model("default", device="cpu", dtype="float32", quantize="none")
 
 
 def tiny_llama(**overrides):

@@ -1,0 +1,120 @@
+"""Weight-only 4-bit linears for fast CPU decoding, using torch's int4 kernels.
+
+The default model comes from a Q4_1 GGUF file: each run of 32 weights along a row is
+`d * q + m` with q in 0..15. `quantize_int4` finds those blocks again in the dequantized weights
+and packs them for `torch._weight_int4pack_mm_for_cpu` (dequant `(q - 8) * scale + zero`, so
+scale = d and zero = m + 8d): the same 4-bit values the GGUF file holds, at a quarter of the
+bytes of bfloat16. Only the scales are rounded (to bfloat16, which the kernel computes in), so
+outputs differ from float32 about as much as bfloat16 weights do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GROUP_SIZE = 32
+"""Weights per quantization block along the input dimension, as in GGUF's Q4_0/Q4_1."""
+LEVELS = 15
+"""Largest 4-bit code."""
+ZERO_OFFSET = 8
+"""torch's int4 kernels dequantize (q - 8) * scale + zero."""
+EXACT_TOLERANCE = 1e-3
+"""Largest relative error for a block to count as holding GGUF 4-bit values exactly."""
+
+
+def int4_supported() -> bool:
+    """Whether this torch build has the CPU int4 kernels."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch, "_convert_weight_to_int4pack_for_cpu"
+    )
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer whose weight is packed 4-bit with per-block scale and zero."""
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, in_features: int, out_features: int) -> None:
+        """Hold a packed weight; see `quantize_linear`."""
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (K / G, N, 2) bfloat16
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP_SIZE, self.scales_and_zeros)
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Float32Head(nn.Module):
+    """An output embedding kept in float32 beside a lower-precision body (casts its input up)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        """Copy `weight` `(V, d_model)` as float32, untied from anything it was tied to."""
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V)
+        return nn.functional.linear(hidden.float(), self.weight)
+
+
+@dataclass
+class QuantizeReport:
+    """What `quantize_int4` did."""
+
+    layers: int = 0
+    """Linear layers replaced."""
+    exact_blocks: float = 0.0
+    """Fraction of 32-weight blocks that were already 4-bit (from a GGUF file) and so kept exactly."""
+
+
+def quantize_linear(linear: nn.Linear) -> tuple[Int4Linear, float]:
+    """Pack one linear layer; return it and the fraction of its blocks that were exactly 4-bit."""
+    weight = linear.weight.detach().float()  # (N, K)
+    n, k = weight.shape
+    blocks = weight.reshape(n, k // GROUP_SIZE, GROUP_SIZE)
+    low = blocks.amin(-1, keepdim=True)
+    high = blocks.amax(-1, keepdim=True)
+    scale = ((high - low) / LEVELS).clamp(min=torch.finfo(torch.float32).tiny)
+    codes = ((blocks - low) / scale).round().clamp(0, LEVELS)
+    rebuilt = codes * scale + low
+    error = (rebuilt - blocks).abs().amax(-1) / (high - low).squeeze(-1).clamp(min=1e-12)
+    exact = float((error <= EXACT_TOLERANCE).float().mean())
+    zero = low + ZERO_OFFSET * scale
+    scales_and_zeros = torch.cat([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)  # (K/G, N, 2)
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes.reshape(n, k).to(torch.int32), 1)
+    return Int4Linear(packed, scales_and_zeros, k, n), exact
+
+
+def _eligible(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Linear)
+        and module.bias is None
+        and module.in_features % GROUP_SIZE == 0
+        and module.weight.device.type == "cpu"
+    )
+
+
+@torch.inference_mode()
+def quantize_int4(model: nn.Module) -> QuantizeReport:
+    """Replace the transformer blocks' linear layers with `Int4Linear`, in place.
+
+    The output embedding (the LM head we read probabilities from) and the input embedding keep
+    their precision.
+    """
+    report = QuantizeReport()
+    exact_total = 0.0
+    skip = {id(model.get_output_embeddings())}
+    for parent in list(model.base_model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in skip or not _eligible(child):
+                continue
+            replacement, exact = quantize_linear(child)
+            setattr(parent, name, replacement)
+            report.layers += 1
+            exact_total += exact
+    report.exact_blocks = exact_total / report.layers if report.layers else 0.0
+    return report

@@ -1,0 +1,76 @@
+"""Fast paths against the eager float32 path: int4 weights from the GGUF's own 4-bit blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.engine import Engine
+from chatapp.loading import load_model
+from chatapp.quantize import GROUP_SIZE, int4_supported, quantize_linear
+from chatapp.settings import SamplingSettings
+
+AGREEMENT_PROMPTS = [
+    "What is the capital of France?", "Write a haiku about autumn.", "Explain photosynthesis briefly.",
+    "List three uses of copper.", "How do I boil an egg?", "Translate 'good morning' to Spanish.",
+    "What is 12 times 7?", "Give me a tip for learning to code.", "Describe a cat in one sentence.",
+    "Why is the sky blue?",
+]
+"""The fixed prompt set for the documented greedy agreement rate (README, Performance)."""
+MIN_IDENTICAL_REPLIES = 7
+"""Of the 10 greedy 32-token replies, at least this many must equal float32's (measured: 8)."""
+
+needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernels")
+
+
+def _four_bit_linear(n: int = 64, k: int = 128) -> torch.nn.Linear:
+    """A linear whose weight rows are made of Q4_1-style blocks: d * q + m."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (n, k // GROUP_SIZE, GROUP_SIZE), generator=gen).float()
+    codes[..., 0], codes[..., 1] = 0, 15  # every block spans the full code range, as GGUF's do
+    d = torch.rand(n, k // GROUP_SIZE, 1, generator=gen) * 0.05 + 0.01
+    m = -torch.rand(n, k // GROUP_SIZE, 1, generator=gen) * 0.4
+    linear = torch.nn.Linear(k, n, bias=False)
+    linear.weight.data = (codes * d + m).reshape(n, k)
+    return linear
+
+
+@needs_int4
+def test_four_bit_blocks_are_recognised_and_kept():
+    linear = _four_bit_linear()
+    packed, exact = quantize_linear(linear)
+    assert exact == 1.0
+    x = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(packed(x), linear(x), rtol=2e-2, atol=2e-2)  # bf16 scales
+
+
+@needs_int4
+def test_arbitrary_weights_are_reported_lossy():
+    linear = torch.nn.Linear(128, 64, bias=False)
+    _, exact = quantize_linear(linear)
+    assert exact < 0.5
+
+
+@needs_int4
+@pytest.mark.model
+def test_default_model_gets_int4_from_its_gguf_blocks_exactly():
+    loaded = load_model("default", device="cpu", quantize="int4")
+    assert any("GGUF 4-bit codes kept exactly" in note for note in loaded.info.notes), loaded.info.notes
+    assert loaded.model.get_output_embeddings().weight.dtype == torch.float32
+
+
+@needs_int4
+@pytest.mark.model
+def test_int4_greedy_agreement_with_float32(default_model, capsys):
+    fast = Engine(load_model("default", device="cpu", dtype="float32", quantize="int4"))
+    exact = Engine(default_model)
+    settings = SamplingSettings(temperature=0, max_new_tokens=32)
+    identical = 0
+    for prompt in AGREEMENT_PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        a = [s.token_id for s in exact.start_turn(messages, settings)]
+        b = [s.token_id for s in fast.start_turn(messages, settings)]
+        identical += a == b
+    with capsys.disabled():
+        print(f"\nint4 vs float32 greedy: {identical}/{len(AGREEMENT_PROMPTS)} replies identical")
+    assert identical >= MIN_IDENTICAL_REPLIES
