@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -133,10 +134,22 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _gguf_is_4bit(path: Path) -> bool:
-    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1)."""
-    from gguf import GGUFReader
+    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1).
 
-    types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
+    Reading a GGUF index takes seconds, so the answer is kept beside the converted copies.
+    """
+    memo = cache_root() / f"{_converted_dir(path).name}.gguf-types.json"
+    try:
+        types = set(json.loads(memo.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        from gguf import GGUFReader
+
+        types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps(sorted(types)), encoding="utf-8")
+        except OSError:
+            pass  # a read-only cache only costs time
     return bool(types) and types <= FOUR_BIT_GGUF_TYPES | {"F32", "F16"}
 
 
