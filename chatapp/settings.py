@@ -24,6 +24,16 @@ MAX_MAX_NEW_TOKENS = 1_000_000
 """Upper bound for `max_new_tokens`; the context window limits it further at run time."""
 
 
+SHOWN_VALUE_LENGTH = 40
+"""Longest excerpt of a bad value quoted back in an error message."""
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut to a readable length, for one-line error messages."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_LENGTH else text[: SHOWN_VALUE_LENGTH - 1] + "…"
+
+
 class SettingError(ValueError):
     """A setting's value is out of range or malformed; the message is one line for the user."""
 
@@ -62,7 +72,7 @@ class SamplingSettings:
     def with_value(self, name: str, text: str) -> "SamplingSettings":
         """A copy with setting `name` parsed from user text (e.g. from `/temp 0.8`)."""
         if name not in _PARSERS:
-            raise SettingError(f"unknown setting {name!r}; known: {', '.join(SETTING_NAMES)}")
+            raise SettingError(f"unknown setting {shown(name)}; known: {', '.join(SETTING_NAMES)}")
         return replace(self, **{name: _PARSERS[name](name, text)}).validated()
 
     def describe(self) -> str:
@@ -82,18 +92,18 @@ class SamplingSettings:
 
 def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SettingError(f"{name} must be a finite number, got {value!r}", name)
+        raise SettingError(f"{name} must be a finite number, got {shown(value)}", name)
     return float(value)
 
 
 def _check_temperature(v: Any) -> None:
     if not 0 <= _finite("temperature", v) <= MAX_TEMPERATURE:
-        raise SettingError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {v!r}", "temperature")
+        raise SettingError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {shown(v)}", "temperature")
 
 
 def _check_int(name: str, v: Any, low: int, high: int) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise SettingError(f"{name} must be a whole number from {low} to {high}, got {v!r}", name)
+        raise SettingError(f"{name} must be a whole number from {low} to {high}, got {shown(v)}", name)
 
 
 def _check_optional_unit(name: str, v: Any, *, allow_zero: bool) -> None:
@@ -102,12 +112,12 @@ def _check_optional_unit(name: str, v: Any, *, allow_zero: bool) -> None:
     x = _finite(name, v)
     if not ((0 <= x if allow_zero else 0 < x) and x <= 1):
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise SettingError(f"{name} must be in {interval}, got {v!r}", name)
+        raise SettingError(f"{name} must be in {interval}, got {shown(v)}", name)
 
 
 def _check_repetition_penalty(v: Any) -> None:
     if v is not None and not _finite("repetition_penalty", v) > 0:
-        raise SettingError(f"repetition_penalty must be greater than 0, got {v!r}", "repetition_penalty")
+        raise SettingError(f"repetition_penalty must be greater than 0, got {shown(v)}", "repetition_penalty")
 
 
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
@@ -128,14 +138,14 @@ def _parse_float(name: str, text: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise SettingError(f"{name} must be a number, got {text.strip()!r}", name) from None
+        raise SettingError(f"{name} must be a number, got {shown(text.strip())}", name) from None
 
 
 def _parse_int(name: str, text: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise SettingError(f"{name} must be a whole number, got {text.strip()!r}", name) from None
+        raise SettingError(f"{name} must be a whole number, got {shown(text.strip())}", name) from None
 
 
 def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
