@@ -229,8 +229,15 @@ def _machine() -> dict:
 
     import torch
 
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -259,15 +266,46 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(report: dict) -> str:
+    """The README's performance table, generated from a report."""
+    m, r, machine = report["multi_turn"], report["ratios"], report["machine"]
+    d = report["configs"]["d"]["tok_per_s"]
+    lines = [
+        f"{report['model']}, {report['tokens']} new tokens, median of {report['runs']} runs; "
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} ({machine['threads']} threads)"
+        + (f", GPU {machine['cuda']}" if machine.get("cuda") else "") + ".",
+        "",
+        "| configuration | dtype | tok/s | × (d) | time to first token |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for c in report["configs"].values():
+        lines.append(
+            f"| {c['label']} | {c['dtype']} | {c['tok_per_s']:.1f} | {c['tok_per_s'] / d:.2f} | {c['ttft_ms']:.0f} ms |"
+        )
+    lines += [
+        "",
+        f"- (b)/(c) = **{r['b_over_c']:.2f}** (target ≥ 1.0); (a)/(d) = **{r['a_over_d']:.2f}** (target ≥ 3.0)",
+        f"- time to first token, turn 8 / turn 1 = **{m['turn8_over_turn1']:.2f}** "
+        f"({m['turn1_ttft_ms']:.0f} ms → {m['turn8_ttft_ms']:.0f} ms; target ≤ 1.2)",
+        f"- peak RSS {report['memory']['peak_rss_mb']:.0f} MiB (all four configurations loaded in one process)",
+    ]
+    return "\n".join(lines)
+
+
 def main_bench(args) -> int:
     """Entry point of `chatapp bench`."""
     from chatapp.loading import ModelLoadError
 
-    progress = (lambda message: print(f"… {message}", file=sys.stderr)) if not args.json else None
+    progress = None if args.json else (lambda message: print(f"… {message}", file=sys.stderr))
     try:
         report = run_bench(args.model, args.device, args.tokens, args.runs, progress)
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if args.json else format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    elif args.markdown:
+        print(format_markdown(report))
+    else:
+        print(format_report(report))
     return 0

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--path", action="store_true", required=True, help="print where config.toml is read from")
     bench = commands.add_parser("bench", help="measure speed and memory against model.generate, as ratios")
     _add_model_flags(bench)
-    bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    bench_format = bench.add_mutually_exclusive_group()
+    bench_format.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    bench_format.add_argument("--markdown", action="store_true", help="print the README's performance table")
     bench.add_argument("--tokens", type=int, default=128, help="new tokens per run (default: %(default)s)")
     bench.add_argument("--runs", type=int, default=3, help="runs per configuration; medians reported (default: %(default)s)")
     return parser
