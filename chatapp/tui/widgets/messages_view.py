@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+
+from markdown_it import MarkdownIt
 
 from textual import events
 from textual.app import ComposeResult
@@ -18,6 +21,12 @@ from chatapp.tui.widgets.token_view import TokenView, TokenViewData
 
 STATUS_LABELS = {"streaming": "writing…", "stopped": "stopped", "error": "error", "done": ""}
 """Header note for each reply status."""
+
+
+@functools.lru_cache(maxsize=1)
+def shared_parser() -> MarkdownIt:
+    """One Markdown parser for every reply: Textual builds a new one per streamed fragment otherwise."""
+    return MarkdownIt("gfm-like")
 
 
 class UserMessage(Static):
@@ -45,7 +54,7 @@ class AssistantMessage(Vertical):
     def compose(self) -> ComposeResult:
         """Header line, Markdown body, token view."""
         yield Static(classes="reply-header")
-        yield Markdown(classes="reply-body")
+        yield Markdown(classes="reply-body", parser_factory=shared_parser)
         yield TokenView()
 
     def on_mount(self) -> None:
