@@ -126,7 +126,8 @@ class ChatScreen(ConversationActions, Screen):
     def update_status(self, activity: str | None = None) -> None:
         """Refresh the status line from the engine, the last turn and the settings."""
         bar = self.query_one(StatusBar)
-        stats = self._last_stats()
+        finished = self._last_finished()
+        stats = finished.stats if finished else None
         info = getattr(self.engine, "info", None)
         if activity is None:
             activity = "writing…" if self.generating else ""
@@ -134,7 +135,8 @@ class ChatScreen(ConversationActions, Screen):
             info=info,
             activity=activity,
             tok_per_s=stats.tok_per_s if stats else None,
-            context_used=stats.prompt_tokens + len(self._last_reply().steps) if stats else 0,
+            # A branch's forced prefix is in the reply's steps but not in stats.tokens.
+            context_used=stats.prompt_tokens + len(finished.steps) if stats else 0,
             cached=stats.cached_tokens if stats else None,
             prompt=stats.prompt_tokens if stats else 0,
             settings=self.settings.describe(),
@@ -144,9 +146,12 @@ class ChatScreen(ConversationActions, Screen):
         last = self.conversation.last
         return last.reply if last else None
 
-    def _last_stats(self):
-        reply = self._last_reply()
-        return reply.stats if reply else None
+    def _last_finished(self) -> ReplyVersion | None:
+        """The latest reply whose turn has ended (a reply being written has no stats yet)."""
+        for exchange in reversed(self.conversation.exchanges):
+            if exchange.reply is not None and exchange.reply.stats is not None:
+                return exchange.reply
+        return None
 
     # -- sending and commands ------------------------------------------------------------------
 

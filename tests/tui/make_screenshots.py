@@ -1,0 +1,51 @@
+"""Write the README's screenshots: the real app on the default model, saved by the app itself.
+
+Run: `.venv/bin/python -m tests.tui.make_screenshots` (loads SmolLM2-135M-Instruct; ~1 minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from chatapp.engine import Engine
+from chatapp.loading import load_model
+from chatapp.settings import SamplingSettings
+from chatapp.tui.app import make_app
+from chatapp.tui.widgets.prompt_input import PromptInput
+from tests.tui.conftest import send, wait_until
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+"""Where the screenshots go."""
+SIZE = (132, 38)
+"""Terminal size of the screenshots."""
+MODEL_TIMEOUT = 300.0
+"""Seconds allowed for loading and for each reply."""
+
+
+async def main() -> None:
+    settings = SamplingSettings(seed=42, max_new_tokens=60)
+    app = make_app(settings=settings, load_engine=lambda progress: Engine(load_model(progress=progress)))
+    async with app.run_test(size=SIZE) as pilot:
+        app.chat.query_one(PromptInput).cursor_blink = False
+        await wait_until(pilot, lambda: app.chat.engine is not None, MODEL_TIMEOUT)
+        for text in ("What is the capital of France?", "Give me three tips for learning French, as a list."):
+            await send(pilot, text, wait=False)
+            await wait_until(pilot, lambda: not app.chat.generating, MODEL_TIMEOUT)
+        app.clear_notifications()
+        await pilot.pause(0.5)
+        app.save_screenshot("chat.svg", str(ASSETS))
+        await pilot.press("ctrl+t", "home", "right", "right", "down", "down")
+        await pilot.pause(0.5)
+        app.save_screenshot("inspector.svg", str(ASSETS))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not app.chat.generating and len(app.chat.conversation.last.versions) == 2,
+                         MODEL_TIMEOUT)
+        await pilot.press("escape", "ctrl+o")
+        app.clear_notifications()
+        await pilot.pause(0.5)
+        app.save_screenshot("branch-heatmap.svg", str(ASSETS))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
