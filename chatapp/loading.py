@@ -365,5 +365,6 @@ def load_model(
         context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
         notes=tuple(notes),
+        quantization="int4" if use_int4 else "",
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

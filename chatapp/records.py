@@ -121,6 +121,8 @@ class ModelInfo:
     """Number of tokens in the LM head's output."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Quality-relevant facts, e.g. "weights dequantized from Q4_1"."""
+    quantization: str = ""
+    """Weight quantization that changes outputs, e.g. "int4"; empty when none."""
 
     def to_json(self) -> dict:
         """The `model` line of `chatapp ask --json`."""

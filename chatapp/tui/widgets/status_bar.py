@@ -48,7 +48,8 @@ class StatusBar(Widget):
             fields.append(data.activity or "loading…")
         else:
             info = data.info
-            fields += [info.name, f"{info.device} {info.dtype}"]
+            weights = f" {info.quantization} weights" if info.quantization else ""
+            fields += [info.name, f"{info.device} {info.dtype}{weights}"]
             fields.append(f"{data.tok_per_s:.1f} tok/s" if data.tok_per_s else "– tok/s")
             fields.append(f"ctx {data.context_used}/{info.context_length}")
             if data.cached is not None and data.prompt:
