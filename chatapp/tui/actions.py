@@ -30,6 +30,7 @@ class ConversationActions:
             if self._turn is not None:
                 self._turn.cancel()
             self.workers.cancel_group(self, "engine")
+            self.autosave()
         elif self.editing:
             self.editing = False
             self.query_one(PromptInput).clear()
@@ -72,11 +73,11 @@ class ConversationActions:
             self.action_edit_last()
 
     async def action_new_chat(self: "ChatScreen") -> None:
-        """Forget the conversation (the system prompt and settings stay)."""
+        """Save the conversation and start a new one (the system prompt and settings stay)."""
         if self._turn is not None:
             self._turn.cancel()
+        self.new_saved_chat()
         self._job, self._turn, self._version, self.editing = None, None, None, False
-        self.conversation.exchanges.clear()
         await self.query_one(ChatLog).clear()
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()
@@ -106,7 +107,7 @@ class ConversationActions:
         cursor = message.cursor
         if cursor is None:
             self.query_one(PromptInput).focus()
-            reply = self._last_reply()
+            reply = self.conversation.last.reply if self.conversation.last else None
             if reply is not None and reply.steps:
                 self.show_step(reply.steps[-1], reply.settings)
             return
@@ -131,6 +132,8 @@ class ConversationActions:
         if version.steps[-1].is_stop:
             # The forced token ends the reply: nothing more to generate.
             exchange.add_version(version).status = "done"
+            self.mark_changed(cursor.exchange)
+            self.autosave()
             self.query_one(ChatLog).reply_view(cursor.exchange).show_reply()
         else:
             self.start_reply(cursor.exchange, version, tuple(prefix_ids))
@@ -156,6 +159,8 @@ class ConversationActions:
         exchange = self.conversation.exchanges[index]
         if not exchange.switch(delta):
             return
+        self.mark_changed(index)
+        self.autosave()
         log = self.query_one(ChatLog)
         log.reply_view(index).show_reply()
         if log.cursor is not None and log.cursor.exchange == index:

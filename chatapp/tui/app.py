@@ -2,17 +2,23 @@
 
 Nothing happens at import time. `make_app` wires the chat screen to whatever `load_engine`
 returns (the real `Engine`, or a scripted fake in tests); `run_tui` runs it for the CLI.
+Every way out saves the chat first: Ctrl+Q, Ctrl+C, the palette's quit, and SIGTERM or SIGHUP
+(handled on the event loop, so the save never interrupts the UI thread mid-update).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from chatapp.settings import SamplingSettings
+from chatapp.chat_file import SavedChat
+from chatapp.settings import SamplingSettings, shown
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.screens import ConfirmQuitScreen
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -31,8 +37,15 @@ SETTING_COMMANDS = (
     ("Set seed…", "/seed ", "fixed seed for reproducible replies, or off"),
     ("Set several settings…", "/set ", "e.g. temp=0.5 topk=40"),
     ("Set system prompt…", "/system ", "sent before the conversation; empty clears it"),
+    ("Save chat as JSON…", "/save ", "the whole chat, token records included (/load reads it)"),
+    ("Load chat from JSON…", "/load ", "open a chat saved with /save"),
+    ("Export chat…", "/export ", "a Markdown transcript (.md) or the JSON document (.json)"),
 )
 """Palette entries that put a slash command in the prompt for the user to complete."""
+EXIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""Signals that save the chat and quit (the terminal closed, the system shutting down)."""
+SIGNAL_EXIT_BASE = 128
+"""Exit code after a signal: 128 + its number, as shells report it."""
 
 
 class ChatApp(App):
@@ -47,10 +60,46 @@ class ChatApp(App):
     ]
     """Quitting asks first while a reply is being written."""
 
-    def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N) -> None:
-        """An app that loads its engine with `load_engine` once running."""
+    def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N, *,
+                 store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
+                 theme_name: str | None = None) -> None:
+        """An app that loads its engine with `load_engine` once running (arguments: `make_app`)."""
         super().__init__()
-        self.chat = ChatScreen(settings.validated(), load_engine, top_n)
+        self.chat = ChatScreen(settings.validated(), load_engine, top_n, store_path=store_path, chat=chat,
+                               system=system)
+        self.theme_name = theme_name
+
+    def on_mount(self) -> None:
+        """Apply the configured theme and take over the exit signals."""
+        if self.theme_name and self.theme_name in self.available_themes:
+            self.theme = self.theme_name
+        elif self.theme_name:
+            self.notify(f"unknown theme {shown(self.theme_name)} in the config; using {self.theme!r}",
+                        title="Config", severity="warning", markup=False)
+        loop = asyncio.get_running_loop()
+        for number in EXIT_SIGNALS:
+            try:
+                loop.add_signal_handler(number, self.exit_on_signal, number)
+            except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, not main thread)
+                pass
+
+    def on_unmount(self) -> None:
+        """Give the signals back."""
+        loop = asyncio.get_running_loop()
+        for number in EXIT_SIGNALS:
+            try:
+                loop.remove_signal_handler(number)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def exit_on_signal(self, number: int) -> None:
+        """SIGTERM or SIGHUP: save and quit cleanly, mid-reply too (the partial reply is kept)."""
+        self.exit(return_code=SIGNAL_EXIT_BASE + number)
+
+    def exit(self, result: Any = None, return_code: int = 0, message: Any = None) -> None:
+        """Save the chat (and close the history), then quit."""
+        self.chat.close_store()
+        super().exit(result, return_code, message)
 
     def get_default_screen(self) -> Screen:
         """The chat screen is the app."""
@@ -88,6 +137,7 @@ class ChatApp(App):
         yield SystemCommand("Token inspector", "Move through a reply's tokens and branch", chat.action_inspect)
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
         yield SystemCommand("Help", "Slash commands and keys (/help)", chat.action_help)
+        yield SystemCommand("History", "Saved chats: open, rename, delete (F2)", chat.action_history)
         for title, command, help_text in SETTING_COMMANDS:
             yield SystemCommand(title, help_text, self._prefill(command))
 
@@ -100,19 +150,27 @@ class ChatApp(App):
         return prefill
 
 
-def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N) -> ChatApp:
+def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,
+             store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
+             theme: str | None = None) -> ChatApp:
     """Build the TUI.
 
     Args:
         settings: initial sampling settings (validated).
         load_engine: called on a worker thread with a progress callback; returns an engine.
         top_n: candidates listed per step.
+        store_path: the chat history database; None for the user data folder (tests pass a
+            temporary path).
+        chat: a saved chat to reopen (`chatapp --resume`, `--chat ID`); None starts a new one.
+        system: system prompt of a new chat.
+        theme: Textual theme name; an unknown one is reported and the default kept.
     """
-    return ChatApp(settings, load_engine, top_n)
+    return ChatApp(settings, load_engine, top_n, store_path=store_path, chat=chat, system=system, theme_name=theme)
 
 
-def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N) -> int:
-    """Run the TUI until the user quits; return the process exit code."""
-    app = make_app(settings=settings, load_engine=load_engine, top_n=top_n)
+def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,
+            **options: Any) -> int:
+    """Run the TUI until the user quits; return the process exit code (`options`: `make_app`'s)."""
+    app = make_app(settings=settings, load_engine=load_engine, top_n=top_n, **options)
     app.run()
     return app.return_code or 0

@@ -7,6 +7,7 @@ the plain conversation state (`chatapp.tui.state`) and then the widgets that vie
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from textual import on, work
@@ -17,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
+from chatapp.chat_file import SavedChat
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
 from chatapp.tui.actions import ConversationActions
@@ -24,7 +26,8 @@ from chatapp.tui.generation import GenerationJob, one_line, stream_turn
 from chatapp.tui.messages import (
     CandidatesUpdated, EngineLoaded, LoadFailed, LoadProgress, TokensGenerated, TurnFailed, TurnFinished,
 )
-from chatapp.tui.state import Conversation, Exchange, ReplyVersion
+from chatapp.tui.persistence import ChatKeeping
+from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -37,7 +40,7 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 """Shown in the empty prompt."""
 
 
-class ChatScreen(ConversationActions, Screen):
+class ChatScreen(ChatKeeping, ConversationActions, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [
@@ -48,16 +51,22 @@ class ChatScreen(ConversationActions, Screen):
         Binding("ctrl+t", "inspect", "Inspect"),
         Binding("ctrl+o", "heatmap", "Heatmap"),
         Binding("f1", "help", "Help"),
+        Binding("f2,ctrl+h", "history", "History"),
     ]
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 
-    def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int) -> None:
-        """A chat that will load its engine with `load_engine` once mounted."""
+    def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int, *,
+                 store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None) -> None:
+        """A chat that will load its engine with `load_engine` once mounted.
+
+        `chat` is a reopened chat to show (else a new one starts, with `system` as its system
+        prompt); `store_path` is the history database (None: the user data folder).
+        """
         super().__init__()
         self.settings = settings
         self.top_n = top_n
         self.engine = None
-        self.conversation = Conversation()
+        self.init_keeping(store_path, chat, system)
         self.editing = False
         self._load_engine = load_engine
         self._job: GenerationJob | None = None
@@ -76,12 +85,18 @@ class ChatScreen(ConversationActions, Screen):
         yield StatusBar()
         yield Footer()
 
-    def on_mount(self) -> None:
-        """Start loading; the prompt is usable right away."""
+    async def on_mount(self) -> None:
+        """Open the history, show a reopened chat, start loading; the prompt is usable right away."""
         self.query_one(TopKPanel).border_title = "Candidates"
+        self.open_store()
+        await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
         self.query_one(PromptInput).focus()
         self.update_status("loading…")
         self.load()
+
+    def on_unmount(self) -> None:
+        """Last save, whichever way the app ends."""
+        self.close_store()
 
     @property
     def generating(self) -> bool:
@@ -126,7 +141,7 @@ class ChatScreen(ConversationActions, Screen):
     def update_status(self, activity: str | None = None) -> None:
         """Refresh the status line from the engine, the last turn and the settings."""
         bar = self.query_one(StatusBar)
-        finished = self._last_finished()
+        finished = self.conversation.last_finished()
         stats = finished.stats if finished else None
         info = getattr(self.engine, "info", None)
         if activity is None:
@@ -141,17 +156,6 @@ class ChatScreen(ConversationActions, Screen):
             prompt=stats.prompt_tokens if stats else 0,
             settings=self.settings.describe(),
         )
-
-    def _last_reply(self) -> ReplyVersion | None:
-        last = self.conversation.last
-        return last.reply if last else None
-
-    def _last_finished(self) -> ReplyVersion | None:
-        """The latest reply whose turn has ended (a reply being written has no stats yet)."""
-        for exchange in reversed(self.conversation.exchanges):
-            if exchange.reply is not None and exchange.reply.stats is not None:
-                return exchange.reply
-        return None
 
     # -- sending and commands ------------------------------------------------------------------
 
@@ -204,11 +208,12 @@ class ChatScreen(ConversationActions, Screen):
             self.update_status()
         elif isinstance(command, commands.SetSystem):
             self.conversation.system = command.text
+            self.mark_changed(len(self.conversation.exchanges))
             self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
         elif isinstance(command, commands.ClearChat):
             await self.action_new_chat()
-        elif isinstance(command, commands.ShowHelp):
-            self.action_help()
+        else:
+            await self.run_keeping_command(command)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class ChatScreen(ConversationActions, Screen):
         """Add `version` to exchange `index` and generate the rest of it in the worker."""
         exchange = self.conversation.exchanges[index]
         exchange.add_version(version)
+        self.mark_changed(index)
         self._jobs += 1
         self._version = version
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
@@ -246,6 +252,7 @@ class ChatScreen(ConversationActions, Screen):
         if self._current(message.job) and self._version is not None:
             added = self._version.add_steps(message.steps)
             await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
+            self.autosave_streaming(self._job.exchange)
 
     @on(CandidatesUpdated)
     def candidates_updated(self, message: CandidatesUpdated) -> None:
@@ -280,6 +287,8 @@ class ChatScreen(ConversationActions, Screen):
     async def _end_job(self) -> None:
         index = self._job.exchange
         self._job, self._turn, self._version = None, None, None
+        self.mark_changed(index)
+        self.autosave()
         await self.query_one(ChatLog).reply_view(index).finish()
         self.update_status()
 

@@ -2,14 +2,18 @@
 
 `/temp 0.8`, `/topk 40`, `/topp 0.9`, `/minp 0.05`, `/rep 1.1`, `/max 256`, `/seed 7` (or
 `off`), `/set temp=0.5 topk=40` (several at once, all or nothing), `/system TEXT`, `/clear`,
-`/help`. A bad command raises `CommandError` whose message is one line for the user.
+`/save PATH`, `/load PATH`, `/export PATH.md|.json`, `/history`, `/help`. A bad command raises
+`CommandError` whose message is one short line for the user: anything the user typed is quoted
+through `chatapp.settings.shown`, so a pasted newline or a huge paste never breaks that line.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError
+from chatapp.export import ExportError, export_format
+from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError, shown
 
 COMMAND_PREFIX = "/"
 """A message starting with this is a command."""
@@ -25,6 +29,10 @@ SETTING_ALIASES = {
     "seed": "seed",
 }
 """Short command names of the sampling settings."""
+COMMAND_PATTERN = re.compile(r"(\S*)(.*)", re.DOTALL)
+"""A command's name (up to the first whitespace of any kind) and its argument."""
+FILE_EXAMPLES = {"save": "chat.json", "load": "chat.json", "export": "chat.md"}
+"""Example paths shown when a file command is missing its path."""
 HELP_TEXT = """\
 Slash commands
   /temp X      temperature (0 = greedy)       /topk N     keep the N likeliest (0 = all)
@@ -32,12 +40,15 @@ Slash commands
   /rep X       repetition penalty, or off     /max N      longest reply in tokens
   /seed N      fixed seed, or off             /set temp=0.5 topk=40 ...  several at once
   /system TEXT system prompt (empty clears)   /clear      new chat
+  /save PATH   save the chat as JSON          /load PATH  open a chat saved with /save
+  /export PATH.md  Markdown transcript (or .json)         /history    saved chats
   /help        this help                      //text      send text starting with "/"
 
 Keys
   Enter send · Shift+Enter or Ctrl+J newline · Esc stop the reply / leave the inspector
   Ctrl+R regenerate · Ctrl+L (or Up in an empty prompt) edit the last message · Ctrl+N new chat
   Ctrl+T token inspector · Ctrl+O probability heatmap · Ctrl+P command palette · Ctrl+Q quit
+  F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete
 
 Token inspector
   ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply · ↑/↓ pick a candidate
@@ -78,8 +89,39 @@ class ShowHelp:
     """Show the help screen."""
 
 
-Command = ApplySettings | SetSystem | ClearChat | ShowHelp
+@dataclass(frozen=True)
+class ShowHistory:
+    """Show the saved chats."""
+
+
+@dataclass(frozen=True)
+class SaveChat:
+    """Save the chat as a JSON document (`chatapp.chat_file`)."""
+
+    path: str
+    """Where to write it."""
+
+
+@dataclass(frozen=True)
+class LoadChat:
+    """Replace the conversation with a chat saved by `/save`."""
+
+    path: str
+    """The file to read."""
+
+
+@dataclass(frozen=True)
+class ExportChat:
+    """Write the chat as Markdown or JSON, chosen by the file suffix."""
+
+    path: str
+    """Where to write it (.md, .markdown or .json)."""
+
+
+Command = ApplySettings | SetSystem | ClearChat | ShowHelp | ShowHistory | SaveChat | LoadChat | ExportChat
 """Every parsed command."""
+FILE_COMMANDS = {"save": SaveChat, "load": LoadChat, "export": ExportChat}
+"""Commands that take a file path."""
 
 
 def is_command(text: str) -> bool:
@@ -96,7 +138,7 @@ def _setting_name(word: str) -> str:
     name = SETTING_ALIASES.get(word, word)
     if name not in SETTING_NAMES:
         known = ", ".join(SETTING_ALIASES)
-        raise CommandError(f"unknown setting {word!r}; known: {known}")
+        raise CommandError(f"unknown setting {shown(word)}; known: {known}")
     return name
 
 
@@ -117,7 +159,7 @@ def _parse_set(argument: str, settings: SamplingSettings) -> ApplySettings:
     for item in argument.split():
         word, sep, value = item.partition("=")
         if not sep or not value:
-            raise CommandError(f"/set takes name=value pairs, e.g. /set temp=0.5 topk=40; got {item!r}")
+            raise CommandError(f"/set takes name=value pairs, e.g. /set temp=0.5 topk=40; got {shown(item)}")
         pairs.append((word, value))
     if not pairs:
         raise CommandError("/set takes name=value pairs, e.g. /set temp=0.5 topk=40")
@@ -130,10 +172,10 @@ def parse_command(text: str, settings: SamplingSettings) -> Command:
     Raises:
         CommandError: unknown command, missing value, or a value the setting refuses.
     """
-    name, _, argument = text.strip()[len(COMMAND_PREFIX):].partition(" ")
-    name, argument = name.lower(), argument.strip()
+    match = COMMAND_PATTERN.fullmatch(text.strip()[len(COMMAND_PREFIX):])
+    name, argument = match.group(1).lower(), match.group(2).strip()
     if name in SETTING_ALIASES:
-        if not argument or " " in argument:
+        if not argument or len(argument.split()) > 1:
             raise CommandError(f"/{name} takes one value, e.g. /{name} {_example(name)}")
         return _apply(settings, [(name, argument)])
     if name == "set":
@@ -144,7 +186,24 @@ def parse_command(text: str, settings: SamplingSettings) -> Command:
         return ClearChat()
     if name == "help":
         return ShowHelp()
-    raise CommandError(f"unknown command /{name}; type /help for the list")
+    if name == "history":
+        return ShowHistory()
+    if name in FILE_COMMANDS:
+        return _file_command(name, argument)
+    raise CommandError(f"unknown command {shown(COMMAND_PREFIX + name)}; type /help for the list")
+
+
+def _file_command(name: str, path: str) -> SaveChat | LoadChat | ExportChat:
+    if not path:
+        raise CommandError(f"/{name} takes a file path, e.g. /{name} {FILE_EXAMPLES[name]}")
+    if "\n" in path or "\r" in path:
+        raise CommandError(f"/{name} takes one file path on one line")
+    if name == "export":
+        try:
+            export_format(path)
+        except ExportError:
+            raise CommandError(f"/export writes .md or .json files; got {shown(path)}") from None
+    return FILE_COMMANDS[name](path)
 
 
 def _example(name: str) -> str:

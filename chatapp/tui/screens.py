@@ -1,4 +1,4 @@
-"""Modal screens: help, and the confirmation before quitting mid-reply."""
+"""Modal screens: help, the confirmation before quitting mid-reply, and a yes/no question."""
 
 from __future__ import annotations
 
@@ -45,3 +45,35 @@ class ConfirmQuitScreen(ModalScreen[bool]):
     def action_answer(self, quit_app: bool) -> None:
         """Answer from the keyboard."""
         self.dismiss(quit_app)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask a yes/no question (e.g. before deleting a saved chat); y/Enter says yes, n/Esc no."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+    """y answers yes, n or Esc no."""
+
+    def __init__(self, question: str, yes: str, no: str = "Cancel") -> None:
+        """`question` is shown literally; `yes` and `no` label the buttons."""
+        super().__init__()
+        self.question = question
+        self.labels = (yes, no)
+
+    def compose(self) -> ComposeResult:
+        """Question and two buttons; the safe one has focus."""
+        with Vertical(id="confirm-box"):
+            yield Static(Content(self.question))
+            yield Button(f"{self.labels[0]} (y)", id="yes", variant="error")
+            yield Button(f"{self.labels[1]} (n)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        """Enter on the focused button keeps things as they are."""
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Answer with the pressed button."""
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        """Answer from the keyboard."""
+        self.dismiss(yes)

@@ -102,6 +102,13 @@ class Conversation:
         """The most recent exchange."""
         return self.exchanges[-1] if self.exchanges else None
 
+    def last_finished(self) -> ReplyVersion | None:
+        """The latest shown reply whose turn has ended (a reply being written has no stats yet)."""
+        for exchange in reversed(self.exchanges):
+            if exchange.reply is not None and exchange.reply.stats is not None:
+                return exchange.reply
+        return None
+
     def messages_before(self, index: int) -> list[dict]:
         """The messages the model sees to write the reply of exchange `index`."""
         messages = [{"role": "system", "content": self.system}] if self.system else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -28,15 +29,31 @@ async def wait_until(pilot, condition: Callable[[], bool], timeout: float = WAIT
     await pilot.pause()
 
 
-def app_with(engine: FakeEngine, settings: SamplingSettings | None = None, progress: tuple[str, ...] = ()) -> ChatApp:
-    """An app whose loader reports `progress` lines and returns `engine`."""
+def app_with(engine: FakeEngine, settings: SamplingSettings | None = None, progress: tuple[str, ...] = (),
+             **options) -> ChatApp:
+    """An app whose loader reports `progress` lines and returns `engine` (`options`: `make_app`'s)."""
 
     def load(report):
         for line in progress:
             report(line)
         return engine
 
-    return make_app(settings=settings or SamplingSettings(), load_engine=load, top_n=engine.top_n)
+    return make_app(settings=settings or SamplingSettings(), load_engine=load, top_n=engine.top_n, **options)
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Every app in these tests keeps its history in a temporary folder, never the user's."""
+    folder = tmp_path_factory.mktemp("data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    monkeypatch.setattr("chatapp.store.default_store_path", lambda: folder / "chats.sqlite3")
+    return folder
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    """A history database path of the test's own."""
+    return tmp_path / "chats.sqlite3"
 
 
 async def ready(pilot) -> None:

@@ -81,7 +81,7 @@ def test_set_applies_several_at_once_or_none():
         ("/temp -1", "temperature must be between"),
         ("/topk -3", "top_k"),
         ("/topp 2", "top_p"),
-        ("/bogus 1", "unknown command /bogus"),
+        ("/bogus 1", "unknown command '/bogus'"),
         ("/set temp", "name=value"),
         ("/set colour=red", "unknown setting"),
     ],

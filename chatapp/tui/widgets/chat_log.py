@@ -108,6 +108,15 @@ class ChatLog(VerticalScroll):
         self.cursor = None
         await self.remove_children()
 
+    async def show_exchanges(self, exchanges: list[Exchange]) -> None:
+        """Replace the log with `exchanges` (a reopened chat), mounted in one go."""
+        await self.clear()
+        views = [AssistantMessage(e, i) for i, e in enumerate(exchanges)]
+        await self.mount_all([w for e, view in zip(exchanges, views) for w in (UserMessage(e.user), view)])
+        for view in views:
+            view.set_token_mode(self.heatmap, self.heatmap, None)
+        self.scroll_end(animate=False)
+
     def set_heatmap(self, on: bool) -> None:
         """Colour every reply by probability, or not."""
         self.heatmap = on

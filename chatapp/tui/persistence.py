@@ -1,0 +1,237 @@
+"""Keeping chats: autosave to the history store, open and switch chats, /save, /load, /export.
+
+A mixin of `ChatScreen`. The screen holds one `SavedChat` whose conversation is the one on
+screen. Whatever changes an exchange calls `mark_changed(index)`; `autosave` then writes only
+the exchanges from the first changed one on (`ChatStore.save(from_exchange=...)`): a turn's
+save is one exchange, a few milliseconds on the UI thread. While a reply streams, the reply is
+saved at most every `AUTOSAVE_SECONDS`, so a kill loses at most about that much of it.
+Saves that rewrite many exchanges (a chat just loaded from a file) go to a thread worker, on a
+snapshot of the conversation taken on the UI thread: the worker never reads lists that the
+UI thread is appending to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import work
+
+from chatapp.chat_file import ChatFileError, SavedChat, load_chat_file, save_chat_file
+from chatapp.export import ExportError, export_chat
+from chatapp.store import ChatStore, StoreError
+from chatapp.tui import commands
+from chatapp.tui.generation import one_line
+from chatapp.tui.history_screen import HistoryScreen
+from chatapp.tui.screens import HelpScreen
+from chatapp.tui.state import Conversation, Exchange
+from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.topk_panel import TopKPanel
+
+if TYPE_CHECKING:
+    from chatapp.tui.chat_screen import ChatScreen
+
+AUTOSAVE_SECONDS = 1.0
+"""Longest gap between saves of a reply being written: what a SIGKILL can lose at most."""
+INLINE_SAVE_EXCHANGES = 8
+"""Saves writing more exchanges than this run on a thread worker (each costs ~1 ms to pack)."""
+BUSY_OPEN_MESSAGE = "A reply is being written: stop it (Esc) before opening another chat."
+"""Shown when a chat is opened mid-reply."""
+
+
+def snapshot(chat: SavedChat) -> SavedChat:
+    """A copy whose lists the UI thread will not touch (the records themselves are immutable)."""
+    exchanges = [
+        Exchange(e.user, [replace(v, steps=list(v.steps)) for v in e.versions], e.current)
+        for e in chat.conversation.exchanges
+    ]
+    return replace(chat, conversation=Conversation(chat.conversation.system, exchanges))
+
+
+class ChatKeeping:
+    """Autosave, history and chat files, mixed into `ChatScreen`."""
+
+    def init_keeping(self: "ChatScreen", store_path: Path | None, chat: SavedChat | None,
+                     system: str | None) -> None:
+        """Start with `chat` (a reopened one) or a new chat with `system`; open the store on mount."""
+        self.store: ChatStore | None = None
+        self.saved = chat or SavedChat(Conversation(system=system))
+        self._store_path = store_path
+        self._stored = chat is not None  # a reopened chat is in the store already
+        self._dirty_from: int | None = None
+        self._last_save = time.monotonic()
+
+    @property
+    def conversation(self: "ChatScreen") -> Conversation:
+        """The conversation on screen."""
+        return self.saved.conversation
+
+    def open_store(self: "ChatScreen") -> None:
+        """Open the history; without one the app still works, unsaved, and says so."""
+        try:
+            self.store = ChatStore(self._store_path)
+        except StoreError as error:
+            self.notify(f"{error}; this chat will not be saved", title="History", severity="warning",
+                        markup=False)
+
+    def close_store(self: "ChatScreen") -> None:
+        """Save what changed and close the history (quit, signals); safe to call twice."""
+        if self.store is None:
+            return
+        if self._turn is not None:
+            self._turn.cancel()
+        self.autosave(background=False)
+        self.store.close()
+        self.store = None
+
+    # -- autosave ------------------------------------------------------------------------------
+
+    def mark_changed(self: "ChatScreen", index: int) -> None:
+        """Exchange `index` (and perhaps later ones) changed since the last save."""
+        self._dirty_from = index if self._dirty_from is None else min(self._dirty_from, index)
+
+    def autosave(self: "ChatScreen", background: bool = True) -> None:
+        """Write the changed exchanges to the store; an empty new chat is not saved."""
+        exchanges = self.conversation.exchanges
+        if self.store is None or self._dirty_from is None or not (exchanges or self._stored):
+            return
+        start = self._dirty_from if self._stored else 0
+        self._dirty_from, self._last_save = None, time.monotonic()
+        if self.engine is not None:
+            self.saved.model = self.engine.info.name
+        if background and len(exchanges) - start > INLINE_SAVE_EXCHANGES:
+            self.save_in_background(snapshot(self.saved), self.store, start)
+        else:
+            self._save(self.saved, self.store, start)
+        self._stored = True
+
+    def autosave_streaming(self: "ChatScreen", index: int) -> None:
+        """Save the reply being written (exchange `index`) if the last save is old enough."""
+        self.mark_changed(index)
+        if time.monotonic() - self._last_save >= AUTOSAVE_SECONDS:
+            self.autosave()
+
+    def _save(self: "ChatScreen", chat: SavedChat, store: ChatStore, start: int) -> None:
+        try:
+            store.save(chat, from_exchange=start)
+        except StoreError as error:
+            self.notify(f"autosave failed: {error}", title="History", severity="error", markup=False)
+
+    @work(thread=True, exit_on_error=False, group="save")
+    def save_in_background(self: "ChatScreen", chat: SavedChat, store: ChatStore, start: int) -> None:
+        """Write a large save off the UI thread (`chat` is a snapshot)."""
+        self._save(chat, store, start)
+
+    # -- switching chats -----------------------------------------------------------------------
+
+    async def show_chat(self: "ChatScreen", chat: SavedChat, stored: bool) -> bool:
+        """Save the current chat and show `chat` instead; False (and a message) mid-reply.
+
+        The engine's cache holds the old conversation, so it is reset; it rebuilds the cache
+        from the messages on the next turn.
+        """
+        if self.generating:
+            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
+            return False
+        self.autosave()
+        self.saved, self._stored, self._dirty_from, self.editing = chat, stored, None, False
+        if not stored:
+            self.mark_changed(0)
+        await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
+        self.query_one(TopKPanel).view = None
+        self.query_one(PromptInput).focus()
+        if self.engine is not None:
+            self.reset_engine()
+        self.update_status()
+        self.autosave()
+        return True
+
+    async def open_saved(self: "ChatScreen", chat_id: str) -> None:
+        """Open a chat from the history."""
+        if chat_id == self.saved.id or self.store is None:
+            return
+        if self.generating:
+            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
+            return
+        try:
+            chat = self.store.load(chat_id)
+        except StoreError as error:
+            self.notify(str(error), title="History", severity="error", markup=False)
+            return
+        if await self.show_chat(chat, stored=True):
+            self.notify(f"Opened “{chat.display_title}”.", markup=False)
+
+    def new_saved_chat(self: "ChatScreen") -> None:
+        """Save the current chat and start a new one with the same system prompt."""
+        self.autosave()
+        self.saved = SavedChat(Conversation(system=self.conversation.system))
+        self._stored, self._dirty_from = False, None
+
+    def action_history(self: "ChatScreen") -> None:
+        """Show the saved chats (open, rename, delete)."""
+        if self.store is None:
+            self.notify("No chat history: it could not be opened.", severity="warning")
+            return
+        self.autosave()
+        history = HistoryScreen(self.store, self.saved.id, self._renamed, self._deleted)
+
+        async def chosen(chat_id: str | None) -> None:
+            if chat_id is not None:
+                await self.open_saved(chat_id)
+
+        self.app.push_screen(history, chosen)
+
+    def _renamed(self: "ChatScreen", chat_id: str, title: str) -> None:
+        if chat_id == self.saved.id:
+            self.saved.title = title
+
+    async def _deleted(self: "ChatScreen", chat_id: str) -> None:
+        """The open chat was deleted: show a new, empty one (not saved again)."""
+        if chat_id == self.saved.id:
+            self._stored, self._dirty_from = False, None
+            await self.action_new_chat()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def run_keeping_command(self: "ChatScreen", command: commands.Command) -> None:
+        """Apply /help, /history, /save, /load or /export."""
+        if isinstance(command, commands.ShowHelp):
+            self.app.push_screen(HelpScreen())
+        elif isinstance(command, commands.ShowHistory):
+            self.action_history()
+        elif isinstance(command, commands.SaveChat):
+            self._write_file(command.path, save_chat_file, "Saved")
+        elif isinstance(command, commands.ExportChat):
+            self._write_file(command.path, export_chat, "Exported")
+        elif isinstance(command, commands.LoadChat):
+            await self.load_file(command.path)
+
+    def _write_file(self: "ChatScreen", path: str, write, verb: str) -> None:
+        if self.engine is not None:
+            self.saved.model = self.engine.info.name
+        target = Path(path).expanduser()
+        try:
+            write(self.saved, target)
+        except (OSError, ExportError) as error:
+            self.notify(f"{target}: {one_line(error)}", title=verb, severity="error", markup=False)
+            return
+        self.notify(f"{verb} to {target}", markup=False)
+
+    async def load_file(self: "ChatScreen", path: str) -> None:
+        """Show the chat in a file written by /save; a bad file changes nothing."""
+        if self.generating:
+            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
+            return
+        try:
+            chat = load_chat_file(Path(path).expanduser())
+        except ChatFileError as error:
+            self.notify(one_line(error), title="Load", severity="error", markup=False)
+            return
+        if self.store is not None and chat.id in {s.id for s in self.store.list_chats()}:
+            # A copy of a chat the history holds: keep both rather than overwrite the newer one.
+            chat = replace(chat, id=SavedChat(chat.conversation).id)
+        if await self.show_chat(chat, stored=False):
+            self.notify(f"Loaded “{chat.display_title}” ({chat.turns} messages).", markup=False)
