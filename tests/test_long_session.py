@@ -1,0 +1,58 @@
+"""A real 30-turn session on the default model: memory stays flat beyond the KV cache itself."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+from chatapp.engine import Engine
+from chatapp.settings import SamplingSettings
+
+TURNS = 30
+"""Turns in the session."""
+REPLY_TOKENS = 16
+"""Longest reply per turn, to keep the test short."""
+WARMUP_TURNS = 3
+"""Turns before the baseline, so one-time allocations (allocator pools, kernels) are excluded."""
+SLACK_MB = 64.0
+"""Allowed growth beyond the KV cache: allocator noise, token records, the transcript."""
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _kv_mb(engine: Engine) -> float:
+    total = 0
+    for layer in engine.kv.cache.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+@pytest.mark.model
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+def test_thirty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys):
+    engine = Engine(default_model)
+    settings = SamplingSettings(seed=7, max_new_tokens=REPLY_TOKENS)
+    messages: list[dict] = []
+    baseline = kv_baseline = 0.0
+    for turn_number in range(TURNS):
+        messages.append({"role": "user", "content": f"Tell me one fact about the number {turn_number}."})
+        turn = engine.start_turn(messages, settings)
+        steps = list(turn)
+        messages.append({"role": "assistant", "content": turn.stats.text})
+        assert steps and turn.stats.cached_tokens > 0 or turn_number == 0
+        if turn_number + 1 == WARMUP_TURNS:
+            gc.collect()
+            baseline, kv_baseline = _rss_mb(), _kv_mb(engine)
+    gc.collect()
+    growth, kv_growth = _rss_mb() - baseline, _kv_mb(engine) - kv_baseline
+    with capsys.disabled():
+        print(f"\n{TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
+              f"({len(engine.kv)} tokens cached)")
+    assert growth <= kv_growth + SLACK_MB
