@@ -45,6 +45,8 @@ QUANTIZE_CHOICES = ("auto", "none", "int4")
 EXACT_FRACTION = 0.99
 """Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
 """`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
+"""Files whose sizes add up to a model's weights."""
 FALLBACK_CONTEXT_LENGTH = 2048
 """Context size assumed when a config states none."""
 
@@ -241,6 +243,26 @@ def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: 
     )
 
 
+def weights_size_gb(location: str) -> float | None:
+    """Size of a local model's weight files in GB, or None when unknown."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return None
+    files = [f for pattern in WEIGHT_FILE_PATTERNS for f in folder.glob(pattern)]
+    return sum(f.stat().st_size for f in files) / 1e9 if files else None
+
+
+def out_of_memory_message(spec: str, source, device: str, dtype) -> str:
+    """One line naming the model's size and what to try instead."""
+    size = weights_size_gb(source.location) if source is not None else None
+    sized = f" ({size:.1f} GB of weights on disk)" if size else ""
+    smaller = "--dtype bfloat16" if str(dtype).endswith("float32") else "a smaller model"
+    return (
+        f"out of memory loading {spec!r}{sized} on {device} as {str(dtype).removeprefix('torch.')}: "
+        f"try {smaller}, --device cpu, or --device-map auto"
+    )
+
+
 def parse_max_memory(text: str) -> dict:
     """Parse `--max-memory`, e.g. "0=10GiB,cpu=30GiB", into Accelerate's max_memory dict."""
     limits: dict = {}
@@ -314,6 +336,7 @@ def load_model(
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()  # an app, not a library: our own messages say what matters
+    source = None
     try:
         source = _resolve(spec, progress)
         name = source.name
@@ -330,9 +353,11 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
     except ModelLoadError:
         raise
-    except MemoryError:
-        raise ModelLoadError(f"out of memory loading {spec!r}: try --dtype bfloat16 or a smaller model") from None
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from error
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+        if "out of memory" in str(error).lower():
+            raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from None
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
     notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from chatapp.engine import Engine
 from chatapp.loading import ModelLoadError, load_model, parse_max_memory
@@ -48,3 +49,12 @@ def test_bad_max_memory_is_one_clear_error(text):
 
 def test_max_memory_parses_devices():
     assert parse_max_memory("0=10GiB, cpu=30GiB,cuda:1=5GB") == {0: "10GiB", "cpu": "30GiB", 1: "5GB"}
+
+
+def test_out_of_memory_names_the_size_and_what_to_try(tmp_path):
+    from chatapp.loading import _Source, out_of_memory_message
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    message = out_of_memory_message("big/model", _Source(str(tmp_path), {}, "model"), "cuda:0", torch.float32)
+    assert "0.0 GB" in message or "GB of weights" in message
+    assert "--dtype bfloat16" in message and "\n" not in message
