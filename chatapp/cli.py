@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(parser)
     _add_sampling_flags(parser)
+    history = parser.add_argument_group("history").add_mutually_exclusive_group()
+    history.add_argument("--resume", action="store_true", help="reopen the most recently saved chat")
+    history.add_argument("--chat", default=None, metavar="ID", help="reopen the saved chat with this id (a unique prefix will do)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     ask = commands.add_parser("ask", help="answer prompts without the TUI, streaming text or JSON Lines")
     _add_model_flags(ask)
@@ -175,11 +178,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatapp.ask import run_ask
 
             return run_ask(args, settings)
+        from chatapp.chat_file import ChatFileError
         from chatapp.tui.app import run_tui
 
-        return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top)
+        try:
+            chat = _reopened_chat(args)
+        except ChatFileError as error:
+            return _fail(" ".join(str(error).split()))
+        return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top, chat=chat,
+                       system=args.system, theme=config.theme)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _reopened_chat(args: argparse.Namespace):
+    """The saved chat `--resume` or `--chat ID` names, or None; `ChatFileError` when there is none."""
+    if not args.resume and args.chat is None:
+        return None
+    from chatapp.chat_file import ChatFileError
+    from chatapp.store import ChatStore
+
+    with ChatStore() as store:
+        chat = store.last() if args.resume else store.load(store.resolve(args.chat))
+    if chat is None:
+        raise ChatFileError("--resume: no saved chat yet")
+    return chat
 
 
 def _export(args: argparse.Namespace) -> int:
