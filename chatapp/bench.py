@@ -17,7 +17,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from chatapp.engine import Engine
 from chatapp.loading import LoadedModel, load_model

