@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from chatapp.bench_report import format_markdown, format_report
 from chatapp.engine import Engine
 from chatapp.loading import LoadedModel, load_model
 from chatapp.settings import SamplingSettings
@@ -243,53 +244,6 @@ def _machine() -> dict:
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def format_report(report: dict) -> str:
-    """The human-readable table."""
-    lines = [
-        f"chatapp bench: {report['model']} on {report['device']}, {report['tokens']} new tokens, "
-        f"median of {report['runs']} runs",
-        "",
-        f"{'configuration':58} {'dtype':9} {'tok/s':>7} {'TTFT ms':>8} {'RSS MiB':>8}",
-    ]
-    for c in report["configs"].values():
-        lines.append(f"{c['label']:58} {c['dtype']:9} {c['tok_per_s']:7.1f} {c['ttft_ms']:8.1f} {c['rss_mb']:8.0f}")
-    r, m = report["ratios"], report["multi_turn"]
-    lines += [
-        "",
-        f"(b)/(c) = {r['b_over_c']:.2f}   our loop with candidates vs model.generate (target >= 1.0)",
-        f"(a)/(d) = {r['a_over_d']:.2f}   default configuration vs float32 generate (target >= 3.0)",
-        f"turn 8 / turn 1 TTFT = {m['turn8_over_turn1']:.2f}  ({m['turn1_ttft_ms']:.0f} ms -> {m['turn8_ttft_ms']:.0f} ms; target <= 1.2)",
-        f"peak RSS {report['memory']['peak_rss_mb']:.0f} MiB",
-    ]
-    return "\n".join(lines)
-
-
-def format_markdown(report: dict) -> str:
-    """The README's performance table, generated from a report."""
-    m, r, machine = report["multi_turn"], report["ratios"], report["machine"]
-    d = report["configs"]["d"]["tok_per_s"]
-    lines = [
-        f"{report['model']}, {report['tokens']} new tokens, median of {report['runs']} runs; "
-        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} ({machine['threads']} threads)"
-        + (f", GPU {machine['cuda']}" if machine.get("cuda") else "") + ".",
-        "",
-        "| configuration | dtype | tok/s | × (d) | time to first token |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
-    for c in report["configs"].values():
-        lines.append(
-            f"| {c['label']} | {c['dtype']} | {c['tok_per_s']:.1f} | {c['tok_per_s'] / d:.2f} | {c['ttft_ms']:.0f} ms |"
-        )
-    lines += [
-        "",
-        f"- (b)/(c) = **{r['b_over_c']:.2f}** (target ≥ 1.0); (a)/(d) = **{r['a_over_d']:.2f}** (target ≥ 3.0)",
-        f"- time to first token, turn 8 / turn 1 = **{m['turn8_over_turn1']:.2f}** "
-        f"({m['turn1_ttft_ms']:.0f} ms → {m['turn8_ttft_ms']:.0f} ms; target ≤ 1.2)",
-        f"- peak RSS {report['memory']['peak_rss_mb']:.0f} MiB (all four configurations loaded in one process)",
-    ]
-    return "\n".join(lines)
 
 
 def main_bench(args) -> int:
