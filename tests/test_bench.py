@@ -1,0 +1,33 @@
+"""`chatapp bench --json`: every figure the performance issue asks for is there (a smoke run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.model
+def test_bench_json_has_every_figure():
+    result = subprocess.run(
+        [sys.executable, "-m", "chatapp", "bench", "--json", "--tokens", "4", "--runs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["configs"]) == {"a", "b", "c", "d"}
+    for figures in report["configs"].values():
+        assert figures["tok_per_s"] > 0 and figures["ttft_ms"] > 0 and figures["tokens"] >= 2
+    assert report["configs"]["d"]["dtype"] == "float32"
+    assert set(report["ratios"]) == {"b_over_c", "a_over_d", "a_over_c"}
+    multi = report["multi_turn"]
+    assert len(multi["ttft_ms"]) == 8 and multi["turn8_over_turn1"] > 0
+    assert report["memory"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("args", [["--tokens", "1"], ["--runs", "0"], ["--json", "--markdown"]])
+def test_bench_bad_flags_exit_2(args):
+    result = subprocess.run([sys.executable, "-m", "chatapp", "bench", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
