@@ -51,7 +51,7 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         Binding("ctrl+t", "inspect", "Inspect"),
         Binding("ctrl+o", "heatmap", "Heatmap"),
         Binding("f1", "help", "Help"),
-        Binding("f2,ctrl+h", "history", "History"),
+        Binding("f2", "history", "History"),  # not Ctrl+H: some terminals send it for Backspace
     ]
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 

@@ -230,8 +230,14 @@ class ChatKeeping:
         except ChatFileError as error:
             self.notify(one_line(error), title="Load", severity="error", markup=False)
             return
-        if self.store is not None and chat.id in {s.id for s in self.store.list_chats()}:
+        if self._in_store(chat.id):
             # A copy of a chat the history holds: keep both rather than overwrite the newer one.
             chat = replace(chat, id=SavedChat(chat.conversation).id)
         if await self.show_chat(chat, stored=False):
             self.notify(f"Loaded “{chat.display_title}” ({chat.turns} messages).", markup=False)
+
+    def _in_store(self: "ChatScreen", chat_id: str) -> bool:
+        try:
+            return self.store is not None and any(s.id == chat_id for s in self.store.list_chats())
+        except StoreError:
+            return False

@@ -224,3 +224,13 @@ async def test_unknown_theme_is_a_warning_and_system_starts_the_chat(store_path)
     app = app_with(FakeEngine(), store_path=store_path, theme="nord")
     async with app.run_test() as pilot:
         assert app.theme == "nord"
+
+
+async def test_palette_and_help_list_the_history_and_file_commands(store_path):
+    app = app_with(FakeEngine(), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert {"History", "Save chat as JSON…", "Load chat from JSON…", "Export chat…"} <= titles
+        await send(pilot, "/history", wait=False)
+        assert isinstance(app.screen, HistoryScreen) and app.screen.chats == []
