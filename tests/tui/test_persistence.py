@@ -234,3 +234,18 @@ async def test_palette_and_help_list_the_history_and_file_commands(store_path):
         assert {"History", "Save chat as JSON…", "Load chat from JSON…", "Export chat…"} <= titles
         await send(pilot, "/history", wait=False)
         assert isinstance(app.screen, HistoryScreen) and app.screen.chats == []
+
+
+async def test_quitting_mid_reply_saves_what_was_written(store_path):
+    gate = threading.Event()
+    app = app_with(FakeEngine(gate=gate), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi", wait=False)
+        await wait_until(pilot, lambda: app.chat.conversation.last.reply.steps, what="first step")
+        await pilot.press("ctrl+q", "y")
+        gate.set()
+        await pilot.pause()
+    [chat] = stored(store_path)
+    reply = chat.conversation.exchanges[0].reply
+    assert reply.text == "Hello" and reply.error == INTERRUPTED_NOTE
