@@ -180,3 +180,17 @@ def test_get_top_token_samples_and_decodes():
     probs[43] = 1.0
     two = get_top_token(probs / 2, FixedTokenizer(), top_n=2, generator=torch.Generator().manual_seed(0))
     assert sorted(two.split("|")) == ["t42", "t43"]
+
+
+def test_chi_square_of_single_draws_as_the_engine_makes_them():
+    # The engine draws one token per step from a 1-D distribution (the compact-support path).
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(11)) * 2
+    probs = probabilities_from_logits(logits, 0.8, 25)
+    generator = torch.Generator().manual_seed(99)
+    n = 20_000
+    samples = torch.cat([sample_token_ids(probs, 1, generator) for _ in range(n)])
+    kept = torch.nonzero(probs).flatten()
+    counts = torch.bincount(samples, minlength=VOCAB)
+    assert int(counts.sum() - counts[kept].sum()) == 0, "sampled outside the top-k"
+    expected = probs[kept].double() / probs[kept].double().sum() * n
+    assert chisquare(counts[kept].double().numpy(), expected.numpy()).pvalue > 1e-3
