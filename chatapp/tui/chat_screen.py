@@ -26,6 +26,7 @@ from chatapp.tui.generation import GenerationJob, one_line, stream_turn
 from chatapp.tui.messages import (
     CandidatesUpdated, EngineLoaded, LoadFailed, LoadProgress, TokensGenerated, TurnFailed, TurnFinished,
 )
+from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -274,6 +275,9 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         """Finish the reply with one full render."""
         if self._current(message.job):
             self._version.finish(message.stats)
+            if message.stats.dropped_turns and self.engine is not None:
+                self.notify(dropped_turns_message(message.stats.dropped_turns, self.engine.info.context_length),
+                            severity="warning", markup=False)
             await self._end_job()
 
     @on(TurnFailed)

@@ -90,3 +90,12 @@ def heat_color(prob: float) -> str:
             return f"rgb({r},{g},{b})"
     r, g, b = HEAT_STOPS[-1][1]
     return f"rgb({r},{g},{b})"
+
+
+def dropped_turns_message(dropped: int, context_length: int) -> str:
+    """What to say when the oldest turns were left out to fit the context window."""
+    turns = "turn was" if dropped == 1 else "turns were"
+    return (
+        f"The {dropped} oldest {turns} left out so the conversation fits the model's "
+        f"{context_length}-token context window (the system prompt is kept)."
+    )

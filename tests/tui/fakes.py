@@ -61,6 +61,8 @@ class FakeEngine:
     gate_after: int = 1
     fail_at: int | None = None
     """Raise at this step index, to test error handling."""
+    dropped_turns: int = 0
+    """Old turns each turn reports as left out to fit the context window."""
     top_n: int = 6
     info: ModelInfo = FAKE_INFO
     calls: list[Call] = field(default_factory=list)
@@ -96,7 +98,8 @@ class FakeTurn:
         self.prefix_len = len(prefix_ids)
         self.prefix_text = "".join(engine.vocab.texts.get(i, "").split("#")[0] for i in prefix_ids)
         prompt = sum(len(m["content"].split()) + 4 for m in messages)
-        self.stats = TurnStats(prompt_tokens=prompt, cached_tokens=prompt // 2, prefill_tokens=prompt - prompt // 2)
+        self.stats = TurnStats(prompt_tokens=prompt, cached_tokens=prompt // 2, prefill_tokens=prompt - prompt // 2,
+                               dropped_turns=engine.dropped_turns)
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:

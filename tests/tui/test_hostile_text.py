@@ -78,3 +78,4 @@ def test_hostile_text_round_trips_through_the_detokenizer(default_model, text):
     deltas = [detok.step(i) for i in ids]
     assert "".join(deltas) == tok.decode(ids, skip_special_tokens=True)
     assert all(REPLACEMENT_CHAR not in d for d in deltas)
+
