@@ -76,6 +76,10 @@ class ConversationActions:
         """Save the conversation and start a new one (the system prompt and settings stay)."""
         if self._turn is not None:
             self._turn.cancel()
+        if self._version is not None and self._version.status == "streaming" and self._job is not None:
+            # The reply is cut here, as Esc would: its tokens so far are kept and saved as stopped.
+            self._version.status = "stopped"
+            self.mark_changed(self._job.exchange)
         self.new_saved_chat()
         self._job, self._turn, self._version, self.editing = None, None, None, False
         await self.query_one(ChatLog).clear()
