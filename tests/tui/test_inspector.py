@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.tui.widgets.chat_log import ChatLog, Cursor
+from chatapp.tui.widgets import chat_log
+from chatapp.tui.widgets.chat_log import ChatLog, Cursor, EarlierMessages
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.token_view import TokenView
 from chatapp.tui.widgets.topk_panel import TopKPanel
@@ -115,3 +116,33 @@ async def test_inspector_needs_a_reply():
         await pilot.press("ctrl+t")
         assert app.chat.query_one(ChatLog).cursor is None
         assert any("No reply" in n.message for n in app._notifications)
+
+
+async def test_older_exchanges_are_unmounted_and_come_back(monkeypatch):
+    monkeypatch.setattr(chat_log, "MAX_MOUNTED_EXCHANGES", 3)
+    monkeypatch.setattr(chat_log, "EARLIER_BATCH", 2)
+    app = app_with(FakeEngine(replies=[["One", " two"]]))
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        for turn in range(6):
+            await send(pilot, f"message {turn}")
+        log = app.chat.query_one(ChatLog)
+        marker = log.query_one(EarlierMessages)
+        assert len(app.chat.conversation.exchanges) == 6 and log.first_mounted == 3
+        assert [v.index for v in log.replies] == [3, 4, 5] and marker.display
+        assert "3 earlier exchanges" in str(marker.render())
+        await pilot.press("ctrl+t", "pageup", "pageup")
+        assert log.cursor.exchange == 3
+        await pilot.press("pageup")  # past the oldest mounted reply: two more are mounted
+        assert log.cursor.exchange == 2 and log.first_mounted == 1
+        assert [v.index for v in log.replies] == [1, 2, 3, 4, 5]
+        assert log.user_view(1).render().plain == "message 1"
+        log.scroll_home(animate=False)
+        await pilot.pause()
+        await pilot.click(EarlierMessages)
+        assert log.first_mounted == 0 and not marker.display and len(log.replies) == 6
+        await pilot.press("escape")
+        await send(pilot, "message 6")  # back to the limit
+        assert [v.index for v in log.replies] == [4, 5, 6] and log.first_mounted == 4
+        await log.show_exchanges(app.chat.conversation.exchanges)  # a reopened chat
+        assert [v.index for v in log.replies] == [4, 5, 6] and "4 earlier" in str(marker.render())

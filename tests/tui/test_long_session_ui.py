@@ -1,8 +1,8 @@
 """A long scripted session: how the UI's per-turn latency and memory grow (figures printed).
 
-The chat log mounts a few widgets per exchange and does not virtualise them yet, so a turn's
-cost grows with the conversation; this test records the trend and bounds it, so a regression
-(or the fix) shows.
+The chat log mounts a few widgets per exchange but keeps only the latest `MAX_MOUNTED_EXCHANGES`
+exchanges mounted, so a turn's cost should not grow with the conversation; this test records the
+trend and bounds it, and bounds the mounted widgets, so a regression shows.
 """
 
 from __future__ import annotations
@@ -12,17 +12,22 @@ import time
 
 import pytest
 
+from chatapp.tui.widgets.chat_log import MAX_MOUNTED_EXCHANGES
 from tests.tui.conftest import app_with, ready, send
 from tests.tui.fakes import FakeEngine
 
 pytestmark = pytest.mark.anyio
 
-TURNS = 60
+TURNS = 200
 """Turns in the session."""
 WINDOW = 10
 """Turns averaged for the early and late latency figures."""
 MAX_SLOWDOWN = 3.0
 """Late turns may take at most this many times as long as early ones (Pilot round trip)."""
+WIDGETS_PER_EXCHANGE = 8
+"""Upper bound on the widgets one mounted exchange adds (user message, reply and its parts)."""
+MAX_WIDGETS = 60 + WIDGETS_PER_EXCHANGE * MAX_MOUNTED_EXCHANGES
+"""Mounted widgets allowed at the end: the screen's own plus the mounted exchanges, whatever TURNS."""
 
 
 def _rss_mb() -> float:
@@ -52,3 +57,4 @@ async def test_a_long_session_stays_responsive(capsys):
         print(f"\n{TURNS} turns: {early * 1000:.0f} ms per turn early, {late * 1000:.0f} ms late; "
               f"{widgets} widgets mounted; RSS +{late_rss - early_rss:.1f} MiB over {TURNS - WINDOW} turns")
     assert late <= early * MAX_SLOWDOWN
+    assert widgets <= MAX_WIDGETS

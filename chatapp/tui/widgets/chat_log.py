@@ -1,8 +1,10 @@
 """The conversation view, which doubles as the token inspector when focused.
 
 Inspector keys move a cursor over the tokens of any reply; every move posts `Inspected`, and
-the screen shows that step in the candidates panel. The log holds only the cursor: the replies
-themselves are the `Exchange` objects its `AssistantMessage` children view.
+the screen shows that step in the candidates panel. The replies are the `Exchange` objects its
+`AssistantMessage` children view; only the latest `MAX_MOUNTED_EXCHANGES` stay mounted (a long
+session would slow down with every turn), older ones behind one line at the top that mounts them
+again when clicked, or when the inspector pages up past the oldest mounted reply.
 """
 
 from __future__ import annotations
@@ -10,13 +12,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual import on
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.message import Message
+from textual.widgets import Static
 
 from chatapp.tui.state import Exchange
 from chatapp.tui.widgets.messages_view import AssistantMessage, UserMessage
 from chatapp.tui.widgets.token_view import TokenView
+
+MAX_MOUNTED_EXCHANGES = 20
+"""Exchanges kept mounted after a new one is added; older ones are unmounted (not lost)."""
+EARLIER_BATCH = 20
+"""Older exchanges mounted again per click on the "earlier exchanges" line."""
+
+
+class EarlierMessages(Static):
+    """One line standing for the exchanges that are not mounted; a click shows more of them."""
+
+    @dataclass
+    class Clicked(Message):
+        """Show more of the earlier exchanges."""
+
+    def show_count(self, count: int) -> None:
+        """Say how many exchanges are hidden (0 hides the line)."""
+        self.display = count > 0
+        noun = "exchange" if count == 1 else "exchanges"
+        self.update(Content(f"⋯ {count} earlier {noun} (click, or PgUp in the inspector)"))
+
+    def on_click(self) -> None:
+        """Ask the log to mount more of them."""
+        self.post_message(self.Clicked())
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,14 @@ class ChatLog(VerticalScroll):
         super().__init__()
         self.cursor: Cursor | None = None
         self.heatmap = False
+        self.exchanges: list[Exchange] = []
+        """Every exchange shown, mounted or not (index = exchange index)."""
+        self.first_mounted = 0
+        """Index of the oldest mounted exchange."""
+
+    def compose(self) -> ComposeResult:
+        """The (hidden until needed) line for unmounted exchanges."""
+        yield EarlierMessages()
 
     def on_mount(self) -> None:
         """Stick to the bottom while the user is there."""
@@ -88,33 +124,74 @@ class ChatLog(VerticalScroll):
         """The reply views, in conversation order."""
         return list(self.query(AssistantMessage))
 
-    def reply_view(self, index: int) -> AssistantMessage:
-        """The view of exchange `index`'s reply."""
-        return self.replies[index]
+    def _offset(self, index: int) -> int:
+        if index < self.first_mounted:
+            raise IndexError(f"exchange {index} is not mounted (the oldest mounted is {self.first_mounted})")
+        return index - self.first_mounted
 
-    async def add_exchange(self, exchange: Exchange, index: int) -> AssistantMessage:
-        """Show a new exchange; return its reply view."""
-        reply = AssistantMessage(exchange, index)
-        await self.mount_all([UserMessage(exchange.user), reply])
-        reply.set_token_mode(self.heatmap or self.cursor is not None, self.heatmap, None)
-        return reply
+    def reply_view(self, index: int) -> AssistantMessage:
+        """The view of exchange `index`'s reply (it must be mounted)."""
+        return self.replies[self._offset(index)]
 
     def user_view(self, index: int) -> UserMessage:
-        """The view of exchange `index`'s user message."""
-        return list(self.query(UserMessage))[index]
+        """The view of exchange `index`'s user message (it must be mounted)."""
+        return list(self.query(UserMessage))[self._offset(index)]
+
+    def _views(self, start: int, end: int) -> tuple[list[AssistantMessage], list]:
+        replies = [AssistantMessage(self.exchanges[i], i) for i in range(start, end)]
+        widgets = [w for view in replies for w in (UserMessage(view.exchange.user), view)]
+        return replies, widgets
+
+    def _mounted_as_now(self, views: list[AssistantMessage]) -> None:
+        for view in views:
+            step = self.cursor.step if self.cursor and self.cursor.exchange == view.index else None
+            view.set_token_mode(self.heatmap or self.cursor is not None, self.heatmap, step)
+        self.query_one(EarlierMessages).show_count(self.first_mounted)
+
+    async def add_exchange(self, exchange: Exchange, index: int) -> AssistantMessage:
+        """Show a new exchange (unmounting the oldest beyond the limit); return its reply view."""
+        del self.exchanges[index:]
+        self.exchanges.append(exchange)
+        replies, widgets = self._views(index, index + 1)
+        await self.mount_all(widgets)
+        keep = max(self.first_mounted, len(self.exchanges) - MAX_MOUNTED_EXCHANGES)
+        if keep > self.first_mounted:
+            if self.cursor is not None and self.cursor.exchange < keep:
+                self.inspect(None)
+            old = self.replies[:keep - self.first_mounted]
+            users = list(self.query(UserMessage))[:keep - self.first_mounted]
+            self.first_mounted = keep
+            await self.remove_children([*users, *old])
+        self._mounted_as_now(replies)
+        return replies[0]
+
+    async def show_earlier(self, down_to: int | None = None) -> None:
+        """Mount `EARLIER_BATCH` more of the unmounted exchanges (at least down to `down_to`)."""
+        start = max(0, self.first_mounted - EARLIER_BATCH)
+        if down_to is not None:
+            start = max(0, min(start, down_to))
+        if start >= self.first_mounted:
+            return
+        replies, widgets = self._views(start, self.first_mounted)
+        await self.mount_all(widgets, after=self.query_one(EarlierMessages))
+        self.first_mounted = start
+        self._mounted_as_now(replies)
 
     async def clear(self) -> None:
         """Remove every message."""
         self.cursor = None
-        await self.remove_children()
+        self.exchanges, self.first_mounted = [], 0
+        await self.remove_children([w for w in self.children if not isinstance(w, EarlierMessages)])
+        self.query_one(EarlierMessages).show_count(0)
 
     async def show_exchanges(self, exchanges: list[Exchange]) -> None:
-        """Replace the log with `exchanges` (a reopened chat), mounted in one go."""
+        """Replace the log with `exchanges` (a reopened chat): the latest ones mounted in one go."""
         await self.clear()
-        views = [AssistantMessage(e, i) for i, e in enumerate(exchanges)]
-        await self.mount_all([w for e, view in zip(exchanges, views) for w in (UserMessage(e.user), view)])
-        for view in views:
-            view.set_token_mode(self.heatmap, self.heatmap, None)
+        self.exchanges = list(exchanges)
+        self.first_mounted = max(0, len(exchanges) - MAX_MOUNTED_EXCHANGES)
+        replies, widgets = self._views(self.first_mounted, len(exchanges))
+        await self.mount_all(widgets)
+        self._mounted_as_now(replies)
         self.scroll_end(animate=False)
 
     def set_heatmap(self, on: bool) -> None:
@@ -131,17 +208,15 @@ class ChatLog(VerticalScroll):
         self.post_message(self.Inspected(cursor))
 
     def _show_cursor(self) -> None:
-        for i, view in enumerate(self.replies):
-            step = self.cursor.step if self.cursor and self.cursor.exchange == i else None
-            view.set_token_mode(self.heatmap or self.cursor is not None, self.heatmap, step)
+        self._mounted_as_now(self.replies)
 
     def _steps(self, exchange: int) -> int:
-        reply = self.reply_view(exchange).exchange.reply
+        reply = self.exchanges[exchange].reply
         return len(reply.steps) if reply else 0
 
     def open_inspector(self) -> bool:
-        """Start inspecting the last token of the last reply that has one; False if none."""
-        for i in reversed(range(len(self.replies))):
+        """Start inspecting the last token of the last mounted reply that has one; False if none."""
+        for i in reversed(range(self.first_mounted, len(self.exchanges))):
             if self._steps(i):
                 self.focus()
                 self.inspect(Cursor(i, self._steps(i) - 1))
@@ -159,13 +234,15 @@ class ChatLog(VerticalScroll):
         if self.cursor:
             self.inspect(Cursor(self.cursor.exchange, step % max(1, self._steps(self.cursor.exchange))))
 
-    def action_reply(self, delta: int) -> None:
-        """Jump to the previous or next reply that has tokens."""
+    async def action_reply(self, delta: int) -> None:
+        """Jump to the previous or next reply that has tokens (mounting older ones if needed)."""
         if not self.cursor:
             return
         i = self.cursor.exchange + delta
-        while 0 <= i < len(self.replies):
+        while 0 <= i < len(self.exchanges):
             if self._steps(i):
+                if i < self.first_mounted:
+                    await self.show_earlier(down_to=i)
                 self.inspect(Cursor(i, min(self.cursor.step, self._steps(i) - 1)))
                 return
             i += delta
@@ -174,7 +251,7 @@ class ChatLog(VerticalScroll):
         """Pick the candidate above or below for branching."""
         if not self.cursor:
             return
-        reply = self.reply_view(self.cursor.exchange).exchange.reply
+        reply = self.exchanges[self.cursor.exchange].reply
         step = reply.steps[self.cursor.step]
         start = self.cursor.row
         if start is None:
@@ -201,6 +278,11 @@ class ChatLog(VerticalScroll):
     def action_leave(self) -> None:
         """Close the inspector."""
         self.inspect(None)
+
+    @on(EarlierMessages.Clicked)
+    async def earlier_clicked(self) -> None:
+        """A click on the "earlier exchanges" line mounts more of them."""
+        await self.show_earlier()
 
     @on(AssistantMessage.Clicked)
     def reply_clicked(self, event: AssistantMessage.Clicked) -> None:
