@@ -199,6 +199,10 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     progress("multi-turn runs (8 turns each)")
     passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
     ttfts = [statistics.median(turn) for turn in zip(*passes)]
+    progress("TUI runs (the same engine driven through the headless TUI)")
+    from chatapp.tui.speed import tui_and_headless_tok_per_s
+
+    tui_pairs = tui_and_headless_tok_per_s(default_engine, BENCH_PROMPT, settings, runs)
     s = {key: figures.summary() for key, figures in configs.items()}
     return {
         "type": "bench",
@@ -213,6 +217,11 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "b_over_c": s["b"]["tok_per_s"] / s["c"]["tok_per_s"],
             "a_over_d": s["a"]["tok_per_s"] / s["d"]["tok_per_s"],
             "a_over_c": s["a"]["tok_per_s"] / s["c"]["tok_per_s"],
+        },
+        "tui": {
+            "tok_per_s": statistics.median(t for t, _ in tui_pairs),
+            "headless_tok_per_s": statistics.median(h for _, h in tui_pairs),
+            "tui_over_headless": statistics.median(t / h for t, h in tui_pairs),
         },
         "multi_turn": {
             "ttft_ms": ttfts,

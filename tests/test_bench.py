@@ -25,6 +25,8 @@ def test_bench_json_has_every_figure():
     multi = report["multi_turn"]
     assert len(multi["ttft_ms"]) == 8 and multi["turn8_over_turn1"] > 0
     assert report["memory"]["peak_rss_mb"] > 0
+    tui = report["tui"]  # the TUI's speed against the bare engine's, measured in the same run
+    assert tui["tok_per_s"] > 0 and tui["headless_tok_per_s"] > 0 and tui["tui_over_headless"] > 0
 
 
 @pytest.mark.parametrize("args", [["--tokens", "1"], ["--runs", "0"], ["--json", "--markdown"]])

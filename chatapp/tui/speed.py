@@ -1,0 +1,79 @@
+"""The TUI's decode speed against the bare engine's, for `chatapp bench`.
+
+Both run the same engine on a worker thread (as the TUI's worker does), alternating, with the
+TUI headless (Textual's test driver renders every frame as it would on a terminal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from chatapp.settings import SamplingSettings
+
+TUI_SIZE = (120, 36)
+"""Terminal size the app is driven at."""
+WAIT_TIMEOUT_S = 300.0
+"""Longest wait for the model or a reply."""
+POLL_S = 0.02
+"""How often the driver checks whether the reply is done."""
+
+
+def headless_tok_per_s(engine, messages: list[dict], settings: SamplingSettings) -> float:
+    """Decode speed of the bare engine, on a fresh thread as the TUI's worker runs it."""
+    result = {}
+
+    def run() -> None:
+        engine.reset()
+        turn = engine.start_turn(messages, settings)
+        for _ in turn:
+            pass
+        result["tok_per_s"] = turn.stats.tok_per_s
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result["tok_per_s"]
+
+
+async def _until(pilot, condition) -> None:
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the TUI did not finish in time")
+        await pilot.pause(POLL_S)
+
+
+async def _measure(engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
+    from chatapp.tui.app import make_app
+
+    pairs: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="chatapp-bench-") as scratch:  # never the user's history
+        app = make_app(settings=settings, load_engine=lambda progress: engine,
+                       store_path=Path(scratch) / "bench.sqlite3")
+        await _drive(app, engine, prompt, settings, runs, pairs)
+    return pairs
+
+
+async def _drive(app, engine, prompt: str, settings: SamplingSettings, runs: int, pairs: list) -> None:
+    from chatapp.tui.widgets.prompt_input import PromptInput
+
+    async with app.run_test(size=TUI_SIZE) as pilot:
+        await _until(pilot, lambda: app.chat.engine is not None)
+        for _ in range(runs):
+            headless = headless_tok_per_s(engine, [{"role": "user", "content": prompt}], settings)
+            engine.reset()
+            for text in ("/clear", prompt):
+                app.chat.query_one(PromptInput).insert(text)
+                await pilot.press("enter")
+                await pilot.pause()
+            await _until(pilot, lambda: not app.chat.generating and app.chat.conversation.last is not None)
+            pairs.append((app.chat.conversation.last.reply.stats.tok_per_s, headless))
+
+
+def tui_and_headless_tok_per_s(engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
+    """(TUI tok/s, headless tok/s) for each run, alternating, on the same engine."""
+    return asyncio.run(_measure(engine, prompt, settings, runs))
