@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import resource
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 from chatapp.bench_report import format_markdown, format_report
 from chatapp.engine import Engine
+from chatapp.memory import current_rss_mb, peak_rss_mb
 from chatapp.loading import LoadedModel, load_model
 from chatapp.settings import SamplingSettings
 
@@ -39,23 +39,6 @@ MULTI_TURN_TOKENS = 48
 """New tokens per turn in the multi-turn run."""
 BENCH_SEED = 1234
 """Fixed sampling seed for the engine runs."""
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-        import os
-
-        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-    except OSError:
-        return _peak_rss_mb()
 
 
 @dataclass
@@ -165,7 +148,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     """Measure every configuration; return the JSON-ready report."""
     progress = progress or (lambda message: None)
     settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
-    rss_start = _current_rss_mb()
+    rss_start = current_rss_mb()
     progress("loading the default configuration")
     default = load_model(model, device, "auto")
     default_engine = Engine(default)
@@ -195,7 +178,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         _run_generate(fp32, settings, tokens, configs["d"])
         gc.collect()
     for figures in configs.values():
-        figures.rss_mb = _current_rss_mb()
+        figures.rss_mb = current_rss_mb()
     progress("multi-turn runs (8 turns each)")
     passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
     ttfts = [statistics.median(turn) for turn in zip(*passes)]
@@ -229,7 +212,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "turn8_ttft_ms": ttfts[-1],
             "turn8_over_turn1": ttfts[-1] / ttfts[0],
         },
-        "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)},
+        "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)},
     }
 
 

@@ -170,8 +170,6 @@ def load_model(
 
     progress = progress or (lambda message: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if quantize not in QUANTIZE_CHOICES:
         raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
     target_device = pick_device(device)

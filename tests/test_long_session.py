@@ -8,6 +8,7 @@ import os
 import pytest
 
 from chatapp.engine import Engine
+from chatapp.memory import current_rss_mb
 from chatapp.settings import SamplingSettings
 
 TURNS = 30
@@ -18,11 +19,6 @@ WARMUP_TURNS = 3
 """Turns before the baseline, so one-time allocations (allocator pools, kernels) are excluded."""
 SLACK_MB = 64.0
 """Allowed growth beyond the KV cache: allocator noise, token records, the transcript."""
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _kv_mb(engine: Engine) -> float:
@@ -49,9 +45,9 @@ def test_thirty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys
         assert steps and turn.stats.cached_tokens > 0 or turn_number == 0
         if turn_number + 1 == WARMUP_TURNS:
             gc.collect()
-            baseline, kv_baseline = _rss_mb(), _kv_mb(engine)
+            baseline, kv_baseline = current_rss_mb(), _kv_mb(engine)
     gc.collect()
-    growth, kv_growth = _rss_mb() - baseline, _kv_mb(engine) - kv_baseline
+    growth, kv_growth = current_rss_mb() - baseline, _kv_mb(engine) - kv_baseline
     with capsys.disabled():
         print(f"\n{TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
               f"({len(engine.kv)} tokens cached)")

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from chatapp.memory import current_rss_mb
 from chatapp.tui.widgets.chat_log import MAX_MOUNTED_EXCHANGES
 from tests.tui.conftest import app_with, ready, send
 from tests.tui.fakes import FakeEngine
@@ -30,11 +31,6 @@ MAX_WIDGETS = 60 + WIDGETS_PER_EXCHANGE * MAX_MOUNTED_EXCHANGES
 """Mounted widgets allowed at the end: the screen's own plus the mounted exchanges, whatever TURNS."""
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
 async def test_a_long_session_stays_responsive(capsys):
     engine = FakeEngine(replies=[["A ", "short ", "reply ", "with ", "**markdown**."]])
@@ -47,8 +43,8 @@ async def test_a_long_session_stays_responsive(capsys):
             await send(pilot, f"message {turn}")
             latencies.append(time.perf_counter() - start)
             if turn == WINDOW - 1:
-                early_rss = _rss_mb()
-        late_rss = _rss_mb()
+                early_rss = current_rss_mb()
+        late_rss = current_rss_mb()
         widgets = len(list(app.screen.walk_children()))
         assert len(app.chat.conversation.exchanges) == TURNS
     early = sum(latencies[:WINDOW]) / WINDOW
