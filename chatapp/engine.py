@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from chatapp.conversation import Message, fit_to_context
-from chatapp.decoding import KVState
+from chatapp.decoding import open_token_cache
 from chatapp.detokenizer import ReplyDetokenizer, TokenTexts
 from chatapp.lm_head import describe_choice, lm_head, sample_token_ids
 from chatapp.loading import LoadedModel
@@ -65,7 +65,8 @@ class Engine:
         self.top_n = top_n
         self.stop_ids = stop_token_ids(loaded)
         self.token_texts = TokenTexts(self.tokenizer)
-        self.kv = KVState(self.model)
+        self.kv = open_token_cache(self.model)
+        """The conversation's KV cache and the decoder that fills it."""
         # The logical transcript: what the cache holds plus tokens chosen but not yet run.
         self._transcript_text = ""
         self._transcript_ids: list[int] = []

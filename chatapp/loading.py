@@ -160,8 +160,9 @@ def load_model(
         max_memory: per-device limits for `device_map`, e.g. {0: "10GiB", "cpu": "30GiB"}.
         quantize: "int4" packs the transformer blocks' linear weights to 4 bits (CPU); "auto"
             does so only when they are 4-bit GGUF blocks already (the file's own codes, with
-            bfloat16 scales) on a CPU with native bfloat16; "none" never. The LM head, embeddings
-            and norms keep `dtype`, and the LM head is always float32.
+            bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
+            streams bfloat16 weights and recomputes its best logits in float32 (`OutputHead`);
+            embeddings and norms keep `dtype`.
 
     Raises:
         ModelLoadError: with one line saying what was tried and what to do.
@@ -205,12 +206,12 @@ def load_model(
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
     notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []
     if use_int4:
-        from chatapp.quantize import Float32Head, quantize_int4
+        from chatapp.quantize import OutputHead, quantize_int4
 
         progress("packing weights to int4")
         report = quantize_int4(model)
-        # The LM head stays float32: the probabilities we show are read from its logits.
-        head = Float32Head(model.get_output_embeddings().weight)
+        # The LM head streams bfloat16 weights and recomputes its best logits in float32.
+        head = OutputHead(model.get_output_embeddings().weight)
         # Parameters only: buffers such as the rotary frequencies must stay float32.
         for parameter in model.parameters():
             parameter.data = parameter.data.to(torch_dtype)
@@ -218,7 +219,7 @@ def load_model(
         model.config.tie_word_embeddings = False
         model.config.dtype = torch_dtype
         exact = "GGUF 4-bit codes kept exactly" if report.exact_blocks > EXACT_FRACTION else "lossy"
-        notes.append(f"int4 weights ({exact}, bf16 scales)")
+        notes.append(f"int4 weights ({exact}, bf16 scales), LM head bf16 + exact top {head.exact_top}")
     if not device_map:
         model.to(target_device)
     model.eval()

@@ -56,7 +56,7 @@ def test_arbitrary_weights_are_reported_lossy():
 def test_default_model_gets_int4_from_its_gguf_blocks_exactly():
     loaded = load_model("default", device="cpu", quantize="int4")
     assert any("GGUF 4-bit codes kept exactly" in note for note in loaded.info.notes), loaded.info.notes
-    assert loaded.model.get_output_embeddings().weight.dtype == torch.float32
+    assert loaded.model.get_output_embeddings().weight.dtype == torch.bfloat16
 
 
 @needs_int4
@@ -74,3 +74,42 @@ def test_int4_greedy_agreement_with_float32(default_model, capsys):
     with capsys.disabled():
         print(f"\nint4 vs float32 greedy: {identical}/{len(AGREEMENT_PROMPTS)} replies identical")
     assert identical >= MIN_IDENTICAL_REPLIES
+
+
+def test_output_head_gives_its_best_logits_in_float32():
+    from chatapp.quantize import OutputHead
+
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(1000, 64, generator=gen)
+    hidden = torch.randn(3, 64, generator=gen)
+    head = OutputHead(weight, exact_top=16)
+    exact = hidden @ weight.T  # (3, V)
+    for row, logits in zip(range(3), [head(hidden[0]), head(hidden[1]), head(hidden[2])]):
+        best = torch.topk(exact[row], 16).indices
+        torch.testing.assert_close(logits[best], exact[row][best], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits, exact[row], rtol=2e-2, atol=0.1)  # the tail: bfloat16
+        assert not torch.equal(logits, exact[row]), "the tail must come from the bfloat16 pass"
+    batched = head(hidden)
+    for row in range(3):
+        best = torch.topk(exact[row], 16).indices
+        torch.testing.assert_close(batched[row][best], exact[row][best], rtol=1e-5, atol=1e-5)
+
+
+@needs_int4
+@pytest.mark.parametrize("kv_heads, fused", [(2, True), (1, False)])
+def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fused):
+    from chatapp.decoding import KVState
+    from chatapp.llama_decoder import LlamaDecoder, _Concat
+    from chatapp.quantize import quantize_int4
+    from tests.conftest import tiny_llama
+
+    # k and v are 64 rows wide with 2 key/value heads (fused into one int4 product with q),
+    # 32 with 1 (which torch's 64-row int4 packing cannot join: three products instead).
+    model = tiny_llama(hidden_size=128, num_key_value_heads=kv_heads)
+    assert quantize_int4(model).layers == 14
+    assert isinstance(LlamaDecoder(model).layers[0][1], _Concat) != fused
+    ids = torch.randint(0, 1000, (20,), generator=torch.Generator().manual_seed(6)).tolist()
+    ours, theirs = LlamaDecoder(model), KVState(model)
+    torch.testing.assert_close(ours.prefill(ids[:12]), theirs.prefill(ids[:12]), rtol=2e-2, atol=2e-2)
+    for token in ids[12:]:
+        torch.testing.assert_close(ours.decode_one(token), theirs.decode_one(token), rtol=2e-2, atol=2e-2)

@@ -22,12 +22,7 @@ SLACK_MB = 64.0
 
 
 def _kv_mb(engine: Engine) -> float:
-    total = 0
-    for layer in engine.kv.cache.layers:
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if tensor is not None:
-                total += tensor.numel() * tensor.element_size()
-    return total / 2**20
+    return engine.kv.cache_bytes() / 2**20
 
 
 @pytest.mark.model

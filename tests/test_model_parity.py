@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatapp.decoding import KVState
+from chatapp.decoding import KVState, open_token_cache
+from chatapp.llama_decoder import LlamaDecoder
 from chatapp.engine import Engine
 from chatapp.lm_head import output_logits
 from chatapp.settings import SamplingSettings
@@ -59,8 +60,12 @@ def test_lm_head_logits_equal_model_logits_with_final_softcapping():
     assert not torch.allclose(plain, theirs), "softcapping must matter for this test to mean anything"
 
 
-def _assert_cached_equals_full(model, ids: list[int], split: int):
-    kv = KVState(model)
+DECODERS = [KVState, LlamaDecoder]
+"""Both ways of running the model: transformers' modules and our own decoder."""
+
+
+def _assert_cached_equals_full(model, ids: list[int], split: int, decoder=KVState):
+    kv = decoder(model)
     hiddens = [kv.prefill(ids[:split])]
     for token in ids[split:]:
         hiddens.append(kv.decode_one(token))
@@ -71,22 +76,61 @@ def _assert_cached_equals_full(model, ids: list[int], split: int):
         torch.testing.assert_close(output_logits(model, hidden), full[position], rtol=1e-4, atol=1e-4)
 
 
-def test_cached_decoding_equals_full_recompute_tiny():
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_cached_decoding_equals_full_recompute_tiny(decoder):
     model = tiny_llama()
     ids = torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(2)).tolist()
-    _assert_cached_equals_full(model, ids, split=7)
+    _assert_cached_equals_full(model, ids, split=7, decoder=decoder)
 
 
 @pytest.mark.model
-def test_cached_decoding_equals_full_recompute_default(default_model):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_cached_decoding_equals_full_recompute_default(default_model, decoder):
     ids = default_model.tokenizer("Once upon a time, in a land far away, there lived a")["input_ids"]
-    _assert_cached_equals_full(default_model.model, ids, split=4)
+    _assert_cached_equals_full(default_model.model, ids, split=4, decoder=decoder)
 
 
-def test_crop_then_continue_equals_full_recompute():
+def test_our_decoder_grows_its_buffers_and_prefills_after_a_cached_prefix():
+    # 300 tokens outgrow the first 256-token buffers; the second prefill runs after a cached
+    # prefix (the masked path), as every later chat turn does.
+    model = tiny_llama(num_key_value_heads=1)  # grouped-query attention, 4 query heads per key
+    ids = torch.randint(0, 1000, (300,), generator=torch.Generator().manual_seed(4)).tolist()
+    kv = LlamaDecoder(model)
+    kv.prefill(ids[:200])
+    hidden = kv.prefill(ids[200:])
+    assert kv.capacity >= 300 and len(kv) == 300
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(output_logits(model, hidden), full, rtol=1e-4, atol=1e-4)
+
+
+def test_our_decoder_leaves_the_model_itself_unchanged():
+    model = tiny_llama()
+    ids = torch.tensor([[5, 17, 99, 3]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        LlamaDecoder(model)  # fuses q/k/v and gate/up, repointing the model's layers at slices
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+
+
+def test_models_our_decoder_does_not_cover_run_through_transformers():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    )
+    assert isinstance(open_token_cache(Gemma2ForCausalLM(config).eval()), KVState)
+    assert isinstance(open_token_cache(tiny_llama(attention_bias=True)), KVState)
+    assert isinstance(open_token_cache(tiny_llama()), LlamaDecoder)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_crop_then_continue_equals_full_recompute(decoder):
     model = tiny_llama()
     ids = torch.randint(0, 1000, (30,), generator=torch.Generator().manual_seed(3)).tolist()
-    kv = KVState(model)
+    kv = decoder(model)
     kv.prefill(ids)
     kv.keep(12)  # as a branch at position 12 would
     other = [5, 6, 7]
