@@ -103,14 +103,21 @@ def _rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
     return rotation
 
 
-def _projection(linear: nn.Module, dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A plain function computing `linear(x)` for 2-D `x`, without nn.Module's call overhead."""
+def _projection(linear: nn.Module, dtype=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A plain function computing `linear(x)` for 2-D `x`, without nn.Module's call overhead.
+
+    int4 products compute in bfloat16; their output is cast to `dtype`, or left in bfloat16 when
+    `dtype` is None (for a product that is only added into the residual stream, whose in-place
+    add converts it at no extra cost).
+    """
     if type(linear) is nn.Linear:
         weight = linear.weight
         return lambda x: F.linear(x, weight)
     if type(linear) is Int4Linear:
         packed, scales = linear.packed, linear.scales_and_zeros
         int4_mm = torch._weight_int4pack_mm_for_cpu
+        if dtype is None:
+            return lambda x: int4_mm(x.to(torch.bfloat16), packed, GROUP_SIZE, scales)
         return lambda x: int4_mm(x.to(torch.bfloat16), packed, GROUP_SIZE, scales).to(dtype)
     return linear
 
@@ -141,10 +148,10 @@ class LlamaDecoder(TokenCache):
             self.layers.append((
                 layer.input_layernorm.weight,
                 _projection(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]), self.dtype),
-                _projection(attn.o_proj, self.dtype),
+                _projection(attn.o_proj),
                 layer.post_attention_layernorm.weight,
                 _projection(_fuse([mlp.gate_proj, mlp.up_proj]), self.dtype),
-                _projection(mlp.down_proj, self.dtype),
+                _projection(mlp.down_proj),
             ))
         self.reset()
 
