@@ -74,6 +74,8 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         self._jobs = 0
         self._turn = None
         self._version: ReplyVersion | None = None
+        self._waiting: Exchange | None = None
+        """A message sent while the model was loading; its reply starts once the model is ready."""
 
     def compose(self) -> ComposeResult:
         """Conversation beside the panel; prompt, status and footer below."""
@@ -131,6 +133,10 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         self.query_one(LoadingPanel).remove()
         self.add_class("-ready")
         self.update_status()
+        waiting, self._waiting = self._waiting, None
+        exchanges = self.conversation.exchanges
+        if waiting is not None and exchanges and exchanges[-1] is waiting and not waiting.versions:
+            self.start_reply(len(exchanges) - 1, ReplyVersion(settings=self.settings))
 
     @on(LoadFailed)
     def load_failed(self, message: LoadFailed) -> None:
@@ -171,7 +177,12 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
             await self.run_command(text)
             return
         if self.engine is None:
-            self.notify("The model is still loading; your message is kept.", severity="warning")
+            if self._waiting is not None:
+                self.notify("A message is already waiting for the model; yours is kept.", severity="warning")
+                return
+            prompt.clear()
+            self._waiting = await self.add_user_message(commands.message_text(text))
+            self.update_status("loading… your message goes as soon as the model is ready")
             return
         if self.generating:
             self.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
@@ -181,19 +192,23 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
 
     async def send(self, text: str) -> None:
         """Add (or, when editing, replace) the last user message and generate the reply."""
-        log = self.query_one(ChatLog)
         if self.editing and self.conversation.last is not None:
             self.editing = False
             exchange = self.conversation.last
             exchange.user, exchange.versions, exchange.current = text, [], 0
-            index = len(self.conversation.exchanges) - 1
-            log.user_view(index).set_text(text)
+            self.query_one(ChatLog).user_view(len(self.conversation.exchanges) - 1).set_text(text)
         else:
-            exchange = Exchange(text)
-            self.conversation.exchanges.append(exchange)
-            index = len(self.conversation.exchanges) - 1
-            await log.add_exchange(exchange, index)
-        self.start_reply(index, ReplyVersion(settings=self.settings))
+            await self.add_user_message(text)
+        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+
+    async def add_user_message(self, text: str) -> Exchange:
+        """Append a new exchange holding the user's `text` (no reply yet) and show it."""
+        exchange = Exchange(text)
+        self.conversation.exchanges.append(exchange)
+        index = len(self.conversation.exchanges) - 1
+        await self.query_one(ChatLog).add_exchange(exchange, index)
+        self.mark_changed(index)
+        return exchange
 
     async def run_command(self, text: str) -> None:
         """Apply a slash command, or show its one-line error (the prompt keeps the text)."""

@@ -185,14 +185,20 @@ async def test_loading_shows_progress_and_stays_responsive():
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: "converting" in str(app.chat.query_one("#loading-log").content))
         assert "converting" in str(app.chat.query_one(StatusBar).render())
-        await pilot.press(*"early", "enter")
-        assert app.chat.query_one(PromptInput).text == "early"  # kept while loading
-        assert any("still loading" in n.message for n in app._notifications)
+        await pilot.press(*"early", "enter")  # taken at once: it goes when the model is ready
+        assert app.chat.query_one(PromptInput).text == ""
+        assert [e.user for e in app.chat.conversation.exchanges] == ["early"]
+        assert "early" in str(app.chat.query_one(ChatLog).user_view(0).render())
+        await pilot.press(*"second", "enter")  # one message waits at a time; this one is kept
+        assert app.chat.query_one(PromptInput).text == "second"
+        assert any("already waiting" in n.message for n in app._notifications)
+        assert len(app.chat.conversation.exchanges) == 1 and not app.chat.generating
         release.set()
         await ready(pilot)
         assert not app.chat.query(LoadingPanel)
-        await send(pilot, "")
+        await wait_until(pilot, lambda: app.chat.conversation.last.reply is not None and not app.chat.generating)
         assert app.chat.conversation.last.reply.text == "Hello, world!"
+        assert engine.calls[-1].messages[-1]["content"] == "early"
 
 
 async def test_load_failure_is_shown():
