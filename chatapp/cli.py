@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatapp.loading import ModelLoadError, parse_max_memory, pick_device
 
     try:
-        pick_device(args.device)
+        if args.device:  # a bad --device fails here, in one line; the automatic choice is made
+            pick_device(args.device)  # while loading, so torch is not imported before the TUI shows
         args.max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
         if args.max_memory and not args.device_map:
             raise ModelLoadError("--max-memory needs --device-map auto")

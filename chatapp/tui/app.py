@@ -83,6 +83,14 @@ class ChatApp(App):
             except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, not main thread)
                 pass
 
+    def on_ready(self) -> None:
+        """The first frame is on screen: start loading the model.
+
+        Not earlier: importing torch holds the interpreter for seconds, and the prompt should be
+        there (and take a message) before that starts.
+        """
+        self.chat.load()
+
     def on_unmount(self) -> None:
         """Give the signals back."""
         loop = asyncio.get_running_loop()

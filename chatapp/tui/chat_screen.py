@@ -89,13 +89,12 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         yield Footer()
 
     async def on_mount(self) -> None:
-        """Open the history, show a reopened chat, start loading; the prompt is usable right away."""
+        """Open the history and show a reopened chat; the prompt is usable right away."""
         self.query_one(TopKPanel).border_title = "Candidates"
         self.open_store()
         await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
         self.query_one(PromptInput).focus()
-        self.update_status("loading…")
-        self.load()
+        self.update_status("loading…")  # `ChatApp.on_ready` starts loading after the first frame
 
     def on_unmount(self) -> None:
         """Last save, whichever way the app ends."""
