@@ -1,4 +1,4 @@
-"""A real 30-turn session on the default model: memory stays flat beyond the KV cache itself."""
+"""A real 50-turn session on the default model: memory stays flat beyond the KV cache itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chatapp.engine import Engine
 from chatapp.memory import current_rss_mb
 from chatapp.settings import SamplingSettings
 
-TURNS = 30
+TURNS = 50
 """Turns in the session."""
 REPLY_TOKENS = 16
 """Longest reply per turn, to keep the test short."""
@@ -27,7 +27,7 @@ def _kv_mb(engine: Engine) -> float:
 
 @pytest.mark.model
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
-def test_thirty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys):
+def test_fifty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys):
     engine = Engine(default_model)
     settings = SamplingSettings(seed=7, max_new_tokens=REPLY_TOKENS)
     messages: list[dict] = []
