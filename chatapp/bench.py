@@ -198,7 +198,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "c": RunFigures("(c) model.generate, same model/dtype/sampling, eager", default.info.dtype),
         "d": RunFigures("(d) model.generate, float32, eager", "float32"),
     }
-    plain_engine = Engine(plain)  # no fast paths
+    plain_engine = Engine(plain)  # our decoder, without int4
     # Warm-up: one short run each, so one-time costs don't land in the first measurement.
     warm = SamplingSettings(seed=BENCH_SEED, max_new_tokens=8)
     _run_engine(default_engine, warm, RunFigures("warm", ""))
@@ -230,6 +230,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "runs": runs,
         "machine": _machine(),
         "default_notes": list(default.info.notes),
+        "decoders": {"a": default_engine.kv.kind, "b": plain_engine.kv.kind},
         "configs": s,
         "ratios": {
             "b_over_c": s["b"]["tok_per_s"] / s["c"]["tok_per_s"],

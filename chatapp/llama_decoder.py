@@ -63,8 +63,8 @@ def _fuse(linears: list[nn.Module]) -> nn.Module:
     """One module computing `cat([l(x) for l in linears], -1)`; the originals become views of it."""
     if all(type(layer) is nn.Linear for layer in linears):
         weight = torch.cat([layer.weight.data for layer in linears])  # (sum N, K)
-        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
-        fused.weight.data = weight
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # no init: replaced
+        fused.weight = nn.Parameter(weight, requires_grad=False)
         start = 0
         for layer in linears:  # share storage: the model's own layers see the same numbers
             rows = layer.weight.shape[0]
