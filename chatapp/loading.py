@@ -140,6 +140,31 @@ def out_of_memory_message(spec: str, source, device: str, dtype) -> str:
     )
 
 
+def _cached_int4(source: _Source, dtype):
+    """The packed int4 copy saved by an earlier load of this GGUF model, or None."""
+    if source.gguf is None:
+        return None
+    from chatapp.int4_cache import cache_path, load_int4
+
+    return load_int4(cache_path(source.location, dtype), source.location, dtype)
+
+
+def _pack_int4(model, dtype) -> float:
+    """Pack the model's linear layers to int4 in place; return the share of exact 4-bit blocks."""
+    from chatapp.quantize import OutputHead, quantize_int4
+
+    report = quantize_int4(model)
+    # The LM head streams bfloat16 weights and recomputes its best logits in float32.
+    head = OutputHead(model.get_output_embeddings().weight)
+    # Parameters only: buffers such as the rotary frequencies must stay float32.
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(dtype)
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    model.config.dtype = dtype
+    return report.exact_blocks
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -194,7 +219,11 @@ def load_model(
         if device_map:
             offload = cache_root().parent / "offload"
             placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
+        cached = _cached_int4(source, torch_dtype) if use_int4 else None
+        if cached is None:
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
+        else:
+            model, exact_blocks = cached
     except ModelLoadError:
         raise
     except (MemoryError, torch.OutOfMemoryError) as error:
@@ -206,19 +235,15 @@ def load_model(
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
     notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []
     if use_int4:
-        from chatapp.quantize import OutputHead, quantize_int4
+        if cached is None:
+            progress("packing weights to int4")
+            exact_blocks = _pack_int4(model, torch_dtype)
+            if source.gguf is not None:  # our own cache folder: keep the packed copy for next time
+                from chatapp.int4_cache import cache_path, save_int4
 
-        progress("packing weights to int4")
-        report = quantize_int4(model)
-        # The LM head streams bfloat16 weights and recomputes its best logits in float32.
-        head = OutputHead(model.get_output_embeddings().weight)
-        # Parameters only: buffers such as the rotary frequencies must stay float32.
-        for parameter in model.parameters():
-            parameter.data = parameter.data.to(torch_dtype)
-        model.set_output_embeddings(head)
-        model.config.tie_word_embeddings = False
-        model.config.dtype = torch_dtype
-        exact = "GGUF 4-bit codes kept exactly" if report.exact_blocks > EXACT_FRACTION else "lossy"
+                save_int4(model, cache_path(source.location, torch_dtype), exact_blocks)
+        head = model.get_output_embeddings()
+        exact = "GGUF 4-bit codes kept exactly" if exact_blocks > EXACT_FRACTION else "lossy"
         notes.append(f"int4 weights ({exact}, bf16 scales), LM head bf16 + exact top {head.exact_top}")
     if not device_map:
         model.to(target_device)

@@ -71,6 +71,16 @@ class OutputHead(nn.Module):
         self.register_buffer("exact_weight", weight.detach().float(), persistent=False)
         self.exact_top = min(exact_top, weight.shape[0])
 
+    @classmethod
+    def from_weights(cls, streamed: torch.Tensor, exact: torch.Tensor, exact_top: int = EXACT_TOP) -> "OutputHead":
+        """A head from its saved parts: the bfloat16 copy and the float32 weights (shared, not copied)."""
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.weight = nn.Parameter(streamed, requires_grad=False)
+        head.register_buffer("exact_weight", exact.detach(), persistent=False)
+        head.exact_top = min(exact_top, streamed.shape[0])
+        return head
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
         if hidden.dim() == 1:  # one context vector: a matrix-vector product streams the matrix faster
             logits = torch.mv(self.weight, hidden.to(torch.bfloat16)).float()

@@ -113,3 +113,49 @@ def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fuse
     torch.testing.assert_close(ours.prefill(ids[:12]), theirs.prefill(ids[:12]), rtol=2e-2, atol=2e-2)
     for token in ids[12:]:
         torch.testing.assert_close(ours.decode_one(token), theirs.decode_one(token), rtol=2e-2, atol=2e-2)
+
+
+@needs_int4
+@pytest.mark.model
+def test_int4_cache_gives_back_the_packed_model_exactly(tmp_path):
+    from chatapp.decoding import KVState
+    from chatapp.gguf_files import converted_dir, default_gguf_path
+    from chatapp.int4_cache import load_int4, save_int4
+    from chatapp.loading import _pack_int4
+
+    fresh = load_model("default", device="cpu", dtype="float32", quantize="none").model
+    exact_blocks = _pack_int4(fresh, torch.float32)
+    path = tmp_path / "int4.safetensors"
+    save_int4(fresh, path, exact_blocks)
+    loaded, loaded_blocks = load_int4(path, converted_dir(default_gguf_path()), torch.float32)
+    assert loaded_blocks == exact_blocks > 0.99
+    ids = list(range(300, 340))
+    with torch.no_grad():
+        a = fresh.get_output_embeddings()(KVState(fresh).prefill(ids))
+        b = loaded.get_output_embeddings()(KVState(loaded).prefill(ids))
+    assert torch.equal(a, b)
+
+
+@needs_int4
+def test_a_damaged_or_foreign_int4_cache_is_ignored(tmp_path):
+    from safetensors.torch import save_file
+
+    from chatapp.int4_cache import load_int4
+
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x00" * 100)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign), metadata={"format": "1", "torch": "0.0"})
+    for path in (damaged, foreign, tmp_path / "missing.safetensors"):
+        assert load_int4(path, tmp_path, torch.float32) is None
+
+
+@needs_int4
+@pytest.mark.model
+def test_the_second_int4_load_reads_the_packed_copy():
+    load_model("default", device="cpu", quantize="int4")  # packs and saves, unless an earlier run did
+    steps: list[str] = []
+    loaded = load_model("default", device="cpu", quantize="int4", progress=steps.append)
+    assert not any("packing" in step for step in steps), steps
+    assert loaded.info.quantization == "int4"
+    assert type(loaded.model.get_output_embeddings()).__name__ == "OutputHead"

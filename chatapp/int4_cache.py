@@ -1,0 +1,106 @@
+"""A ready-to-run copy of an int4 model, kept beside its converted weights in the user cache.
+
+The first int4 load reads the float32 weights and packs them (`chatapp.quantize`); it then
+saves the result here. Later loads build the model's skeleton without weights (on the meta
+device) and take the packed tensors straight from this file, skipping the float32 read and the
+packing. The file names the torch version that packed it (the int4 layout is torch's own) and a
+format number; any mismatch or damage means "no cache": the slow path runs and rewrites it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chatapp.atomic_file import atomic_write
+from chatapp.quantize import Int4Linear, OutputHead
+
+FORMAT = "1"
+"""Bumped whenever what the file holds changes meaning."""
+PACKED_SUFFIX = ".packed"
+"""State-dict keys of int4 layers end with this (their scales with `.scales_and_zeros`)."""
+HEAD_KEY = "lm_head.weight"
+"""The LM head's bfloat16 weights."""
+EXACT_KEY = "lm_head.exact_weight"
+"""The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
+EMBED_KEY = "model.embed_tokens.weight"
+"""The input embedding, which a tied model's exact LM head rows come from."""
+
+
+def cache_path(location: str | Path, dtype: torch.dtype) -> Path:
+    """Where the int4 copy of the model in folder `location` lives, for body dtype `dtype`."""
+    return Path(location) / f"chatapp-int4-{str(dtype).removeprefix('torch.')}.safetensors"
+
+
+def save_int4(model, path: Path, exact_blocks: float) -> None:
+    """Write `model` (int4 layers, an `OutputHead`) to `path`; a failure only costs the cache."""
+    from safetensors.torch import save
+
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings().weight
+    state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
+    if head.exact_weight.data_ptr() != embed.data_ptr():
+        state[EXACT_KEY] = head.exact_weight.contiguous()
+    metadata = {"format": FORMAT, "torch": torch.__version__, "exact_blocks": repr(exact_blocks)}
+    with contextlib.suppress(OSError):
+        atomic_write(path, save(state, metadata=metadata))
+
+
+def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
+    """The int4 model saved at `path` (for the model folder `location`) and its exact-block share,
+    or None when there is no usable copy."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT or metadata.get("torch") != torch.__version__:
+                return None
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        return _build(state, location, dtype), float(metadata["exact_blocks"])
+    except Exception:  # a damaged or foreign file: load the slow way and rewrite it
+        return None
+
+
+def _build(state: dict, location: str | Path, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(location, local_files_only=True)
+    config.tie_word_embeddings = False
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for key in [k for k in state if k.endswith(PACKED_SUFFIX)]:
+        name = key.removesuffix(PACKED_SUFFIX)
+        packed, scales = state[key], state[name + ".scales_and_zeros"]  # also assigned below
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        setattr(parent, child, Int4Linear(packed, scales, old.in_features, old.out_features))
+    exact = state.pop(EXACT_KEY, None)
+    streamed = state.pop(HEAD_KEY)
+    result = model.load_state_dict(state, assign=True, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) - {HEAD_KEY}:
+        raise ValueError("the int4 cache does not match the model")
+    head = OutputHead.from_weights(streamed, exact if exact is not None else model.get_input_embeddings().weight)
+    model.set_output_embeddings(head)
+    _rebuild_meta_buffers(model)
+    model.config.dtype = dtype
+    with contextlib.suppress(OSError, ValueError):
+        model.generation_config = GenerationConfig.from_pretrained(location, local_files_only=True)
+    return model.eval()
+
+
+def _rebuild_meta_buffers(model: nn.Module) -> None:
+    """Recompute buffers that are not saved (e.g. rotary frequencies) by rebuilding their modules."""
+    for name, module in list(model.named_modules()):
+        if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
+            parent_name, _, child = name.rpartition(".")
+            rebuilt = type(module)(config=model.config)  # raises for a module we cannot rebuild
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, rebuilt)
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        raise ValueError("the int4 cache leaves part of the model unloaded")
