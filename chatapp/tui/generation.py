@@ -20,10 +20,12 @@ from chatapp.records import Step
 from chatapp.settings import SamplingSettings
 from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
 
-BATCH_SECONDS = 0.2
-"""Longest wait before new text is posted. Each update relayouts and redraws the screen on the
-UI thread (about 10 ms); 5 a second still reads as live and keeps that under a tenth of the time."""
-PANEL_SECONDS = 0.3
+BATCH_SECONDS = 0.3
+"""Longest wait before new text is posted. Each update re-renders the growing Markdown reply and
+redraws the screen on the UI thread, holding the GIL the decoder needs: with our decoder at about
+60 tokens/s on 2 cores, 5 updates a second cost the model 15-20% of its speed, 3 a second about
+10% (`chatapp bench`, "tui"). 3 a second still reads as live."""
+PANEL_SECONDS = 0.5
 """Shortest gap between candidate-panel updates while streaming; the last step is always shown.
 
 Nobody reads candidates faster than this, and each redraw of the panel costs the model time."""
