@@ -32,7 +32,7 @@ def last_reply(app) -> AssistantMessage:
 async def test_send_streams_the_reply_and_follows_the_panel():
     gate = threading.Event()
     # Steps slower than the batch interval are each posted at once.
-    engine = FakeEngine(gate=gate, gate_after=2, delay=0.35)
+    engine = FakeEngine(gate=gate, gate_after=2, delay=0.55)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)

@@ -57,7 +57,7 @@ async def test_a_finished_turn_is_saved_with_its_steps(store_path):
 async def test_a_reply_being_written_is_saved_as_it_streams(store_path, monkeypatch):
     monkeypatch.setattr(persistence, "AUTOSAVE_SECONDS", 0.0)
     gate = threading.Event()
-    app = app_with(FakeEngine(gate=gate, gate_after=2, delay=0.25), store_path=store_path)
+    app = app_with(FakeEngine(gate=gate, gate_after=2, delay=0.35), store_path=store_path)
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "hi", wait=False)
