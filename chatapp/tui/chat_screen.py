@@ -1,8 +1,10 @@
 """The chat screen: loads the engine, runs replies in a thread worker, routes records to views.
 
 The model never runs on the UI thread. Loading and generation are thread workers that talk to
-the screen only through the small messages of `chatapp.tui.messages`; the handlers below update
-the plain conversation state (`chatapp.tui.state`) and then the widgets that view it.
+the screen only through the small messages of `chatapp.tui.messages`; the handlers update the
+plain conversation state (`chatapp.tui.state`) and then the widgets that view it. Writing a
+reply lives in `chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving and loading
+chats in `chatapp.tui.persistence`.
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ from chatapp.chat_file import SavedChat
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
 from chatapp.tui.actions import ConversationActions
-from chatapp.tui.generation import GenerationJob, one_line, stream_turn
-from chatapp.tui.messages import (
-    CandidatesUpdated, EngineLoaded, LoadFailed, LoadProgress, TokensGenerated, TurnFailed, TurnFinished,
-)
-from chatapp.tui.formatting import dropped_turns_message
+from chatapp.tui.generation import GenerationJob, one_line
+from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.persistence import ChatKeeping
+from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.status_bar import StatusBar, StatusData
-from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
+from chatapp.tui.widgets.topk_panel import TopKPanel
 
 EngineLoader = Callable[[Callable[[str], None]], object]
 """Builds the engine, reporting progress lines; runs on a worker thread."""
@@ -41,7 +41,7 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 """Shown in the empty prompt."""
 
 
-class ChatScreen(ChatKeeping, ConversationActions, Screen):
+class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [
@@ -230,87 +230,9 @@ class ChatScreen(ChatKeeping, ConversationActions, Screen):
         else:
             await self.run_keeping_command(command)
 
-    # -- generation ----------------------------------------------------------------------------
-
-    def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
-        """Add `version` to exchange `index` and generate the rest of it in the worker."""
-        exchange = self.conversation.exchanges[index]
-        exchange.add_version(version)
-        self.mark_changed(index)
-        self._jobs += 1
-        self._version = version
-        self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
-        self.query_one(ChatLog).reply_view(index).show_reply()
-        self.update_status()
-        self.generate(self._job)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def generate(self, job: GenerationJob) -> None:
-        """Run one turn of the engine, posting its steps (the body is `stream_turn`)."""
-        worker = get_current_worker()
-        try:
-            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
-        except Exception as error:  # e.g. ContextOverflowError: shown, the chat is kept
-            self.post_message(TurnFailed(job.job, one_line(error)))
-            return
-        self._turn = turn
-        if worker.is_cancelled:
-            turn.cancel()
-        stream_turn(turn, job.job, self.post_message, lambda: worker.is_cancelled)
-
-    def _current(self, job: int) -> bool:
-        return self._job is not None and self._job.job == job
-
-    @on(TokensGenerated)
-    async def tokens_generated(self, message: TokensGenerated) -> None:
-        """Append a batch of steps to the reply being written."""
-        if self._current(message.job) and self._version is not None:
-            added = self._version.add_steps(message.steps)
-            await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
-            self.autosave_streaming(self._job.exchange)
-
-    @on(CandidatesUpdated)
-    def candidates_updated(self, message: CandidatesUpdated) -> None:
-        """Show the newest step's candidates unless the user is inspecting another."""
-        if self._current(message.job) and self.query_one(ChatLog).cursor is None:
-            self.show_step(message.step, self._job.settings)
+    # -- the candidates panel ------------------------------------------------------------------
 
     @on(TopKPanel.RowClicked)
     def panel_row_clicked(self, message: TopKPanel.RowClicked) -> None:
         """A click on a candidate picks it for branching (inspector only)."""
         self.query_one(ChatLog).pick_row(message.row)
-
-    def show_step(self, step, settings: SamplingSettings, cursor: int | None = None) -> None:
-        """Show `step` in the candidates panel."""
-        self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)
-
-    @on(TurnFinished)
-    async def turn_finished(self, message: TurnFinished) -> None:
-        """Finish the reply with one full render."""
-        if self._current(message.job):
-            self._version.finish(message.stats)
-            if message.stats.dropped_turns and self.engine is not None:
-                self.notify(dropped_turns_message(message.stats.dropped_turns, self.engine.info.context_length),
-                            severity="warning", markup=False)
-            await self._end_job()
-
-    @on(TurnFailed)
-    async def turn_failed(self, message: TurnFailed) -> None:
-        """Keep the conversation and say what went wrong."""
-        if self._current(message.job):
-            self._version.fail(message.error)
-            self.notify(message.error, title="Reply failed", severity="error", markup=False)
-            await self._end_job()
-
-    async def _end_job(self) -> None:
-        index = self._job.exchange
-        self._job, self._turn, self._version = None, None, None
-        self.mark_changed(index)
-        self.autosave()
-        await self.query_one(ChatLog).reply_view(index).finish()
-        self.update_status()
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def reset_engine(self) -> None:
-        """Drop the engine's cache (new chat); waits for a cancelled turn to let go of it."""
-        self.engine.reset()

@@ -12,13 +12,14 @@ DOMAIN_MODULES = (
     "chatapp.conversation", "chatapp.loading", "chatapp.settings", "chatapp.records",
     "chatapp.devices", "chatapp.errors", "chatapp.gguf_files", "chatapp.memory", "chatapp.quantize", "chatapp.ask", "chatapp.bench",
     "chatapp.chat_file", "chatapp.store", "chatapp.export", "chatapp.config", "chatapp.bench_report",
+    "chatapp.llama_decoder", "chatapp.int4_cache",
 )
 """Modules below the UI: they must work without Textual."""
 VIEW_MODULES = (
     "chatapp.tui.widgets.topk_panel", "chatapp.tui.widgets.token_view", "chatapp.tui.widgets.chat_log",
     "chatapp.tui.widgets.messages_view", "chatapp.tui.widgets.prompt_input", "chatapp.tui.widgets.status_bar",
     "chatapp.tui.widgets.loading_panel", "chatapp.tui.state", "chatapp.tui.formatting", "chatapp.tui.commands",
-    "chatapp.tui.app",
+    "chatapp.tui.app", "chatapp.tui.replies",
 )
 """Views of plain data (and the app, which receives its engine by injection)."""
 
@@ -37,3 +38,15 @@ def test_domain_does_not_import_textual(module):
 @pytest.mark.parametrize("module", VIEW_MODULES)
 def test_views_do_not_import_torch(module):
     assert "torch" not in imported_after(module)
+
+
+def test_the_tui_starts_before_torch_is_imported():
+    # Importing torch takes seconds; the prompt must be on screen first (loading imports it later).
+    code = (
+        "import sys, chatapp.tui.app as app\n"
+        "app.run_tui = lambda **options: print('torch' in sys.modules) or 0\n"
+        "from chatapp.cli import main\n"
+        "main([])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

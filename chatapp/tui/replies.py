@@ -1,0 +1,103 @@
+"""Writing a reply: the engine's thread worker and the handlers of the messages it posts.
+
+A mixin of `ChatScreen`. The worker (`generate`) runs one engine turn through `stream_turn` and
+talks to the screen only through the messages of `chatapp.tui.messages`; the handlers here
+update the plain reply version first, then the widgets that view it. Handlers are found by
+Textual's naming convention (`on_tokens_generated`): `@on` is only collected on widget classes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.worker import get_current_worker
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui.formatting import dropped_turns_message
+from chatapp.tui.generation import GenerationJob, one_line, stream_turn
+from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.tui.state import ReplyVersion
+from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
+
+if TYPE_CHECKING:
+    from chatapp.tui.chat_screen import ChatScreen
+
+
+class ReplyStreaming:
+    """Start a reply, stream it into the views, and end it (finished, stopped or failed)."""
+
+    def start_reply(self: "ChatScreen", index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
+        """Add `version` to exchange `index` and generate the rest of it in the worker."""
+        exchange = self.conversation.exchanges[index]
+        exchange.add_version(version)
+        self.mark_changed(index)
+        self._jobs += 1
+        self._version = version
+        self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
+        self.query_one(ChatLog).reply_view(index).show_reply()
+        self.update_status()
+        self.generate(self._job)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def generate(self: "ChatScreen", job: GenerationJob) -> None:
+        """Run one turn of the engine, posting its steps (the body is `stream_turn`)."""
+        worker = get_current_worker()
+        try:
+            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
+        except Exception as error:  # e.g. ContextOverflowError: shown, the chat is kept
+            self.post_message(TurnFailed(job.job, one_line(error)))
+            return
+        self._turn = turn
+        if worker.is_cancelled:
+            turn.cancel()
+        stream_turn(turn, job.job, self.post_message, lambda: worker.is_cancelled)
+
+    def _current(self: "ChatScreen", job: int) -> bool:
+        return self._job is not None and self._job.job == job
+
+    async def on_tokens_generated(self: "ChatScreen", message: TokensGenerated) -> None:
+        """Append a batch of steps to the reply being written."""
+        if self._current(message.job) and self._version is not None:
+            added = self._version.add_steps(message.steps)
+            await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
+            self.autosave_streaming(self._job.exchange)
+
+    def on_candidates_updated(self: "ChatScreen", message: CandidatesUpdated) -> None:
+        """Show the newest step's candidates unless the user is inspecting another."""
+        if self._current(message.job) and self.query_one(ChatLog).cursor is None:
+            self.show_step(message.step, self._job.settings)
+
+    def show_step(self: "ChatScreen", step, settings: SamplingSettings, cursor: int | None = None) -> None:
+        """Show `step` in the candidates panel."""
+        self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)
+
+    async def on_turn_finished(self: "ChatScreen", message: TurnFinished) -> None:
+        """Finish the reply with one full render."""
+        if self._current(message.job):
+            self._version.finish(message.stats)
+            if message.stats.dropped_turns and self.engine is not None:
+                self.notify(dropped_turns_message(message.stats.dropped_turns, self.engine.info.context_length),
+                            severity="warning", markup=False)
+            await self._end_job()
+
+    async def on_turn_failed(self: "ChatScreen", message: TurnFailed) -> None:
+        """Keep the conversation and say what went wrong."""
+        if self._current(message.job):
+            self._version.fail(message.error)
+            self.notify(message.error, title="Reply failed", severity="error", markup=False)
+            await self._end_job()
+
+    async def _end_job(self: "ChatScreen") -> None:
+        index = self._job.exchange
+        self._job, self._turn, self._version = None, None, None
+        self.mark_changed(index)
+        self.autosave()
+        await self.query_one(ChatLog).reply_view(index).finish()
+        self.update_status()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
+    def reset_engine(self: "ChatScreen") -> None:
+        """Drop the engine's cache (new chat); waits for a cancelled turn to let go of it."""
+        self.engine.reset()
