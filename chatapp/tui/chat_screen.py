@@ -131,6 +131,7 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self.engine = message.engine
         self.query_one(LoadingPanel).remove()
         self.add_class("-ready")
+        self.remove_class("-waiting")
         self.update_status()
         waiting, self._waiting = self._waiting, None
         exchanges = self.conversation.exchanges
@@ -181,6 +182,7 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
                 return
             prompt.clear()
             self._waiting = await self.add_user_message(commands.message_text(text))
+            self.add_class("-waiting")
             self.update_status("loading… your message goes as soon as the model is ready")
             return
         if self.generating:

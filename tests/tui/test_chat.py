@@ -189,6 +189,7 @@ async def test_loading_shows_progress_and_stays_responsive():
         assert app.chat.query_one(PromptInput).text == ""
         assert [e.user for e in app.chat.conversation.exchanges] == ["early"]
         assert "early" in str(app.chat.query_one(ChatLog).user_view(0).render())
+        assert app.chat.query_one(ChatLog).display  # shown above the loading panel
         await pilot.press(*"second", "enter")  # one message waits at a time; this one is kept
         assert app.chat.query_one(PromptInput).text == "second"
         assert any("already waiting" in n.message for n in app._notifications)
