@@ -3,19 +3,21 @@
 The first int4 load reads the float32 weights and packs them (`chatapp.quantize`); it then
 saves the result here. Later loads build the model's skeleton without weights (on the meta
 device) and take the packed tensors straight from this file, skipping the float32 read and the
-packing. The file names the torch version that packed it (the int4 layout is torch's own) and a
-format number; any mismatch or damage means "no cache": the slow path runs and rewrites it.
+packing. The file names the torch version and the CPU capability that packed it (torch's int4 layout
+depends on both: blocks of 64 rows with AVX-512, 32 with AVX2) and a format number; any
+mismatch or damage means "no cache": the slow path runs and rewrites it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from chatapp.atomic_file import atomic_write
 from chatapp.quantize import Int4Linear, OutputHead
 
 FORMAT = "1"
@@ -35,18 +37,29 @@ def cache_path(location: str | Path, dtype: torch.dtype) -> Path:
     return Path(location) / f"chatapp-int4-{str(dtype).removeprefix('torch.')}.safetensors"
 
 
+def _packing() -> dict[str, str]:
+    """What the packed layout depends on: torch's version and the CPU kernels it picked."""
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
 def save_int4(model, path: Path, exact_blocks: float) -> None:
     """Write `model` (int4 layers, an `OutputHead`) to `path`; a failure only costs the cache."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     head = model.get_output_embeddings()
     embed = model.get_input_embeddings().weight
     state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
     if head.exact_weight.data_ptr() != embed.data_ptr():
         state[EXACT_KEY] = head.exact_weight.contiguous()
-    metadata = {"format": FORMAT, "torch": torch.__version__, "exact_blocks": repr(exact_blocks)}
-    with contextlib.suppress(OSError):
-        atomic_write(path, save(state, metadata=metadata))
+    metadata = {"format": FORMAT, "exact_blocks": repr(exact_blocks), **_packing()}
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:  # written beside the target, then renamed over it: a reader never sees half a file
+        save_file(state, temp, metadata=metadata)
+        os.replace(temp, path)
+    except Exception:  # the cache is an optimisation: a failure to write it must not fail the load
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
@@ -59,7 +72,8 @@ def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT or metadata.get("torch") != torch.__version__:
+            packing = _packing()
+            if metadata.get("format") != FORMAT or any(metadata.get(k) != v for k, v in packing.items()):
                 return None
             state = {key: handle.get_tensor(key) for key in handle.keys()}
         return _build(state, location, dtype), float(metadata["exact_blocks"])

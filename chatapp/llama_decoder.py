@@ -7,7 +7,8 @@ layers of wrappers. `LlamaDecoder` runs the same mathematics with the model's ow
 fewer, larger operations:
 
 - q, k and v come from one fused product, and gate and up from another (the model's linear
-  layers are repointed at row slices of the fused weights, so nothing is stored twice);
+  layers are repointed at row slices of the fused weights, so the weights are not stored twice;
+  only int4 scales, a few percent of the packed bytes, are);
 - rotary embeddings are applied to q and k together, with the cos/sin of the model's own
   rotary module, computed once per forward for all layers;
 - the KV cache is a preallocated buffer written in place, grown by doubling.
@@ -136,6 +137,7 @@ class LlamaDecoder(TokenCache):
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
+        self.max_length = getattr(config, "max_position_embeddings", None) or MIN_CAPACITY
         self.embed_weight = body.embed_tokens.weight
         self.dtype = self.embed_weight.dtype
         self.norm_weight = body.norm.weight
@@ -176,6 +178,7 @@ class LlamaDecoder(TokenCache):
         capacity = max(MIN_CAPACITY, self.capacity)
         while capacity < length:
             capacity *= 2
+        capacity = max(length, min(capacity, self.max_length))  # never beyond the context window
         shape = (len(self.layers), 2, self.kv_heads, capacity, self.head_dim)
         cache = torch.empty(shape, dtype=self.dtype, device=self.device)
         held = len(self.token_ids)

@@ -133,15 +133,23 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self.add_class("-ready")
         self.remove_class("-waiting")
         self.update_status()
-        waiting, self._waiting = self._waiting, None
+        if self._still_waiting():
+            self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+        self._waiting = None
+
+    def _still_waiting(self) -> bool:
+        """Whether a message sent while loading is still the chat's last, unanswered message
+        (a new chat or a reopened one leaves it behind)."""
         exchanges = self.conversation.exchanges
-        if waiting is not None and exchanges and exchanges[-1] is waiting and not waiting.versions:
-            self.start_reply(len(exchanges) - 1, ReplyVersion(settings=self.settings))
+        return self._waiting is not None and bool(exchanges) and exchanges[-1] is self._waiting \
+            and not self._waiting.versions
 
     @on(LoadFailed)
     def load_failed(self, message: LoadFailed) -> None:
         """Say why the model could not be loaded."""
         self.query_one(LoadingPanel).fail(message.error)
+        self._waiting = None  # the message stays in the chat, unanswered
+        self.remove_class("-waiting")
         self.update_status("model failed to load")
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
 
@@ -177,11 +185,11 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
             await self.run_command(text)
             return
         if self.engine is None:
-            if self._waiting is not None:
+            if self._still_waiting() and not self.editing:
                 self.notify("A message is already waiting for the model; yours is kept.", severity="warning")
                 return
             prompt.clear()
-            self._waiting = await self.add_user_message(commands.message_text(text))
+            self._waiting = await self.put_user_message(commands.message_text(text))
             self.add_class("-waiting")
             self.update_status("loading… your message goes as soon as the model is ready")
             return
@@ -193,14 +201,20 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
 
     async def send(self, text: str) -> None:
         """Add (or, when editing, replace) the last user message and generate the reply."""
-        if self.editing and self.conversation.last is not None:
-            self.editing = False
-            exchange = self.conversation.last
-            exchange.user, exchange.versions, exchange.current = text, [], 0
-            self.query_one(ChatLog).user_view(len(self.conversation.exchanges) - 1).set_text(text)
-        else:
-            await self.add_user_message(text)
+        await self.put_user_message(text)
         self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+
+    async def put_user_message(self, text: str) -> Exchange:
+        """Add the user's message, or when editing, replace the last one (and its replies)."""
+        if not (self.editing and self.conversation.last is not None):
+            return await self.add_user_message(text)
+        self.editing = False
+        exchange = self.conversation.last
+        exchange.user, exchange.versions, exchange.current = text, [], 0
+        index = len(self.conversation.exchanges) - 1
+        self.query_one(ChatLog).user_view(index).set_text(text)
+        self.mark_changed(index)
+        return exchange
 
     async def add_user_message(self, text: str) -> Exchange:
         """Append a new exchange holding the user's `text` (no reply yet) and show it."""

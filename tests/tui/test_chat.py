@@ -202,6 +202,33 @@ async def test_loading_shows_progress_and_stays_responsive():
         assert engine.calls[-1].messages[-1]["content"] == "early"
 
 
+async def test_a_waiting_message_can_be_edited_before_the_model_is_ready():
+    release = threading.Event()
+    engine = FakeEngine()
+
+    def load(report):
+        release.wait(timeout=10)
+        return engine
+
+    from chatapp.tui.app import make_app
+
+    app = make_app(settings=SamplingSettings(), load_engine=load)
+    async with app.run_test() as pilot:
+        await pilot.press(*"frist", "enter")
+        await pilot.press("up")  # edit the last message: the one waiting
+        prompt = app.chat.query_one(PromptInput)
+        assert prompt.text == "frist" and app.chat.editing
+        prompt.clear()
+        await pilot.press(*"first", "enter")
+        assert [e.user for e in app.chat.conversation.exchanges] == ["first"] and not app.chat.editing
+        release.set()
+        await ready(pilot)
+        await wait_until(pilot, lambda: app.chat.conversation.last.reply is not None and not app.chat.generating)
+        assert [call.messages[-1]["content"] for call in engine.calls] == ["first"]
+        await send(pilot, "second")  # not an edit any more: a new exchange
+        assert [e.user for e in app.chat.conversation.exchanges] == ["first", "second"]
+
+
 async def test_load_failure_is_shown():
     def load(report):
         raise RuntimeError("model 'x' not found: pass 'default' [bold]or[/bold] a folder")
