@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,18 @@ def app_with(engine: FakeEngine, settings: SamplingSettings | None = None, progr
         return engine
 
     return make_app(settings=settings or SamplingSettings(), load_engine=load, top_n=engine.top_n, **options)
+
+
+def app_loading_until(release: threading.Event, engine: FakeEngine, progress: tuple[str, ...] = ()) -> ChatApp:
+    """An app whose loader reports `progress` lines, then waits for `release` to return `engine`."""
+
+    def load(report):
+        for line in progress:
+            report(line)
+        release.wait(timeout=10)
+        return engine
+
+    return make_app(settings=SamplingSettings(), load_engine=load, top_n=engine.top_n)
 
 
 @pytest.fixture(autouse=True)

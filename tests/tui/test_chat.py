@@ -14,7 +14,7 @@ from chatapp.tui.widgets.messages_view import AssistantMessage
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.status_bar import StatusBar
 from chatapp.tui.widgets.topk_panel import TopKPanel
-from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.conftest import app_loading_until, app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -173,15 +173,7 @@ async def test_slash_commands_valid_and_invalid():
 async def test_loading_shows_progress_and_stays_responsive():
     release = threading.Event()
     engine = FakeEngine()
-
-    def load(report):
-        report("converting model.gguf (first run only)")
-        release.wait(timeout=10)
-        return engine
-
-    from chatapp.tui.app import make_app
-
-    app = make_app(settings=SamplingSettings(), load_engine=load)
+    app = app_loading_until(release, engine, ("converting model.gguf (first run only)",))
     async with app.run_test() as pilot:
         await wait_until(pilot, lambda: "converting" in str(app.chat.query_one("#loading-log").content))
         assert "converting" in str(app.chat.query_one(StatusBar).render())
@@ -205,14 +197,7 @@ async def test_loading_shows_progress_and_stays_responsive():
 async def test_a_waiting_message_can_be_edited_before_the_model_is_ready():
     release = threading.Event()
     engine = FakeEngine()
-
-    def load(report):
-        release.wait(timeout=10)
-        return engine
-
-    from chatapp.tui.app import make_app
-
-    app = make_app(settings=SamplingSettings(), load_engine=load)
+    app = app_loading_until(release, engine)
     async with app.run_test() as pilot:
         await pilot.press(*"frist", "enter")
         await pilot.press("up")  # edit the last message: the one waiting
