@@ -24,6 +24,13 @@ def _json_line(out: TextIO, record: dict) -> None:
     out.flush()
 
 
+def _say_slow_steps(message: str) -> None:
+    """Loading progress on stderr, but only the one-time conversion (half a minute of silence
+    would look like a hang); stdout stays the answer alone."""
+    if message.startswith("converting"):
+        print(f"chatapp: {message}", file=sys.stderr, flush=True)
+
+
 def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | None = None) -> int:
     """Load the model and answer `args.prompts`; return the exit code."""
     from chatapp.conversation import ContextOverflowError
@@ -34,7 +41,7 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     out = out or sys.stdout
     try:
         loaded = load_model(
-            args.model, args.device, args.dtype,
+            args.model, args.device, args.dtype, progress=_say_slow_steps,
             device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
         )
     except ModelLoadError as error:

@@ -4,6 +4,7 @@ what its tensors hold. Reading a GGUF file's index is slow, so answers are kept 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -95,13 +96,33 @@ def _content_key(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def _no_tensor_progress_bar():
+    """transformers' GGUF reader draws its own tqdm bar on stderr, past its logging switches;
+    our progress line already says what is happening (and `chatapp ask` keeps stderr to one line)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        reader = None
+    original = getattr(reader, "tqdm", None)
+    if original is None:
+        yield
+        return
+    reader.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        reader.tqdm = original
+
+
 def convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
     """Dequantize a GGUF file once and save it as a transformers folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress(f"converting {gguf.name} (first run only, about half a minute)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    with _no_tensor_progress_bar():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer marker.
     model.hf_quantizer = None
     model.is_quantized = False
