@@ -182,6 +182,7 @@ async def test_loading_shows_progress_and_stays_responsive():
         assert [e.user for e in app.chat.conversation.exchanges] == ["early"]
         assert "early" in str(app.chat.query_one(ChatLog).user_view(0).render())
         assert app.chat.query_one(ChatLog).display  # shown above the loading panel
+        assert not app.chat.query_one(ChatLog).reply_view(0).display  # no empty reply under it yet
         await pilot.press(*"second", "enter")  # one message waits at a time; this one is kept
         assert app.chat.query_one(PromptInput).text == "second"
         assert any("already waiting" in n.message for n in app._notifications)
@@ -192,6 +193,7 @@ async def test_loading_shows_progress_and_stays_responsive():
         await wait_until(pilot, lambda: app.chat.conversation.last.reply is not None and not app.chat.generating)
         assert app.chat.conversation.last.reply.text == "Hello, world!"
         assert engine.calls[-1].messages[-1]["content"] == "early"
+        assert app.chat.query_one(ChatLog).reply_view(0).display
 
 
 async def test_a_waiting_message_can_be_edited_before_the_model_is_ready():

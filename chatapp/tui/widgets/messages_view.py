@@ -90,6 +90,7 @@ class AssistantMessage(Vertical):
         """Render the shown version in full (one Markdown update)."""
         reply = self.exchange.reply
         text = reply.text if reply else ""
+        self.set_class(reply is None, "-empty")
         self.refresh_header()
         self.query_one(Markdown).update(literal_text(text))
         view = self.query_one(TokenView)
