@@ -28,8 +28,6 @@ HEAD_KEY = "lm_head.weight"
 """The LM head's bfloat16 weights."""
 EXACT_KEY = "lm_head.exact_weight"
 """The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
-EMBED_KEY = "model.embed_tokens.weight"
-"""The input embedding, which a tied model's exact LM head rows come from."""
 
 
 def cache_path(location: str | Path, dtype: torch.dtype) -> Path:
@@ -100,7 +98,7 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
     result = model.load_state_dict(state, assign=True, strict=False)
     if result.unexpected_keys or set(result.missing_keys) - {HEAD_KEY}:
         raise ValueError("the int4 cache does not match the model")
-    head = OutputHead.from_weights(streamed, exact if exact is not None else model.get_input_embeddings().weight)
+    head = OutputHead(streamed, exact if exact is not None else model.get_input_embeddings().weight)
     model.set_output_embeddings(head)
     _rebuild_meta_buffers(model)
     model.config.dtype = dtype

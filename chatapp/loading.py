@@ -155,7 +155,7 @@ def _pack_int4(model, dtype) -> float:
 
     report = quantize_int4(model)
     # The LM head streams bfloat16 weights and recomputes its best logits in float32.
-    head = OutputHead(model.get_output_embeddings().weight)
+    head = OutputHead.from_float32(model.get_output_embeddings().weight)
     # Parameters only: buffers such as the rotary frequencies must stay float32.
     for parameter in model.parameters():
         parameter.data = parameter.data.to(dtype)

@@ -63,23 +63,18 @@ class OutputHead(nn.Module):
     keeps bfloat16 rounding.
     """
 
-    def __init__(self, weight: torch.Tensor, exact_top: int = EXACT_TOP) -> None:
-        """Hold `weight` `(V, d_model)` twice: as given (float32, shared, e.g. with a tied input
-        embedding) for the exact rows, and as a bfloat16 copy for the full pass."""
+    def __init__(self, streamed: torch.Tensor, exact: torch.Tensor, exact_top: int = EXACT_TOP) -> None:
+        """Hold the `(V, d_model)` weights twice: `streamed`, the bfloat16 copy for the full pass,
+        and `exact`, float32 and shared (e.g. with a tied input embedding), for the best rows."""
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().to(torch.bfloat16).clone(), requires_grad=False)
-        self.register_buffer("exact_weight", weight.detach().float(), persistent=False)
-        self.exact_top = min(exact_top, weight.shape[0])
+        self.weight = nn.Parameter(streamed.detach(), requires_grad=False)
+        self.register_buffer("exact_weight", exact.detach().float(), persistent=False)
+        self.exact_top = min(exact_top, streamed.shape[0])
 
     @classmethod
-    def from_weights(cls, streamed: torch.Tensor, exact: torch.Tensor, exact_top: int = EXACT_TOP) -> "OutputHead":
-        """A head from its saved parts: the bfloat16 copy and the float32 weights (shared, not copied)."""
-        head = cls.__new__(cls)
-        nn.Module.__init__(head)
-        head.weight = nn.Parameter(streamed, requires_grad=False)
-        head.register_buffer("exact_weight", exact.detach(), persistent=False)
-        head.exact_top = min(exact_top, streamed.shape[0])
-        return head
+    def from_float32(cls, weight: torch.Tensor, exact_top: int = EXACT_TOP) -> "OutputHead":
+        """A head for `weight`, kept as given for the exact rows, with a new bfloat16 copy."""
+        return cls(weight.detach().to(torch.bfloat16).clone(), weight, exact_top)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
         if hidden.dim() == 1:  # one context vector: a matrix-vector product streams the matrix faster

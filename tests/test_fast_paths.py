@@ -82,7 +82,7 @@ def test_output_head_gives_its_best_logits_in_float32():
     gen = torch.Generator().manual_seed(5)
     weight = torch.randn(1000, 64, generator=gen)
     hidden = torch.randn(3, 64, generator=gen)
-    head = OutputHead(weight, exact_top=16)
+    head = OutputHead.from_float32(weight, exact_top=16)
     exact = hidden @ weight.T  # (3, V)
     for row, logits in zip(range(3), [head(hidden[0]), head(hidden[1]), head(hidden[2])]):
         best = torch.topk(exact[row], 16).indices
