@@ -9,20 +9,27 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a crash at any moment leaves the old file or the new one.
+    """Write `data` to `path` so that a crash at any moment leaves the old file or the new one."""
+    with replacing(path) as temp, open(temp, "wb") as handle:
+        handle.write(data)
 
-    The bytes go to a temporary file in the same folder, are flushed to disk, then replace the
-    target in one `os.replace`; the folder is synced so the rename itself survives a power cut.
-    """
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write the new file to (by any means, e.g. a
+    library's own save function); on success it is synced and replaces `path` in one `os.replace`,
+    and the folder is synced so the rename itself survives a power cut. On failure `path` is
+    untouched and the temporary file removed."""
     target = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield Path(temp)
+        with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
     except BaseException:

@@ -11,13 +11,12 @@ mismatch or damage means "no cache": the slow path runs and rewrites it.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from chatapp.atomic_file import replacing
 from chatapp.quantize import Int4Linear, OutputHead
 
 FORMAT = "1"
@@ -50,14 +49,9 @@ def save_int4(model, path: Path, exact_blocks: float) -> None:
     if head.exact_weight.data_ptr() != embed.data_ptr():
         state[EXACT_KEY] = head.exact_weight.contiguous()
     metadata = {"format": FORMAT, "exact_blocks": repr(exact_blocks), **_packing()}
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:  # written beside the target, then renamed over it: a reader never sees half a file
-        save_file(state, temp, metadata=metadata)
-        os.replace(temp, path)
-    except Exception:  # the cache is an optimisation: a failure to write it must not fail the load
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+    # The cache is an optimisation: a failure to write it must not fail the load.
+    with contextlib.suppress(Exception), replacing(path) as temp:  # a reader never sees half a file
+        save_file(state, str(temp), metadata=metadata)
 
 
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
