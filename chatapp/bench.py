@@ -194,7 +194,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     fast = ", ".join(note.split(" (")[0] for note in default.info.notes if note.startswith("int4"))
     configs = {
         "a": RunFigures("(a) chatapp, default configuration" + (f" ({fast})" if fast else ""), default.info.dtype),
-        "b": RunFigures("(b) chatapp, same dtype as (c), eager", default.info.dtype),
+        "b": RunFigures("(b) chatapp, same dtype as (c), unquantized", default.info.dtype),
         "c": RunFigures("(c) model.generate, same model/dtype/sampling, eager", default.info.dtype),
         "d": RunFigures("(d) model.generate, float32, eager", "float32"),
     }

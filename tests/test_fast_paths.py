@@ -99,7 +99,7 @@ def test_output_head_gives_its_best_logits_in_float32():
 @pytest.mark.parametrize("kv_heads, fused", [(2, True), (1, False)])
 def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fused):
     from chatapp.decoding import KVState
-    from chatapp.llama_decoder import LlamaDecoder, _Concat
+    from chatapp.llama_decoder import LlamaDecoder
     from chatapp.quantize import quantize_int4
     from tests.conftest import tiny_llama
 
@@ -107,7 +107,7 @@ def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fuse
     # 32 with 1 (which torch's 64-row int4 packing cannot join: three products instead).
     model = tiny_llama(hidden_size=128, num_key_value_heads=kv_heads)
     assert quantize_int4(model).layers == 14
-    assert isinstance(LlamaDecoder(model).layers[0][1], _Concat) != fused
+    assert (len(LlamaDecoder(model).qkv_parts[0]) == 2) == fused  # one (weight, scales) pair when fused
     ids = torch.randint(0, 1000, (20,), generator=torch.Generator().manual_seed(6)).tolist()
     ours, theirs = LlamaDecoder(model), KVState(model)
     torch.testing.assert_close(ours.prefill(ids[:12]), theirs.prefill(ids[:12]), rtol=2e-2, atol=2e-2)
@@ -159,3 +159,25 @@ def test_the_second_int4_load_reads_the_packed_copy():
     assert not any("packing" in step for step in steps), steps
     assert loaded.info.quantization == "int4"
     assert type(loaded.model.get_output_embeddings()).__name__ == "OutputHead"
+
+
+@pytest.mark.parametrize("int4", [False, True])
+def test_torchscript_layers_give_exactly_the_python_numbers(int4):
+    from chatapp.llama_decoder import LlamaDecoder
+    from chatapp.quantize import int4_supported, quantize_int4
+    from tests.conftest import tiny_llama
+
+    if int4 and not int4_supported():
+        pytest.skip("this torch build has no CPU int4 kernels")
+    model = tiny_llama(hidden_size=128, num_key_value_heads=2)
+    if int4:
+        quantize_int4(model)
+    compiled, plain = LlamaDecoder(model), LlamaDecoder(model, compiled=False)
+    assert compiled.kind == "chatapp decoder (TorchScript)" and plain.kind == "chatapp decoder"
+    ids = torch.randint(0, 1000, (24,), generator=torch.Generator().manual_seed(8)).tolist()
+    # The causal prefill, a prefill after a cached prefix (masked), then single steps.
+    steps = [ids[:10], ids[10:16]] + [[token] for token in ids[16:]]
+    for chunk in steps:
+        hidden = compiled.prefill(chunk) if len(chunk) > 1 else compiled.decode_one(chunk[0])
+        expected = plain.prefill(chunk) if len(chunk) > 1 else plain.decode_one(chunk[0])
+        assert torch.equal(hidden, expected)
