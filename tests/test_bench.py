@@ -21,7 +21,7 @@ def test_bench_json_has_every_figure():
     for figures in report["configs"].values():
         assert figures["tok_per_s"] > 0 and figures["ttft_ms"] > 0 and figures["tokens"] >= 2
     assert report["configs"]["d"]["dtype"] == "float32"
-    assert report["decoders"] == {"a": "chatapp decoder", "b": "chatapp decoder"}
+    assert report["decoders"] == {"a": "chatapp decoder (TorchScript)", "b": "chatapp decoder (TorchScript)"}
     assert set(report["ratios"]) == {"b_over_c", "a_over_d", "a_over_c"}
     multi = report["multi_turn"]
     assert len(multi["ttft_ms"]) == 8 and multi["turn8_over_turn1"] > 0
