@@ -3,9 +3,11 @@
 The first int4 load reads the float32 weights and packs them (`chatapp.quantize`); it then
 saves the result here. Later loads build the model's skeleton without weights (on the meta
 device) and take the packed tensors straight from this file, skipping the float32 read and the
-packing. The file names the torch version and the CPU capability that packed it (torch's int4 layout
-depends on both: blocks of 64 rows with AVX-512, 32 with AVX2) and a format number; any
-mismatch or damage means "no cache": the slow path runs and rewrites it.
+packing. A Llama-family model comes back as `chatapp.plain_llama.PlainLlama`, which needs no
+transformers import; others as transformers' model. The file names the torch version and the
+CPU capability that packed it (torch's int4 layout depends on both: blocks of 64 rows with
+AVX-512, 32 with AVX2) and a format number; any mismatch or damage means "no cache": the slow
+path runs and rewrites it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
 
 
 def _build(state: dict, location: str | Path, dtype: torch.dtype):
+    from chatapp.plain_llama import build_plain_llama
+
+    plain = build_plain_llama(state, location, EXACT_KEY, HEAD_KEY)
+    if plain is not None:  # no transformers import: the warm start's fast path
+        plain.config.dtype = dtype
+        return plain
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.from_pretrained(location, local_files_only=True)

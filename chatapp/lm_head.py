@@ -10,7 +10,8 @@ temperature -> top-k -> softmax -> `torch.multinomial` -> decode.
 the plain numbers the UI shows, with a single device-to-host copy.
 
 Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
-transformers' own logits processors in transformers' order (penalty on the raw logits, then
+transformers' own logits processors (imported only when one is on: importing transformers
+costs a second of start-up) in transformers' order (penalty on the raw logits, then
 temperature, top-k, top-p, min-p) so each setting means what it means in `model.generate`.
 """
 
@@ -21,11 +22,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TopPLogitsWarper,
-)
 
 LN2 = math.log(2.0)
 """Converts nats to bits for the entropy shown to users."""
@@ -107,6 +103,8 @@ def probabilities_from_logits(
     if repetition_penalty is not None and repetition_penalty != 1.0 and previous_ids is not None:
         ids = previous_ids.unsqueeze(0) if previous_ids.dim() == 1 else previous_ids
         if ids.numel():
+            from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
             scores = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids.to(scores.device), scores)
     if temperature == 0:
         # Greedy, exactly: all probability on the argmax.
@@ -120,8 +118,12 @@ def probabilities_from_logits(
         top_values, top_indices = torch.topk(scaled, k, dim=-1)
         scaled = torch.full_like(scaled, -float("inf")).scatter(-1, top_indices, top_values)
     if top_p is not None and top_p < 1.0:
+        from transformers.generation.logits_process import TopPLogitsWarper
+
         scaled = TopPLogitsWarper(top_p)(None, scaled)
     if min_p is not None and min_p > 0.0:
+        from transformers.generation.logits_process import MinPLogitsWarper
+
         scaled = MinPLogitsWarper(min_p)(None, scaled)
     # Softmax turns the filtered logits into a probability distribution.
     probs = F.softmax(scaled, dim=-1)

@@ -78,6 +78,7 @@ def _resolve(spec: str, progress: Progress) -> _Source:
         gguf = default_gguf_path()
         target = converted_dir(gguf)
         if not (target / "config.json").is_file():
+            _quiet_transformers()
             convert_gguf(gguf, target, progress)
         return _Source(str(target), DEFAULT_MODEL_NAME, gguf)
     path = Path(spec).expanduser()
@@ -86,6 +87,7 @@ def _resolve(spec: str, progress: Progress) -> _Source:
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
         target = converted_dir(path)  # converted once, like the default model's file
         if not (target / "config.json").is_file():
+            _quiet_transformers()
             convert_gguf(path, target, progress)
         return _Source(str(target), path.stem, path)
     if path.is_dir():
@@ -165,6 +167,41 @@ def _pack_int4(model, dtype) -> float:
     return report.exact_blocks
 
 
+def _quiet_transformers() -> None:
+    """No progress bars or warnings from transformers: our own messages say what matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _chat_tokenizer(source: _Source):
+    """The model's tokenizer without importing transformers, or None (see chatapp.chat_tokenizer)."""
+    from chatapp.chat_tokenizer import load_chat_tokenizer
+
+    return load_chat_tokenizer(source.location)
+
+
+def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
+    """Load what is still missing (tokenizer, model) with transformers, from local files only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    common = dict(local_files_only=True, trust_remote_code=False)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+    if model is None:
+        placement = {}
+        if device_map:
+            offload = cache_root().parent / "offload"
+            placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
+        # int4 packing reads the float32 weights, where GGUF's 4-bit codes are exact.
+        load_dtype = torch.float32 if use_int4 else dtype
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
+    return tokenizer, model
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -200,30 +237,18 @@ def load_model(
         raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()  # an app, not a library: our own messages say what matters
     source = None
     try:
         source = _resolve(spec, progress)
         name = source.name
         use_int4 = _wants_int4(quantize, source, target_device, torch_dtype, device_map)
-        # int4 packing reads the float32 weights, where GGUF's 4-bit codes are exact.
-        load_dtype = torch.float32 if use_int4 else torch_dtype
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
-        common = dict(local_files_only=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-        placement = {}
-        if device_map:
-            offload = cache_root().parent / "offload"
-            placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
+        # A warm start of an int4 GGUF model reads the packed copy and needs no transformers import.
         cached = _cached_int4(source, torch_dtype) if use_int4 else None
-        if cached is None:
-            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
-        else:
-            model, exact_blocks = cached
+        model, exact_blocks = cached if cached is not None else (None, 0.0)
+        tokenizer = _chat_tokenizer(source) if use_int4 else None
+        if tokenizer is None or model is None:
+            tokenizer, model = _transformers_load(source, tokenizer, model, torch_dtype, use_int4, device_map, max_memory)
     except ModelLoadError:
         raise
     except (MemoryError, torch.OutOfMemoryError) as error:
