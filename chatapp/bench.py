@@ -49,6 +49,26 @@ WARM_START_CODE = (
     "print({ready!r}, flush=True)\n"
 )
 """The warm-start child: exactly what the app does before it can answer (imports, load, engine)."""
+TUI_WARM_START_CODE = (
+    "import asyncio, sys, tempfile, time\n"
+    "from chatapp.settings import SamplingSettings\n"
+    "from chatapp.tui.app import make_app\n"
+    "def load(progress):\n"
+    "    from chatapp.engine import Engine\n"
+    "    from chatapp.loading import load_model\n"
+    "    return Engine(load_model({model!r}, {device!r}, progress=progress))\n"
+    "async def main(store):\n"
+    "    app = make_app(settings=SamplingSettings(), load_engine=load, store_path=store)\n"
+    "    async with app.run_test(size=(120, 36)):\n"
+    "        deadline = time.monotonic() + {timeout}\n"
+    "        while app.chat.engine is None and time.monotonic() < deadline:\n"
+    "            await asyncio.sleep(0.01)\n"
+    "        print({ready!r} if app.chat.engine is not None else 'failed', flush=True)\n"
+    "with tempfile.TemporaryDirectory() as scratch:\n"
+    "    asyncio.run(main(scratch + '/bench.sqlite3'))\n"
+)
+"""The TUI warm-start child: the app (headless, a fresh chat store) from start until its model
+is ready, which is when a message sent at once would start being answered."""
 WARM_START_TIMEOUT_S = 300
 """Give up on a warm-start child after this long."""
 
@@ -156,9 +176,9 @@ def _multi_turn(engine: Engine, tokens: int) -> list[float]:
     return ttfts
 
 
-def _warm_start_s(model: str, device: str | None) -> float:
-    """Seconds from starting a fresh Python process to an engine ready to answer."""
-    code = WARM_START_CODE.format(model=model, device=device, ready=READY_LINE)
+def _warm_start_s(model: str, device: str | None, template: str = WARM_START_CODE) -> float:
+    """Seconds from starting a fresh Python process running `template` to its ready line."""
+    code = template.format(model=model, device=device, ready=READY_LINE, timeout=WARM_START_TIMEOUT_S)
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -171,10 +191,15 @@ def _warm_start_s(model: str, device: str | None) -> float:
         child.wait()
 
 
-def warm_starts(model: str, device: str | None, runs: int) -> list[float]:
-    """`runs` warm starts, after one that fills the file cache (and converts a GGUF file once)."""
+def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float], list[float]]:
+    """`runs` warm starts of the bare engine and of the TUI, alternating, after one that fills
+    the file cache (and converts a GGUF file once)."""
     _warm_start_s(model, device)
-    return [_warm_start_s(model, device) for _ in range(runs)]
+    engine, tui = [], []
+    for _ in range(runs):
+        engine.append(_warm_start_s(model, device))
+        tui.append(_warm_start_s(model, device, TUI_WARM_START_CODE))
+    return engine, tui
 
 
 def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=None) -> dict:
@@ -183,7 +208,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
     rss_start = current_rss_mb()
     progress("warm starts (a fresh process each, until the engine is ready)")
-    starts = warm_starts(model, device, runs)  # first, while this process holds no model
+    starts, tui_starts = warm_starts(model, device, runs)  # first, while this process holds no model
     progress("loading the default configuration")
     default = load_model(model, device, "auto")
     default_engine = Engine(default)
@@ -248,7 +273,12 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "turn8_ttft_ms": ttfts[-1],
             "turn8_over_turn1": ttfts[-1] / ttfts[0],
         },
-        "warm_start": {"ready_s": statistics.median(starts), "runs_s": starts},
+        "warm_start": {
+            "ready_s": statistics.median(starts),
+            "runs_s": starts,
+            "tui_ready_s": statistics.median(tui_starts),
+            "tui_runs_s": tui_starts,
+        },
         "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)},
     }
 
