@@ -21,12 +21,14 @@ from torch import nn
 from chatapp.atomic_file import replacing
 from chatapp.quantize import Int4Linear, OutputHead
 
-FORMAT = "1"
+FORMAT = "2"
 """Bumped whenever what the file holds changes meaning."""
 PACKED_SUFFIX = ".packed"
 """State-dict keys of int4 layers end with this (their scales with `.scales_and_zeros`)."""
 HEAD_KEY = "lm_head.weight"
-"""The LM head's bfloat16 weights."""
+"""The LM head's int8 codes."""
+SCALES_KEY = "lm_head.scales"
+"""Their per-row scales."""
 EXACT_KEY = "lm_head.exact_weight"
 """The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
 
@@ -78,7 +80,7 @@ def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
 def _build(state: dict, location: str | Path, dtype: torch.dtype):
     from chatapp.plain_llama import build_plain_llama
 
-    plain = build_plain_llama(state, location, EXACT_KEY, HEAD_KEY)
+    plain = build_plain_llama(state, location)
     if plain is not None:  # no transformers import: the warm start's fast path
         plain.config.dtype = dtype
         return plain
@@ -96,11 +98,11 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
         old = getattr(parent, child)
         setattr(parent, child, Int4Linear(packed, scales, old.in_features, old.out_features))
     exact = state.pop(EXACT_KEY, None)
-    streamed = state.pop(HEAD_KEY)
+    codes, scales = state.pop(HEAD_KEY), state.pop(SCALES_KEY)
     result = model.load_state_dict(state, assign=True, strict=False)
     if result.unexpected_keys or set(result.missing_keys) - {HEAD_KEY}:
         raise ValueError("the int4 cache does not match the model")
-    head = OutputHead(streamed, exact if exact is not None else model.get_input_embeddings().weight)
+    head = OutputHead(codes, scales, exact if exact is not None else model.get_input_embeddings().weight)
     model.set_output_embeddings(head)
     _rebuild_meta_buffers(model)
     model.config.dtype = dtype

@@ -156,7 +156,7 @@ def _pack_int4(model, dtype) -> float:
     from chatapp.quantize import OutputHead, quantize_int4
 
     report = quantize_int4(model)
-    # The LM head streams bfloat16 weights and recomputes its best logits in float32.
+    # The LM head streams int8 weights and recomputes its best logits in float32.
     head = OutputHead.from_float32(model.get_output_embeddings().weight)
     # Parameters only: buffers such as the rotary frequencies must stay float32.
     for parameter in model.parameters():
@@ -223,7 +223,7 @@ def load_model(
         quantize: "int4" packs the transformer blocks' linear weights to 4 bits (CPU); "auto"
             does so only when they are 4-bit GGUF blocks already (the file's own codes, with
             bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
-            streams bfloat16 weights and recomputes its best logits in float32 (`OutputHead`);
+            streams int8 weights and recomputes its best logits in float32 (`OutputHead`);
             embeddings and norms keep `dtype`.
 
     Raises:
@@ -269,7 +269,7 @@ def load_model(
                 save_int4(model, cache_path(source.location, torch_dtype), exact_blocks)
         head = model.get_output_embeddings()
         exact = "GGUF 4-bit codes kept exactly" if exact_blocks > EXACT_FRACTION else "lossy"
-        notes.append(f"int4 weights ({exact}, bf16 scales), LM head bf16 + exact top {head.exact_top}")
+        notes.append(f"int4 weights ({exact}, bf16 scales), LM head int8 + exact top {head.exact_top}")
     if not device_map:
         model.to(target_device)
     model.eval()

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from chatapp.int4_cache import EXACT_KEY, HEAD_KEY, SCALES_KEY
 from chatapp.quantize import GROUP_SIZE, Int4Linear, OutputHead
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -114,14 +115,12 @@ def _generation_config(location: Path, config: ModelConfig) -> SimpleNamespace:
     return SimpleNamespace(eos_token_id=raw.get("eos_token_id", getattr(config, "eos_token_id", None)))
 
 
-def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path, exact_key: str, head_key: str):
+def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path):
     """`PlainLlama` from an int4 cache's tensors, or None when transformers must build the model.
 
     Args:
-        state: the cache file's tensors (not modified).
+        state: the cache file's tensors (not modified), named as `chatapp.int4_cache` names them.
         location: the model folder (config.json, generation_config.json).
-        exact_key, head_key: names of the LM head's float32 rows (absent when tied to the input
-            embedding) and of its bfloat16 copy.
     """
     location = Path(location)
     config = read_config(location)
@@ -159,7 +158,8 @@ def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path, exac
         body.layers = layers
         body.norm = norm("model.norm.weight")
         body.rotary_emb = DefaultRotaryEmbedding(config.rope_theta, config.head_dim)
-        head = OutputHead(take(head_key), take(exact_key) if exact_key in state else embed)
+        exact = take(EXACT_KEY) if EXACT_KEY in state else embed  # absent when tied to the embedding
+        head = OutputHead(take(HEAD_KEY), take(SCALES_KEY), exact)
     except KeyError:  # float linear layers or another layout: not ours to rebuild
         return None
     if used != set(state):  # weights we would silently drop (biases, extra layers)
