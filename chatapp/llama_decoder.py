@@ -100,6 +100,11 @@ def _parts(linears: list[nn.Module]) -> list[torch.Tensor]:
     return parts
 
 
+def _doubled(weight: torch.Tensor) -> torch.Tensor:
+    """`cat([weight, weight])`, the form `rms_norm` takes a norm's weight in."""
+    return torch.cat([weight.detach(), weight.detach()])
+
+
 def _rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
     """`R` with `x @ R == cat(-x[half:], x[:half])`: transformers' `rotate_half` as one product."""
     half = head_dim // 2
@@ -128,6 +133,18 @@ def project(x: torch.Tensor, parts: List[torch.Tensor], cast: bool, group_size: 
     return out.to(x.dtype) if cast else out
 
 
+def rms_norm(x: torch.Tensor, doubled_weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMS norm of each row of `x` `(T, d)`, with `doubled_weight` = `cat([weight, weight])`.
+
+    Computed by layer norm's fused kernel on `[x, -x]`: that row has mean 0 and variance
+    `mean(x**2)`, so its layer norm is `x / sqrt(mean(x**2) + eps)` in the first half. One kernel
+    instead of the six small ones of `F.rms_norm` (pow, mean, add, rsqrt and two products),
+    about a third of the time on CPU; the results differ from `F.rms_norm` by rounding (~1e-9).
+    """
+    width = x.shape[-1]
+    return F.layer_norm(torch.cat([x, -x], -1), [2 * width], doubled_weight, None, eps)[:, :width]
+
+
 def run_layers(
     x: torch.Tensor,
     cos: torch.Tensor,
@@ -150,15 +167,14 @@ def run_layers(
     decoder layer, writing their keys and values into `caches`; return the final residual.
 
     `cos`/`sin` are the rotary tables `(T, heads + 2 kv_heads, head_dim)` (ones and zeros for v),
-    `norms` holds each layer's two RMS norm weights in turn. Written in the TorchScript subset
+    `norms` holds each layer's two RMS norm weights in turn, each doubled (see `rms_norm`). Written in the TorchScript subset
     of Python: `LlamaDecoder` runs it compiled, or as plain Python where TorchScript is missing.
     """
     count, head_dim = x.shape[0], rotation.shape[0]
     end = start + count
-    shape = [x.shape[-1]]
     for index in range(len(caches)):
         cache = caches[index]  # (2, kv_heads, capacity, head_dim)
-        qkv = project(F.rms_norm(x, shape, norms[2 * index], eps), qkv_parts[index], True)
+        qkv = project(rms_norm(x, norms[2 * index], eps), qkv_parts[index], True)
         qkv = qkv.view(count, -1, head_dim)  # (T, H + 2 KVH, hd)
         qkv = torch.addcmul(qkv * cos, qkv @ rotation, sin)  # rotary embeddings on q and k
         cache[:, :, start:end] = qkv[:, heads:].view(count, 2, kv_heads, head_dim).permute(1, 2, 0, 3)
@@ -171,7 +187,7 @@ def run_layers(
             enable_gqa=heads != kv_heads,
         )  # (1, H, T, hd)
         x.add_(project(attended[0].transpose(0, 1).reshape(count, heads * head_dim), o_parts[index], False))
-        gate_up = project(F.rms_norm(x, shape, norms[2 * index + 1], eps), gate_up_parts[index], True)
+        gate_up = project(rms_norm(x, norms[2 * index + 1], eps), gate_up_parts[index], True)
         gate, up = gate_up.chunk(2, -1)  # (T, I) each
         x.add_(project(F.silu(gate) * up, down_parts[index], False))
     return x
@@ -222,7 +238,7 @@ class LlamaDecoder(TokenCache):
         self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts = [], [], [], [], []
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            self.norms += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            self.norms += [_doubled(layer.input_layernorm.weight), _doubled(layer.post_attention_layernorm.weight)]
             self.qkv_parts.append(_parts(_fuse([attn.q_proj, attn.k_proj, attn.v_proj])))
             self.o_parts.append(_parts([attn.o_proj]))
             self.gate_up_parts.append(_parts(_fuse([mlp.gate_proj, mlp.up_proj])))
