@@ -69,6 +69,9 @@ TUI_WARM_START_CODE = (
 )
 """The TUI warm-start child: the app (headless, a fresh chat store) from start until its model
 is ready, which is when a message sent at once would start being answered."""
+MIN_TUI_PAIRS = 5
+"""Fewest (TUI, headless) pairs behind the TUI ratio: each pair is two 2-3 s runs on a machine
+whose speed drifts by 20-30% within minutes, so three pairs gave medians from 0.83 to 0.99."""
 WARM_START_TIMEOUT_S = 300
 """Give up on a warm-start child after this long."""
 
@@ -245,7 +248,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     progress("TUI runs (the same engine driven through the headless TUI)")
     from chatapp.tui.speed import tui_and_headless_tok_per_s
 
-    tui_pairs = tui_and_headless_tok_per_s(default_engine, BENCH_PROMPT, settings, runs)
+    tui_pairs = tui_and_headless_tok_per_s(default_engine, BENCH_PROMPT, settings, max(runs, MIN_TUI_PAIRS))
     s = {key: figures.summary() for key, figures in configs.items()}
     return {
         "type": "bench",
@@ -266,6 +269,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "tok_per_s": statistics.median(t for t, _ in tui_pairs),
             "headless_tok_per_s": statistics.median(h for _, h in tui_pairs),
             "tui_over_headless": statistics.median(t / h for t, h in tui_pairs),
+            "pairs": len(tui_pairs),
         },
         "multi_turn": {
             "ttft_ms": ttfts,
