@@ -53,19 +53,26 @@ TUI_WARM_START_CODE = (
     "import asyncio, sys, tempfile, time\n"
     "from chatapp.settings import SamplingSettings\n"
     "from chatapp.tui.app import make_app\n"
+    "failed = []\n"
     "def load(progress):\n"
     "    from chatapp.engine import Engine\n"
     "    from chatapp.loading import load_model\n"
-    "    return Engine(load_model({model!r}, {device!r}, progress=progress))\n"
+    "    try:\n"
+    "        return Engine(load_model({model!r}, {device!r}, progress=progress))\n"
+    "    except BaseException:\n"
+    "        failed.append(True)\n"
+    "        raise\n"
     "async def main(store):\n"
     "    app = make_app(settings=SamplingSettings(), load_engine=load, store_path=store)\n"
     "    async with app.run_test(size=(120, 36)):\n"
     "        deadline = time.monotonic() + {timeout}\n"
-    "        while app.chat.engine is None and time.monotonic() < deadline:\n"
+    "        while app.chat.engine is None and not failed and time.monotonic() < deadline:\n"
     "            await asyncio.sleep(0.01)\n"
-    "        print({ready!r} if app.chat.engine is not None else 'failed', flush=True)\n"
+    "        if app.chat.engine is not None:\n"
+    "            print({ready!r}, flush=True)\n"
     "with tempfile.TemporaryDirectory() as scratch:\n"
     "    asyncio.run(main(scratch + '/bench.sqlite3'))\n"
+    "sys.exit(0 if not failed else 1)\n"
 )
 """The TUI warm-start child: the app (headless, a fresh chat store) from start until its model
 is ready, which is when a message sent at once would start being answered."""
@@ -188,7 +195,8 @@ def _warm_start_s(model: str, device: str | None, template: str = WARM_START_COD
         for line in child.stdout:
             if line.strip() == READY_LINE:
                 return time.perf_counter() - start
-        raise RuntimeError(f"the warm-start process exited with status {child.wait(WARM_START_TIMEOUT_S)}")
+        status = child.wait(WARM_START_TIMEOUT_S)
+        raise RuntimeError(f"the warm-start process never got its model ready (exit status {status})")
     finally:
         child.kill()
         child.wait()

@@ -6,7 +6,8 @@ chatapp uses of a transformers tokenizer, built from the same files with the lib
 transformers itself uses for them: `tokenizers` for `tokenizer.json` and a sandboxed jinja2
 environment, set up as transformers sets up its own, for the chat template. `load_chat_tokenizer`
 returns one only for the plain case it reproduces exactly (the generic `TokenizersBackend`
-class, no clean-up of spaces, a template without transformers' own `{% generation %}` tag);
+class, only the config keys it knows, no clean-up of spaces, a template without transformers'
+own `{% generation %}` tag, a jinja2 that transformers would trust);
 for anything else it returns None and the caller uses transformers. The tests compare it with
 transformers' tokenizer on the default model: templates, ids, decoded text and token views.
 """
@@ -24,6 +25,15 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_t
 """The named special tokens a chat template may read, as transformers passes them."""
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 """transformers' assistant-mask extension tag, which plain jinja2 cannot parse."""
+KNOWN_CONFIG_KEYS = frozenset(SPECIAL_TOKEN_KEYS) | {
+    "backend", "tokenizer_class", "is_local", "local_files_only", "model_max_length", "chat_template",
+    "clean_up_tokenization_spaces",
+}
+"""tokenizer_config.json keys whose meaning `ChatTokenizer` reproduces; any other key (extra
+special tokens, prefix-space or legacy switches...) may change behaviour: transformers loads those."""
+MIN_JINJA = (3, 1, 6)
+"""Oldest jinja2 whose sandbox transformers trusts with a template from the Hub (older ones have
+known escapes); with an older one, transformers renders (and refuses)."""
 
 
 def _token_text(value) -> str | None:
@@ -56,6 +66,15 @@ def _template_environment():
     def strftime_now(format):
         return datetime.now().strftime(format)
 
+    class TemplateDict:
+        """`dict()` for templates, without the type's attributes."""
+
+        def __call__(self, *args, **kwargs):
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args, **kwargs):
+            return dict.fromkeys(*args, **kwargs)
+
     class TemplateNamespace(jinja2.utils.Namespace):
         """`namespace()` without dunder or underscore attributes (no reaching into CPython)."""
 
@@ -79,7 +98,7 @@ def _template_environment():
     environment.filters["tojson"] = tojson
     environment.globals["raise_exception"] = raise_exception
     environment.globals["strftime_now"] = strftime_now
-    environment.globals["dict"] = dict
+    environment.globals["dict"] = TemplateDict()
     environment.globals["namespace"] = TemplateNamespace
     return environment
 
@@ -94,8 +113,7 @@ class ChatTokenizer:
         self.special_tokens_map = special_tokens
         self.eos_token = special_tokens.get("eos_token")
         self.eos_token_id = backend.token_to_id(self.eos_token) if self.eos_token else None
-        added = backend.get_added_tokens_decoder()  # {id: AddedToken}
-        self.all_special_tokens = [token.content for _, token in sorted(added.items()) if token.special]
+        self.all_special_tokens = list(dict.fromkeys(special_tokens.values()))  # as transformers lists them
         self._template = _template_environment().from_string(chat_template)
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
@@ -107,7 +125,10 @@ class ChatTokenizer:
         if tokenize:
             raise ValueError("ChatTokenizer renders text only: encode the result with the tokenizer")
         plain = [{key: value for key, value in message.items() if value is not None} for message in messages]
-        return self._template.render(messages=plain, add_generation_prompt=add_generation_prompt, **self.special_tokens_map)
+        return self._template.render(
+            messages=plain, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+            **self.special_tokens_map,
+        )
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`."""
@@ -122,6 +143,15 @@ class ChatTokenizer:
         return self.backend_tokenizer.get_vocab(with_added_tokens=True)
 
 
+def _jinja_is_trusted() -> bool:
+    import jinja2
+
+    try:
+        return tuple(int(part) for part in jinja2.__version__.split(".")[:3]) >= MIN_JINJA
+    except ValueError:
+        return False
+
+
 def load_chat_tokenizer(folder: str | Path) -> ChatTokenizer | None:
     """The tokenizer of the model in `folder`, or None when only transformers can load it exactly."""
     folder = Path(folder)
@@ -131,6 +161,9 @@ def load_chat_tokenizer(folder: str | Path) -> ChatTokenizer | None:
         if (
             config.get("tokenizer_class") not in GENERIC_CLASSES
             or config.get("clean_up_tokenization_spaces")
+            or set(config) - KNOWN_CONFIG_KEYS
+            or (folder / "special_tokens_map.json").exists()  # transformers merges it in
+            or not _jinja_is_trusted()
             or not (folder / "tokenizer.json").is_file()
             or template is None
             or GENERATION_TAG.search(template)

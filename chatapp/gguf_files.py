@@ -96,6 +96,14 @@ def _content_key(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:12]
 
 
+def quiet_transformers() -> None:
+    """No progress bars or warnings from transformers: our own messages say what matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 @contextlib.contextmanager
 def _no_tensor_progress_bar():
     """transformers' GGUF reader draws its own tqdm bar on stderr, past its logging switches;

@@ -86,6 +86,10 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
         return plain
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+    from chatapp.gguf_files import quiet_transformers
+
+    quiet_transformers()
+
     config = AutoConfig.from_pretrained(location, local_files_only=True)
     config.tie_word_embeddings = False
     with torch.device("meta"):

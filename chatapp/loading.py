@@ -26,7 +26,14 @@ from chatapp.devices import (
     placement_of,
 )
 from chatapp.errors import ModelLoadError
-from chatapp.gguf_files import cache_root, converted_dir, convert_gguf, default_gguf_path, gguf_is_4bit
+from chatapp.gguf_files import (
+    cache_root,
+    converted_dir,
+    convert_gguf,
+    default_gguf_path,
+    gguf_is_4bit,
+    quiet_transformers,
+)
 from chatapp.records import ModelInfo
 
 __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
@@ -78,7 +85,7 @@ def _resolve(spec: str, progress: Progress) -> _Source:
         gguf = default_gguf_path()
         target = converted_dir(gguf)
         if not (target / "config.json").is_file():
-            _quiet_transformers()
+            quiet_transformers()
             convert_gguf(gguf, target, progress)
         return _Source(str(target), DEFAULT_MODEL_NAME, gguf)
     path = Path(spec).expanduser()
@@ -87,7 +94,7 @@ def _resolve(spec: str, progress: Progress) -> _Source:
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
         target = converted_dir(path)  # converted once, like the default model's file
         if not (target / "config.json").is_file():
-            _quiet_transformers()
+            quiet_transformers()
             convert_gguf(path, target, progress)
         return _Source(str(target), path.stem, path)
     if path.is_dir():
@@ -167,14 +174,6 @@ def _pack_int4(model, dtype) -> float:
     return report.exact_blocks
 
 
-def _quiet_transformers() -> None:
-    """No progress bars or warnings from transformers: our own messages say what matters."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _chat_tokenizer(source: _Source):
     """The model's tokenizer without importing transformers, or None (see chatapp.chat_tokenizer)."""
     from chatapp.chat_tokenizer import load_chat_tokenizer
@@ -187,7 +186,7 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     common = dict(local_files_only=True, trust_remote_code=False)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)

@@ -160,7 +160,7 @@ def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path):
         body.rotary_emb = DefaultRotaryEmbedding(config.rope_theta, config.head_dim)
         exact = take(EXACT_KEY) if EXACT_KEY in state else embed  # absent when tied to the embedding
         head = OutputHead(take(HEAD_KEY), take(SCALES_KEY), exact)
-    except KeyError:  # float linear layers or another layout: not ours to rebuild
+    except (KeyError, AttributeError, TypeError, ValueError):  # float layers, another layout, a sparse config
         return None
     if used != set(state):  # weights we would silently drop (biases, extra layers)
         return None

@@ -90,3 +90,48 @@ def test_folders_it_cannot_reproduce_are_left_to_transformers(tmp_path, both):
     assert load_chat_tokenizer(tmp_path) is None  # transformers' own template tag
     (tmp_path / "chat_template.jinja").unlink()
     assert load_chat_tokenizer(tmp_path) is None  # no chat template at all
+    shutil.copy(source / "chat_template.jinja", tmp_path / "chat_template.jinja")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "add_prefix_space": True}))
+    assert load_chat_tokenizer(tmp_path) is None  # a switch it does not reproduce
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|im_start|>"}))
+    assert load_chat_tokenizer(tmp_path) is None  # transformers would merge this file in
+
+
+RICH_TEMPLATE = """{%- set ns = namespace(turns=0) -%}
+{%- if tools is not none %}TOOLS {{ tools | tojson }}{% endif -%}
+{%- if documents is not none %}DOCS{% endif -%}
+{{ bos_token }}{% for message in messages %}
+{%- if message.role == 'system' %}{% continue %}{% endif -%}
+{%- set ns.turns = ns.turns + 1 -%}
+[{{ ns.turns }}:{{ message.role }}{% if message.name is defined %}:{{ message.name }}{% endif %}]{{ message.content | trim }}
+{%- if message.content | length > 40 %}{% break %}{% endif -%}
+{{ eos_token }}{{ dict(a=1) | tojson }}
+{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"""
+"""A template using what chat templates on the Hub use: namespaces, loop controls, tojson,
+dict(), tests on optional keys and variables (tools, documents) the caller did not pass."""
+
+
+@pytest.mark.model
+def test_a_richer_template_renders_as_transformers_does(tmp_path):
+    from transformers import AutoTokenizer
+
+    from chatapp.gguf_files import converted_dir, default_gguf_path
+
+    source = converted_dir(default_gguf_path())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    (tmp_path / "chat_template.jinja").write_text(RICH_TEMPLATE)
+    ours = load_chat_tokenizer(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    conversation = [
+        {"role": "system", "content": "skipped"},
+        {"role": "user", "content": "  hi  ", "name": None},
+        {"role": "assistant", "content": "ünïcode {{ not a tag }}", "name": "bot"},
+        {"role": "user", "content": "x" * 50},
+        {"role": "user", "content": "after the break"},
+    ]
+    for prompt in (True, False):
+        expected = theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=prompt)
+        assert ours.apply_chat_template(conversation, tokenize=False, add_generation_prompt=prompt) == expected
+    assert "TOOLS" not in expected and "[2:assistant:bot]" in expected and "after the break" not in expected

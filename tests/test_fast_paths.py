@@ -170,15 +170,16 @@ def test_the_second_int4_load_reads_the_packed_copy():
     assert type(loaded.model.get_output_embeddings()).__name__ == "OutputHead"
 
 
-@pytest.mark.parametrize("int4", [False, True])
-def test_torchscript_layers_give_exactly_the_python_numbers(int4):
+@pytest.mark.parametrize("int4, dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16),
+                                         (True, torch.bfloat16)])
+def test_torchscript_layers_give_exactly_the_python_numbers(int4, dtype):
     from chatapp.llama_decoder import LlamaDecoder
     from chatapp.quantize import int4_supported, quantize_int4
     from tests.conftest import tiny_llama
 
     if int4 and not int4_supported():
         pytest.skip("this torch build has no CPU int4 kernels")
-    model = tiny_llama(hidden_size=128, num_key_value_heads=2)
+    model = tiny_llama(hidden_size=128, num_key_value_heads=2).to(dtype)
     if int4:
         quantize_int4(model)
     compiled, plain = LlamaDecoder(model), LlamaDecoder(model, compiled=False)
@@ -230,7 +231,7 @@ def test_a_warm_start_imports_no_transformers_and_still_answers():
         "from chatapp.engine import Engine\n"
         "from chatapp.loading import load_model\n"
         "from chatapp.settings import SamplingSettings\n"
-        "engine = Engine(load_model('default', device='cpu'))\n"
+        "engine = Engine(load_model('default', device='cpu', quantize='int4'))\n"
         "turn = engine.start_turn([{'role': 'user', 'content': 'Say hello.'}], SamplingSettings(temperature=0, max_new_tokens=8))\n"
         "print(len(list(turn)), engine.kv.kind, type(engine.model).__name__, type(engine.tokenizer).__name__)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))\n"
