@@ -220,6 +220,10 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     rss_start = current_rss_mb()
     progress("warm starts (a fresh process each, until the engine is ready)")
     starts, tui_starts = warm_starts(model, device, runs)  # first, while this process holds no model
+    progress("TUI runs (a fresh process: the app's engine driven through the headless TUI and bare)")
+    from chatapp.tui.speed import tui_and_headless_in_fresh_process
+
+    tui_pairs = tui_and_headless_in_fresh_process(model, device, BENCH_PROMPT, settings, max(runs, MIN_TUI_PAIRS))
     progress("loading the default configuration")
     default = load_model(model, device, "auto")
     default_engine = Engine(default)
@@ -253,10 +257,6 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     progress("multi-turn runs (8 turns each)")
     passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
     ttfts = [statistics.median(turn) for turn in zip(*passes)]
-    progress("TUI runs (the same engine driven through the headless TUI)")
-    from chatapp.tui.speed import tui_and_headless_tok_per_s
-
-    tui_pairs = tui_and_headless_tok_per_s(default_engine, BENCH_PROMPT, settings, max(runs, MIN_TUI_PAIRS))
     s = {key: figures.summary() for key, figures in configs.items()}
     return {
         "type": "bench",

@@ -2,11 +2,21 @@
 
 Both run the same engine on a worker thread (as the TUI's worker does), alternating, with the
 TUI headless (Textual's test driver renders every frame as it would on a terminal).
+
+`chatapp bench` measures them in a fresh process that loads the model as the app does, on the
+app's loader thread, so that its main thread runs only the UI. That matters on CPU: once a
+second thread (here, the bench's own main thread) has run parallel torch operations, OpenMP
+(libgomp) manages more threads than there are cores and cuts its spin-waiting short, and every
+other thread's decoding slows down by 20-40%. The app never does that; the bench must not either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,22 +59,22 @@ async def _until(pilot, condition) -> None:
         await asyncio.sleep(POLL_S)
 
 
-async def _measure(engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
+async def _measure(load_engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
     from chatapp.tui.app import make_app
 
     pairs: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="chatapp-bench-") as scratch:  # never the user's history
-        app = make_app(settings=settings, load_engine=lambda progress: engine,
-                       store_path=Path(scratch) / "bench.sqlite3")
-        await _drive(app, engine, prompt, settings, runs, pairs)
+        app = make_app(settings=settings, load_engine=load_engine, store_path=Path(scratch) / "bench.sqlite3")
+        await _drive(app, prompt, settings, runs, pairs)
     return pairs
 
 
-async def _drive(app, engine, prompt: str, settings: SamplingSettings, runs: int, pairs: list) -> None:
+async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs: list) -> None:
     from chatapp.tui.widgets.prompt_input import PromptInput
 
     async with app.run_test(size=TUI_SIZE) as pilot:
         await _until(pilot, lambda: app.chat.engine is not None)
+        engine = app.chat.engine
         for _ in range(runs):
             headless = headless_tok_per_s(engine, [{"role": "user", "content": prompt}], settings)
             engine.reset()
@@ -76,6 +86,37 @@ async def _drive(app, engine, prompt: str, settings: SamplingSettings, runs: int
             pairs.append((app.chat.conversation.last.reply.stats.tok_per_s, headless))
 
 
-def tui_and_headless_tok_per_s(engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
-    """(TUI tok/s, headless tok/s) for each run, alternating, on the same engine."""
-    return asyncio.run(_measure(engine, prompt, settings, runs))
+CHILD_CODE = (
+    "import json, sys\n"
+    "from chatapp.tui.speed import child_main\n"
+    "child_main(json.loads(sys.argv[1]))\n"
+)
+"""The fresh process of `tui_and_headless_in_fresh_process`."""
+
+
+def child_main(job: dict) -> None:
+    """Load the model on the app's loader thread, measure, print the pairs as one JSON line."""
+
+    def load(progress):
+        from chatapp.engine import Engine
+        from chatapp.loading import load_model
+
+        return Engine(load_model(job["model"], job["device"], progress=progress))
+
+    settings = SamplingSettings(**job["settings"])
+    pairs = asyncio.run(_measure(load, job["prompt"], settings, job["runs"]))
+    print(json.dumps(pairs), flush=True)
+
+
+def tui_and_headless_in_fresh_process(
+    model: str, device: str | None, prompt: str, settings: SamplingSettings, runs: int
+) -> list[tuple[float, float]]:
+    """(TUI tok/s, headless tok/s) for each of `runs` alternating pairs, measured on the same
+    engine in a fresh process that loads `model` as the app does."""
+    job = {"model": model, "device": device, "prompt": prompt, "settings": dataclasses.asdict(settings), "runs": runs}
+    result = subprocess.run([sys.executable, "-c", CHILD_CODE, json.dumps(job)], capture_output=True, text=True,
+                            timeout=WAIT_TIMEOUT_S * (runs + 1))
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the TUI speed process failed: {last}")
+    return [tuple(pair) for pair in json.loads(result.stdout.strip().splitlines()[-1])]
