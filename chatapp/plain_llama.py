@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from chatapp.int4_cache import EXACT_KEY, HEAD_KEY, SCALES_KEY
+from chatapp.llama_decoder import config_unsupported_reason, rope_type
 from chatapp.quantize import GROUP_SIZE, Int4Linear, OutputHead
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -86,25 +87,16 @@ def read_config(location: str | Path) -> ModelConfig | None:
     """The model's config, or None when `PlainLlama` cannot reproduce it."""
     try:
         raw = json.loads((Path(location) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    rope = raw.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", raw.get("rope_theta"))
-    if (
-        raw.get("model_type") != "llama"
-        or rope.get("rope_type", "default") != "default"
-        or raw.get("rope_scaling")
-        or theta is None
-        or raw.get("attention_bias")
-        or raw.get("mlp_bias")
-        or raw.get("hidden_act", "silu") != "silu"
-        or raw.get("pretraining_tp", 1) != 1
-    ):
-        return None
-    config = ModelConfig(**raw)
-    config.head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
-    config.rope_theta = float(theta)
-    return config
+        config = ModelConfig(**raw)
+        theta = (raw.get("rope_parameters") or {}).get("rope_theta", raw.get("rope_theta"))
+        # The layers our decoder runs, with the only rotary embedding DefaultRotaryEmbedding computes.
+        if config_unsupported_reason(config) is not None or rope_type(config) != "default" or theta is None:
+            return None
+        config.head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
+        config.rope_theta = float(theta)
+        return config
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError):
+        return None  # unreadable or unusual: transformers builds the model
 
 
 def _generation_config(location: Path, config: ModelConfig) -> SimpleNamespace:
