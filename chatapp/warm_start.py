@@ -1,0 +1,78 @@
+"""Warm starts for `chatapp bench`: seconds from a fresh Python process to a model ready to answer.
+
+Two children, alternating: the bare engine (imports, load, engine: what `chatapp ask` does before
+it can answer) and the TUI, run headless with a fresh chat store until its model is ready (what
+a user waits for before a message sent at once starts being answered).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+READY_LINE = "chatapp-bench-ready"
+"""What the warm-start child prints once its engine can answer."""
+WARM_START_CODE = (
+    "from chatapp.engine import Engine\n"
+    "from chatapp.loading import load_model\n"
+    "Engine(load_model({model!r}, {device!r}))\n"
+    "print({ready!r}, flush=True)\n"
+)
+"""The warm-start child: exactly what the app does before it can answer (imports, load, engine)."""
+TUI_WARM_START_CODE = (
+    "import asyncio, sys, tempfile, time\n"
+    "from chatapp.settings import SamplingSettings\n"
+    "from chatapp.tui.app import make_app\n"
+    "failed = []\n"
+    "def load(progress):\n"
+    "    from chatapp.engine import Engine\n"
+    "    from chatapp.loading import load_model\n"
+    "    try:\n"
+    "        return Engine(load_model({model!r}, {device!r}, progress=progress))\n"
+    "    except BaseException:\n"
+    "        failed.append(True)\n"
+    "        raise\n"
+    "async def main(store):\n"
+    "    app = make_app(settings=SamplingSettings(), load_engine=load, store_path=store)\n"
+    "    async with app.run_test(size=(120, 36)):\n"
+    "        deadline = time.monotonic() + {timeout}\n"
+    "        while app.chat.engine is None and not failed and time.monotonic() < deadline:\n"
+    "            await asyncio.sleep(0.01)\n"
+    "        if app.chat.engine is not None:\n"
+    "            print({ready!r}, flush=True)\n"
+    "with tempfile.TemporaryDirectory() as scratch:\n"
+    "    asyncio.run(main(scratch + '/bench.sqlite3'))\n"
+    "sys.exit(0 if not failed else 1)\n"
+)
+"""The TUI warm-start child: the app (headless, a fresh chat store) from start until its model
+is ready, which is when a message sent at once would start being answered."""
+WARM_START_TIMEOUT_S = 300
+"""Give up on a warm-start child after this long."""
+
+
+def _warm_start_s(model: str, device: str | None, template: str = WARM_START_CODE) -> float:
+    """Seconds from starting a fresh Python process running `template` to its ready line."""
+    code = template.format(model=model, device=device, ready=READY_LINE, timeout=WARM_START_TIMEOUT_S)
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in child.stdout:
+            if line.strip() == READY_LINE:
+                return time.perf_counter() - start
+        status = child.wait(WARM_START_TIMEOUT_S)
+        raise RuntimeError(f"the warm-start process never got its model ready (exit status {status})")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float], list[float]]:
+    """`runs` warm starts of the bare engine and of the TUI, alternating, after one that fills
+    the file cache (and converts a GGUF file once)."""
+    _warm_start_s(model, device)
+    engine, tui = [], []
+    for _ in range(runs):
+        engine.append(_warm_start_s(model, device))
+        tui.append(_warm_start_s(model, device, TUI_WARM_START_CODE))
+    return engine, tui
