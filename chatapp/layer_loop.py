@@ -71,8 +71,8 @@ def run_layers(
     decoder layer, writing their keys and values into `caches`; return the final residual.
 
     `cos`/`sin` are the rotary tables `(T, heads + 2 kv_heads, head_dim)` (ones and zeros for v),
-    `norms` holds each layer's two RMS norm weights in turn, each doubled (see `rms_norm`). Written in the TorchScript subset
-    of Python: `LlamaDecoder` runs it compiled, or as plain Python where TorchScript is missing.
+    `norms` holds each layer's two RMS norm weights in turn, each doubled (see `rms_norm`).
+    `LlamaDecoder` runs it compiled, or as plain Python where TorchScript is missing.
     """
     count, head_dim = x.shape[0], rotation.shape[0]
     end = start + count
@@ -103,9 +103,10 @@ def compiled_run_layers() -> Callable:
 
     TorchScript runs the ~30 small operations of each layer without Python between them, about
     15% off a decode step of the default model on CPU, with the same kernels and so the same
-    numbers (on CPU, where TorchScript fuses nothing; its GPU fuser may round differently). It compiles in milliseconds and needs no C++ toolchain (torch.compile's CPU
-    backend needs one and minutes). torch marks it deprecated; if a torch without it fails
-    here, decoding simply stays in Python.
+    numbers (on CPU, where TorchScript fuses nothing; its GPU fuser may round differently). It
+    compiles in milliseconds and needs no C++ toolchain (torch.compile's CPU backend needs one
+    and minutes). torch marks it deprecated; if a torch without it fails here, decoding simply
+    stays in Python.
     """
     try:
         with warnings.catch_warnings():

@@ -10,7 +10,7 @@ fewer, larger operations:
   layers are repointed at row slices of the fused weights, so the weights are not stored twice;
   only int4 scales, a few percent of the packed bytes, are);
 - rotary embeddings are applied to q and k together, with the cos/sin of the model's own
-  rotary module, computed once per forward for all layers;
+  rotary module, computed once for every position the KV buffers can hold;
 - the KV cache is a preallocated buffer written in place, grown by doubling;
 - the layer loop (`chatapp.layer_loop.run_layers`) runs compiled by TorchScript, so the ~30
   small operations of each layer are dispatched without Python between them.

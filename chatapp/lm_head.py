@@ -220,28 +220,29 @@ def describe_choice(
     n = min(top_n, probabilities.shape[-1])
     # Kept tokens by sampled probability first; filtered-out ones after them, by raw probability.
     top_ids = torch.topk(probabilities, n).indices  # (n,): right whenever n tokens are kept
-    packed = _packed(token_id, rank, entropy, top_ids, probabilities, raw)
-    if packed[2 + 2 * (n + 1) - 1] == 0.0:  # the n-th candidate was filtered out: order the rest by raw
+    rank_entropy, ids, probs, raws = _to_host(token_id, rank, entropy, top_ids, probabilities, raw)
+    if probs[-1] == 0.0:  # the n-th candidate was filtered out: order the filtered ones by raw
         order_key = torch.where(probabilities > 0, probabilities, raw - 1.0)
         top_ids = torch.topk(order_key, n).indices
-        packed = _packed(token_id, rank, entropy, top_ids, probabilities, raw)
-    ids, probs, raws = packed[2 : n + 3], packed[n + 3 : 2 * n + 4], packed[2 * n + 4 :]
+        rank_entropy, ids, probs, raws = _to_host(token_id, rank, entropy, top_ids, probabilities, raw)
     return Choice(
         token_id=int(ids[0]),
         prob=probs[0],
         raw_prob=raws[0],
-        rank=int(packed[0]),
-        entropy=packed[1],
+        rank=int(rank_entropy[0]),
+        entropy=rank_entropy[1],
         top_ids=[int(i) for i in ids[1:]],
         top_probs=probs[1:],
         top_raw_probs=raws[1:],
     )
 
 
-def _packed(token_id, rank, entropy, top_ids, probabilities, raw) -> list[float]:
-    """[rank, entropy, ids..., their sampled probabilities..., their raw probabilities...] for the
-    chosen token followed by `top_ids`: one device -> host copy. Ids and ranks are exact in
-    float32 (below 2**24); the probabilities are float32 numbers already."""
+def _to_host(token_id, rank, entropy, top_ids, probabilities, raw) -> tuple[list[float], ...]:
+    """[rank, entropy], then the ids, sampled and raw probabilities of the chosen token followed by
+    `top_ids`, in one device -> host copy. Ids and ranks are exact in float32 (below 2**24); the
+    probabilities are float32 numbers already."""
     ids = torch.cat([token_id.reshape(1), top_ids])  # (n + 1,)
     head = torch.stack([rank.to(raw.dtype), entropy.to(raw.dtype)])
-    return torch.cat([head, ids.to(raw.dtype), probabilities[ids], raw[ids]]).tolist()
+    packed = torch.cat([head, ids.to(raw.dtype), probabilities[ids], raw[ids]]).tolist()
+    m = len(ids)
+    return packed[:2], packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]

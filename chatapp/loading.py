@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from chatapp.chat_tokenizer import load_chat_tokenizer
 from chatapp.devices import (
     DTYPES,
     cpu_has_native_bf16,
@@ -174,13 +175,6 @@ def _pack_int4(model, dtype) -> float:
     return report.exact_blocks
 
 
-def _chat_tokenizer(source: _Source):
-    """The model's tokenizer without importing transformers, or None (see chatapp.chat_tokenizer)."""
-    from chatapp.chat_tokenizer import load_chat_tokenizer
-
-    return load_chat_tokenizer(source.location)
-
-
 def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
     """Load what is still missing (tokenizer, model) with transformers, from local files only."""
     import torch
@@ -245,7 +239,7 @@ def load_model(
         # A warm start of an int4 GGUF model reads the packed copy and needs no transformers import.
         cached = _cached_int4(source, torch_dtype) if use_int4 else None
         model, exact_blocks = cached if cached is not None else (None, 0.0)
-        tokenizer = _chat_tokenizer(source) if use_int4 else None
+        tokenizer = load_chat_tokenizer(source.location) if use_int4 else None  # None: transformers loads it
         if tokenizer is None or model is None:
             tokenizer, model = _transformers_load(source, tokenizer, model, torch_dtype, use_int4, device_map, max_memory)
     except ModelLoadError:
