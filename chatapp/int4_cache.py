@@ -21,14 +21,14 @@ from torch import nn
 from chatapp.atomic_file import replacing
 from chatapp.quantize import Int4Linear, OutputHead
 
-FORMAT = "2"
+FORMAT = "3"
 """Bumped whenever what the file holds changes meaning."""
 PACKED_SUFFIX = ".packed"
 """State-dict keys of int4 layers end with this (their scales with `.scales_and_zeros`)."""
 HEAD_KEY = "lm_head.weight"
-"""The LM head's int8 codes."""
+"""The LM head's packed 4-bit codes."""
 SCALES_KEY = "lm_head.scales"
-"""Their per-row scales."""
+"""Their scales and zeros."""
 EXACT_KEY = "lm_head.exact_weight"
 """The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
 
@@ -48,6 +48,8 @@ def save_int4(model, path: Path, exact_blocks: float) -> None:
     from safetensors.torch import save_file
 
     head = model.get_output_embeddings()
+    if not isinstance(head, OutputHead):  # a head the packing left alone: not this cache's layout
+        return
     embed = model.get_input_embeddings().weight
     state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
     if head.exact_weight.data_ptr() != embed.data_ptr():
@@ -102,11 +104,11 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
         old = getattr(parent, child)
         setattr(parent, child, Int4Linear(packed, scales, old.in_features, old.out_features))
     exact = state.pop(EXACT_KEY, None)
-    codes, scales = state.pop(HEAD_KEY), state.pop(SCALES_KEY)
+    packed, scales = state.pop(HEAD_KEY), state.pop(SCALES_KEY)
     result = model.load_state_dict(state, assign=True, strict=False)
     if result.unexpected_keys or set(result.missing_keys) - {HEAD_KEY}:
         raise ValueError("the int4 cache does not match the model")
-    head = OutputHead(codes, scales, exact if exact is not None else model.get_input_embeddings().weight)
+    head = OutputHead(packed, scales, exact if exact is not None else model.get_input_embeddings().weight)
     model.set_output_embeddings(head)
     _rebuild_meta_buffers(model)
     model.config.dtype = dtype

@@ -161,16 +161,18 @@ def _cached_int4(source: _Source, dtype):
 
 def _pack_int4(model, dtype) -> float:
     """Pack the model's linear layers to int4 in place; return the share of exact 4-bit blocks."""
-    from chatapp.quantize import OutputHead, quantize_int4
+    from chatapp.quantize import GROUP_SIZE, OutputHead, quantize_int4
 
     report = quantize_int4(model)
-    # The LM head streams int8 weights and recomputes its best logits in float32.
-    head = OutputHead.from_float32(model.get_output_embeddings().weight)
+    # The LM head streams int4 weights and recomputes its best logits in float32.
+    weight = model.get_output_embeddings().weight
+    head = OutputHead.from_float32(weight) if weight.shape[1] % GROUP_SIZE == 0 else None
     # Parameters only: buffers such as the rotary frequencies must stay float32.
     for parameter in model.parameters():
         parameter.data = parameter.data.to(dtype)
-    model.set_output_embeddings(head)
-    model.config.tie_word_embeddings = False
+    if head is not None:
+        model.set_output_embeddings(head)
+        model.config.tie_word_embeddings = False
     model.config.dtype = dtype
     return report.exact_blocks
 
@@ -216,7 +218,7 @@ def load_model(
         quantize: "int4" packs the transformer blocks' linear weights to 4 bits (CPU); "auto"
             does so only when they are 4-bit GGUF blocks already (the file's own codes, with
             bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
-            streams int8 weights and recomputes its best logits in float32 (`OutputHead`);
+            streams int4 weights and recomputes its best logits in float32 (`OutputHead`);
             embeddings and norms keep `dtype`.
 
     Raises:
@@ -260,9 +262,10 @@ def load_model(
                 from chatapp.int4_cache import cache_path, save_int4
 
                 save_int4(model, cache_path(source.location, torch_dtype), exact_blocks)
-        head = model.get_output_embeddings()
+        top = getattr(model.get_output_embeddings(), "exact_top", None)
         exact = "GGUF 4-bit codes kept exactly" if exact_blocks > EXACT_FRACTION else "lossy"
-        notes.append(f"int4 weights ({exact}, bf16 scales), LM head int8 + exact top {head.exact_top}")
+        head = f", LM head int4 + exact top {top}" if top else ""
+        notes.append(f"int4 weights ({exact}, bf16 scales){head}")
     if not device_map:
         model.to(target_device)
     model.eval()
