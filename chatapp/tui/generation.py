@@ -20,12 +20,14 @@ from chatapp.records import Step
 from chatapp.settings import SamplingSettings
 from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
 
-BATCH_SECONDS = 0.3
+BATCH_SECONDS = 0.4
 """Longest wait before new text is posted. Each update re-renders the growing Markdown reply and
-redraws the screen on the UI thread, holding the GIL the decoder needs: with our decoder at about
-60 tokens/s on 2 cores, 5 updates a second cost the model 15-20% of its speed, 3 a second about
-10% (`chatapp bench`, "tui"). 3 a second still reads as live."""
-PANEL_SECONDS = 0.5
+lays the screen out twice on the UI thread (Textual re-runs layout when the reply's size
+changes), 15-25 ms of Python that a 2-core CPU takes from the decoder's threads (and on a GPU,
+the GIL from its Python-bound loop). Measured as the UI thread's share of a 256-token turn on
+this 2-core machine: about 11-12% at 0.3 s with the panel at 0.5 s, 8-9% at 0.5 s with the panel
+at 0.8 s, and about 4% with no updates at all. 2.5 updates a second still read as live."""
+PANEL_SECONDS = 0.8
 """Shortest gap between candidate-panel updates while streaming; the last step is always shown.
 
 Nobody reads candidates faster than this, and each redraw of the panel costs the model time."""

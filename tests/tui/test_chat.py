@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from chatapp.settings import SamplingSettings
+from chatapp.tui.generation import BATCH_SECONDS, PANEL_SECONDS
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
@@ -31,8 +32,8 @@ def last_reply(app) -> AssistantMessage:
 
 async def test_send_streams_the_reply_and_follows_the_panel():
     gate = threading.Event()
-    # Steps slower than the batch interval are each posted at once.
-    engine = FakeEngine(gate=gate, gate_after=2, delay=0.55)
+    # Steps slower than the batch and panel intervals are each posted, and shown, at once.
+    engine = FakeEngine(gate=gate, gate_after=2, delay=max(BATCH_SECONDS, PANEL_SECONDS) + 0.05)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)
