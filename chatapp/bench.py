@@ -154,7 +154,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
     rss_start = current_rss_mb()
     progress("warm starts (a fresh process each, until the engine is ready)")
-    starts, tui_starts = warm_starts(model, device, runs)  # first, while this process holds no model
+    starts, tui_starts, prompt_starts = warm_starts(model, device, runs)  # first, while this process holds no model
     progress("TUI runs (a fresh process: the app's engine driven through the headless TUI and bare)")
     from chatapp.tui.speed import tui_and_headless_in_fresh_process
 
@@ -225,6 +225,8 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "runs_s": starts,
             "tui_ready_s": statistics.median(tui_starts),
             "tui_runs_s": tui_starts,
+            "tui_prompt_s": statistics.median(prompt_starts),
+            "tui_prompt_runs_s": prompt_starts,
         },
         "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)},
     }

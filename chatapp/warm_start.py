@@ -2,7 +2,8 @@
 
 Two children, alternating: the bare engine (imports, load, engine: what `chatapp ask` does before
 it can answer) and the TUI, run headless with a fresh chat store until its model is ready (what
-a user waits for before a message sent at once starts being answered).
+a user waits for before a message sent at once starts being answered). The TUI child also says
+when its prompt is on screen and takes input (the model still loading behind it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 
 READY_LINE = "chatapp-bench-ready"
 """What the warm-start child prints once its engine can answer."""
+PROMPT_LINE = "chatapp-bench-prompt"
+"""What the TUI warm-start child prints once its prompt is on screen and focused."""
 WARM_START_CODE = (
     "from chatapp.engine import Engine\n"
     "from chatapp.loading import load_model\n"
@@ -36,6 +39,8 @@ TUI_WARM_START_CODE = (
     "async def main(store):\n"
     "    app = make_app(settings=SamplingSettings(), load_engine=load, store_path=store)\n"
     "    async with app.run_test(size=(120, 36)):\n"
+    "        if app.focused is app.chat.query_one('PromptInput'):\n"
+    "            print({prompt!r}, flush=True)\n"
     "        deadline = time.monotonic() + {timeout}\n"
     "        while app.chat.engine is None and not failed and time.monotonic() < deadline:\n"
     "            await asyncio.sleep(0.01)\n"
@@ -51,15 +56,18 @@ WARM_START_TIMEOUT_S = 300
 """Give up on a warm-start child after this long."""
 
 
-def _warm_start_s(model: str, device: str | None, template: str = WARM_START_CODE) -> float:
-    """Seconds from starting a fresh Python process running `template` to its ready line."""
-    code = template.format(model=model, device=device, ready=READY_LINE, timeout=WARM_START_TIMEOUT_S)
+def _warm_start_s(model: str, device: str | None, template: str = WARM_START_CODE) -> dict[str, float]:
+    """Seconds from starting a fresh Python process running `template` to each line it printed
+    (`PROMPT_LINE`, `READY_LINE`), up to its ready line."""
+    code = template.format(model=model, device=device, ready=READY_LINE, prompt=PROMPT_LINE, timeout=WARM_START_TIMEOUT_S)
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen: dict[str, float] = {}
     try:
         for line in child.stdout:
+            seen[line.strip()] = time.perf_counter() - start
             if line.strip() == READY_LINE:
-                return time.perf_counter() - start
+                return seen
         status = child.wait(WARM_START_TIMEOUT_S)
         raise RuntimeError(f"the warm-start process never got its model ready (exit status {status})")
     finally:
@@ -67,12 +75,17 @@ def _warm_start_s(model: str, device: str | None, template: str = WARM_START_COD
         child.wait()
 
 
-def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float], list[float]]:
+def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float], list[float], list[float]]:
     """`runs` warm starts of the bare engine and of the TUI, alternating, after one that fills
-    the file cache (and converts a GGUF file once)."""
+    the file cache (and converts a GGUF file once): the engine's seconds to ready, the TUI's,
+    and the TUI's seconds to its prompt."""
     _warm_start_s(model, device)
-    engine, tui = [], []
+    engine, tui, prompt = [], [], []
     for _ in range(runs):
-        engine.append(_warm_start_s(model, device))
-        tui.append(_warm_start_s(model, device, TUI_WARM_START_CODE))
-    return engine, tui
+        engine.append(_warm_start_s(model, device)[READY_LINE])
+        seen = _warm_start_s(model, device, TUI_WARM_START_CODE)
+        if PROMPT_LINE not in seen:
+            raise RuntimeError("the TUI warm-start process never showed a focused prompt")
+        tui.append(seen[READY_LINE])
+        prompt.append(seen[PROMPT_LINE])
+    return engine, tui, prompt
