@@ -249,3 +249,28 @@ def test_a_warm_start_imports_no_transformers_and_still_answers():
     steps, imported = result.stdout.strip().splitlines()
     assert steps == "8 chatapp decoder (TorchScript) PlainLlama ChatTokenizer"
     assert imported == "[]"
+
+
+@needs_int4
+@pytest.mark.parametrize("hidden_size, vocab_size", [(64, 1000), (48, 1008)])
+def test_packing_a_model_of_any_shape_keeps_its_best_logits_exact(hidden_size, vocab_size):
+    from chatapp.llama_decoder import LlamaDecoder
+    from chatapp.loading import _pack_int4
+    from chatapp.quantize import OutputHead
+    from tests.conftest import tiny_llama
+
+    # 1000 rows is no multiple of 16 (torch packs int4 rows in such blocks): the head pads them.
+    # A width of 48 is no multiple of 32 (an int4 block): the head stays as it is.
+    model = tiny_llama(hidden_size=hidden_size, vocab_size=vocab_size, head_dim=16)
+    float_weight = model.get_output_embeddings().weight.detach().clone()
+    _pack_int4(model, torch.float32)
+    head = model.get_output_embeddings()
+    assert isinstance(head, OutputHead) == (hidden_size % GROUP_SIZE == 0)
+    with torch.no_grad():
+        hidden = LlamaDecoder(model).prefill(list(range(5, 25)))  # (d_model,)
+        logits = head(hidden)
+    exact = float_weight @ hidden
+    assert logits.shape == (vocab_size,)
+    best = torch.topk(exact, 16).indices
+    assert torch.equal(torch.topk(logits, 16).indices, best)
+    torch.testing.assert_close(logits[best], exact[best], rtol=1e-5, atol=1e-5)
