@@ -75,16 +75,18 @@ def stream_turn(
     """
     pending: list[Step] = []
     last_post = last_panel = -math.inf  # the first token is shown at once: it is the time-to-first-token
+    unshown: Step | None = None  # the newest step posted as text but not yet to the panel
 
     def flush(final: bool = False) -> None:
-        nonlocal pending, last_post, last_panel
+        nonlocal pending, last_post, last_panel, unshown
         now = clock()
         if pending:
             post(TokensGenerated(job, pending))
-            if final or now - last_panel >= PANEL_SECONDS:
-                post(CandidatesUpdated(job, pending[-1]))
-                last_panel = now
+            unshown = pending[-1]
             pending = []
+        if unshown is not None and (final or now - last_panel >= PANEL_SECONDS):
+            post(CandidatesUpdated(job, unshown))
+            unshown, last_panel = None, now
         last_post = now
 
     try:

@@ -152,6 +152,19 @@ def test_stream_turn_batches_text_and_posts_every_panel_update():
     assert panels[-1].can_replace(panels[-2]) and not panels[-1].can_replace(CandidatesUpdated(2, panels[0].step))
 
 
+@pytest.mark.parametrize("dt", [0.02, 0.13, 0.21, 0.45])
+def test_the_last_step_always_reaches_the_panel(dt):
+    # Whatever the timing, the batch that ends the turn may have gone out before the panel was
+    # due again: the panel must still end on the last step.
+    for reply in (list("ab"), list("abcdefghij")):
+        posted = []
+        stream_turn(FakeEngine(replies=[reply]).start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1,
+                    posted.append, lambda: False, clock=Ticks(dt))
+        steps = [s for m in posted if isinstance(m, TokensGenerated) for s in m.steps]
+        panels = [m for m in posted if isinstance(m, CandidatesUpdated)]
+        assert panels[-1].step == steps[-1] and steps[-1].is_stop
+
+
 def test_stream_turn_reports_errors_as_one_line():
     engine = FakeEngine(fail_at=2)
     posted = []
