@@ -53,7 +53,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         default="auto",
         choices=QUANTIZE_CHOICES,
-        help="int4 packs the transformer weights to 4 bits on CPU (faster, changes outputs slightly); "
+        help="int4 packs the transformer weights to 4 bits on CPU, and the LM head's first pass (its best "
+        "logits are recomputed exactly): faster, changes outputs slightly; "
         "auto does so only for 4-bit GGUF weights, e.g. the default model, on a CPU with native "
         "bfloat16, keeping the file's own 4-bit codes (default: auto)",
     )
