@@ -83,9 +83,8 @@ class OutputHead(nn.Module):
     def from_float32(cls, weight: torch.Tensor, exact_top: int = EXACT_TOP) -> "OutputHead":
         """A head for `weight`, kept as given for the exact rows, with new 4-bit codes (rows
         padded with zeros to a multiple of `ROW_MULTIPLE`, as the packing needs)."""
-        padding = -weight.shape[0] % ROW_MULTIPLE
-        padded = torch.cat([weight.detach().float(), weight.new_zeros(padding, weight.shape[1])]) if padding else weight
-        packed, scales_and_zeros, _ = pack_int4(padded)
+        padding = torch.zeros(-weight.shape[0] % ROW_MULTIPLE, weight.shape[1], device=weight.device)
+        packed, scales_and_zeros, _ = pack_int4(torch.cat([weight.detach().float(), padding]))
         return cls(packed, scales_and_zeros, weight, exact_top)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
