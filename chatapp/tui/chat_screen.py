@@ -17,7 +17,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from chatapp.chat_file import SavedChat
@@ -30,6 +29,7 @@ from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.key_bar import KeyBar
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.status_bar import StatusBar, StatusData
@@ -86,7 +86,7 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
             yield TopKPanel()
         yield PromptInput(placeholder=PROMPT_PLACEHOLDER)
         yield StatusBar()
-        yield Footer()
+        yield KeyBar()
 
     async def on_mount(self) -> None:
         """Open the history and show a reopened chat; the prompt is usable right away."""
