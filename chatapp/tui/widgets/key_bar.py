@@ -54,19 +54,8 @@ class KeyBar(Widget):
 
     DEFAULT_CSS = """
     KeyBar {
-        dock: bottom;
         width: 100%;
         height: 1;
-        & > .key-bar--key {
-            color: $footer-key-foreground;
-            text-style: bold;
-        }
-        & > .key-bar--description {
-            color: $footer-description-foreground;
-        }
-        & > .key-bar--disabled {
-            text-style: dim;
-        }
     }
     """
 
