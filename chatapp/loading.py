@@ -161,12 +161,12 @@ def _cached_int4(source: _Source, dtype):
 
 def _pack_int4(model, dtype) -> float:
     """Pack the model's linear layers to int4 in place; return the share of exact 4-bit blocks."""
-    from chatapp.quantize import GROUP_SIZE, OutputHead, quantize_int4
+    from chatapp.quantize import OutputHead, quantize_int4
 
     report = quantize_int4(model)
     # The LM head streams int4 weights and recomputes its best logits in float32.
     weight = model.get_output_embeddings().weight
-    head = OutputHead.from_float32(weight) if weight.shape[1] % GROUP_SIZE == 0 else None
+    head = OutputHead.from_float32(weight) if OutputHead.fits(weight) else None
     # Parameters only: buffers such as the rotary frequencies must stay float32.
     for parameter in model.parameters():
         parameter.data = parameter.data.to(dtype)

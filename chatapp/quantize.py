@@ -79,6 +79,12 @@ class OutputHead(nn.Module):
         self.register_buffer("exact_weight", exact.detach().float(), persistent=False)
         self.exact_top = min(exact_top, exact.shape[0])
 
+    @staticmethod
+    def fits(weight: torch.Tensor) -> bool:
+        """Whether a head with this `(V, d_model)` weight can be packed: d_model a whole number of
+        int4 blocks (rows are padded as needed)."""
+        return weight.shape[1] % GROUP_SIZE == 0
+
     @classmethod
     def from_float32(cls, weight: torch.Tensor, exact_top: int = EXACT_TOP) -> "OutputHead":
         """A head for `weight`, kept as given for the exact rows, with new 4-bit codes (rows
