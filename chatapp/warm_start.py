@@ -56,7 +56,7 @@ WARM_START_TIMEOUT_S = 300
 """Give up on a warm-start child after this long."""
 
 
-def _warm_start_s(model: str, device: str | None, template: str = WARM_START_CODE) -> dict[str, float]:
+def _warm_start_times(model: str, device: str | None, template: str = WARM_START_CODE) -> dict[str, float]:
     """Seconds from starting a fresh Python process running `template` to each line it printed
     (`PROMPT_LINE`, `READY_LINE`), up to its ready line."""
     code = template.format(model=model, device=device, ready=READY_LINE, prompt=PROMPT_LINE, timeout=WARM_START_TIMEOUT_S)
@@ -66,7 +66,7 @@ def _warm_start_s(model: str, device: str | None, template: str = WARM_START_COD
     try:
         for line in child.stdout:
             seen[line.strip()] = time.perf_counter() - start
-            if line.strip() == READY_LINE:
+            if READY_LINE in seen:
                 return seen
         status = child.wait(WARM_START_TIMEOUT_S)
         raise RuntimeError(f"the warm-start process never got its model ready (exit status {status})")
@@ -79,11 +79,11 @@ def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float],
     """`runs` warm starts of the bare engine and of the TUI, alternating, after one that fills
     the file cache (and converts a GGUF file once): the engine's seconds to ready, the TUI's,
     and the TUI's seconds to its prompt."""
-    _warm_start_s(model, device)
+    _warm_start_times(model, device)
     engine, tui, prompt = [], [], []
     for _ in range(runs):
-        engine.append(_warm_start_s(model, device)[READY_LINE])
-        seen = _warm_start_s(model, device, TUI_WARM_START_CODE)
+        engine.append(_warm_start_times(model, device)[READY_LINE])
+        seen = _warm_start_times(model, device, TUI_WARM_START_CODE)
         if PROMPT_LINE not in seen:
             raise RuntimeError("the TUI warm-start process never showed a focused prompt")
         tui.append(seen[READY_LINE])
