@@ -19,6 +19,7 @@ from chatapp.tui.generation import GenerationJob, one_line, stream_turn
 from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.state import ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class ReplyStreaming:
         self._version = version
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         self.query_one(ChatLog).reply_view(index).show_reply()
+        self.query_one(PromptInput).cursor_blink = False  # a steady cursor: no redraws twice a second
         self.update_status()
         self.generate(self._job)
 
@@ -95,6 +97,7 @@ class ReplyStreaming:
         self.mark_changed(index)
         self.autosave()
         await self.query_one(ChatLog).reply_view(index).finish()
+        self.query_one(PromptInput).cursor_blink = True
         self.update_status()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine")

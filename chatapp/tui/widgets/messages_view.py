@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-
-from markdown_it import MarkdownIt
 
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.message import Message
-from textual.widgets import Markdown, Static
+from textual.widgets import Static
 from textual.widgets._markdown import MarkdownStream
 
 from chatapp.tui.formatting import literal_text
 from chatapp.tui.state import Exchange
+from chatapp.tui.widgets.reply_markdown import OneLayoutPass, ReplyMarkdown
 from chatapp.tui.widgets.token_view import TokenView, TokenViewData
 
 STATUS_LABELS = {"streaming": "writing…", "stopped": "stopped", "error": "error", "done": ""}
 """Header note for each reply status."""
-
-
-@functools.lru_cache(maxsize=1)
-def shared_parser() -> MarkdownIt:
-    """One Markdown parser for every reply: Textual builds a new one per streamed fragment otherwise."""
-    return MarkdownIt("gfm-like")
 
 
 class UserMessage(Static):
@@ -41,7 +33,7 @@ class UserMessage(Static):
         self.update(Content(literal_text(text)))
 
 
-class AssistantMessage(Vertical):
+class AssistantMessage(OneLayoutPass, Vertical):
     """The shown version of a reply: Markdown normally, token spans in the inspector or heatmap."""
 
     def __init__(self, exchange: Exchange, index: int) -> None:
@@ -54,7 +46,7 @@ class AssistantMessage(Vertical):
     def compose(self) -> ComposeResult:
         """Header line, Markdown body, token view."""
         yield Static(classes="reply-header")
-        yield Markdown(classes="reply-body", parser_factory=shared_parser)
+        yield ReplyMarkdown(classes="reply-body")
         yield TokenView()
 
     def on_mount(self) -> None:
@@ -92,7 +84,7 @@ class AssistantMessage(Vertical):
         text = reply.text if reply else ""
         self.set_class(reply is None, "-empty")
         self.refresh_header()
-        self.query_one(Markdown).update(literal_text(text))
+        self.query_one(ReplyMarkdown).update(literal_text(text))
         view = self.query_one(TokenView)
         view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
 
@@ -105,7 +97,7 @@ class AssistantMessage(Vertical):
         if not text:
             return
         if self._stream is None:
-            self._stream = Markdown.get_stream(self.query_one(Markdown))
+            self._stream = ReplyMarkdown.get_stream(self.query_one(ReplyMarkdown))
         await self._stream.write(literal_text(text))
 
     async def finish(self) -> None:

