@@ -1,5 +1,6 @@
 """Mutating actions while a reply streams are refused (with a message) or stop the reply first;
-either way the conversation stays intact and the app alive."""
+either way the conversation stays intact and the app alive. The prompt's cursor holds still
+meanwhile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 
 import pytest
 
+from chatapp.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
 
@@ -80,3 +82,15 @@ async def test_new_chat_mid_reply_stops_the_reply_and_keeps_it():
         assert old.exchanges[1].reply.status == "stopped" and old.exchanges[1].reply.text.startswith("Hello")
         await send(pilot, "fresh start")
         assert app.chat.conversation.last.reply.text == "Hello, world!"
+
+
+async def test_the_prompt_cursor_holds_still_while_a_reply_is_written():
+    gate = threading.Event()
+    app = app_with(FakeEngine(gate=gate, gate_after=1))
+    async with app.run_test() as pilot:
+        await _mid_reply(pilot, app, gate)
+        prompt = app.chat.query_one(PromptInput)
+        assert not prompt.cursor_blink  # a blink redraws the prompt twice a second, taking CPU from the model
+        gate.set()
+        await wait_until(pilot, lambda: not app.chat.generating)
+        assert prompt.cursor_blink
