@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from chatapp.chat_file import SavedChat
+from chatapp.engine_thread import on_engine_thread
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
 from chatapp.tui.actions import ConversationActions
@@ -107,12 +108,12 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
 
     # -- loading -------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def load(self) -> None:
-        """Build the engine off the UI thread, forwarding progress lines."""
+    @work(exclusive=True, exit_on_error=False, group="load")
+    async def load(self) -> None:
+        """Build the engine on the engine thread, forwarding progress lines."""
         worker = get_current_worker()
         try:
-            engine = self._load_engine(lambda text: self.post_message(LoadProgress(text)))
+            engine = await on_engine_thread(self._load_engine, lambda text: self.post_message(LoadProgress(text)))
         except Exception as error:  # a load failure is shown, never raised into the UI
             self.post_message(LoadFailed(one_line(error)))
             return

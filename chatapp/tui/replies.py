@@ -1,18 +1,20 @@
-"""Writing a reply: the engine's thread worker and the handlers of the messages it posts.
+"""Writing a reply: the engine's worker and the handlers of the messages it posts.
 
-A mixin of `ChatScreen`. The worker (`generate`) runs one engine turn through `stream_turn` and
-talks to the screen only through the messages of `chatapp.tui.messages`; the handlers here
+A mixin of `ChatScreen`. The worker (`generate`) runs one engine turn through `stream_turn` on
+the engine thread (`chatapp.engine_thread`: all model work of the process runs on one thread)
+and talks to the screen only through the messages of `chatapp.tui.messages`; the handlers here
 update the plain reply version first, then the widgets that view it. Handlers are found by
 Textual's naming convention (`on_tokens_generated`): `@on` is only collected on widget classes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from textual import work
 from textual.worker import get_current_worker
 
+from chatapp.engine_thread import on_engine_thread
 from chatapp.settings import SamplingSettings
 from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.generation import GenerationJob, one_line, stream_turn
@@ -42,19 +44,23 @@ class ReplyStreaming:
         self.update_status()
         self.generate(self._job)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def generate(self: "ChatScreen", job: GenerationJob) -> None:
-        """Run one turn of the engine, posting its steps (the body is `stream_turn`)."""
+    @work(exclusive=True, exit_on_error=False, group="engine")
+    async def generate(self: "ChatScreen", job: GenerationJob) -> None:
+        """Run one turn of the engine on the engine thread (see `_run_turn`)."""
         worker = get_current_worker()
+        await on_engine_thread(self._run_turn, job, lambda: worker.is_cancelled)
+
+    def _run_turn(self: "ChatScreen", job: GenerationJob, is_cancelled: Callable[[], bool]) -> None:
+        """On the engine thread: one turn, its steps posted to the UI (the body is `stream_turn`)."""
         try:
             turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
         except Exception as error:  # e.g. ContextOverflowError: shown, the chat is kept
             self.post_message(TurnFailed(job.job, one_line(error)))
             return
         self._turn = turn
-        if worker.is_cancelled:
+        if is_cancelled():  # stopped while queued: the turn ends at once, as stopped
             turn.cancel()
-        stream_turn(turn, job.job, self.post_message, lambda: worker.is_cancelled)
+        stream_turn(turn, job.job, self.post_message, is_cancelled)
 
     def _current(self: "ChatScreen", job: int) -> bool:
         return self._job is not None and self._job.job == job
@@ -100,7 +106,7 @@ class ReplyStreaming:
         self.query_one(PromptInput).cursor_blink = True
         self.update_status()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine")
-    def reset_engine(self: "ChatScreen") -> None:
-        """Drop the engine's cache (new chat); waits for a cancelled turn to let go of it."""
-        self.engine.reset()
+    @work(exclusive=True, exit_on_error=False, group="engine")
+    async def reset_engine(self: "ChatScreen") -> None:
+        """Drop the engine's cache (new chat), on the engine thread after a cancelled turn ends."""
+        await on_engine_thread(self.engine.reset)

@@ -1,13 +1,12 @@
 """The TUI's decode speed against the bare engine's, for `chatapp bench`.
 
-Both run the same engine on a worker thread (as the TUI's worker does), alternating, with the
-TUI headless (Textual's test driver renders every frame as it would on a terminal).
+Both run the same engine on the engine thread (`chatapp.engine_thread`, where the TUI loads and
+decodes), alternating, with the TUI headless (Textual's test driver renders every frame as it
+would on a terminal). While the bare engine runs, the UI's event loop waits for it, doing nothing.
 
-`chatapp bench` measures them in a fresh process that loads the model as the app does, on the
-app's loader thread, so that its main thread runs only the UI. That matters on CPU: once a
-second thread (here, the bench's own main thread) has run parallel torch operations, OpenMP
-(libgomp) manages more threads than there are cores and cuts its spin-waiting short, and every
-other thread's decoding slows down by 20-40%. The app never does that; the bench must not either.
+`chatapp bench` measures them in a fresh process that loads the model as the app does, so that
+its main thread runs only the UI: on CPU, a second thread that runs torch operations (here, the
+bench's own main thread) would slow every other thread's decoding (see `chatapp.engine_thread`).
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from chatapp import engine_thread
 from chatapp.settings import SamplingSettings
 
 TUI_SIZE = (120, 36)
@@ -35,20 +34,17 @@ app does not spend); the speeds come from the turns' own statistics."""
 
 
 def headless_tok_per_s(engine, messages: list[dict], settings: SamplingSettings) -> float:
-    """Decode speed of the bare engine, on a fresh thread as the TUI's worker runs it."""
-    result = {}
+    """Decode speed of the bare engine, on the engine thread as the TUI runs it (blocking the
+    caller, the UI's event loop, until it is done)."""
 
-    def run() -> None:
+    def run() -> float:
         engine.reset()
         turn = engine.start_turn(messages, settings)
         for _ in turn:
             pass
-        result["tok_per_s"] = turn.stats.tok_per_s
+        return turn.stats.tok_per_s
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return result["tok_per_s"]
+    return engine_thread.submit(run).result()
 
 
 async def _until(pilot, condition) -> None:
@@ -77,7 +73,7 @@ async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs:
         engine = app.chat.engine
         for _ in range(runs):
             headless = headless_tok_per_s(engine, [{"role": "user", "content": prompt}], settings)
-            engine.reset()
+            engine_thread.submit(engine.reset).result()
             for text in ("/clear", prompt):
                 app.chat.query_one(PromptInput).insert(text)
                 await pilot.press("enter")
