@@ -20,6 +20,8 @@ BAR_BLOCKS = " ▏▎▍▌▋▊▉█"
 """Eighth-block glyphs for sub-cell precision in probability bars."""
 PERCENT_DECIMALS_FROM = 1.0
 """Percentages at or above this are shown with one decimal; smaller ones with 2 significant digits."""
+PERCENT_CHARS = 8
+"""Longest string `format_percent` returns ("100.0%", "0.00043%", "2.1e-05%", "1e-298%")."""
 HEAT_STOPS = ((0.0, (190, 40, 40)), (0.3, (200, 140, 0)), (0.7, (70, 150, 60)), (1.0, (40, 110, 160)))
 """Heatmap colour stops (probability, RGB): unlikely tokens red, likely ones green-blue."""
 
@@ -62,14 +64,16 @@ def token_label(text: str, piece: bytes) -> str:
 def format_percent(prob: float) -> str:
     """A probability as a percentage that stays readable when small: never "0.00%".
 
-    Examples: 0.875 -> "87.5%", 0.0035 -> "0.35%", 2.1e-7 -> "2.1e-05%", 0 -> "0%".
+    Examples: 0.875 -> "87.5%", 0.0035 -> "0.35%", 2.1e-7 -> "2.1e-05%", 0 -> "0%". At most
+    `PERCENT_CHARS` long.
     """
     if prob <= 0 or not math.isfinite(prob):
         return "0%"
     pct = prob * 100
     if pct >= PERCENT_DECIMALS_FROM:
         return f"{pct:.1f}%"
-    return f"{pct:.2g}%"
+    text = f"{pct:.2g}%"
+    return text if len(text) <= PERCENT_CHARS else f"{pct:.0e}%"  # a 3-digit exponent
 
 
 def prob_bar(prob: float, width: int) -> str:

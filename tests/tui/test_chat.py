@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from rich.cells import cell_len
 
 from chatapp.settings import SamplingSettings
 from chatapp.tui.generation import BATCH_SECONDS, PANEL_SECONDS
@@ -75,6 +76,25 @@ async def test_panel_shows_a_sampled_token_ranked_below_the_list():
         await pilot.pause()
         marked = [line for line in panel_lines(app) if line.lstrip().startswith("▶")]
         assert marked and "17" in marked[0] and "␣rare" in marked[0] and "0.1%" in marked[0]
+
+
+async def test_the_widest_percentages_keep_each_candidate_on_one_line():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        from dataclasses import replace
+
+        from chatapp.tui.widgets.topk_panel import PanelView
+
+        step = app.chat.conversation.last.reply.steps[0]
+        tiny = tuple(replace(c, prob=4.3e-6, raw_prob=2.1e-7) for c in step.top)  # "0.00043%", "2.1e-05%"
+        app.chat.query_one(TopKPanel).view = PanelView(replace(step, top=tiny), 0.7, 50)
+        await pilot.pause()
+        rows = panel_lines(app)
+        assert all("0.00043%" in row and "2.1e-05%" in row for row in rows[1:])
+        width = app.chat.query_one(TopKPanel).content_size.width
+        assert len(rows) == 1 + len(tiny) and max(cell_len(row) for row in rows) <= width  # no row wraps
 
 
 async def test_escape_stops_the_reply_and_keeps_it():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
-from chatapp.tui.formatting import format_percent, literal_text, prob_bar, token_label, visible_token
+from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
 from chatapp.tui.generation import stream_turn
 from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.state import Conversation, Exchange, ReplyVersion, branch_version
@@ -23,10 +23,17 @@ def test_percent_is_never_a_rounded_zero(p):
         assert float(text.rstrip("%")) > 0, text
 
 
+@given(st.floats(min_value=0, max_value=1, allow_nan=False))
+def test_percent_fits_the_panel_column(p):
+    assert len(format_percent(p)) <= PERCENT_CHARS
+
+
 def test_percent_examples():
     assert format_percent(0.875) == "87.5%"
     assert format_percent(0.0035) == "0.35%"
     assert format_percent(2.1e-7) == "2.1e-05%"
+    assert format_percent(4.3e-6) == "0.00043%"
+    assert format_percent(1.2e-300) == "1e-298%"
     assert format_percent(0.0) == "0%"
 
 

@@ -13,7 +13,7 @@ from textual.style import Style
 from textual.widget import Widget
 
 from chatapp.records import Step
-from chatapp.tui.formatting import format_percent, prob_bar, token_label
+from chatapp.tui.formatting import PERCENT_CHARS, format_percent, prob_bar, token_label
 
 BAR_WIDTH = 8
 """Cells of the probability bar when the panel has room."""
@@ -23,8 +23,8 @@ NARROW_PANEL = 44
 """Content widths below this get the narrow bar."""
 RANK_WIDTH = 3
 """Cells of the rank column ("▶17")."""
-PERCENT_WIDTH = 7
-"""Cells of a formatted percentage such as "0.0022%"."""
+PERCENT_WIDTH = PERCENT_CHARS
+"""Cells of a formatted percentage: the longest, such as "0.00043%", fits."""
 TOKEN_COLUMN_MIN = 6
 """Narrowest the token column gets."""
 HEADER_ROWS = 1
