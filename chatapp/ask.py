@@ -34,20 +34,18 @@ def _say_slow_steps(message: str) -> None:
 def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | None = None) -> int:
     """Load the model and answer `args.prompts`; return the exit code."""
     from chatapp.conversation import ContextOverflowError
-    from chatapp.engine import Engine
+    from chatapp.engine_loader import load_engine
     from chatapp.lm_head import NonFiniteLogitsError
-    from chatapp.loading import ModelLoadError, load_model
+    from chatapp.loading import ModelLoadError
 
     out = out or sys.stdout
     try:
-        loaded = load_model(
-            args.model, args.device, args.dtype, progress=_say_slow_steps,
-            device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
-        )
+        engine = load_engine(args.model, args.device, args.dtype, progress=_say_slow_steps,
+                             device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
+                             top_n=args.top)
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_MODEL
-    engine = Engine(loaded, top_n=args.top)
     if args.json:
         _json_line(out, engine.info.to_json())
     messages = [{"role": "system", "content": args.system}] if args.system else []

@@ -238,14 +238,10 @@ def _engine_loader(args: argparse.Namespace):
     """A function that loads the engine for `args`, reporting progress (run in a worker)."""
 
     def load_engine(progress):
-        from chatapp.engine import Engine
-        from chatapp.loading import load_model
+        from chatapp.engine_loader import load_engine
 
-        loaded = load_model(
-            args.model, args.device, args.dtype, progress=progress,
-            device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
-        )
-        return Engine(loaded, top_n=args.top)
+        return load_engine(args.model, args.device, args.dtype, progress=progress, device_map=args.device_map,
+                           max_memory=args.max_memory, quantize=args.quantize, top_n=args.top)
 
     return load_engine
 

@@ -94,10 +94,9 @@ def child_main(job: dict) -> None:
     """Load the model on the app's loader thread, measure, print the pairs as one JSON line."""
 
     def load(progress):
-        from chatapp.engine import Engine
-        from chatapp.loading import load_model
+        from chatapp.engine_loader import load_engine
 
-        return Engine(load_model(job["model"], job["device"], progress=progress))
+        return load_engine(job["model"], job["device"], progress=progress)
 
     settings = SamplingSettings(**job["settings"])
     pairs = asyncio.run(_measure(load, job["prompt"], settings, job["runs"]))
