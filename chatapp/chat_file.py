@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable, get_args
 
 from chatapp.atomic_file import atomic_write
+from chatapp.memory import gc_paused
 from chatapp.records import FinishReason, TurnStats
 from chatapp.settings import SamplingSettings
-from chatapp.token_columns import columns_to_steps, gc_paused, steps_to_columns
+from chatapp.token_columns import columns_to_steps, steps_to_columns
 from chatapp.tui.state import Conversation, Exchange, ReplyStatus, ReplyVersion
 
 FORMAT_NAME = "chatapp-chat"

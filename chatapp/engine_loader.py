@@ -1,27 +1,40 @@
-"""The engine as the app loads it, for the TUI, `chatapp ask` and the bench's fresh processes."""
+"""The engine as the app loads it, for the TUI, `chatapp ask` and the bench's fresh processes.
+
+Importing this module is cheap: torch is imported by `load_engine`, with the collector paused.
+"""
 
 from __future__ import annotations
 
-from chatapp.engine import DEFAULT_TOP_N, Engine
-from chatapp.loading import DEFAULT_MODEL, Progress, load_model
-from chatapp.memory import freeze_loaded_objects
+from typing import TYPE_CHECKING, Callable
+
+from chatapp.memory import freeze_loaded_objects, gc_paused
+
+if TYPE_CHECKING:
+    from chatapp.engine import Engine
+
 
 
 def load_engine(
-    model: str = DEFAULT_MODEL,
+    model: str = "default",
     device: str | None = None,
     dtype: str = "auto",
     *,
-    progress: Progress | None = None,
+    progress: Callable[[str], None] | None = None,
     device_map: str | None = None,
     max_memory: dict | None = None,
     quantize: str = "auto",
-    top_n: int = DEFAULT_TOP_N,
+    top_n: int | None = None,
 ) -> Engine:
-    """Load `model` (arguments as for `load_model`), wrap it in an engine, and freeze what the
-    load left in memory (`freeze_loaded_objects`), as every process that then chats does."""
-    loaded = load_model(model, device, dtype, progress=progress, device_map=device_map, max_memory=max_memory,
-                        quantize=quantize)
-    engine = Engine(loaded, top_n=top_n)
-    freeze_loaded_objects()
+    """Load `model` (arguments as for `load_model`) into an engine keeping `top_n` candidates a
+    step (None: the engine's default), as every process that then chats does: with the garbage
+    collector paused meanwhile (`gc_paused`), and what the load left alive frozen out of later
+    collections (`freeze_loaded_objects`)."""
+    with gc_paused():
+        from chatapp.engine import Engine
+        from chatapp.loading import load_model
+
+        loaded = load_model(model, device, dtype, progress=progress, device_map=device_map,
+                            max_memory=max_memory, quantize=quantize)
+        engine = Engine(loaded) if top_n is None else Engine(loaded, top_n=top_n)
+        freeze_loaded_objects()
     return engine

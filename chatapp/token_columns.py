@@ -12,12 +12,10 @@ Pure Python: no torch, no Textual.
 from __future__ import annotations
 
 import base64
-import gc
 import sys
 from array import array
-from contextlib import contextmanager
 from itertools import accumulate
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from chatapp.records import Candidate, Step
 
@@ -35,22 +33,6 @@ FLOAT_BYTES = 8
 
 class ColumnsError(ValueError):
     """The columns are damaged: a missing key, a wrong type or mismatched lengths."""
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while rebuilding many records.
-
-    Decoding a long chat allocates some 250,000 objects, none in cycles; each allocation burst
-    would otherwise trigger collections that rescan everything built so far, doubling load time.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _pack_bytes(pieces: Iterable[bytes]) -> tuple[str, list[int]]:

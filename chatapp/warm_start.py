@@ -17,9 +17,8 @@ READY_LINE = "chatapp-bench-ready"
 PROMPT_LINE = "chatapp-bench-prompt"
 """What the TUI warm-start child prints once its prompt is on screen and focused."""
 WARM_START_CODE = (
-    "from chatapp.engine import Engine\n"
-    "from chatapp.loading import load_model\n"
-    "Engine(load_model({model!r}, {device!r}))\n"
+    "from chatapp.engine_loader import load_engine\n"
+    "load_engine({model!r}, {device!r})\n"
     "print({ready!r}, flush=True)\n"
 )
 """The warm-start child: exactly what the app does before it can answer (imports, load, engine)."""
