@@ -165,7 +165,7 @@ def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: in
 
     Args:
         settings: initial sampling settings (validated).
-        load_engine: called on a worker thread with a progress callback; returns an engine.
+        load_engine: called on the engine thread with a progress callback; returns an engine.
         top_n: candidates listed per step.
         store_path: the chat history database; None for the user data folder (tests pass a
             temporary path).

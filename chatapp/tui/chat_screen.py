@@ -1,7 +1,8 @@
-"""The chat screen: loads the engine, runs replies in a thread worker, routes records to views.
+"""The chat screen: loads the engine, runs replies on the engine thread, routes records to views.
 
-The model never runs on the UI thread. Loading and generation are thread workers that talk to
-the screen only through the small messages of `chatapp.tui.messages`; the handlers update the
+The model never runs on the UI thread. Loading, generation and resets run on one engine thread
+(`chatapp.engine_thread`), waited on by Textual workers, and talk to the screen only through
+the small messages of `chatapp.tui.messages`; the handlers update the
 plain conversation state (`chatapp.tui.state`) and then the widgets that view it. Writing a
 reply lives in `chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving and loading
 chats in `chatapp.tui.persistence`.
@@ -37,7 +38,7 @@ from chatapp.tui.widgets.status_bar import StatusBar, StatusData
 from chatapp.tui.widgets.topk_panel import TopKPanel
 
 EngineLoader = Callable[[Callable[[str], None]], object]
-"""Builds the engine, reporting progress lines; runs on a worker thread."""
+"""Builds the engine, reporting progress lines; runs on the engine thread."""
 PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
 """Shown in the empty prompt."""
 

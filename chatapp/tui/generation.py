@@ -1,6 +1,6 @@
-"""Runs one turn of the engine on a worker thread and reports it to the UI in batches.
+"""Runs one turn of the engine on the engine thread and reports it to the UI in batches.
 
-`stream_turn` is the body of the screen's thread worker, kept free of widgets so tests can run
+`stream_turn` is the body of the screen's generation job, kept free of widgets so tests can run
 it directly. Steps are posted in batches at most `BATCH_SECONDS` apart, and the candidates
 panel follows the latest step at most every `PANEL_SECONDS`: every redraw runs on the UI thread,
 which takes the GIL from the model (on a GPU the decode loop is Python-bound), so redrawing per

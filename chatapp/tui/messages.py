@@ -1,4 +1,4 @@
-"""Messages the worker threads post to the chat screen.
+"""Messages the engine thread posts to the chat screen.
 
 Each is a small dataclass. `job` ties a generation message to the turn that produced it, so
 messages from a cancelled turn that arrive late are ignored. `CandidatesUpdated` only matters
