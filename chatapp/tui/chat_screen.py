@@ -76,6 +76,8 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self._jobs = 0
         self._turn = None
         self._version: ReplyVersion | None = None
+        self._prompt_blinks = True
+        """Whether the prompt's cursor blinks when no reply is being written."""
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
 

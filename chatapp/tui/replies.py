@@ -40,7 +40,9 @@ class ReplyStreaming:
         self._version = version
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         self.query_one(ChatLog).reply_view(index).show_reply()
-        self.query_one(PromptInput).cursor_blink = False  # a steady cursor: no redraws twice a second
+        prompt = self.query_one(PromptInput)
+        # A steady cursor while the model writes: a blink redraws the prompt twice a second.
+        self._prompt_blinks, prompt.cursor_blink = prompt.cursor_blink, False
         self.update_status()
         self.generate(self._job)
 
@@ -103,7 +105,7 @@ class ReplyStreaming:
         self.mark_changed(index)
         self.autosave()
         await self.query_one(ChatLog).reply_view(index).finish()
-        self.query_one(PromptInput).cursor_blink = True
+        self.query_one(PromptInput).cursor_blink = self._prompt_blinks
         self.update_status()
 
     @work(exclusive=True, exit_on_error=False, group="engine")

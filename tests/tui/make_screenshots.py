@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from chatapp.engine import Engine
-from chatapp.loading import load_model
+from chatapp.engine_loader import load_engine
 from chatapp.settings import SamplingSettings
 from chatapp.tui.app import make_app
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -25,7 +24,7 @@ MODEL_TIMEOUT = 300.0
 
 async def main() -> None:
     settings = SamplingSettings(seed=42, max_new_tokens=60)
-    app = make_app(settings=settings, load_engine=lambda progress: Engine(load_model(progress=progress)))
+    app = make_app(settings=settings, load_engine=lambda progress: load_engine(progress=progress))
     async with app.run_test(size=SIZE) as pilot:
         app.chat.query_one(PromptInput).cursor_blink = False
         await wait_until(pilot, lambda: app.chat.engine is not None, MODEL_TIMEOUT)
