@@ -76,8 +76,6 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self._jobs = 0
         self._turn = None
         self._version: ReplyVersion | None = None
-        self._prompt_blinks = True
-        """Whether the prompt's cursor blinks when no reply is being written."""
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
 
@@ -158,7 +156,9 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
 
     def update_status(self, activity: str | None = None) -> None:
-        """Refresh the status line from the engine, the last turn and the settings."""
+        """Refresh the status line from the engine, the last turn and the settings (and the
+        prompt's cursor, steady while a reply is written)."""
+        self.query_one(PromptInput).show_writing(self.generating)
         bar = self.query_one(StatusBar)
         finished = self.conversation.last_finished()
         stats = finished.stats if finished else None

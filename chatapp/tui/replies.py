@@ -21,7 +21,6 @@ from chatapp.tui.generation import GenerationJob, one_line, stream_turn
 from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.state import ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
-from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
 
 if TYPE_CHECKING:
@@ -40,9 +39,6 @@ class ReplyStreaming:
         self._version = version
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         self.query_one(ChatLog).reply_view(index).show_reply()
-        prompt = self.query_one(PromptInput)
-        # A steady cursor while the model writes: a blink redraws the prompt twice a second.
-        self._prompt_blinks, prompt.cursor_blink = prompt.cursor_blink, False
         self.update_status()
         self.generate(self._job)
 
@@ -105,7 +101,6 @@ class ReplyStreaming:
         self.mark_changed(index)
         self.autosave()
         await self.query_one(ChatLog).reply_view(index).finish()
-        self.query_one(PromptInput).cursor_blink = self._prompt_blinks
         self.update_status()
 
     @work(exclusive=True, exit_on_error=False, group="engine")

@@ -26,7 +26,8 @@ async def main() -> None:
     settings = SamplingSettings(seed=42, max_new_tokens=60)
     app = make_app(settings=settings, load_engine=lambda progress: load_engine(progress=progress))
     async with app.run_test(size=SIZE) as pilot:
-        app.chat.query_one(PromptInput).cursor_blink = False
+        prompt = app.chat.query_one(PromptInput)
+        prompt.blinks = prompt.cursor_blink = False
         await wait_until(pilot, lambda: app.chat.engine is not None, MODEL_TIMEOUT)
         for text in ("What is the capital of France?", "Give me three tips for learning French, as a list."):
             await send(pilot, text, wait=False)

@@ -18,7 +18,8 @@ def chat_app():
 
 
 async def chatted(pilot, turns: int = 2) -> None:
-    pilot.app.chat.query_one(PromptInput).cursor_blink = False
+    prompt = pilot.app.chat.query_one(PromptInput)
+    prompt.blinks = prompt.cursor_blink = False
     await ready(pilot)
     for text in ["What can I drink?", "Write a [haiku]"][:turns]:
         await send(pilot, text)

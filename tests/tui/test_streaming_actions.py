@@ -79,6 +79,7 @@ async def test_new_chat_mid_reply_stops_the_reply_and_keeps_it():
         gate.set()
         await wait_until(pilot, lambda: not app.chat.generating)
         assert app.chat.conversation is not old and not app.chat.conversation.exchanges
+        assert app.chat.query_one(PromptInput).cursor_blink  # the cut reply no longer holds the cursor
         assert old.exchanges[1].reply.status == "stopped" and old.exchanges[1].reply.text.startswith("Hello")
         await send(pilot, "fresh start")
         assert app.chat.conversation.last.reply.text == "Hello, world!"

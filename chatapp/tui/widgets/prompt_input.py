@@ -32,6 +32,13 @@ class PromptInput(TextArea):
     def __init__(self, placeholder: str = "") -> None:
         """An empty prompt showing `placeholder`."""
         super().__init__(placeholder=placeholder, soft_wrap=True, show_line_numbers=False, compact=True)
+        self.blinks = True
+        """Whether the cursor blinks while no reply is being written (snapshots turn it off)."""
+
+    def show_writing(self, writing: bool) -> None:
+        """Hold the cursor steady while a reply is written: each blink redraws the prompt, twice
+        a second, on the UI thread that shares a small CPU with the model."""
+        self.cursor_blink = self.blinks and not writing
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == SUBMIT_KEY:
