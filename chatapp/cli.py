@@ -235,7 +235,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _engine_loader(args: argparse.Namespace):
-    """A function that loads the engine for `args`, reporting progress (run in a worker)."""
+    """A function that loads the engine for `args`, reporting progress (the TUI runs it on its
+    engine thread)."""
 
     def load_engine(progress):
         from chatapp.engine_loader import load_engine

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from chatapp.engine import Engine
 
 
-
 def load_engine(
     model: str = "default",
     device: str | None = None,
