@@ -2,10 +2,10 @@
 
 The model never runs on the UI thread. Loading, generation and resets run on one engine thread
 (`chatapp.engine_thread`), waited on by Textual workers, and talk to the screen only through
-the small messages of `chatapp.tui.messages`; the handlers update the
-plain conversation state (`chatapp.tui.state`) and then the widgets that view it. Writing a
-reply lives in `chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving and loading
-chats in `chatapp.tui.persistence`.
+the small messages of `chatapp.tui.messages`; the handlers update the plain conversation state
+(`chatapp.tui.state`) and then the widgets that view it. Writing a reply lives in
+`chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving and loading chats in
+`chatapp.tui.persistence`.
 """
 
 from __future__ import annotations

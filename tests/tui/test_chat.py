@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 from rich.cells import cell_len
@@ -15,7 +16,7 @@ from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.messages_view import AssistantMessage
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.status_bar import StatusBar
-from chatapp.tui.widgets.topk_panel import TopKPanel
+from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
 from tests.tui.conftest import app_loading_until, app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
 
@@ -66,10 +67,6 @@ async def test_panel_shows_a_sampled_token_ranked_below_the_list():
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "hi")
-        from dataclasses import replace
-
-        from chatapp.tui.widgets.topk_panel import PanelView
-
         step = app.chat.conversation.last.reply.steps[0]
         outside = replace(step, token_id=999, rank=17, prob=0.001, raw_prob=0.0004, piece=b" rare")
         app.chat.query_one(TopKPanel).view = PanelView(outside, 0.7, 50)
@@ -83,10 +80,6 @@ async def test_the_widest_percentages_keep_each_candidate_on_one_line():
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "hi")
-        from dataclasses import replace
-
-        from chatapp.tui.widgets.topk_panel import PanelView
-
         step = app.chat.conversation.last.reply.steps[0]
         tiny = tuple(replace(c, prob=4.3e-6, raw_prob=2.1e-7) for c in step.top)  # "0.00043%", "2.1e-05%"
         app.chat.query_one(TopKPanel).view = PanelView(replace(step, top=tiny), 0.7, 50)
