@@ -32,6 +32,9 @@ def test_bench_json_has_every_figure():
     assert 0 < warm["tui_prompt_s"] < warm["tui_ready_s"]  # the prompt comes first, the model loads behind it
     tui = report["tui"]  # the TUI's speed against the bare engine's, measured in the same run
     assert tui["tok_per_s"] > 0 and tui["headless_tok_per_s"] > 0 and tui["tui_over_headless"] > 0
+    assert tui["pairs"] == len(tui["pair_ratios"]) >= 40
+    low, high = tui["tui_over_headless_ci95"]
+    assert low <= tui["tui_over_headless"] <= high and {low, high} <= set(tui["pair_ratios"])
 
 
 @pytest.mark.parametrize("args", [["--tokens", "1"], ["--runs", "0"], ["--json", "--markdown"]])

@@ -1,7 +1,7 @@
 """The TUI's decode speed against the bare engine's, for `chatapp bench`.
 
 Both run the same engine on the engine thread (`chatapp.engine_thread`, where the TUI loads and
-decodes), alternating, with the TUI headless (Textual's test driver renders every frame as it
+decodes), in pairs whose order alternates, with the TUI headless (Textual's test driver renders every frame as it
 would on a terminal). While the bare engine runs, the UI's event loop waits for it, doing nothing.
 
 `chatapp bench` measures them in a fresh process that loads the model as the app does, so that
@@ -55,6 +55,13 @@ async def _until(pilot, condition) -> None:
         await asyncio.sleep(POLL_S)
 
 
+def _finished_reply(app):
+    """The last exchange's reply once its turn has ended, else None."""
+    last = app.chat.conversation.last
+    reply = last.reply if last is not None else None
+    return reply if reply is not None and reply.stats is not None and not app.chat.generating else None
+
+
 async def _measure(load_engine, prompt: str, settings: SamplingSettings, runs: int) -> list[tuple[float, float]]:
     from chatapp.tui.app import make_app
 
@@ -71,15 +78,26 @@ async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs:
     async with app.run_test(size=TUI_SIZE) as pilot:
         await _until(pilot, lambda: app.chat.engine is not None)
         engine = app.chat.engine
-        for _ in range(runs):
-            headless = headless_tok_per_s(engine, [{"role": "user", "content": prompt}], settings)
+
+        async def tui_tok_per_s() -> float:
             engine_thread.submit(engine.reset).result()
-            for text in ("/clear", prompt):
-                app.chat.query_one(PromptInput).insert(text)
-                await pilot.press("enter")
-                await pilot.pause()
-            await _until(pilot, lambda: not app.chat.generating and app.chat.conversation.last is not None)
-            pairs.append((app.chat.conversation.last.reply.stats.tok_per_s, headless))
+            app.chat.query_one(PromptInput).insert("/clear")
+            await pilot.press("enter")
+            await pilot.pause()
+            app.chat.query_one(PromptInput).insert(prompt)
+            await pilot.press("enter")  # then only polls: a pilot pause would wake the app while it writes
+            await _until(pilot, lambda: _finished_reply(app) is not None)
+            return _finished_reply(app).stats.tok_per_s
+
+        for run in range(runs):
+            messages = [{"role": "user", "content": prompt}]
+            if run % 2 == 0:  # which side goes first alternates, so neither always follows the other
+                headless = headless_tok_per_s(engine, messages, settings)
+                tui = await tui_tok_per_s()
+            else:
+                tui = await tui_tok_per_s()
+                headless = headless_tok_per_s(engine, messages, settings)
+            pairs.append((tui, headless))
 
 
 CHILD_CODE = (

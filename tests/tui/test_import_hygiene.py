@@ -11,7 +11,7 @@ DOMAIN_MODULES = (
     "chatapp.engine", "chatapp.lm_head", "chatapp.decoding", "chatapp.detokenizer",
     "chatapp.conversation", "chatapp.loading", "chatapp.settings", "chatapp.records",
     "chatapp.devices", "chatapp.errors", "chatapp.gguf_files", "chatapp.memory", "chatapp.quantize", "chatapp.ask", "chatapp.bench",
-    "chatapp.chat_file", "chatapp.store", "chatapp.export", "chatapp.config", "chatapp.bench_report",
+    "chatapp.chat_file", "chatapp.store", "chatapp.export", "chatapp.config", "chatapp.bench_report", "chatapp.bench_stats",
     "chatapp.llama_decoder", "chatapp.int4_cache",
 )
 """Modules below the UI: they must work without Textual."""
