@@ -28,6 +28,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
+        os.chmod(temp, _mode_for(target))  # mkstemp makes it 0600: give it the file's own mode
         yield Path(temp)
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -42,3 +43,26 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def _mode_for(target: Path) -> int:
+    """The mode the written file gets: the replaced file's, or for a new file what `open` would
+    give it (0666 less the process's umask)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore it (0o077 keeps a racing file private)
+    os.umask(mask)
+    return mask
