@@ -11,12 +11,13 @@ from typing import Sequence
 
 from dataclasses import replace
 
-from chatapp.config import DEFAULT_TOP_N, MAX_TOP_N, Config, config_path, load_config
+from chatapp.config import MAX_TOP_N, Config, config_path, load_config
 from chatapp.loading import DTYPES, QUANTIZE_CHOICES
 from chatapp.settings import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
+    DEFAULT_TOP_N,
     SETTING_NAMES,
     SamplingSettings,
     SettingError,

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from platformdirs import user_config_dir
 
 from chatapp.loading import DEFAULT_MODEL, DTYPES
-from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError
+from chatapp.settings import DEFAULT_TOP_N, SETTING_NAMES, SamplingSettings, SettingError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,8 +38,6 @@ CONFIG_FILE_NAME = "config.toml"
 """The config file's name."""
 DEFAULT_THEME = "textual-dark"
 """Textual's default theme; the app checks the name against the themes it has."""
-DEFAULT_TOP_N = 10
-"""Candidates shown per step by default."""
 MAX_TOP_N = 1000
 """Most candidates that can be shown per step."""
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")

@@ -26,10 +26,8 @@ from chatapp.detokenizer import ReplyDetokenizer, TokenTexts
 from chatapp.lm_head import describe_choice, lm_head, sample_token_ids
 from chatapp.loading import LoadedModel
 from chatapp.records import Candidate, ModelInfo, Step, TurnStats
-from chatapp.settings import SamplingSettings
+from chatapp.settings import DEFAULT_TOP_N, SamplingSettings
 
-DEFAULT_TOP_N = 10
-"""Candidates reported per step unless asked otherwise."""
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 """Common end-of-turn tokens, used when present in the vocabulary besides the model's EOS."""
 MAX_SEED_DRAW = 2**31 - 1

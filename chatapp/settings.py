@@ -22,6 +22,8 @@ MAX_SEED = 2**63 - 1
 """torch.Generator seeds are 64-bit."""
 MAX_MAX_NEW_TOKENS = 1_000_000
 """Upper bound for `max_new_tokens`; the context window limits it further at run time."""
+DEFAULT_TOP_N = 10
+"""Candidates recorded and shown per step unless the user asks for another number (`--top`)."""
 
 
 SHOWN_VALUE_LENGTH = 40

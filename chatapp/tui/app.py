@@ -18,13 +18,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from chatapp.chat_file import SavedChat
-from chatapp.settings import SamplingSettings, shown
+from chatapp.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.screens import ConfirmQuitScreen
 from chatapp.tui.widgets.prompt_input import PromptInput
 
-DEFAULT_TOP_N = 10
-"""Candidates listed per step unless the caller asks otherwise."""
 NARROW_WIDTH = 110
 """Terminals narrower than this get the compact layout (`-narrow` in app.tcss)."""
 SETTING_COMMANDS = (
