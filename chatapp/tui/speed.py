@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from textual import events
+
 from chatapp import engine_thread
 from chatapp.settings import SamplingSettings
 
@@ -85,7 +87,10 @@ async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs:
             await pilot.press("enter")
             await pilot.pause()
             app.chat.query_one(PromptInput).insert(prompt)
-            await pilot.press("enter")  # then only polls: a pilot pause would wake the app while it writes
+            # Enter as a terminal's driver sends it. Not `pilot.press`: it polls the process until
+            # its CPU goes idle (up to 2 s, 50 times a second), which it never does while a reply
+            # is written, waking the app throughout a reply as no terminal would.
+            app.post_message(events.Key("enter", "\r"))
             await _until(pilot, lambda: _finished_reply(app) is not None)
             return _finished_reply(app).stats.tok_per_s
 
