@@ -23,7 +23,7 @@ import torch
 from chatapp.conversation import Message, fit_to_context
 from chatapp.decoding import open_token_cache
 from chatapp.detokenizer import ReplyDetokenizer, TokenTexts
-from chatapp.lm_head import describe_choice, lm_head, sample_token_ids
+from chatapp.lm_head import describe_choice, kept_ids, lm_head, sample_token_ids
 from chatapp.loading import LoadedModel
 from chatapp.records import Candidate, ModelInfo, Step, TurnStats
 from chatapp.settings import DEFAULT_TOP_N, SamplingSettings
@@ -194,8 +194,9 @@ class Turn:
                 )  # (V,), (V,)
                 if generator is None:
                     generator = torch.Generator(device=probs.device).manual_seed(self.seed)
-                token = sample_token_ids(probs, 1, generator)[0]  # ()
-                choice = describe_choice(token, probs, logits, engine.top_n)
+                support = kept_ids(probs)  # (S,): shared by the draw and the candidates
+                token = sample_token_ids(probs, 1, generator, support)[0]  # ()
+                choice = describe_choice(token, probs, logits, engine.top_n, support)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids

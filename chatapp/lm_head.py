@@ -159,16 +159,26 @@ def lm_head(
     return (probabilities, logits) if return_logits else probabilities
 
 
+def kept_ids(probabilities: torch.Tensor) -> torch.Tensor:
+    """`(S,)` ids of the tokens a single distribution `(V,)` can be sampled to (its nonzero
+    entries), in ascending order."""
+    return torch.nonzero(probabilities).squeeze(-1)
+
+
 def sample_token_ids(
-    probabilities: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+    probabilities: torch.Tensor,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    support: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample token ids with `torch.multinomial` (seeded when `generator` is given).
 
     For a single distribution whose support is small (top-k kept 50 of 49,152 tokens), the draw
     runs over the support alone: the same distribution, about 15 times cheaper on a CPU.
+    `support` is `kept_ids(probabilities)` when the caller has it already.
     """
     if probabilities.dim() == 1:
-        support = torch.nonzero(probabilities).squeeze(-1)  # (S,)
+        support = kept_ids(probabilities) if support is None else support  # (S,)
         if support.numel() * COMPACT_SAMPLING_RATIO < probabilities.numel():
             picks = torch.multinomial(probabilities[support], num_samples=num_samples, generator=generator)
             return support[picks]
@@ -203,7 +213,11 @@ class Choice(NamedTuple):
 
 
 def describe_choice(
-    token_id: torch.Tensor, probabilities: torch.Tensor, logits: torch.Tensor, top_n: int
+    token_id: torch.Tensor,
+    probabilities: torch.Tensor,
+    logits: torch.Tensor,
+    top_n: int,
+    support: torch.Tensor | None = None,
 ) -> Choice:
     """The numbers one step shows, copied to the host in a single transfer (two when fewer than
     `top_n` tokens survive the filters).
@@ -213,13 +227,19 @@ def describe_choice(
         probabilities: `(V,)` the distribution it was sampled from.
         logits: `(V,)` raw float32 logits.
         top_n: how many candidates to report.
+        support: `kept_ids(probabilities)`, when the caller has it: the best candidates are then
+            ranked among the kept tokens alone (tens of values instead of the whole vocabulary,
+            about 0.2 ms a step on a CPU).
     """
     raw = F.softmax(logits, -1)  # (V,)
     entropy = -torch.dot(raw, F.log_softmax(logits, -1)) / LN2  # faster than special.entr, same value
     rank = (logits > logits[token_id]).sum() + 1
     n = min(top_n, probabilities.shape[-1])
     # Kept tokens by sampled probability first; filtered-out ones after them, by raw probability.
-    top_ids = torch.topk(probabilities, n).indices  # (n,): right whenever n tokens are kept
+    if support is not None and support.numel() >= n:  # the n best are kept tokens, all > 0
+        top_ids = support[torch.topk(probabilities[support], n).indices]  # (n,)
+    else:
+        top_ids = torch.topk(probabilities, n).indices  # (n,): right whenever n tokens are kept
     rank_entropy, ids, probs, raws = _to_host(token_id, rank, entropy, top_ids, probabilities, raw)
     if probs[-1] == 0.0:  # the n-th candidate was filtered out: order the filtered ones by raw
         order_key = torch.where(probabilities > 0, probabilities, raw - 1.0)

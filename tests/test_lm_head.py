@@ -18,7 +18,9 @@ from transformers.generation.logits_process import (
 
 from chatapp.lm_head import (
     NonFiniteLogitsError,
+    describe_choice,
     get_top_token,
+    kept_ids,
     lm_head,
     probabilities_from_logits,
     sample_token_ids,
@@ -194,3 +196,19 @@ def test_chi_square_of_single_draws_as_the_engine_makes_them():
     assert int(counts.sum() - counts[kept].sum()) == 0, "sampled outside the top-k"
     expected = probs[kept].double() / probs[kept].double().sum() * n
     assert chisquare(counts[kept].double().numpy(), expected.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(("temperature", "k", "top_p"), [(0.7, 50, None), (1.0, 10, None), (1.3, 400, 0.9),
+                                                         (0.7, 3, None), (0.0, 50, None), (0.8, 0, 0.05)])
+def test_candidates_ranked_among_the_kept_tokens_are_the_same(temperature, k, top_p):
+    """The engine passes the kept ids it sampled over to `describe_choice`; the candidates must be
+    the ones a top-k over the whole vocabulary gives (fewer kept tokens than candidates included)."""
+    model = TinyHead()
+    for trial in range(8):
+        vec = torch.randn(D_MODEL, generator=torch.Generator().manual_seed(100 + trial))
+        probs, logits = lm_head(model, vec, temperature, k, return_logits=True, top_p=top_p)
+        support = kept_ids(probs)
+        assert torch.equal(support, torch.nonzero(probs).squeeze(-1))
+        token = sample_token_ids(probs, 1, torch.Generator().manual_seed(trial), support)[0]
+        assert token == sample_token_ids(probs, 1, torch.Generator().manual_seed(trial))[0]
+        assert describe_choice(token, probs, logits, 10, support) == describe_choice(token, probs, logits, 10)
