@@ -43,10 +43,10 @@ BENCH_SEED = 1234
 """Fixed sampling seed for the engine runs."""
 MIN_TUI_PAIRS = 40
 """Fewest (TUI, headless) pairs behind the TUI ratio. Each pair is two 1.5-3 s runs on a machine
-whose speed swings from one run to the next: single pairs' ratios ranged from 0.67 to 1.19
-(standard deviation 0.12) in a run of 30. The median of 40 is known to about +-0.03 (its 95%
-interval, which the report gives, spans ranks 14 to 27); with 22 it was +-0.05, and two benches
-of 11 and 22 pairs landed at 0.87 and 0.88 while runs of 44 gave 0.95."""
+whose speed swings from one run to the next: single pairs' ratios had a standard deviation of
+0.12-0.15 in runs of 30 and 40, from 0.63 to 1.31. The report gives the median's 95% interval
+(ranks 14 to 27 of 40 sorted ratios): about +-0.05 on this machine. Two earlier benches of 11
+and 22 pairs, without an interval, landed at 0.87 and 0.88, where runs of 40-44 pairs gave 0.94."""
 
 
 @dataclass

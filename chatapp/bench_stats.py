@@ -26,4 +26,3 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
         k += 1
     k = max(k, 1)
     return ordered[k - 1], ordered[n - k]
-
