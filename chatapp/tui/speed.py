@@ -1,8 +1,9 @@
 """The TUI's decode speed against the bare engine's, for `chatapp bench`.
 
 Both run the same engine on the engine thread (`chatapp.engine_thread`, where the TUI loads and
-decodes), in pairs whose order alternates, with the TUI headless (Textual's test driver renders every frame as it
-would on a terminal). While the bare engine runs, the UI's event loop waits for it, doing nothing.
+decodes), in pairs whose order alternates, with the TUI headless (Textual's test driver renders
+every frame as it would on a terminal). While the bare engine runs, the UI's event loop waits for
+it, doing nothing.
 
 `chatapp bench` measures them in a fresh process that loads the model as the app does, so that
 its main thread runs only the UI: on CPU, a second thread that runs torch operations (here, the
@@ -94,8 +95,8 @@ async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs:
             await _until(pilot, lambda: _finished_reply(app) is not None)
             return _finished_reply(app).stats.tok_per_s
 
+        messages = [{"role": "user", "content": prompt}]
         for run in range(runs):
-            messages = [{"role": "user", "content": prompt}]
             if run % 2 == 0:  # which side goes first alternates, so neither always follows the other
                 headless = headless_tok_per_s(engine, messages, settings)
                 tui = await tui_tok_per_s()
