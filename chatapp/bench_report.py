@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 def _interval(tui: dict) -> str:
-    """"median of 40 pairs, 95% interval 0.92 to 0.97" (reports from before the interval: the pair count)."""
+    """The TUI ratio's basis, e.g. "median of 40 pairs, 95% interval 0.92 to 0.97" (reports from
+    before the interval: the pair count alone)."""
+    basis = f"median of {tui['pairs']} pairs"
     low_high = tui.get("tui_over_headless_ci95")
-    pairs = f"{tui['pairs']} pairs"
-    return f"median of {pairs}, 95% interval {low_high[0]:.2f} to {low_high[1]:.2f}" if low_high else f"median of {pairs}"
+    return f"{basis}, 95% interval {low_high[0]:.2f} to {low_high[1]:.2f}" if low_high else basis
 
 
 def format_report(report: dict) -> str:
