@@ -25,7 +25,7 @@ from chatapp.engine_thread import on_engine_thread
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
 from chatapp.tui.actions import ConversationActions
-from chatapp.tui.generation import GenerationJob, one_line
+from chatapp.tui.generation import GenerationJob, StreamPacing, one_line
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
@@ -76,6 +76,8 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self._jobs = 0
         self._turn = None
         self._version: ReplyVersion | None = None
+        self.pacing = StreamPacing()
+        self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
 

@@ -1,10 +1,12 @@
 """Runs one turn of the engine on the engine thread and reports it to the UI in batches.
 
 `stream_turn` is the body of the screen's generation job, kept free of widgets so tests can run
-it directly. Steps are posted in batches at most `BATCH_SECONDS` apart, and the candidates
-panel follows the latest step at most every `PANEL_SECONDS`: every redraw runs on the UI thread,
-which takes the GIL from the model (on a GPU the decode loop is Python-bound), so redrawing per
-token would cost tokens per second. The final step always reaches the panel.
+it directly. Steps are posted in batches, and the candidates panel follows the latest step at half
+that pace; the final step always reaches the panel. Every update is drawn on the UI thread, which
+takes CPU from the decoder's threads on a small CPU (and the GIL from a GPU's Python-bound loop),
+so the pace is set by `StreamPacing`: text every 0.4 s while drawing is cheap, less often when
+the updates cost the UI thread more than its budget (long replies that scroll, big terminals,
+slow machines).
 """
 
 from __future__ import annotations
@@ -18,21 +20,57 @@ from textual.message import Message
 
 from chatapp.records import Step
 from chatapp.settings import SamplingSettings
-from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 
-BATCH_SECONDS = 0.4
-"""Longest wait before new text is posted. Each update re-renders the growing Markdown reply and
-lays the screen out twice on the UI thread (Textual re-runs layout when the reply's size
-changes), 15-25 ms of Python that a 2-core CPU takes from the decoder's threads (and on a GPU,
-the GIL from its Python-bound loop). Measured as the UI thread's share of a 256-token turn on
-this 2-core machine: about 11-12% at 0.3 s with the panel at 0.5 s, 8-9% at 0.5 s with the panel
-at 0.8 s, and about 4% with no updates at all. 2.5 updates a second still read as live."""
-PANEL_SECONDS = 0.8
-"""Shortest gap between candidate-panel updates while streaming; the last step is always shown.
+MIN_BATCH_SECONDS = 0.4
+"""Shortest wait before new text is posted: 2.5 updates a second read as live."""
+MAX_BATCH_SECONDS = 1.0
+"""Longest wait before new text is posted, however costly drawing gets."""
+PANEL_BATCHES = 2
+"""The candidates panel is updated at most every this many text intervals while streaming.
 
 Nobody reads candidates faster than this, and each redraw of the panel costs the model time."""
+UI_CPU_BUDGET = 0.04
+"""Share of the time while a reply is written that the UI thread may spend on its updates.
+
+On a 2-core CPU, what the UI thread spends is taken from the decoder about one for one: in
+128-token replies, decode steps that overlapped the UI's work ran longer by 6.0-6.7% of the
+decode time in all, while the UI worked 6.1-7.6% of it (this project's machine, default model).
+A streamed update (the reply re-rendered, the screen laid out and composited, the panel every
+other time) costs the UI thread 10-40 ms, up to 100 ms when a save of a long reply falls in it.
+At a fixed 0.4 s that was 6-8% of the decode time; with this budget text comes every 0.5-0.65 s
+in a short exchange and every 0.5-0.9 s in a 512-token reply that scrolls (140×40 terminal)."""
+PACING_SMOOTHING = 0.5
+"""Weight of the newest measurement when the text interval is adjusted (the rest is the old one)."""
 MAX_ERROR_CHARS = 300
 """Longest error line shown to the user."""
+
+
+@dataclass
+class StreamPacing:
+    """How often the worker posts new text; the UI thread widens it when its updates cost more
+    than `UI_CPU_BUDGET`.
+
+    The UI thread writes `batch_seconds` and the engine thread reads it at every step: a float
+    attribute, read and written whole under the GIL.
+    """
+
+    batch_seconds: float = MIN_BATCH_SECONDS
+    """Current longest wait before new text is posted."""
+
+    @property
+    def panel_seconds(self) -> float:
+        """Shortest gap between candidate-panel updates while streaming."""
+        return PANEL_BATCHES * self.batch_seconds
+
+    def observe(self, update_cpu_seconds: float) -> None:
+        """Adjust to one update that cost the UI thread `update_cpu_seconds` of CPU time.
+
+        The interval that keeps such updates within the budget is `cost / UI_CPU_BUDGET`, kept
+        between `MIN_BATCH_SECONDS` and `MAX_BATCH_SECONDS`; the current one moves toward it.
+        """
+        wanted = min(MAX_BATCH_SECONDS, max(MIN_BATCH_SECONDS, update_cpu_seconds / UI_CPU_BUDGET))
+        self.batch_seconds += PACING_SMOOTHING * (wanted - self.batch_seconds)
 
 
 @dataclass(frozen=True)
@@ -63,8 +101,9 @@ def stream_turn(
     post: Callable[[Message], object],
     is_cancelled: Callable[[], bool],
     clock: Callable[[], float] = time.monotonic,
+    pacing: StreamPacing | None = None,
 ) -> None:
-    """Iterate `turn`, posting batched steps, the latest candidates, and how it ended.
+    """Iterate `turn`, posting batched steps (with the latest candidates when due) and how it ended.
 
     Args:
         turn: an engine `Turn` (iterable of `Step`, with `cancel()` and `stats`).
@@ -72,27 +111,28 @@ def stream_turn(
         post: thread-safe message poster (the screen's `post_message`).
         is_cancelled: True once the worker is cancelled; the turn then stops before its next step.
         clock: time source, injectable for tests.
+        pacing: how often to post (read at every step); None for the fastest pace.
     """
+    pacing = pacing or StreamPacing()
     pending: list[Step] = []
     last_post = last_panel = -math.inf  # the first token is shown at once: it is the time-to-first-token
-    unshown: Step | None = None  # the newest step posted as text but not yet to the panel
+    unshown: Step | None = None  # the newest step not yet shown in the panel
 
     def flush(final: bool = False) -> None:
         nonlocal pending, last_post, last_panel, unshown
         now = clock()
-        if pending:
-            post(TokensGenerated(job, pending))
-            unshown = pending[-1]
-            pending = []
-        if unshown is not None and (final or now - last_panel >= PANEL_SECONDS):
-            post(CandidatesUpdated(job, unshown))
-            unshown, last_panel = None, now
-        last_post = now
+        unshown = pending[-1] if pending else unshown
+        candidates = None
+        if unshown is not None and (final or now - last_panel >= pacing.panel_seconds):
+            candidates, unshown, last_panel = unshown, None, now
+        if pending or candidates is not None:
+            post(TokensGenerated(job, pending, candidates))
+        pending, last_post = [], now
 
     try:
         for step in turn:
             pending.append(step)
-            if clock() - last_post >= BATCH_SECONDS:
+            if clock() - last_post >= pacing.batch_seconds:
                 flush()
             if is_cancelled():
                 turn.cancel()

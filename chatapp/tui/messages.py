@@ -1,8 +1,7 @@
 """Messages the engine thread posts to the chat screen.
 
 Each is a small dataclass. `job` ties a generation message to the turn that produced it, so
-messages from a cancelled turn that arrive late are ignored. `CandidatesUpdated` only matters
-for its latest value, so a newer one replaces an older one still in the queue.
+messages from a cancelled turn that arrive late are ignored.
 """
 
 from __future__ import annotations
@@ -40,26 +39,15 @@ class LoadFailed(Message):
 
 @dataclass
 class TokensGenerated(Message):
-    """A batch of new steps of the reply being generated."""
+    """A batch of new steps of the reply being written, and the step the candidates panel shows
+    next when its update is due: text and panel are drawn in one frame."""
 
     job: int
     """The generation this batch belongs to."""
     steps: list[Step]
-    """New steps, in order."""
-
-
-@dataclass
-class CandidatesUpdated(Message):
-    """The latest step, for the candidates panel; only the newest one matters."""
-
-    job: int
-    """The generation this step belongs to."""
-    step: Step
-    """The step whose candidates to show."""
-
-    def can_replace(self, message: Message) -> bool:
-        """A newer panel update supersedes a queued one of the same generation."""
-        return isinstance(message, CandidatesUpdated) and message.job == self.job
+    """New steps, in order (none when only the panel catches up with the last step)."""
+    candidates: Step | None = None
+    """The step whose candidates to show now, or None to leave the panel as it is."""
 
 
 @dataclass

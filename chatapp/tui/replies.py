@@ -9,6 +9,7 @@ Textual's naming convention (`on_tokens_generated`): `@on` is only collected on 
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable
 
 from textual import work
@@ -17,8 +18,8 @@ from textual.worker import get_current_worker
 from chatapp.engine_thread import on_engine_thread
 from chatapp.settings import SamplingSettings
 from chatapp.tui.formatting import dropped_turns_message
-from chatapp.tui.generation import GenerationJob, one_line, stream_turn
-from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.tui.generation import GenerationJob, StreamPacing, one_line, stream_turn
+from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.state import ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 class ReplyStreaming:
     """Start a reply, stream it into the views, and end it (finished, stopped or failed)."""
 
+    pacing: StreamPacing
+    """How often the worker posts; kept from reply to reply, as the cost of drawing changes slowly."""
+    _update_cpu_at: float | None
+    """UI-thread CPU time when the reply's last batch arrived (None before its first)."""
+
     def start_reply(self: "ChatScreen", index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
         """Add `version` to exchange `index` and generate the rest of it in the worker."""
         exchange = self.conversation.exchanges[index]
@@ -37,6 +43,7 @@ class ReplyStreaming:
         self.mark_changed(index)
         self._jobs += 1
         self._version = version
+        self._update_cpu_at = None
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         self.query_one(ChatLog).reply_view(index).show_reply()
         self.update_status()
@@ -58,22 +65,26 @@ class ReplyStreaming:
         self._turn = turn
         if is_cancelled():  # stopped while queued: the turn ends at once, as stopped
             turn.cancel()
-        stream_turn(turn, job.job, self.post_message, is_cancelled)
+        stream_turn(turn, job.job, self.post_message, is_cancelled, pacing=self.pacing)
 
     def _current(self: "ChatScreen", job: int) -> bool:
         return self._job is not None and self._job.job == job
 
     async def on_tokens_generated(self: "ChatScreen", message: TokensGenerated) -> None:
-        """Append a batch of steps to the reply being written."""
+        """Append a batch of steps to the reply being written and, when due, show the newest
+        step's candidates (unless the user is inspecting another), drawn in one frame. The pace
+        of the next batches follows what the UI thread spent since the last one."""
         if self._current(message.job) and self._version is not None:
+            now = time.thread_time()  # this thread's CPU time: the UI's, not the decoder's
+            if self._update_cpu_at is not None:
+                self.pacing.observe(now - self._update_cpu_at)
+            self._update_cpu_at = now
             added = self._version.add_steps(message.steps)
-            await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
+            with self.app.batch_update():  # one frame for the text, its new blocks and the panel
+                await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
+                if message.candidates is not None and self.query_one(ChatLog).cursor is None:
+                    self.show_step(message.candidates, self._job.settings)
             self.autosave_streaming(self._job.exchange)
-
-    def on_candidates_updated(self: "ChatScreen", message: CandidatesUpdated) -> None:
-        """Show the newest step's candidates unless the user is inspecting another."""
-        if self._current(message.job) and self.query_one(ChatLog).cursor is None:
-            self.show_step(message.step, self._job.settings)
 
     def show_step(self: "ChatScreen", step, settings: SamplingSettings, cursor: int | None = None) -> None:
         """Show `step` in the candidates panel."""
@@ -100,7 +111,7 @@ class ReplyStreaming:
         self._job, self._turn, self._version = None, None, None
         self.mark_changed(index)
         self.autosave()
-        await self.query_one(ChatLog).reply_view(index).finish()
+        self.query_one(ChatLog).reply_view(index).finish()
         self.update_status()
 
     @work(exclusive=True, exit_on_error=False, group="engine")

@@ -9,7 +9,7 @@ import pytest
 from rich.cells import cell_len
 
 from chatapp.settings import SamplingSettings
-from chatapp.tui.generation import BATCH_SECONDS, PANEL_SECONDS
+from chatapp.tui import generation
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
@@ -32,10 +32,11 @@ def last_reply(app) -> AssistantMessage:
     return app.chat.query_one(ChatLog).replies[-1]
 
 
-async def test_send_streams_the_reply_and_follows_the_panel():
+async def test_send_streams_the_reply_and_follows_the_panel(monkeypatch):
+    monkeypatch.setattr(generation, "MAX_BATCH_SECONDS", generation.MIN_BATCH_SECONDS)  # a steady pace
     gate = threading.Event()
     # Steps slower than the batch and panel intervals are each posted, and shown, at once.
-    engine = FakeEngine(gate=gate, gate_after=2, delay=max(BATCH_SECONDS, PANEL_SECONDS) + 0.05)
+    engine = FakeEngine(gate=gate, gate_after=2, delay=generation.StreamPacing().panel_seconds + 0.05)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)

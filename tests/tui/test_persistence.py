@@ -9,8 +9,7 @@ import pytest
 from chatapp.chat_file import INTERRUPTED_NOTE, SavedChat, exchange_to_dict, load_chat_file
 from chatapp.records import TurnStats
 from chatapp.store import ChatStore
-from chatapp.tui import persistence
-from chatapp.tui.generation import BATCH_SECONDS
+from chatapp.tui import generation, persistence
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import ConfirmScreen
 from chatapp.tui.state import Conversation, Exchange, ReplyVersion
@@ -57,8 +56,10 @@ async def test_a_finished_turn_is_saved_with_its_steps(store_path):
 
 async def test_a_reply_being_written_is_saved_as_it_streams(store_path, monkeypatch):
     monkeypatch.setattr(persistence, "AUTOSAVE_SECONDS", 0.0)
+    monkeypatch.setattr(generation, "MAX_BATCH_SECONDS", generation.MIN_BATCH_SECONDS)  # a steady pace
     gate = threading.Event()
-    app = app_with(FakeEngine(gate=gate, gate_after=2, delay=BATCH_SECONDS + 0.05), store_path=store_path)
+    app = app_with(FakeEngine(gate=gate, gate_after=2, delay=generation.MIN_BATCH_SECONDS + 0.05),
+                   store_path=store_path)
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "hi", wait=False)

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
 from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
-from chatapp.tui.generation import stream_turn
-from chatapp.tui.messages import CandidatesUpdated, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.tui.generation import (MAX_BATCH_SECONDS, MIN_BATCH_SECONDS, PANEL_BATCHES, UI_CPU_BUDGET,
+                                     StreamPacing, stream_turn)
+from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.state import Conversation, Exchange, ReplyVersion, branch_version
 from tests.tui.fakes import FakeEngine
 
@@ -152,11 +153,9 @@ def test_stream_turn_batches_text_and_posts_every_panel_update():
     stream_turn(engine.start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1, posted.append,
                 lambda: False, clock=Ticks(0.02))
     batches = [m for m in posted if isinstance(m, TokensGenerated)]
-    panels = [m for m in posted if isinstance(m, CandidatesUpdated)]
-    assert len(panels) == len(batches) < 11  # one panel update per batch: its last step
+    assert all(b.candidates == b.steps[-1] for b in batches) and len(batches) < 11  # each batch: its last step
     assert "".join(s.text for b in batches for s in b.steps) == "abcdefghij"
     assert isinstance(posted[-1], TurnFinished) and posted[-1].stats.finish_reason == "stop"
-    assert panels[-1].can_replace(panels[-2]) and not panels[-1].can_replace(CandidatesUpdated(2, panels[0].step))
 
 
 @pytest.mark.parametrize("dt", [0.02, 0.13, 0.21, 0.45])
@@ -168,8 +167,46 @@ def test_the_last_step_always_reaches_the_panel(dt):
         stream_turn(FakeEngine(replies=[reply]).start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1,
                     posted.append, lambda: False, clock=Ticks(dt))
         steps = [s for m in posted if isinstance(m, TokensGenerated) for s in m.steps]
-        panels = [m for m in posted if isinstance(m, CandidatesUpdated)]
-        assert panels[-1].step == steps[-1] and steps[-1].is_stop
+        panels = [m.candidates for m in posted if isinstance(m, TokensGenerated) and m.candidates is not None]
+        assert panels[-1] == steps[-1] and steps[-1].is_stop
+
+
+def test_pacing_keeps_the_ui_within_its_budget_between_its_bounds():
+    pacing = StreamPacing()
+    cheap, costly, middle = 0.001, 10.0, (MIN_BATCH_SECONDS + MAX_BATCH_SECONDS) / 2 * UI_CPU_BUDGET
+    for _ in range(30):
+        pacing.observe(cheap)
+    assert pacing.batch_seconds == pytest.approx(MIN_BATCH_SECONDS)
+    pacing.observe(costly)  # one costly update moves the pace, not all the way
+    assert MIN_BATCH_SECONDS < pacing.batch_seconds < MAX_BATCH_SECONDS
+    for _ in range(30):
+        pacing.observe(costly)
+    assert pacing.batch_seconds == pytest.approx(MAX_BATCH_SECONDS)
+    for _ in range(30):
+        pacing.observe(middle)  # within the bounds: the update's cost is the budgeted share of the interval
+    assert middle / pacing.batch_seconds == pytest.approx(UI_CPU_BUDGET)
+    assert pacing.panel_seconds == pytest.approx(PANEL_BATCHES * pacing.batch_seconds)
+
+
+def test_stream_turn_follows_a_pace_changed_while_it_runs():
+    # The clock moves 0.1 s per reading: the first step goes out at once, then at the fastest pace
+    # a batch every 4-5 steps; once the UI slows the pace to 1 s (mid-turn, as from the UI thread),
+    # a batch every 10.
+    pacing = StreamPacing()
+    engine = FakeEngine(replies=[list("abcdefghijklmnopqrstuvwxyz0123456789")])
+    posted = []
+
+    def post(message):
+        posted.append(message)
+        if len([m for m in posted if isinstance(m, TokensGenerated)]) == 3:
+            pacing.batch_seconds = 1.0
+
+    stream_turn(engine.start_turn([{"role": "user", "content": "x"}], SamplingSettings()), 1, post,
+                lambda: False, clock=Ticks(0.1), pacing=pacing)
+    sizes = [len(m.steps) for m in posted if isinstance(m, TokensGenerated)]
+    assert sizes[0] == 1 and max(sizes[1:3]) <= 5 and sizes[3:-1] == [10, 10]
+    panels = [m for m in posted if isinstance(m, TokensGenerated) and m.candidates is not None]
+    assert len(panels) < len(sizes)  # the panel at half the pace of the text
 
 
 def test_stream_turn_reports_errors_as_one_line():

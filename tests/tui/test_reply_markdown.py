@@ -56,7 +56,7 @@ async def stream(pilot, view: AssistantMessage, fragments: list[str]) -> list[in
         view.exchange.reply.text += fragment
         before = CountingScreen.layouts
         await view.append(fragment)
-        await pilot.pause(0.1)  # the stream writes on its own task, then the screen lays out
+        await pilot.pause(0.1)  # the screen lays out on its next frame
         passes.append(CountingScreen.layouts - before)
     return passes
 
@@ -70,7 +70,7 @@ async def test_each_streamed_update_is_laid_out_once():
         assert passes[1:] == [1] * (len(UPDATES) - 1), passes  # Textual's default is 2 per update
         streamed_height = view.query_one(ReplyMarkdown).region.height
         assert streamed_height == whole.query_one(ReplyMarkdown).region.height > len(UPDATES)
-        await view.finish()
+        view.finish()
         await pilot.pause()
         assert view.region.height == whole.region.height
 

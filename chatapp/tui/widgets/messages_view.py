@@ -10,7 +10,6 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.message import Message
 from textual.widgets import Static
-from textual.widgets._markdown import MarkdownStream
 
 from chatapp.tui.formatting import literal_text
 from chatapp.tui.state import Exchange
@@ -41,7 +40,6 @@ class AssistantMessage(OneLayoutPass, Vertical):
         super().__init__()
         self.exchange = exchange
         self.index = index
-        self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         """Header line, Markdown body, token view."""
@@ -89,22 +87,22 @@ class AssistantMessage(OneLayoutPass, Vertical):
         view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
 
     async def append(self, text: str) -> None:
-        """Stream new reply text into the Markdown body (and the token view, when it shows)."""
+        """Add new reply text to the Markdown body (and the token view, when it shows).
+
+        Textual re-parses only the last block and mounts any new ones. Not through a
+        `MarkdownStream`: it exists to merge fragments that come faster than they are drawn,
+        which paced batches never do, and it would draw the text a frame after the caller's
+        other changes (the candidates panel) instead of in the same one.
+        """
         if self.has_class("-tokens"):
             view = self.query_one(TokenView)
             reply = self.exchange.reply
             view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
-        if not text:
-            return
-        if self._stream is None:
-            self._stream = ReplyMarkdown.get_stream(self.query_one(ReplyMarkdown))
-        await self._stream.write(literal_text(text))
+        if text:
+            await self.query_one(ReplyMarkdown).append(literal_text(text))
 
-    async def finish(self) -> None:
-        """End streaming and finish with one full render."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+    def finish(self) -> None:
+        """End streaming with one full render."""
         self.show_reply()
 
     def set_token_mode(self, show_tokens: bool, heatmap: bool, cursor: int | None) -> None:
