@@ -188,13 +188,13 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         if not text:
             return
         if commands.is_command(text):
-            await self.run_command(text)
+            await self.run_command(text, event.text)
             return
         if self.engine is None:
             if self._still_waiting() and not self.editing:
                 self.notify("A message is already waiting for the model; yours is kept.", severity="warning")
                 return
-            prompt.clear()
+            prompt.take(event.text)
             self._waiting = await self.put_user_message(commands.message_text(text))
             self.add_class("-waiting")
             self.update_status("loading… your message goes as soon as the model is ready")
@@ -202,7 +202,7 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         if self.generating:
             self.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
             return
-        prompt.clear()
+        prompt.take(event.text)
         await self.send(commands.message_text(text))
 
     async def send(self, text: str) -> None:
@@ -231,14 +231,17 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self.mark_changed(index)
         return exchange
 
-    async def run_command(self, text: str) -> None:
-        """Apply a slash command, or show its one-line error (the prompt keeps the text)."""
+    async def run_command(self, text: str, submitted: str) -> None:
+        """Apply a slash command, or show its one-line error (the prompt keeps the text).
+
+        `submitted` is the prompt text that carried it, taken out of the prompt once it applies.
+        """
         try:
             command = commands.parse_command(text, self.settings)
         except commands.CommandError as error:
             self.notify(str(error), title="Command", severity="error", markup=False)
             return
-        self.query_one(PromptInput).clear()
+        self.query_one(PromptInput).take(submitted)
         if isinstance(command, commands.ApplySettings):
             self.settings = command.settings
             self.notify(command.summary, title="Settings", markup=False)

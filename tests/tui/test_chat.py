@@ -153,6 +153,31 @@ async def test_ctrl_l_edits_and_escape_cancels():
         assert not app.chat.editing and app.chat.query_one(PromptInput).text == ""
 
 
+async def test_words_typed_after_enter_are_kept_when_the_submission_is_handled():
+    # Keys that reach the prompt before the screen handles an Enter follow the sent text there:
+    # sending (or running a command) takes out only what was sent.
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        prompt = app.chat.query_one(PromptInput)
+        prompt.set_prompt("/temp 0.5next words")
+        app.chat.post_message(PromptInput.Submitted("/temp 0.5"))
+        await wait_until(pilot, lambda: app.chat.settings.temperature == 0.5, what="command applied")
+        assert prompt.text == "next words"
+        prompt.set_prompt("hi there, more")
+        app.chat.post_message(PromptInput.Submitted("hi there"))
+        await wait_until(pilot, lambda: app.chat.generating, what="reply started")
+        assert app.chat.conversation.last.user == "hi there" and prompt.text == ", more"
+        # Enter again while the reply is written: refused, and the prompt keeps everything.
+        app.chat.post_message(PromptInput.Submitted(", more"))
+        await pilot.pause()
+        assert prompt.text == ", more" and len(app.chat.conversation.exchanges) == 1
+        gate.set()
+        await wait_until(pilot, lambda: not app.chat.generating, what="reply finished")
+
+
 async def test_slash_commands_valid_and_invalid():
     engine = FakeEngine()
     app = app_with(engine)

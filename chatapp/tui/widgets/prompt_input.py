@@ -56,6 +56,15 @@ class PromptInput(TextArea):
         else:
             await super()._on_key(event)
 
+    def take(self, submitted: str) -> None:
+        """Remove `submitted`, the text an Enter sent, keeping whatever was typed after that Enter.
+
+        The screen handles a submission after the keys that reached the prompt before it, so a
+        fast typist's next words may already follow the sent text; clearing would lose them.
+        """
+        text = self.text
+        self.set_prompt(text[len(submitted):] if text.startswith(submitted) else text)
+
     def set_prompt(self, text: str) -> None:
         """Replace the text and put the cursor at its end."""
         self.text = text
