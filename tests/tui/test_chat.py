@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from rich.cells import cell_len
 
 from chatapp.settings import SamplingSettings
-from chatapp.tui import generation
+from chatapp.tui import generation, replies
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
@@ -151,6 +152,20 @@ async def test_ctrl_l_edits_and_escape_cancels():
         assert app.chat.editing and app.chat.query_one(PromptInput).text == "hi"
         await pilot.press("escape")
         assert not app.chat.editing and app.chat.query_one(PromptInput).text == ""
+
+
+async def test_costly_updates_slow_the_streaming_pace(monkeypatch):
+    # Each batch reports what the UI thread spent since the last one; here every update "costs"
+    # 1 s of UI CPU, far over the budget, so the pace moves toward its longest interval.
+    cpu = iter(range(1000))
+    monkeypatch.setattr(replies, "time", SimpleNamespace(thread_time=lambda: float(next(cpu))))
+    engine = FakeEngine(replies=[list("abcd")], delay=generation.MIN_BATCH_SECONDS + 0.05)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        assert app.chat.pacing.batch_seconds == generation.MIN_BATCH_SECONDS
+        await send(pilot, "hi")
+        assert generation.MIN_BATCH_SECONDS < app.chat.pacing.batch_seconds <= generation.MAX_BATCH_SECONDS
 
 
 async def test_words_typed_after_enter_are_kept_when_the_submission_is_handled():
