@@ -40,7 +40,7 @@ class LoadFailed(Message):
 @dataclass
 class TokensGenerated(Message):
     """A batch of new steps of the reply being written, and the step the candidates panel shows
-    next when its update is due: text and panel are drawn in one frame."""
+    next when its update is due, so that the two are drawn together."""
 
     job: int
     """The generation this batch belongs to."""

@@ -72,7 +72,7 @@ class ReplyStreaming:
 
     async def on_tokens_generated(self: "ChatScreen", message: TokensGenerated) -> None:
         """Append a batch of steps to the reply being written and, when due, show the newest
-        step's candidates (unless the user is inspecting another), drawn in one frame. The pace
+        step's candidates (unless the user is inspecting another), drawn together. The pace
         of the next batches follows what the UI thread spent since the last one."""
         if self._current(message.job) and self._version is not None:
             now = time.thread_time()  # this thread's CPU time: the UI's, not the decoder's
@@ -80,9 +80,10 @@ class ReplyStreaming:
                 self.pacing.observe(now - self._update_cpu_at)
             self._update_cpu_at = now
             added = self._version.add_steps(message.steps)
-            with self.app.batch_update():  # one frame for the text, its new blocks and the panel
-                await self.query_one(ChatLog).reply_view(self._job.exchange).append(added)
-                if message.candidates is not None and self.query_one(ChatLog).cursor is None:
+            log = self.query_one(ChatLog)
+            with self.app.batch_update():  # no frame between the text, its new blocks and the panel
+                await log.reply_view(self._job.exchange).append(added)
+                if message.candidates is not None and log.cursor is None:
                     self.show_step(message.candidates, self._job.settings)
             self.autosave_streaming(self._job.exchange)
 
@@ -111,7 +112,7 @@ class ReplyStreaming:
         self._job, self._turn, self._version = None, None, None
         self.mark_changed(index)
         self.autosave()
-        self.query_one(ChatLog).reply_view(index).finish()
+        self.query_one(ChatLog).reply_view(index).show_reply()  # one full render ends the stream
         self.update_status()
 
     @work(exclusive=True, exit_on_error=False, group="engine")

@@ -70,7 +70,7 @@ async def test_each_streamed_update_is_laid_out_once():
         assert passes[1:] == [1] * (len(UPDATES) - 1), passes  # Textual's default is 2 per update
         streamed_height = view.query_one(ReplyMarkdown).region.height
         assert streamed_height == whole.query_one(ReplyMarkdown).region.height > len(UPDATES)
-        view.finish()
+        view.show_reply()
         await pilot.pause()
         assert view.region.height == whole.region.height
 

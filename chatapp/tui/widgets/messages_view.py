@@ -91,8 +91,8 @@ class AssistantMessage(OneLayoutPass, Vertical):
 
         Textual re-parses only the last block and mounts any new ones. Not through a
         `MarkdownStream`: it exists to merge fragments that come faster than they are drawn,
-        which paced batches never do, and it would draw the text a frame after the caller's
-        other changes (the candidates panel) instead of in the same one.
+        which paced batches never do, and it appends on its own task, after the caller's other
+        changes (the candidates panel) instead of with them.
         """
         if self.has_class("-tokens"):
             view = self.query_one(TokenView)
@@ -100,10 +100,6 @@ class AssistantMessage(OneLayoutPass, Vertical):
             view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
         if text:
             await self.query_one(ReplyMarkdown).append(literal_text(text))
-
-    def finish(self) -> None:
-        """End streaming with one full render."""
-        self.show_reply()
 
     def set_token_mode(self, show_tokens: bool, heatmap: bool, cursor: int | None) -> None:
         """Show token spans (inspector or heatmap) instead of Markdown, or go back."""
