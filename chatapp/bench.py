@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from chatapp.bench_report import format_markdown, format_report
 from chatapp.bench_stats import median_interval
 from chatapp.engine import Engine
+from chatapp import int4_kernel
 from chatapp.memory import current_rss_mb, peak_rss_mb
 from chatapp.loading import LoadedModel, load_model
 from chatapp.settings import SamplingSettings
@@ -157,6 +158,9 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     progress = progress or (lambda message: None)
     settings = SamplingSettings(seed=BENCH_SEED, max_new_tokens=tokens)
     rss_start = current_rss_mb()
+    if not int4_kernel.built() and int4_kernel.wanted() is None:
+        progress("building chatapp's int4 kernel (once per machine and torch version)")
+    int4_kernel.load()  # so every process below, warm starts included, finds it built
     progress("warm starts (a fresh process each, until the engine is ready)")
     starts, tui_starts, prompt_starts = warm_starts(model, device, runs)  # first, while this process holds no model
     progress("TUI runs (a fresh process: the app's engine driven through the headless TUI and bare)")
@@ -207,6 +211,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "machine": _machine(),
         "default_notes": list(default.info.notes),
         "decoders": {"a": default_engine.kv.kind, "b": plain_engine.kv.kind},
+        "int4_kernel": "loaded" if int4_kernel.loaded() else (int4_kernel.failure() or "not loaded"),
         "configs": s,
         "ratios": {
             "b_over_c": s["b"]["tok_per_s"] / s["c"]["tok_per_s"],

@@ -22,13 +22,19 @@ windows, layers spread by Accelerate) run through transformers' modules (`chatap
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatapp import int4_kernel
 from chatapp.decoding import TokenCache
 from chatapp.layer_loop import compiled_run_layers, run_layers
-from chatapp.quantize import Int4Linear
+from chatapp.quantize import Int4Linear, OutputHead
+
+log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("llama",)
 """Architectures whose decoder layers this module reproduces."""
@@ -128,13 +134,15 @@ def _rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
 class LlamaDecoder(TokenCache):
     """Prefill and decode-one for a Llama-family model with our own KV buffers."""
 
-    def __init__(self, model, compiled: bool = True) -> None:
+    def __init__(self, model, compiled: bool = True, kernel: bool = True) -> None:
         """Prepare fused weights for `model` (check `unsupported_reason` first).
 
         Args:
             model: a transformers Llama-family causal LM.
             compiled: run the layers through TorchScript (`compiled_run_layers`) when it is
                 available; False runs the same function as Python.
+            kernel: run decode steps of int4 float32 models on chatapp's int4 kernel
+                (`chatapp.int4_kernel`) where the CPU and a C++ compiler allow.
         """
         super().__init__(model)
         config = model.config
@@ -160,7 +168,50 @@ class LlamaDecoder(TokenCache):
         self.run_layers = compiled_run_layers() if compiled else run_layers
         self.kind = "chatapp decoder" + (" (TorchScript)" if self.run_layers is not run_layers else "")
         """Which decoder runs the model, for display."""
+        self.kernel_settled = threading.Event()
+        """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
+        step on): `chatapp.int4_kernel`, loaded or built on a background thread."""
+        self._step_weights: list[torch.Tensor] | None = None  # every layer's, for `decode_layers`
+        self._pending_step_weights: list[torch.Tensor] | None = None  # ready, not yet taken up
+        if not (kernel and self._kernel_suits() and int4_kernel.wanted() is None):
+            self.kernel_settled.set()
+        elif int4_kernel.built():  # loading it and laying out the weights takes about 0.2 s
+            self._prepare_kernel()
+        else:  # it must be compiled first (about 10 s): decode on the TorchScript layers meanwhile
+            threading.Thread(target=self._prepare_kernel, name="chatapp-int4-kernel", daemon=True).start()
         self.reset()
+
+    def _kernel_suits(self) -> bool:
+        """Whether a decode step can run as one `decode_layers` call: float32 activations on CPU,
+        and every projection one int4 weight (q/k/v and gate/up fused)."""
+        groups = (self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts)
+        return (
+            self.dtype == torch.float32
+            and self.device.type == "cpu"
+            and all(len(parts) == 2 and parts[1].numel() > 0 for group in groups for parts in group)
+        )
+
+    def _prepare_kernel(self) -> None:
+        """Load the kernel and lay out the int4 weights (and the LM head's) for it; the next decode
+        step takes them up, so a step never sees half of them (this may run on a thread of its
+        own while the engine decodes)."""
+        try:
+            if int4_kernel.load():
+                converted = []
+                for layer in zip(self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts):
+                    for packed, scales in layer:
+                        kernel = int4_kernel.convert(packed, scales)
+                        if kernel is None:
+                            return
+                        converted += kernel
+                head = self.model.get_output_embeddings()
+                if isinstance(head, OutputHead):
+                    head.use_kernel()
+                self._pending_step_weights = converted
+        except Exception:  # noqa: BLE001 - decoding simply stays on the TorchScript layers
+            log.exception("laying out the int4 weights for chatapp's kernel failed")
+        finally:
+            self.kernel_settled.set()
 
     def reset(self) -> None:
         """Forget everything and free the KV buffers."""
@@ -209,10 +260,20 @@ class LlamaDecoder(TokenCache):
         return cos_table, sin_table
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        if self._pending_step_weights is not None:
+            self._step_weights, self._pending_step_weights = self._pending_step_weights, None
+            self.kind += ", int4 kernel"
         start, count = len(self.token_ids), len(ids)
         end = start + count
         self._reserve(end)
         x = F.embedding(input_ids[0], self.embed_weight)  # (T, d_model), a fresh tensor we may add into
+        if count == 1 and self._step_weights is not None:
+            torch.ops.chatapp.decode_layers(
+                x, self.cos[start], self.sin[start], self.norms, self._step_weights, self.cache, start,
+                self.heads, self.kv_heads, self.eps,
+            )
+            self.token_ids.extend(ids)
+            return F.rms_norm(x[-1], (x.shape[-1],), self.norm_weight, self.eps)
         cos, sin = self._rotary_tables(start, count)
         mask = None
         causal = count > 1 and start == 0

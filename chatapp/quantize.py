@@ -93,9 +93,24 @@ class OutputHead(nn.Module):
         packed, scales_and_zeros, _ = pack_int4(torch.cat([weight.detach().float(), padding]))
         return cls(packed, scales_and_zeros, weight, exact_top)
 
+    def use_kernel(self) -> bool:
+        """Run the 4-bit pass on chatapp's int4 kernel from now on (`chatapp.int4_kernel`, which
+        must be loaded); whether it suits this head."""
+        from chatapp import int4_kernel
+
+        self.kernel_parts = int4_kernel.convert(self.weight, self.scales)
+        return self.kernel_parts is not None
+
+    kernel_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel, once in use."""
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
-        flat = hidden.reshape(-1, hidden.shape[-1]).to(torch.bfloat16)
-        logits = torch._weight_int4pack_mm_for_cpu(flat, self.weight, GROUP_SIZE, self.scales)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        kernel = self.kernel_parts
+        if kernel is not None and flat.shape[0] == 1:  # a decode step (torch's kernel batches better)
+            logits = torch.ops.chatapp.int4_linear(flat.float(), *kernel)
+        else:
+            logits = torch._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.weight, GROUP_SIZE, self.scales)
         logits = logits[:, : self.exact_weight.shape[0]].float()  # (B, V): without the padding rows
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]

@@ -12,6 +12,16 @@ TINY_VOCAB = 49152
 """Tiny models share the default tokenizer's vocabulary, so they can chat through it."""
 
 
+@pytest.fixture(scope="session", autouse=True)
+def int4_kernel_built() -> bool:
+    """Build chatapp's int4 kernel (once per machine, about 10 s; kept in the user cache) before
+    any test, so every int4 decoder takes it up when it is created rather than at some step of
+    a test; False where the CPU or a missing compiler rule it out."""
+    from chatapp import int4_kernel
+
+    return int4_kernel.load()
+
+
 @pytest.fixture(scope="session")
 def default_model() -> LoadedModel:
     """SmolLM2-135M-Instruct from the bundled GGUF, plain float32 (the reference path)."""

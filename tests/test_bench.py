@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from chatapp import int4_kernel
+
 
 @pytest.mark.model
 def test_bench_json_has_every_figure():
@@ -21,7 +23,9 @@ def test_bench_json_has_every_figure():
     for figures in report["configs"].values():
         assert figures["tok_per_s"] > 0 and figures["ttft_ms"] > 0 and figures["tokens"] >= 2
     assert report["configs"]["d"]["dtype"] == "float32"
-    assert report["decoders"] == {"a": "chatapp decoder (TorchScript)", "b": "chatapp decoder (TorchScript)"}
+    kernel = ", int4 kernel" if int4_kernel.built() else ""  # (a) decodes on it wherever it can be built
+    assert report["decoders"] == {"a": f"chatapp decoder (TorchScript){kernel}", "b": "chatapp decoder (TorchScript)"}
+    assert report["int4_kernel"] == ("loaded" if kernel else int4_kernel.failure() or "not loaded")
     assert set(report["ratios"]) == {"b_over_c", "a_over_d", "a_over_c"}
     multi = report["multi_turn"]
     assert len(multi["ttft_ms"]) == 8 and multi["turn8_over_turn1"] > 0

@@ -1,0 +1,278 @@
+// chatapp::int4_linear: y = x @ W^T for W in 4-bit blocks of 32 along K
+// (w = scale * (q - 8) + zero, scale and zero in bfloat16, as torch's int4 kernel has them),
+// with x rounded to int16 per block of 32 and the products summed by AVX512-VNNI integer dot
+// products; and chatapp::decode_layers, a whole decode step of a Llama-family model's layers in
+// one call. Built at run time by chatapp.int4_kernel, which also defines the ops' schemas and
+// lays out the weights (see there for the layouts).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGroup = 32;  // weights per block
+
+// One row of x (K floats) as int16 codes per block of 32 (scale = max |x| / 32767: about 15
+// significant bits, finer than bfloat16's 8), in the order the weight bytes come in: for each
+// pair of blocks A, B: A[0..16) B[0..16), then A[16..32) B[16..32). Also each block's scale and
+// the exact sum of its values.
+void quantize_row(const float* x, int64_t k, int16_t* codes, float* scales, float* sums) {
+  const int64_t blocks = k / kGroup;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const float* values = x + block * kGroup;
+    const __m512 lo = _mm512_loadu_ps(values), hi = _mm512_loadu_ps(values + 16);
+    const float largest = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    scales[block] = largest / 32767.0f;
+    sums[block] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+    const __m512 inverse = _mm512_set1_ps(largest > 0.0f ? 32767.0f / largest : 0.0f);
+    int16_t* out = codes + (block / 2) * 64 + (block % 2) * 16;
+    _mm256_storeu_si256((__m256i*)out, _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inverse))));
+    _mm256_storeu_si256((__m256i*)(out + 32), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inverse))));
+  }
+}
+
+inline __m128 bf16x4_to_float(const uint16_t* p) {
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)p)), 16));
+}
+
+inline __m512 bf16x16_to_float(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// The integer dot products of one pair of blocks: 16 int32 lanes, 0..7 block A's, 8..15 B's.
+inline __m512i pair_dots(const uint8_t* w, const int16_t* xq) {
+  const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)w));  // A's 16 bytes, B's 16
+  const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi16(0x0F));
+  const __m512i hi = _mm512_srli_epi16(v, 4);
+  const __m512i d = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
+  return _mm512_dpwssd_epi32(d, hi, _mm512_loadu_si512(xq + 32));
+}
+
+// One output: sum over blocks of scale * xscale * dot(q, xq) + (zero - 8 scale) * xsum.
+inline float dot_row(const uint8_t* w, const uint16_t* wscales, const uint16_t* wzeros, const int16_t* xq,
+                     const float* xscales, const float* xsums, int64_t blocks) {
+  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 4 <= blocks; b += 4) {
+    const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(bf16x4_to_float(wscales + b), _mm_loadu_ps(xscales + b)));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b + 32, xq + kGroup * b + 64)), _mm512_permutexvar_ps(second, s), acc1);
+  }
+  if (b < blocks) {  // a final pair
+    const float s0 = _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)wscales[b] << 16))) * xscales[b];
+    const float s1 = _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)wscales[b + 1] << 16))) * xscales[b + 1];
+    const __m512 s = _mm512_castps128_ps512(_mm_set_ps(0.0f, 0.0f, s1, s0));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
+  }
+  // offsets: sum of zero * xsum - 8 * sum of scale * xsum
+  __m512 zsum = _mm512_setzero_ps(), ssum = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 16 <= blocks; g += 16) {
+    const __m512 xs = _mm512_loadu_ps(xsums + g);
+    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wzeros + g))), xs, zsum);
+    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wscales + g))), xs, ssum);
+  }
+  if (g < blocks) {
+    const __mmask16 mask = (__mmask16)((1u << (blocks - g)) - 1);
+    const __m512 xs = _mm512_maskz_loadu_ps(mask, xsums + g);
+    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wzeros + g)), xs, zsum);
+    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wscales + g)), xs, ssum);
+  }
+  const __m512 offsets = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), ssum, zsum);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), offsets));
+}
+
+struct Int4Weight {
+  const uint8_t* codes;
+  const uint16_t* scales;
+  const uint16_t* zeros;
+  int64_t n, k;
+};
+
+Int4Weight int4_weight(const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& zeros, int64_t k) {
+  const int64_t n = weight.size(0), blocks = k / kGroup;
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == k / 2,
+              "int4 weight must be contiguous uint8 (N, K/2)");
+  TORCH_CHECK(k % (2 * kGroup) == 0, "int4 weight: K must be a multiple of 64");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && zeros.scalar_type() == at::kBFloat16 && scales.is_contiguous() &&
+              zeros.is_contiguous() && scales.size(0) == n && scales.size(1) == blocks && zeros.size(0) == n &&
+              zeros.size(1) == blocks,
+              "int4 scales and zeros must be contiguous bfloat16 (N, K/32)");
+  return {weight.data_ptr<uint8_t>(), (const uint16_t*)scales.data_ptr<at::BFloat16>(),
+          (const uint16_t*)zeros.data_ptr<at::BFloat16>(), n, k};
+}
+
+// out[r, j] (+)= x[r] . w[j] for rows r of x (M, K), on all threads.
+void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, bool accumulate) {
+  const int64_t k = w.k, blocks = k / kGroup;
+  std::vector<int16_t> xq(m * k);
+  std::vector<float> xscales(m * blocks), xsums(m * blocks);
+  for (int64_t r = 0; r < m; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xscales.data() + r * blocks, xsums.data() + r * blocks);
+  at::parallel_for(0, w.n, 32, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = begin; j < end; ++j) {
+        const float y = dot_row(w.codes + j * (k / 2), w.scales + j * blocks, w.zeros + j * blocks, xq.data() + r * k,
+                                xscales.data() + r * blocks, xsums.data() + r * blocks, blocks);
+        out[r * w.n + j] = accumulate ? out[r * w.n + j] + y : y;
+      }
+  });
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& zeros) {
+  TORCH_CHECK(x.dim() == 2, "int4_linear: x must be (M, K)");
+  const Int4Weight w = int4_weight(weight, scales, zeros, x.size(1));
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({x.size(0), w.n}, x.options().dtype(at::kFloat));
+  int4_matmul(xf.data_ptr<float>(), x.size(0), w, out.data_ptr<float>(), false);
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+}
+
+// e^x for x <= 0 (softmax after subtracting the largest score, silu of any sign via e^-|z|),
+// to about 2e-7 relative: 2^n * a degree-6 polynomial of the remainder.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+void exp_inplace(float* v, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) _mm512_storeu_ps(v + i, exp_ps(_mm512_loadu_ps(v + i)));
+  if (i < count) {
+    const __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
+    _mm512_mask_storeu_ps(v + i, mask, exp_ps(_mm512_maskz_loadu_ps(mask, v + i)));
+  }
+}
+
+float dot(const float* a, const float* b, int64_t count) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < count) {
+    const __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// out = x / sqrt(mean(x^2) + eps) * weight
+void rms_norm(const float* x, const float* weight, int64_t d, float eps, float* out) {
+  const float scale = 1.0f / std::sqrt(dot(x, x, d) / d + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+// One decode step of every layer of a Llama-family model whose linear layers are all int4 in
+// this kernel's layout (q|k|v fused, o, gate|up fused, down: three tensors each in `weights`),
+// for one token at `position`: the same mathematics as chatapp.layer_loop.run_layers, with no
+// dispatch between the operations. x (1, d) float32 is the embedded token, updated in place
+// into the final residual; its keys and values are written into `cache`
+// (layers, 2, kv_heads, capacity, head_dim) float32; cos and sin (head_dim,) are the rotary
+// angles of `position`; norms holds each layer's two RMS norm weights (at least d values each).
+void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::TensorList norms,
+                   at::TensorList weights, const at::Tensor& cache, int64_t position, int64_t heads, int64_t kv_heads,
+                   double eps) {
+  const int64_t layers = cache.size(0), head_dim = cache.size(4), capacity = cache.size(3), d = x.size(-1);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.numel() == d, "decode_layers: x must be one float32 row");
+  TORCH_CHECK(cache.scalar_type() == at::kFloat && cache.is_contiguous() && cache.size(1) == 2 && cache.size(2) == kv_heads,
+              "decode_layers: cache must be contiguous float32 (layers, 2, kv_heads, capacity, head_dim)");
+  TORCH_CHECK(position >= 0 && position < capacity, "decode_layers: position beyond the cache");
+  TORCH_CHECK((int64_t)weights.size() == 12 * layers && (int64_t)norms.size() == 2 * layers, "decode_layers: weights or norms missing");
+  TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && cos.numel() == head_dim && sin.numel() == head_dim, "decode_layers: bad shapes");
+  const float* cs = cos.contiguous().data_ptr<float>();
+  const float* sn = sin.contiguous().data_ptr<float>();
+  float* residual = x.data_ptr<float>();
+  float* kv = cache.data_ptr<float>();
+  const int64_t qkv_width = (heads + 2 * kv_heads) * head_dim, group = heads / kv_heads, half = head_dim / 2;
+  const int64_t length = position + 1;
+  const float attention_scale = 1.0f / std::sqrt((float)head_dim);
+  std::vector<float> h(std::max<int64_t>(d, heads * head_dim)), qkv(qkv_width), attended(heads * head_dim), rotated(head_dim);
+  std::vector<float> scores(heads * length);
+  std::vector<float> hidden;
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    const at::Tensor* w = weights.data() + 12 * layer;
+    const Int4Weight wqkv = int4_weight(w[0], w[1], w[2], d);
+    const Int4Weight wo = int4_weight(w[3], w[4], w[5], heads * head_dim);
+    const Int4Weight wgu = int4_weight(w[6], w[7], w[8], d);
+    const Int4Weight wdown = int4_weight(w[9], w[10], w[11], wgu.n / 2);
+    TORCH_CHECK(wqkv.n == qkv_width && wo.n == d && wdown.n == d && norms[2 * layer].numel() >= d, "decode_layers: weight shapes");
+    // attention
+    rms_norm(residual, norms[2 * layer].data_ptr<float>(), d, (float)eps, h.data());
+    int4_matmul(h.data(), 1, wqkv, qkv.data(), false);
+    for (int64_t head = 0; head < heads + kv_heads; ++head) {  // rotary embeddings on q and k
+      float* v = qkv.data() + head * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) rotated[i] = i < half ? -v[i + half] : v[i - half];
+      for (int64_t i = 0; i < head_dim; ++i) v[i] = v[i] * cs[i] + rotated[i] * sn[i];
+    }
+    float* layer_cache = kv + layer * 2 * kv_heads * capacity * head_dim;
+    for (int64_t g = 0; g < kv_heads; ++g) {
+      std::memcpy(layer_cache + (g * capacity + position) * head_dim, qkv.data() + (heads + g) * head_dim, head_dim * sizeof(float));
+      std::memcpy(layer_cache + ((kv_heads + g) * capacity + position) * head_dim,
+                  qkv.data() + (heads + kv_heads + g) * head_dim, head_dim * sizeof(float));
+    }
+    at::parallel_for(0, heads, length >= 512 ? 1 : heads, [&](int64_t begin, int64_t end) {
+      for (int64_t head = begin; head < end; ++head) {
+        const int64_t g = head / group;
+        const float* q = qkv.data() + head * head_dim;
+        const float* keys = layer_cache + g * capacity * head_dim;
+        const float* values = layer_cache + (kv_heads + g) * capacity * head_dim;
+        float* p = scores.data() + head * length;
+        float largest = -INFINITY;
+        for (int64_t t = 0; t < length; ++t) {
+          p[t] = dot(q, keys + t * head_dim, head_dim) * attention_scale;
+          largest = std::max(largest, p[t]);
+        }
+        for (int64_t t = 0; t < length; ++t) p[t] -= largest;
+        exp_inplace(p, length);
+        float total = 0.0f;
+        for (int64_t t = 0; t < length; ++t) total += p[t];
+        float* out = attended.data() + head * head_dim;
+        std::fill(out, out + head_dim, 0.0f);
+        for (int64_t t = 0; t < length; ++t) {
+          const float weight = p[t] / total;
+          const float* value = values + t * head_dim;
+          for (int64_t i = 0; i < head_dim; ++i) out[i] += weight * value[i];
+        }
+      }
+    });
+    int4_matmul(attended.data(), 1, wo, residual, true);
+    // MLP
+    rms_norm(residual, norms[2 * layer + 1].data_ptr<float>(), d, (float)eps, h.data());
+    hidden.resize(wgu.n);
+    int4_matmul(h.data(), 1, wgu, hidden.data(), false);
+    const int64_t inner = wgu.n / 2;
+    std::vector<float> gate(hidden.begin(), hidden.begin() + inner);  // silu(g) = g / (1 + e^-g)
+    for (int64_t i = 0; i < inner; ++i) gate[i] = -std::fabs(gate[i]);
+    exp_inplace(gate.data(), inner);  // e^-|g|
+    for (int64_t i = 0; i < inner; ++i) {
+      const float g = hidden[i], e = gate[i];
+      const float sigmoid = g >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+      hidden[i] = g * sigmoid * hidden[inner + i];
+    }
+    int4_matmul(hidden.data(), 1, wdown, residual, true);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(chatapp, CPU, m) {
+  m.impl("int4_linear", &int4_linear);
+  m.impl("decode_layers", &decode_layers);
+}

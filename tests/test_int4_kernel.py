@@ -1,0 +1,143 @@
+"""chatapp's own int4 kernel (`chatapp.int4_kernel`): its products, its decode step, the switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp import int4_kernel
+from chatapp.llama_decoder import LlamaDecoder
+from chatapp.quantize import GROUP_SIZE, ZERO_OFFSET, int4_supported, pack_int4, quantize_int4
+from tests.conftest import tiny_llama
+
+needs_kernel = pytest.mark.skipif(
+    not (int4_supported() and int4_kernel.load()), reason=f"chatapp's int4 kernel is not available here: {int4_kernel.failure()}"
+)
+
+
+def _four_bit(n: int, k: int, seed: int) -> torch.Tensor:
+    """A random `(n, k)` float weight whose blocks of 32 are exactly 4-bit (as a GGUF file's are)."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k // GROUP_SIZE, GROUP_SIZE), generator=generator).float()
+    codes[..., 0], codes[..., 1] = 0, 15  # every block spans the codes, so packing finds the same ones
+    scale = torch.rand(n, k // GROUP_SIZE, 1, generator=generator) * 0.01 + 0.001
+    low = -8 * scale + torch.randn(n, k // GROUP_SIZE, 1, generator=generator) * 0.002
+    return (codes * scale + low).reshape(n, k)
+
+
+def _dequantized(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """The float32 weight torch's int4 packing stands for: `(q - 8) * scale + zero` per block."""
+    blocks, n, _ = scales_and_zeros.shape
+    codes = int4_kernel.unpack_codes(packed, n, blocks * GROUP_SIZE).float().reshape(n, blocks, GROUP_SIZE)
+    scale, zero = scales_and_zeros.float().transpose(0, 1).unbind(-1)  # (N, K/32) each
+    return ((codes - ZERO_OFFSET) * scale.unsqueeze(-1) + zero.unsqueeze(-1)).reshape(n, -1)
+
+
+@pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernels")
+def test_the_codes_come_back_out_of_torchs_packing():
+    codes = torch.randint(0, 16, (192, 160), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
+    packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+    unpacked = int4_kernel.unpack_codes(packed, 192, 160)
+    if unpacked is None:
+        pytest.skip("torch packs int4 weights in another layout on this CPU (the kernel is then not used)")
+    assert torch.equal(unpacked.to(torch.int32), codes)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n, k, m", [(960, 576, 1), (3072, 576, 3), (576, 1536, 1), (128, 64, 2), (64, 192, 1)])
+def test_the_kernel_computes_what_its_reference_computes(n, k, m):
+    packed, scales_and_zeros, exact = pack_int4(_four_bit(n, k, seed=n + k))
+    assert exact == 1.0
+    weights = int4_kernel.convert(packed, scales_and_zeros)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)) * 3
+    out = torch.ops.chatapp.int4_linear(x, *weights)
+    reference = int4_kernel.reference_int4_linear(x, *weights)
+    assert out.shape == (m, n) and out.dtype == torch.float32
+    assert torch.allclose(out, reference, rtol=0, atol=1e-4 * reference.abs().max().item())
+    # and both are the float product of the same 4-bit weights, up to int16 rounding of x
+    exact_product = x.double() @ _dequantized(packed, scales_and_zeros).double().T
+    assert (out.double() - exact_product).abs().max() < 1e-3 * exact_product.abs().max()
+
+
+@needs_kernel
+def test_the_kernel_is_closer_to_float_arithmetic_than_torchs_bfloat16_kernel():
+    packed, scales_and_zeros, _ = pack_int4(_four_bit(576, 1536, seed=3))
+    x = torch.randn(1, 1536, generator=torch.Generator().manual_seed(4))
+    exact_product = x.double() @ _dequantized(packed, scales_and_zeros).double().T
+    ours = torch.ops.chatapp.int4_linear(x, *int4_kernel.convert(packed, scales_and_zeros))
+    torchs = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, GROUP_SIZE, scales_and_zeros)
+    assert (ours.double() - exact_product).norm() < 0.1 * (torchs.double() - exact_product).norm()
+
+
+def _int4_model_and_float_twin(**overrides):
+    """A tiny int4 Llama, and the same model with the 4-bit weights as float32 numbers."""
+    model = tiny_llama(hidden_size=128, num_key_value_heads=2, **overrides)
+    twin = tiny_llama(hidden_size=128, num_key_value_heads=2, **overrides)
+    twin.load_state_dict(model.state_dict())
+    quantize_int4(model)
+    linears = dict(model.named_modules())
+    for name, module in twin.named_modules():
+        packed = linears[name]
+        if hasattr(packed, "scales_and_zeros"):
+            module.weight.data = _dequantized(packed.packed, packed.scales_and_zeros)
+    return model, twin
+
+
+@needs_kernel
+@pytest.mark.parametrize("context", [12, 600])  # past 512 tokens the heads are spread over threads
+def test_a_decode_step_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(context):
+    model, twin = _int4_model_and_float_twin()
+    fast, reference = LlamaDecoder(model), LlamaDecoder(twin, kernel=False)
+    ids = torch.randint(0, 1000, (context,), generator=torch.Generator().manual_seed(5)).tolist()
+    for token in ids:  # one step at a time: a prefill of several tokens runs on torch's kernel
+        hidden, expected = fast.decode_one(token), reference.decode_one(token)
+        assert (hidden - expected).norm() < 1e-3 * expected.norm()
+    assert fast.kind == "chatapp decoder (TorchScript), int4 kernel"
+    # the keys and values it wrote are the ones the reference wrote
+    used = len(ids)
+    assert torch.allclose(fast.cache[..., :used, :], reference.cache[..., :used, :], atol=1e-3)
+
+
+@needs_kernel
+def test_decoding_switches_to_the_kernel_between_steps_once_it_is_ready(monkeypatch):
+    model, _ = _int4_model_and_float_twin()
+    monkeypatch.setattr(int4_kernel, "built", lambda: False)  # as if it still had to be compiled
+    decoder = LlamaDecoder(model)
+    assert decoder.kernel_settled.wait(60)
+    assert decoder.kind == "chatapp decoder (TorchScript)"  # nothing changes under a running step
+    decoder.prefill(list(range(10, 20)))
+    decoder.decode_one(7)
+    assert decoder.kind == "chatapp decoder (TorchScript), int4 kernel"
+
+
+def test_models_the_kernel_does_not_suit_keep_the_torchscript_layers():
+    bfloat16 = tiny_llama(hidden_size=128).to(torch.bfloat16)
+    if int4_supported():
+        quantize_int4(bfloat16)
+    decoder = LlamaDecoder(bfloat16)
+    assert decoder.kernel_settled.is_set()
+    decoder.prefill([5, 6, 7])
+    decoder.decode_one(8)
+    assert decoder.kind == "chatapp decoder (TorchScript)"
+    unquantized = LlamaDecoder(tiny_llama(hidden_size=128))
+    unquantized.decode_one(3)
+    assert unquantized.kind == "chatapp decoder (TorchScript)"
+
+
+def test_turning_the_kernel_off_or_lacking_a_compiler_is_said_plainly(monkeypatch, tmp_path):
+    monkeypatch.setenv("CHATAPP_INT4_KERNEL", "0")
+    assert int4_kernel.wanted() == "turned off by CHATAPP_INT4_KERNEL=0"
+    assert not int4_kernel.built()
+    monkeypatch.setattr(int4_kernel, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
+        int4_kernel._build(tmp_path / "kernel.so")
+    assert not (tmp_path / "kernel.so").exists()
+
+
+@needs_kernel
+def test_turned_off_the_kernel_is_not_used_even_once_loaded(monkeypatch):
+    model, _ = _int4_model_and_float_twin()
+    monkeypatch.setenv("CHATAPP_INT4_KERNEL", "0")
+    decoder = LlamaDecoder(model)
+    decoder.decode_one(3)
+    assert decoder.kernel_settled.is_set() and decoder.kind == "chatapp decoder (TorchScript)"
