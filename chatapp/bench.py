@@ -18,12 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from chatapp import int4_kernel
 from chatapp.bench_report import format_markdown, format_report
 from chatapp.bench_stats import median_interval
 from chatapp.engine import Engine
-from chatapp import int4_kernel
-from chatapp.memory import current_rss_mb, peak_rss_mb
 from chatapp.loading import LoadedModel, load_model
+from chatapp.memory import current_rss_mb, peak_rss_mb
 from chatapp.settings import SamplingSettings
 from chatapp.warm_start import warm_starts
 

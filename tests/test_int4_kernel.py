@@ -7,7 +7,13 @@ import torch
 
 from chatapp import int4_kernel
 from chatapp.llama_decoder import LlamaDecoder
-from chatapp.quantize import GROUP_SIZE, ZERO_OFFSET, int4_supported, pack_int4, quantize_int4
+from chatapp.quantize import (
+    GROUP_SIZE,
+    ZERO_OFFSET,
+    int4_supported,
+    pack_int4,
+    quantize_int4,
+)
 from tests.conftest import tiny_llama
 
 needs_kernel = pytest.mark.skipif(
