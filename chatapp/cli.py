@@ -57,7 +57,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="int4 packs the transformer weights to 4 bits on CPU, and the LM head's first pass (its best "
         "logits are recomputed exactly): faster, changes outputs slightly; "
         "auto does so only for 4-bit GGUF weights, e.g. the default model, on a CPU with native "
-        "bfloat16, keeping the file's own 4-bit codes (default: auto)",
+        "bfloat16, keeping the file's own 4-bit codes; where the CPU has AVX512-VNNI and a C++ compiler "
+        "is found, decode steps then run on chatapp's own int4 kernel, built once in the background "
+        "(CHATAPP_INT4_KERNEL=0 turns it off) (default: auto)",
     )
     group.add_argument(
         "--device-map",

@@ -147,3 +147,35 @@ def test_turned_off_the_kernel_is_not_used_even_once_loaded(monkeypatch):
     decoder = LlamaDecoder(model)
     decoder.decode_one(3)
     assert decoder.kernel_settled.is_set() and decoder.kind == "chatapp decoder (TorchScript)"
+
+
+@needs_kernel
+@pytest.mark.model
+def test_the_default_model_predicts_text_as_well_on_the_kernel(default_model):
+    """Teacher-forced over a fixed text, one decode step a token: the kernel's mean negative
+    log-likelihood is within a hair of torch's int4 path's, and both near float32's."""
+    from chatapp.lm_head import output_logits
+    from chatapp.loading import load_model
+
+    fast = load_model("default", device="cpu", dtype="float32", quantize="int4")
+    text = "The lighthouse keeper climbed the stairs every evening to light the lamp. " * 2 + (
+        "Ships passing in the night saw the beam sweep across the water, and the sailors knew the rocks "
+        "were near. In winter the storms came from the north, and the keeper wrote in his log each day: "
+        "the weather, the ships, the state of the lamp and the oil that was left."
+    )
+    ids = default_model.tokenizer(text)["input_ids"]
+
+    def mean_nll(loaded, kernel: bool) -> float:
+        decoder = LlamaDecoder(loaded.model, kernel=kernel)
+        assert ("int4 kernel" in decoder.kind or not kernel) or decoder.kernel_settled.wait(60)
+        total = 0.0
+        with torch.inference_mode():
+            for token, following in zip(ids, ids[1:]):
+                logits = output_logits(loaded.model, decoder.decode_one(token))
+                total -= torch.log_softmax(logits, -1)[following].item()
+        assert ("int4 kernel" in decoder.kind) == kernel
+        return total / (len(ids) - 1)
+
+    exact, torchs, ours = mean_nll(default_model, False), mean_nll(fast, False), mean_nll(fast, True)
+    print(f"\nmean NLL: float32 {exact:.4f}, int4 on torch's kernel {torchs:.4f}, on chatapp's {ours:.4f}")
+    assert abs(ours - torchs) < 0.02 and abs(ours - exact) < 0.05, (exact, torchs, ours)
