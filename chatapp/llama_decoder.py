@@ -172,7 +172,8 @@ class LlamaDecoder(TokenCache):
         """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
         step on): `chatapp.int4_kernel`, loaded or built on a background thread."""
         self._step_weights: list[torch.Tensor] | None = None  # every layer's, for `decode_layers`
-        self._pending_step_weights: list[torch.Tensor] | None = None  # ready, not yet taken up
+        self._pending_kernel: tuple[list[torch.Tensor], tuple | None] | None = None  # (step weights,
+        # the LM head's kernel tensors): ready, not yet taken up
         if not (kernel and self._kernel_suits() and int4_kernel.wanted() is None):
             self.kernel_settled.set()
         elif int4_kernel.built():  # loading it and laying out the weights takes about 0.2 s
@@ -193,8 +194,8 @@ class LlamaDecoder(TokenCache):
 
     def _prepare_kernel(self) -> None:
         """Load the kernel and lay out the int4 weights (and the LM head's) for it; the next decode
-        step takes them up, so a step never sees half of them (this may run on a thread of its
-        own while the engine decodes)."""
+        step takes them up, layers and head together, so a step never sees half of them (this may
+        run on a thread of its own while the engine decodes)."""
         try:
             if int4_kernel.load():
                 converted = []
@@ -205,13 +206,19 @@ class LlamaDecoder(TokenCache):
                             return
                         converted += kernel
                 head = self.model.get_output_embeddings()
-                if isinstance(head, OutputHead):
-                    head.use_kernel()
-                self._pending_step_weights = converted
+                head_kernel = int4_kernel.convert(head.weight, head.scales) if isinstance(head, OutputHead) else None
+                self._pending_kernel = (converted, head_kernel)
         except Exception:  # noqa: BLE001 - decoding simply stays on the TorchScript layers
             log.exception("laying out the int4 weights for chatapp's kernel failed")
         finally:
             self.kernel_settled.set()
+
+    def _take_up_kernel(self) -> None:
+        self._step_weights, head_kernel = self._pending_kernel
+        self._pending_kernel = None
+        if head_kernel is not None:
+            self.model.get_output_embeddings().kernel_parts = head_kernel
+        self.kind += ", int4 kernel"
 
     def reset(self) -> None:
         """Forget everything and free the KV buffers."""
@@ -260,9 +267,8 @@ class LlamaDecoder(TokenCache):
         return cos_table, sin_table
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        if self._pending_step_weights is not None:
-            self._step_weights, self._pending_step_weights = self._pending_step_weights, None
-            self.kind += ", int4 kernel"
+        if self._pending_kernel is not None:
+            self._take_up_kernel()
         start, count = len(self.token_ids), len(ids)
         end = start + count
         self._reserve(end)

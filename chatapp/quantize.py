@@ -93,16 +93,9 @@ class OutputHead(nn.Module):
         packed, scales_and_zeros, _ = pack_int4(torch.cat([weight.detach().float(), padding]))
         return cls(packed, scales_and_zeros, weight, exact_top)
 
-    def use_kernel(self) -> bool:
-        """Run the 4-bit pass on chatapp's int4 kernel from now on (`chatapp.int4_kernel`, which
-        must be loaded); whether it suits this head."""
-        from chatapp import int4_kernel
-
-        self.kernel_parts = int4_kernel.convert(self.weight, self.scales)
-        return self.kernel_parts is not None
-
     kernel_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel, once in use."""
+    """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel
+    (`chatapp.int4_kernel.convert`), once a decoder has taken it up for the model's decode steps."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
         flat = hidden.reshape(-1, hidden.shape[-1])
