@@ -47,12 +47,75 @@ inline __m512 bf16x16_to_float(__m256i v) {
 }
 
 // The integer dot products of one pair of blocks: 16 int32 lanes, 0..7 block A's, 8..15 B's.
-inline __m512i pair_dots(const uint8_t* w, const int16_t* xq) {
+inline __m512i pair_dots(const uint8_t* w, __m512i xlo, __m512i xhi) {
   const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)w));  // A's 16 bytes, B's 16
   const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi16(0x0F));
   const __m512i hi = _mm512_srli_epi16(v, 4);
-  const __m512i d = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
-  return _mm512_dpwssd_epi32(d, hi, _mm512_loadu_si512(xq + 32));
+  return _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+}
+
+inline __m512i pair_dots(const uint8_t* w, const int16_t* xq) {
+  return pair_dots(w, _mm512_loadu_si512(xq), _mm512_loadu_si512(xq + 32));
+}
+
+// The offsets of one row as 16 lanes to add before the reduction: sum of zero * xsum - 8 * sum of scale * xsum.
+inline __m512 row_offsets(const uint16_t* wscales, const uint16_t* wzeros, const float* xsums, int64_t blocks) {
+  __m512 zsum = _mm512_setzero_ps(), ssum = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 16 <= blocks; g += 16) {
+    const __m512 xs = _mm512_loadu_ps(xsums + g);
+    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wzeros + g))), xs, zsum);
+    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wscales + g))), xs, ssum);
+  }
+  if (g < blocks) {
+    const __mmask16 mask = (__mmask16)((1u << (blocks - g)) - 1);
+    const __m512 xs = _mm512_maskz_loadu_ps(mask, xsums + g);
+    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wzeros + g)), xs, zsum);
+    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wscales + g)), xs, ssum);
+  }
+  return _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), ssum, zsum);
+}
+
+// The sums of the 16 lanes of each of four vectors, as four floats.
+inline __m128 sum_lanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+  const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+  const __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+  const __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+  const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+  return _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+}
+
+// Four consecutive outputs (rows `row_bytes` and `blocks` scales apart), sharing the loads of x
+// and the final reduction; the rows' independent sums keep the CPU's pipelines full.
+inline __m128 dot_rows4(const uint8_t* w, int64_t row_bytes, const uint16_t* wscales, const uint16_t* wzeros,
+                        const int16_t* xq, const float* xscales, const float* xsums, int64_t blocks) {
+  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  __m512 acc[4];
+  for (int r = 0; r < 4; ++r) acc[r] = row_offsets(wscales + r * blocks, wzeros + r * blocks, xsums, blocks);
+  int64_t b = 0;
+  for (; b + 4 <= blocks; b += 4) {
+    const __m128 x4 = _mm_loadu_ps(xscales + b);
+    const __m512i xlo0 = _mm512_loadu_si512(xq + kGroup * b), xhi0 = _mm512_loadu_si512(xq + kGroup * b + 32);
+    const __m512i xlo1 = _mm512_loadu_si512(xq + kGroup * b + 64), xhi1 = _mm512_loadu_si512(xq + kGroup * b + 96);
+    for (int r = 0; r < 4; ++r) {
+      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(bf16x4_to_float(wscales + r * blocks + b), x4));
+      const uint8_t* row = w + r * row_bytes + 16 * b;
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(row, xlo0, xhi0)), _mm512_permutexvar_ps(first, s), acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(row + 32, xlo1, xhi1)), _mm512_permutexvar_ps(second, s), acc[r]);
+    }
+  }
+  if (b < blocks) {  // a final pair (masked loads: nothing past a row is read)
+    const __m128 x2 = _mm_maskz_loadu_ps(0x3, xscales + b);
+    const __m512i xlo = _mm512_loadu_si512(xq + kGroup * b), xhi = _mm512_loadu_si512(xq + kGroup * b + 32);
+    for (int r = 0; r < 4; ++r) {
+      const __m128 ws = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x3, wscales + r * blocks + b)), 16));
+      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, x2));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + r * row_bytes + 16 * b, xlo, xhi)), _mm512_permutexvar_ps(first, s), acc[r]);
+    }
+  }
+  return sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
 }
 
 // One output: sum over blocks of scale * xscale * dot(q, xq) + (zero - 8 scale) * xsum.
@@ -67,10 +130,9 @@ inline float dot_row(const uint8_t* w, const uint16_t* wscales, const uint16_t* 
     acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b + 32, xq + kGroup * b + 64)), _mm512_permutexvar_ps(second, s), acc1);
   }
-  if (b < blocks) {  // a final pair
-    const float s0 = _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)wscales[b] << 16))) * xscales[b];
-    const float s1 = _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)wscales[b + 1] << 16))) * xscales[b + 1];
-    const __m512 s = _mm512_castps128_ps512(_mm_set_ps(0.0f, 0.0f, s1, s0));
+  if (b < blocks) {  // a final pair (masked loads: nothing past the row is read)
+    const __m128 ws = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x3, wscales + b)), 16));
+    const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, _mm_maskz_loadu_ps(0x3, xscales + b)));
     acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
   }
   // offsets: sum of zero * xsum - 8 * sum of scale * xsum
@@ -119,11 +181,22 @@ void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, boo
   for (int64_t r = 0; r < m; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xscales.data() + r * blocks, xsums.data() + r * blocks);
   at::parallel_for(0, w.n, 32, [&](int64_t begin, int64_t end) {
     for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = begin; j < end; ++j) {
-        const float y = dot_row(w.codes + j * (k / 2), w.scales + j * blocks, w.zeros + j * blocks, xq.data() + r * k,
-                                xscales.data() + r * blocks, xsums.data() + r * blocks, blocks);
-        out[r * w.n + j] = accumulate ? out[r * w.n + j] + y : y;
+    {
+      const int16_t* xr = xq.data() + r * k;
+      const float* xs = xscales.data() + r * blocks;
+      const float* xm = xsums.data() + r * blocks;
+      float* o = out + r * w.n;
+      int64_t j = begin;
+      for (; j + 4 <= end; j += 4) {
+        __m128 y = dot_rows4(w.codes + j * (k / 2), k / 2, w.scales + j * blocks, w.zeros + j * blocks, xr, xs, xm, blocks);
+        if (accumulate) y = _mm_add_ps(y, _mm_loadu_ps(o + j));
+        _mm_storeu_ps(o + j, y);
       }
+      for (; j < end; ++j) {
+        const float y = dot_row(w.codes + j * (k / 2), w.scales + j * blocks, w.zeros + j * blocks, xr, xs, xm, blocks);
+        o[j] = accumulate ? o[j] + y : y;
+      }
+    }
   });
 }
 
