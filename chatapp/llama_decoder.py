@@ -40,6 +40,8 @@ MODEL_TYPES = ("llama",)
 """Architectures whose decoder layers this module reproduces."""
 INT4_ROW_BLOCK = 64
 """torch's CPU int4 packing interleaves rows in blocks of 64: only whole blocks can be joined."""
+KERNEL_WAIT_SECONDS = 30.0
+"""Longest the first decode step waits for a built kernel to load (it takes about 0.2 s)."""
 MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 
@@ -170,15 +172,19 @@ class LlamaDecoder(TokenCache):
         """Which decoder runs the model, for display."""
         self.kernel_settled = threading.Event()
         """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
-        step on): `chatapp.int4_kernel`, loaded or built on a background thread."""
+        decode step on): `chatapp.int4_kernel`, loaded or built on a background thread."""
         self._step_weights: list[torch.Tensor] | None = None  # every layer's, for `decode_layers`
         self._pending_kernel: tuple[list[torch.Tensor], tuple | None] | None = None  # (step weights,
         # the LM head's kernel tensors): ready, not yet taken up
+        self._await_kernel = False  # whether the first decode step waits for the kernel
         if not (kernel and self._kernel_suits() and int4_kernel.wanted() is None):
             self.kernel_settled.set()
-        elif int4_kernel.built():  # loading it and laying out the weights takes about 0.2 s
-            self._prepare_kernel()
-        else:  # it must be compiled first (about 10 s): decode on the TorchScript layers meanwhile
+        else:
+            # Built already, loading it and laying out the weights takes about 0.2 s, behind the
+            # app's start and the first prefill: the first decode step waits for it, so every step
+            # runs on it. Else it must be compiled first (about 10 s): decode on the TorchScript
+            # layers meanwhile and switch between two steps when it is ready.
+            self._await_kernel = int4_kernel.built()
             threading.Thread(target=self._prepare_kernel, name="chatapp-int4-kernel", daemon=True).start()
         self.reset()
 
@@ -267,6 +273,9 @@ class LlamaDecoder(TokenCache):
         return cos_table, sin_table
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        if self._await_kernel and len(ids) == 1:
+            self._await_kernel = False
+            self.kernel_settled.wait(KERNEL_WAIT_SECONDS)
         if self._pending_kernel is not None:
             self._take_up_kernel()
         start, count = len(self.token_ids), len(ids)

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from chatapp.engine import Engine
+from chatapp.loading import load_model
 from chatapp.memory import current_rss_mb
 from chatapp.settings import SamplingSettings
 
@@ -27,8 +28,10 @@ def _kv_mb(engine: Engine) -> float:
 
 @pytest.mark.model
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
-def test_fifty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys):
-    engine = Engine(default_model)
+@pytest.mark.parametrize("configuration", ["float32", "default"])
+def test_fifty_turns_keep_memory_flat_beyond_the_kv_cache(configuration, default_model, capsys):
+    # "default": the app's own configuration (int4 weights, decode steps on chatapp's kernel where it runs)
+    engine = Engine(default_model if configuration == "float32" else load_model("default"))
     settings = SamplingSettings(seed=7, max_new_tokens=REPLY_TOKENS)
     messages: list[dict] = []
     baseline = kv_baseline = 0.0
@@ -44,6 +47,6 @@ def test_fifty_turns_keep_memory_flat_beyond_the_kv_cache(default_model, capsys)
     gc.collect()
     growth, kv_growth = current_rss_mb() - baseline, _kv_mb(engine) - kv_baseline
     with capsys.disabled():
-        print(f"\n{TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
+        print(f"\n{configuration}, {engine.kv.kind}: {TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
               f"({len(engine.kv)} tokens cached)")
     assert growth <= kv_growth + SLACK_MB
