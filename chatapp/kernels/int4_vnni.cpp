@@ -54,10 +54,6 @@ inline __m512i pair_dots(const uint8_t* w, __m512i xlo, __m512i xhi) {
   return _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
 }
 
-inline __m512i pair_dots(const uint8_t* w, const int16_t* xq) {
-  return pair_dots(w, _mm512_loadu_si512(xq), _mm512_loadu_si512(xq + 32));
-}
-
 // The offsets of one row as 16 lanes to add before the reduction: sum of zero * xsum - 8 * sum of scale * xsum.
 inline __m512 row_offsets(const uint16_t* wscales, const uint16_t* wzeros, const float* xsums, int64_t blocks) {
   __m512 zsum = _mm512_setzero_ps(), ssum = _mm512_setzero_ps();
@@ -86,8 +82,9 @@ inline __m128 sum_lanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
 }
 
-// Four consecutive outputs (rows `row_bytes` and `blocks` scales apart), sharing the loads of x
-// and the final reduction; the rows' independent sums keep the CPU's pipelines full.
+// Four consecutive outputs (rows `row_bytes` and `blocks` scales apart), each the sum over blocks
+// of scale * xscale * dot(q, xq) + (zero - 8 scale) * xsum; the four share the loads of x and
+// the final reduction, and their independent sums keep the CPU's pipelines full.
 inline __m128 dot_rows4(const uint8_t* w, int64_t row_bytes, const uint16_t* wscales, const uint16_t* wzeros,
                         const int16_t* xq, const float* xscales, const float* xsums, int64_t blocks) {
   const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -118,41 +115,6 @@ inline __m128 dot_rows4(const uint8_t* w, int64_t row_bytes, const uint16_t* wsc
   return sum_lanes4(acc[0], acc[1], acc[2], acc[3]);
 }
 
-// One output: sum over blocks of scale * xscale * dot(q, xq) + (zero - 8 scale) * xsum.
-inline float dot_row(const uint8_t* w, const uint16_t* wscales, const uint16_t* wzeros, const int16_t* xq,
-                     const float* xscales, const float* xsums, int64_t blocks) {
-  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t b = 0;
-  for (; b + 4 <= blocks; b += 4) {
-    const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(bf16x4_to_float(wscales + b), _mm_loadu_ps(xscales + b)));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b + 32, xq + kGroup * b + 64)), _mm512_permutexvar_ps(second, s), acc1);
-  }
-  if (b < blocks) {  // a final pair (masked loads: nothing past the row is read)
-    const __m128 ws = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x3, wscales + b)), 16));
-    const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, _mm_maskz_loadu_ps(0x3, xscales + b)));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + 16 * b, xq + kGroup * b)), _mm512_permutexvar_ps(first, s), acc0);
-  }
-  // offsets: sum of zero * xsum - 8 * sum of scale * xsum
-  __m512 zsum = _mm512_setzero_ps(), ssum = _mm512_setzero_ps();
-  int64_t g = 0;
-  for (; g + 16 <= blocks; g += 16) {
-    const __m512 xs = _mm512_loadu_ps(xsums + g);
-    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wzeros + g))), xs, zsum);
-    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_loadu_si256((const __m256i*)(wscales + g))), xs, ssum);
-  }
-  if (g < blocks) {
-    const __mmask16 mask = (__mmask16)((1u << (blocks - g)) - 1);
-    const __m512 xs = _mm512_maskz_loadu_ps(mask, xsums + g);
-    zsum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wzeros + g)), xs, zsum);
-    ssum = _mm512_fmadd_ps(bf16x16_to_float(_mm256_maskz_loadu_epi16(mask, wscales + g)), xs, ssum);
-  }
-  const __m512 offsets = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), ssum, zsum);
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), offsets));
-}
-
 struct Int4Weight {
   const uint8_t* codes;
   const uint16_t* scales;
@@ -164,7 +126,7 @@ Int4Weight int4_weight(const at::Tensor& weight, const at::Tensor& scales, const
   const int64_t n = weight.size(0), blocks = k / kGroup;
   TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == k / 2,
               "int4 weight must be contiguous uint8 (N, K/2)");
-  TORCH_CHECK(k % (2 * kGroup) == 0, "int4 weight: K must be a multiple of 64");
+  TORCH_CHECK(k % (2 * kGroup) == 0 && n % 4 == 0, "int4 weight: K must be a multiple of 64, N of 4");
   TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && zeros.scalar_type() == at::kBFloat16 && scales.is_contiguous() &&
               zeros.is_contiguous() && scales.size(0) == n && scales.size(1) == blocks && zeros.size(0) == n &&
               zeros.size(1) == blocks,
@@ -179,22 +141,15 @@ void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, boo
   std::vector<int16_t> xq(m * k);
   std::vector<float> xscales(m * blocks), xsums(m * blocks);
   for (int64_t r = 0; r < m; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xscales.data() + r * blocks, xsums.data() + r * blocks);
-  at::parallel_for(0, w.n, 32, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < m; ++r)
-    {
+  at::parallel_for(0, w.n / 4, 8, [&](int64_t begin, int64_t end) {  // in groups of four rows
+    for (int64_t r = 0; r < m; ++r) {
       const int16_t* xr = xq.data() + r * k;
-      const float* xs = xscales.data() + r * blocks;
-      const float* xm = xsums.data() + r * blocks;
       float* o = out + r * w.n;
-      int64_t j = begin;
-      for (; j + 4 <= end; j += 4) {
-        __m128 y = dot_rows4(w.codes + j * (k / 2), k / 2, w.scales + j * blocks, w.zeros + j * blocks, xr, xs, xm, blocks);
+      for (int64_t j = 4 * begin; j < 4 * end; j += 4) {
+        __m128 y = dot_rows4(w.codes + j * (k / 2), k / 2, w.scales + j * blocks, w.zeros + j * blocks, xr,
+                             xscales.data() + r * blocks, xsums.data() + r * blocks, blocks);
         if (accumulate) y = _mm_add_ps(y, _mm_loadu_ps(o + j));
         _mm_storeu_ps(o + j, y);
-      }
-      for (; j < end; ++j) {
-        const float y = dot_row(w.codes + j * (k / 2), w.scales + j * blocks, w.zeros + j * blocks, xr, xs, xm, blocks);
-        o[j] = accumulate ? o[j] + y : y;
       }
     }
   });
