@@ -8,9 +8,9 @@ product instructions. `chatapp/kernels/int4_vnni.cpp` does the same for our int4
 four times the weights per cycle of torch's kernel on one core.
 
 The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 10 s)
-and kept in the user cache directory. `chatapp.llama_decoder` loads it on a background thread,
-so a chat never waits for it: decoding starts on torch's kernel and switches when this one is
-ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
+and kept in the user cache directory. `chatapp.kernel_switch` loads it on a thread of its own,
+so a chat never waits for a compile: decoding runs on the TorchScript layers meanwhile and
+switches when it is ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
 stays on torch's kernel.
 
 Layouts (`convert`): a weight `(N, K)` in blocks of 32 along K, `w = scale * (q - 8) + zero`
@@ -191,6 +191,10 @@ def unpack_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor | None:
     """
     if n % 64 or packed.numel() != n * k // 2 or not _layout_known():
         return None
+    return _unpack(packed, n, k)
+
+
+def _unpack(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     blocks = packed.reshape(n // 64, k, 32)
     codes = torch.cat([blocks & 15, blocks >> 4], dim=2)  # (N / 64, K, 64)
     return codes.transpose(1, 2).reshape(n, k)
@@ -205,9 +209,7 @@ def _layout_known() -> bool:
         generator = torch.Generator().manual_seed(0)
         codes = torch.randint(0, 16, (128, 96), generator=generator, dtype=torch.int32)
         packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
-        blocks = packed.reshape(2, 96, 32)
-        unpacked = torch.cat([blocks & 15, blocks >> 4], dim=2).transpose(1, 2).reshape(128, 96)
-        _LAYOUT_KNOWN.append(bool(torch.equal(unpacked.to(torch.int32), codes)))
+        _LAYOUT_KNOWN.append(bool(torch.equal(_unpack(packed, 128, 96).to(torch.int32), codes)))
     return _LAYOUT_KNOWN[0]
 
 

@@ -13,7 +13,9 @@ fewer, larger operations:
   rotary module, computed once for every position the KV buffers can hold;
 - the KV cache is a preallocated buffer written in place, grown by doubling;
 - the layer loop (`chatapp.layer_loop.run_layers`) runs compiled by TorchScript, so the ~30
-  small operations of each layer are dispatched without Python between them.
+  small operations of each layer are dispatched without Python between them;
+- a decode step of an int4 float32 model runs all its layers in one call of chatapp's own
+  kernel (`decode_layers`, `chatapp.int4_kernel`) once `chatapp.kernel_switch` has it ready.
 
 It returns only the final hidden state of the last position; the LM head (chatapp.lm_head)
 turns that into logits. Models it does not cover (other architectures, biases, sliding
@@ -22,7 +24,6 @@ windows, layers spread by Accelerate) run through transformers' modules (`chatap
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import torch
@@ -32,16 +33,16 @@ from torch import nn
 from chatapp import int4_kernel
 from chatapp.decoding import TokenCache
 from chatapp.layer_loop import compiled_run_layers, run_layers
-from chatapp.quantize import Int4Linear, OutputHead
+from chatapp.kernel_switch import KernelSwitch
+from chatapp.quantize import Int4Linear
 
-log = logging.getLogger(__name__)
+_SETTLED = threading.Event()
+_SETTLED.set()  # the kernel_settled of a decoder that never uses the kernel
 
 MODEL_TYPES = ("llama",)
 """Architectures whose decoder layers this module reproduces."""
 INT4_ROW_BLOCK = 64
 """torch's CPU int4 packing interleaves rows in blocks of 64: only whole blocks can be joined."""
-KERNEL_WAIT_SECONDS = 30.0
-"""Longest the first decode step waits for a built kernel to load (it takes about 0.2 s)."""
 MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 
@@ -168,25 +169,26 @@ class LlamaDecoder(TokenCache):
             self.gate_up_parts.append(_parts(_fuse([mlp.gate_proj, mlp.up_proj])))
             self.down_parts.append(_parts([mlp.down_proj]))
         self.run_layers = compiled_run_layers() if compiled else run_layers
-        self.kind = "chatapp decoder" + (" (TorchScript)" if self.run_layers is not run_layers else "")
-        """Which decoder runs the model, for display."""
-        self.kernel_settled = threading.Event()
-        """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
-        decode step on): `chatapp.int4_kernel`, loaded or built on a background thread."""
-        self._step_weights: list[torch.Tensor] | None = None  # every layer's, for `decode_layers`
-        self._pending_kernel: tuple[list[torch.Tensor], tuple | None] | None = None  # (step weights,
-        # the LM head's kernel tensors): ready, not yet taken up
-        self._await_kernel = False  # whether the first decode step waits for the kernel
-        if not (kernel and self._kernel_suits() and int4_kernel.wanted() is None):
-            self.kernel_settled.set()
-        else:
-            # Built already, loading it and laying out the weights takes about 0.2 s, behind the
-            # app's start and the first prefill: the first decode step waits for it, so every step
-            # runs on it. Else it must be compiled first (about 10 s): decode on the TorchScript
-            # layers meanwhile and switch between two steps when it is ready.
-            self._await_kernel = int4_kernel.built()
-            threading.Thread(target=self._prepare_kernel, name="chatapp-int4-kernel", daemon=True).start()
+        self._kind = "chatapp decoder" + (" (TorchScript)" if self.run_layers is not run_layers else "")
+        self.kernel = (
+            KernelSwitch(list(zip(self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts)),
+                         model.get_output_embeddings())
+            if kernel and self._kernel_suits() and int4_kernel.wanted() is None else None
+        )
+        """When decode steps move onto chatapp's int4 kernel (`chatapp.kernel_switch`), or None."""
         self.reset()
+
+    @property
+    def kind(self) -> str:
+        """Which decoder runs the model, for display."""
+        on_kernel = self.kernel is not None and self.kernel.step_weights is not None
+        return self._kind + (", int4 kernel" if on_kernel else "")
+
+    @property
+    def kernel_settled(self) -> threading.Event:
+        """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
+        decode step on)."""
+        return self.kernel.settled if self.kernel is not None else _SETTLED
 
     def _kernel_suits(self) -> bool:
         """Whether a decode step can run as one `decode_layers` call: float32 activations on CPU,
@@ -197,34 +199,6 @@ class LlamaDecoder(TokenCache):
             and self.device.type == "cpu"
             and all(len(parts) == 2 and parts[1].numel() > 0 for group in groups for parts in group)
         )
-
-    def _prepare_kernel(self) -> None:
-        """Load the kernel and lay out the int4 weights (and the LM head's) for it; the next decode
-        step takes them up, layers and head together, so a step never sees half of them (this may
-        run on a thread of its own while the engine decodes)."""
-        try:
-            if int4_kernel.load():
-                converted = []
-                for layer in zip(self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts):
-                    for packed, scales in layer:
-                        kernel = int4_kernel.convert(packed, scales)
-                        if kernel is None:
-                            return
-                        converted += kernel
-                head = self.model.get_output_embeddings()
-                head_kernel = int4_kernel.convert(head.weight, head.scales) if isinstance(head, OutputHead) else None
-                self._pending_kernel = (converted, head_kernel)
-        except Exception:  # noqa: BLE001 - decoding simply stays on the TorchScript layers
-            log.exception("laying out the int4 weights for chatapp's kernel failed")
-        finally:
-            self.kernel_settled.set()
-
-    def _take_up_kernel(self) -> None:
-        self._step_weights, head_kernel = self._pending_kernel
-        self._pending_kernel = None
-        if head_kernel is not None:
-            self.model.get_output_embeddings().kernel_parts = head_kernel
-        self.kind += ", int4 kernel"
 
     def reset(self) -> None:
         """Forget everything and free the KV buffers."""
@@ -273,18 +247,14 @@ class LlamaDecoder(TokenCache):
         return cos_table, sin_table
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        if self._await_kernel and len(ids) == 1:
-            self._await_kernel = False
-            self.kernel_settled.wait(KERNEL_WAIT_SECONDS)
-        if self._pending_kernel is not None:
-            self._take_up_kernel()
         start, count = len(self.token_ids), len(ids)
         end = start + count
         self._reserve(end)
         x = F.embedding(input_ids[0], self.embed_weight)  # (T, d_model), a fresh tensor we may add into
-        if count == 1 and self._step_weights is not None:
+        step_weights = self.kernel.weights_for_step() if count == 1 and self.kernel is not None else None
+        if step_weights is not None:
             torch.ops.chatapp.decode_layers(
-                x, self.cos[start], self.sin[start], self.norms, self._step_weights, self.cache, start,
+                x, self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start,
                 self.heads, self.kv_heads, self.eps,
             )
             self.token_ids.extend(ids)
