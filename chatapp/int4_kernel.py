@@ -28,6 +28,7 @@ plain torch for the tests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -70,33 +71,31 @@ def kernels_dir() -> Path:
     return Path(user_cache_dir("chatapp")) / "kernels"
 
 
+@functools.cache
+def _cpu_lines() -> tuple[str, ...]:
+    """The first CPU's model name and flags lines of /proc/cpuinfo (none where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ()
+    first = lines[: lines.index("")] if "" in lines else lines
+    return tuple(line for line in first if line.startswith(("model name", "flags")))
+
+
 def cpu_supported() -> bool:
     """Whether this CPU has the instructions the kernel uses (read from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
+    for line in _cpu_lines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             return all(flag in flags for flag in CPU_FLAGS)
     return False
 
 
-def _cpu_model() -> str:
-    """The CPU's model name and flags (a kernel built with `-march=native` is for that CPU only)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return "\n".join(line for line in lines[:40] if line.startswith(("model name", "flags")))
-
-
 def _library_path() -> Path:
     """The built kernel for this source, torch and compiler flags."""
     key = hashlib.sha256(
         SOURCE.read_bytes() + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
-        + _cpu_model().encode()
+        + "\n".join(_cpu_lines()).encode()  # built with -march=native: for this CPU only
     ).hexdigest()[:16]
     return kernels_dir() / f"int4_vnni-{key}.so"
 

@@ -38,8 +38,8 @@ void quantize_row(const float* x, int64_t k, int16_t* codes, float* scales, floa
   }
 }
 
-inline __m128 bf16x4_to_float(const uint16_t* p) {
-  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)p)), 16));
+inline __m128 bf16x4_to_float(__m128i v) {  // the low four bfloat16 of v
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(v), 16));
 }
 
 inline __m512 bf16x16_to_float(__m256i v) {
@@ -97,7 +97,7 @@ inline __m128 dot_rows4(const uint8_t* w, int64_t row_bytes, const uint16_t* wsc
     const __m512i xlo0 = _mm512_loadu_si512(xq + kGroup * b), xhi0 = _mm512_loadu_si512(xq + kGroup * b + 32);
     const __m512i xlo1 = _mm512_loadu_si512(xq + kGroup * b + 64), xhi1 = _mm512_loadu_si512(xq + kGroup * b + 96);
     for (int r = 0; r < 4; ++r) {
-      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(bf16x4_to_float(wscales + r * blocks + b), x4));
+      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(bf16x4_to_float(_mm_loadl_epi64((const __m128i*)(wscales + r * blocks + b))), x4));
       const uint8_t* row = w + r * row_bytes + 16 * b;
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(row, xlo0, xhi0)), _mm512_permutexvar_ps(first, s), acc[r]);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(row + 32, xlo1, xhi1)), _mm512_permutexvar_ps(second, s), acc[r]);
@@ -107,7 +107,7 @@ inline __m128 dot_rows4(const uint8_t* w, int64_t row_bytes, const uint16_t* wsc
     const __m128 x2 = _mm_maskz_loadu_ps(0x3, xscales + b);
     const __m512i xlo = _mm512_loadu_si512(xq + kGroup * b), xhi = _mm512_loadu_si512(xq + kGroup * b + 32);
     for (int r = 0; r < 4; ++r) {
-      const __m128 ws = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(0x3, wscales + r * blocks + b)), 16));
+      const __m128 ws = bf16x4_to_float(_mm_maskz_loadu_epi16(0x3, wscales + r * blocks + b));
       const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, x2));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair_dots(w + r * row_bytes + 16 * b, xlo, xhi)), _mm512_permutexvar_ps(first, s), acc[r]);
     }
@@ -224,16 +224,18 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
   TORCH_CHECK(position >= 0 && position < capacity, "decode_layers: position beyond the cache");
   TORCH_CHECK((int64_t)weights.size() == 12 * layers && (int64_t)norms.size() == 2 * layers, "decode_layers: weights or norms missing");
   TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && cos.numel() == head_dim && sin.numel() == head_dim, "decode_layers: bad shapes");
-  const float* cs = cos.contiguous().data_ptr<float>();
-  const float* sn = sin.contiguous().data_ptr<float>();
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(),
+              "decode_layers: cos and sin must be contiguous float32");
+  const float* cs = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
   float* residual = x.data_ptr<float>();
   float* kv = cache.data_ptr<float>();
   const int64_t qkv_width = (heads + 2 * kv_heads) * head_dim, group = heads / kv_heads, half = head_dim / 2;
   const int64_t length = position + 1;
   const float attention_scale = 1.0f / std::sqrt((float)head_dim);
-  std::vector<float> h(std::max<int64_t>(d, heads * head_dim)), qkv(qkv_width), attended(heads * head_dim), rotated(head_dim);
+  std::vector<float> h(d), qkv(qkv_width), attended(heads * head_dim), rotated(head_dim);
   std::vector<float> scores(heads * length);
-  std::vector<float> hidden;
+  std::vector<float> hidden, gate;  // gate|up products, and e^-|gate|
   for (int64_t layer = 0; layer < layers; ++layer) {
     const at::Tensor* w = weights.data() + 12 * layer;
     const Int4Weight wqkv = int4_weight(w[0], w[1], w[2], d);
@@ -286,8 +288,8 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
     hidden.resize(wgu.n);
     int4_matmul(h.data(), 1, wgu, hidden.data(), false);
     const int64_t inner = wgu.n / 2;
-    std::vector<float> gate(hidden.begin(), hidden.begin() + inner);  // silu(g) = g / (1 + e^-g)
-    for (int64_t i = 0; i < inner; ++i) gate[i] = -std::fabs(gate[i]);
+    gate.resize(inner);  // silu(g) = g / (1 + e^-g)
+    for (int64_t i = 0; i < inner; ++i) gate[i] = -std::fabs(hidden[i]);
     exp_inplace(gate.data(), inner);  // e^-|g|
     for (int64_t i = 0; i < inner; ++i) {
       const float g = hidden[i], e = gate[i];
