@@ -1,5 +1,11 @@
 """GGUF files: the default model's file, converting one once into a transformers folder, and
 what its tensors hold. Reading a GGUF file's index is slow, so answers are kept in the cache.
+
+A converted folder carries a manifest (`MANIFEST_NAME`: each file's size), written before the
+folder is moved into place; `converted_intact` checks it at every start (a few `stat` calls, no
+reading), so a truncated copy is converted again instead of failing every load. Staging folders
+are named after the process writing them, so those of a process that died are found and removed
+(`remove_stale_staging`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +34,13 @@ CONTENT_SAMPLE_BYTES = 1 << 20
 """Bytes read from each end of a GGUF file to key its converted copy."""
 FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
 """GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
+MANIFEST_NAME = "chatapp-manifest.json"
+"""In a converted folder: the size of every file the conversion wrote."""
+STAGING_PREFIX = ".converting-"
+"""A conversion writes into a folder named this, its process id and a dash, then renames it."""
+STALE_SECONDS = 3600
+"""A staging folder or temporary file whose owner cannot be told (no process id in its name) is
+left alone until it is this old: no conversion or save takes that long."""
 
 Progress = Callable[[str], None]
 """Receives one-line descriptions of what is being done."""
@@ -137,11 +151,85 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    remove_stale_staging(target.parent, STAGING_PREFIX)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
-        os.replace(staging, target)  # atomic: a half-written copy is never read
+        _write_manifest(staging)
+        try:
+            os.replace(staging, target)  # atomic: a half-written copy is never read
+        except OSError:
+            if not converted_intact(target):  # else another process converted it meanwhile
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_manifest(folder: Path) -> None:
+    """Record the size of every file in `folder` in its manifest."""
+    sizes = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST_NAME}
+    (folder / MANIFEST_NAME).write_text(json.dumps(sizes, indent=1), encoding="utf-8")
+
+
+def converted_intact(folder: Path) -> bool:
+    """Whether `folder` is a whole converted copy: its manifest reads and every file it names has
+    its recorded size. Cheap (one `stat` a file), so it runs at every start; a copy without a
+    manifest (written by an older chatapp, or half-deleted) counts as damaged."""
+    try:
+        sizes = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return bool(sizes) and all((folder / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def remove_converted(folder: Path) -> None:
+    """Delete a damaged converted copy: moved aside first (one rename), so no reader sees half of it."""
+    aside = folder.with_name(f"{STAGING_PREFIX}{os.getpid()}-removing-{folder.name}")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        aside = folder
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_stale_staging(folder: Path, prefix: str) -> None:
+    """Remove the entries of `folder` named `prefix` + a process id + "-" whose process is gone,
+    and those named `prefix` without one (older chatapp versions) once `STALE_SECONDS` old.
+    Best effort: whatever cannot be removed is left for the next time."""
+    try:
+        entries = list(folder.glob(f"{prefix}*"))
+    except OSError:
+        return
+    for entry in entries:
+        if _abandoned(entry.name[len(prefix):], entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _abandoned(rest: str, entry: Path) -> bool:
+    """Whether a staging entry whose name goes on with `rest` after its prefix is abandoned."""
+    owner, dash, _ = rest.partition("-")
+    if dash and owner.isdigit():
+        return not _process_alive(int(owner))
+    try:
+        return time.time() - entry.lstat().st_mtime > STALE_SECONDS
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with id `pid` runs (on this machine: the cache is a local folder)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or a number we cannot ask about: keep it
+    return True

@@ -13,6 +13,7 @@ path runs and rewrites it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 
 from chatapp.atomic_file import replacing
 from chatapp.quantize import Int4Linear, OutputHead
+
+log = logging.getLogger(__name__)
 
 FORMAT = "3"
 """Bumped whenever what the file holds changes meaning."""
@@ -43,9 +46,19 @@ def _packing() -> dict[str, str]:
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files beside `path` left by a save that was killed (`replacing` names them
+    `.NAME.XXXX.tmp`), once `chatapp.gguf_files.STALE_SECONDS` old."""
+    from chatapp.gguf_files import remove_stale_staging
+
+    remove_stale_staging(path.parent, f".{path.name}.")
+
+
 def save_int4(model, path: Path, exact_blocks: float) -> None:
     """Write `model` (int4 layers, an `OutputHead`) to `path`; a failure only costs the cache."""
     from safetensors.torch import save_file
+
+    remove_stale_temporaries(path)
 
     head = model.get_output_embeddings()
     if not isinstance(head, OutputHead):  # a head the packing left alone: not this cache's layout
@@ -63,6 +76,7 @@ def save_int4(model, path: Path, exact_blocks: float) -> None:
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
     """The int4 model saved at `path` (for the model folder `location`) and its exact-block share,
     or None when there is no usable copy."""
+    remove_stale_temporaries(path)
     if not path.is_file():
         return None
     try:
@@ -76,6 +90,7 @@ def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
             state = {key: handle.get_tensor(key) for key in handle.keys()}
         return _build(state, location, dtype), float(metadata["exact_blocks"])
     except Exception:  # a damaged or foreign file: load the slow way and rewrite it
+        log.warning("the int4 copy in %s was damaged; packing the weights again", path)
         return None
 
 

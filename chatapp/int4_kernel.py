@@ -28,6 +28,7 @@ plain torch for the tests.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
+from chatapp.gguf_files import remove_stale_staging
 from chatapp.quantize import GROUP_SIZE, ZERO_OFFSET
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ ACTIVATION_LEVELS = 32767.0
 """Activations are rounded per block of 32 to integers up to this (int16), scale = max |x| / it."""
 BUILD_TIMEOUT = 300
 """Seconds a compile may take before we give up on it."""
+SIDECAR_SUFFIX = ".sha256"
+"""Beside each built library, a file of that name plus this holds its size and sha256."""
+SCRATCH_PREFIX = ".building-"
+"""Build folders in `kernels_dir()` are named this, the building process's id and a dash."""
 
 _LIBRARY = torch.library.Library("chatapp", "DEF")
 _LIBRARY.define("int4_linear(Tensor x, Tensor weight, Tensor scales, Tensor zeros) -> Tensor")
@@ -108,14 +114,16 @@ def _compiler() -> str | None:
 
 
 def _build(target: Path) -> None:
-    """Compile the kernel into `target` (written whole, so concurrent builds are harmless)."""
+    """Compile the kernel into `target`, with its sidecar (`_write_sidecar`) written first, each
+    moved into place whole, so a reader never loads half a library and concurrent builds are
+    harmless. The compiler is killed (and this raises) when `cancel_build` is called meanwhile."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found")
     root = Path(torch.__file__).parent
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=target.parent) as scratch:
         output = Path(scratch) / target.name
         command = [
             compiler, str(SOURCE), "-o", str(output), "-shared", "-fPIC", "-std=c++17", "-w",
@@ -123,16 +131,95 @@ def _build(target: Path) -> None:
             "-I", str(root / "include"), "-I", str(root / "include" / "torch" / "csrc" / "api" / "include"),
             "-L", str(root / "lib"), "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}",
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling the int4 kernel failed: {done.stderr.strip()[-400:]}")
+        returncode, errors = _compile(command)
+        if returncode != 0:
+            raise RuntimeError(f"compiling the int4 kernel failed: {errors.strip()[-400:]}")
+        _write_sidecar(output, _sidecar_path(target), Path(scratch))
         os.replace(output, target)
+
+
+def _compile(command: list[str]) -> tuple[int, str]:
+    """Run the compiler; its exit status and error output. Its process is kept in `_State.compiler`
+    so `cancel_build` can kill it; a cancelled or timed-out compile raises RuntimeError."""
+    with _State.compiler_lock:
+        if _State.cancelled:
+            raise RuntimeError("the int4 kernel's compile was cancelled")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _State.compiler = process
+    try:
+        _, errors = process.communicate(timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise RuntimeError(f"compiling the int4 kernel took over {BUILD_TIMEOUT} s") from None
+    finally:
+        with _State.compiler_lock:
+            _State.compiler = None
+    if _State.cancelled:
+        raise RuntimeError("the int4 kernel's compile was cancelled")
+    return process.returncode, errors
+
+
+def cancel_build() -> None:
+    """Kill a compile in progress and refuse later ones (at interpreter exit: a compile takes
+    10 s or more, and nothing would use its result)."""
+    with _State.compiler_lock:
+        _State.cancelled = True
+        if _State.compiler is not None:
+            _State.compiler.kill()
+
+
+def _sidecar_path(library: Path) -> Path:
+    """The file beside `library` holding its size and sha256."""
+    return library.with_name(library.name + SIDECAR_SUFFIX)
+
+
+def _digest(path: Path) -> str:
+    """The sha256 of the file at `path`, in hex (a library is about 150 kB: a millisecond)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_sidecar(library: Path, sidecar: Path, scratch: Path) -> None:
+    """Write `library`'s size and sha256 to `sidecar`, whole (through a file in `scratch`)."""
+    draft = scratch / sidecar.name
+    draft.write_text(f"{library.stat().st_size} {_digest(library)}\n", encoding="ascii")
+    os.replace(draft, sidecar)
+
+
+def _verified(library: Path) -> bool:
+    """Whether `library` exists and is the file its sidecar describes (size and sha256); a
+    truncated library would crash the process with SIGBUS once loaded."""
+    try:
+        size, digest = _sidecar_path(library).read_text(encoding="ascii").split()
+        return library.stat().st_size == int(size) and _digest(library) == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _discard_damaged(library: Path) -> None:
+    """Remove a library that fails `_verified` (and its sidecar), saying so once in the log."""
+    if library.exists():
+        log.warning("the int4 kernel in %s was damaged; rebuilding it", library)
+    for path in (library, _sidecar_path(library)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_scratch(folder: Path | None = None) -> None:
+    """Remove kernel build folders in `folder` (default `kernels_dir()`) left by processes that died
+    mid-compile (`chatapp.gguf_files.remove_stale_staging`)."""
+    remove_stale_staging(folder or kernels_dir(), SCRATCH_PREFIX)
 
 
 class _State:
     lock = threading.Lock()
     loaded = False
     error: str | None = None
+    compiler_lock = threading.Lock()
+    compiler: subprocess.Popen | None = None
+    """The compiler while a build runs, for `cancel_build`."""
+    cancelled = False
+    """Set by `cancel_build`: no compile is started or kept from then on."""
 
 
 def loaded() -> bool:
@@ -157,7 +244,7 @@ def wanted() -> str | None:
 
 def built() -> bool:
     """Whether the kernel is wanted and already compiled (so `load` takes milliseconds)."""
-    return wanted() is None and (_State.loaded or (_State.error is None and _library_path().exists()))
+    return wanted() is None and (_State.loaded or (_State.error is None and _verified(_library_path())))
 
 
 def load() -> bool:
@@ -170,7 +257,9 @@ def load() -> bool:
             if reason is not None:
                 raise RuntimeError(reason)
             target = _library_path()
-            if not target.exists():
+            if not _verified(target):
+                _discard_damaged(target)
+                remove_stale_scratch(target.parent)
                 _build(target)
             torch.ops.load_library(str(target))
             _State.loaded = True

@@ -6,12 +6,20 @@ together, so no step runs half on one path and half on the other. A kernel alrea
 in about 0.2 s, behind the app's start and the first prefill: the first decode step waits for it,
 so every step of the session runs on it. One that must be compiled first (about 10 s) is not
 waited for: decoding runs on the TorchScript layers meanwhile and switches when it is ready.
+
+That thread never outlives the interpreter: a process ending while it runs native code (loading
+the library, laying out weights) aborts ("terminate called without an active exception"). At
+exit (`_finish_at_exit`, an `atexit` hook: it runs after non-daemon threads are joined, while
+daemon threads still run) a compile in progress is killed, the layout stops at its next weight,
+and the thread is joined.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import time
 
 import torch
 
@@ -22,6 +30,58 @@ log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30.0
 """Longest the first decode step waits for a built kernel to load (it takes about 0.2 s)."""
+EXIT_WAIT_SECONDS = 10.0
+"""Longest the interpreter's exit waits for a kernel thread, once told to stop (it then finishes
+a library load or one weight's layout: well under a second)."""
+
+
+class _Threads:
+    """The kernel threads still running, and whether the process is exiting."""
+
+    lock = threading.Lock()
+    running: set[threading.Thread] = set()
+    exiting = threading.Event()
+    """Set at interpreter exit: layouts in progress stop, no new thread starts."""
+    hooked = False
+    """Whether `_finish_at_exit` is registered with atexit."""
+
+
+def _start(target, *args) -> bool:
+    """Run `target(*args)` on a kernel thread that `_finish_at_exit` waits for; False (and nothing
+    runs) once the interpreter is exiting."""
+    with _Threads.lock:
+        if _Threads.exiting.is_set():
+            return False
+        if not _Threads.hooked:
+            atexit.register(_finish_at_exit)
+            _Threads.hooked = True
+
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                with _Threads.lock:
+                    _Threads.running.discard(thread)
+
+        thread = threading.Thread(target=run, name="chatapp-int4-kernel", daemon=True)
+        _Threads.running.add(thread)
+        thread.start()
+        return True
+
+
+def _finish_at_exit() -> None:
+    """Stop the kernel threads and wait for them (at most `EXIT_WAIT_SECONDS` in all)."""
+    with _Threads.lock:
+        _Threads.exiting.set()
+        threads = list(_Threads.running)
+    if not threads:
+        return
+    int4_kernel.cancel_build()
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("chatapp's int4 kernel thread did not stop within %.0f s of exit", EXIT_WAIT_SECONDS)
 
 
 class KernelSwitch:
@@ -38,7 +98,8 @@ class KernelSwitch:
         self._ready: tuple[list[torch.Tensor], tuple | None] | None = None  # laid out, not taken up
         self._head = head
         self._wait = int4_kernel.built()
-        threading.Thread(target=self._prepare, args=(layers,), name="chatapp-int4-kernel", daemon=True).start()
+        if not _start(self._prepare, layers):  # exiting: decoding stays on the TorchScript layers
+            self.settled.set()
 
     def _prepare(self, layers: list[list[list[torch.Tensor]]]) -> None:
         try:
@@ -46,6 +107,8 @@ class KernelSwitch:
                 weights = []
                 for projections in layers:
                     for packed, scales in projections:
+                        if _Threads.exiting.is_set():
+                            return
                         laid_out = int4_kernel.convert(packed, scales)
                         if laid_out is None:
                             return

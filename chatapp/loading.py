@@ -10,6 +10,7 @@ Sources, never touching the network (`local_files_only=True`, `trust_remote_code
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +29,22 @@ from chatapp.devices import (
 )
 from chatapp.errors import ModelLoadError
 from chatapp.gguf_files import (
+    STAGING_PREFIX,
     cache_root,
     converted_dir,
+    converted_intact,
     convert_gguf,
     default_gguf_path,
     gguf_is_4bit,
     quiet_transformers,
+    remove_converted,
+    remove_stale_staging,
 )
 from chatapp.records import ModelInfo
 
 __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 """The `--model` value naming the bundled SmolLM2-135M-Instruct."""
@@ -84,20 +91,12 @@ def _resolve(spec: str, progress: Progress) -> _Source:
     """Map a `--model` value to where and how to load it."""
     if spec == DEFAULT_MODEL:
         gguf = default_gguf_path()
-        target = converted_dir(gguf)
-        if not (target / "config.json").is_file():
-            quiet_transformers()
-            convert_gguf(gguf, target, progress)
-        return _Source(str(target), DEFAULT_MODEL_NAME, gguf)
+        return _Source(str(_converted(gguf, progress)), DEFAULT_MODEL_NAME, gguf)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        target = converted_dir(path)  # converted once, like the default model's file
-        if not (target / "config.json").is_file():
-            quiet_transformers()
-            convert_gguf(path, target, progress)
-        return _Source(str(target), path.stem, path)
+        return _Source(str(_converted(path, progress)), path.stem, path)  # converted once, like the default
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
@@ -107,6 +106,26 @@ def _resolve(spec: str, progress: Progress) -> _Source:
     raise ModelLoadError(
         f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
     )
+
+
+def _converted(gguf: Path, progress: Progress) -> Path:
+    """The converted copy of `gguf`, converting it first when it is missing or damaged (its
+    manifest missing or a file's size changed: `converted_intact`)."""
+    target = converted_dir(gguf)
+    remove_stale_staging(target.parent, STAGING_PREFIX)
+    if target.exists() and not converted_intact(target):
+        _discard_converted(gguf, target, progress)
+    if not target.exists():
+        quiet_transformers()
+        convert_gguf(gguf, target, progress)
+    return target
+
+
+def _discard_converted(gguf: Path, target: Path, progress: Progress) -> None:
+    """Remove the damaged converted copy `target` of `gguf`, saying so in one line."""
+    log.warning("the converted copy of %s was damaged; converting it again", gguf.name)
+    progress(f"the converted copy of {gguf.name} was damaged; converting it again")
+    remove_converted(target)
 
 
 def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: str | None) -> bool:
@@ -177,6 +196,20 @@ def _pack_int4(model, dtype) -> float:
     return report.exact_blocks
 
 
+def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
+    """The int4 cache's `(model, exact_blocks)` (or None), the tokenizer and the model from `source`.
+
+    A warm start of an int4 GGUF model reads the packed copy and needs no transformers import;
+    anything still missing is loaded with transformers.
+    """
+    cached = _cached_int4(source, dtype) if use_int4 else None
+    model = cached[0] if cached is not None else None
+    tokenizer = load_chat_tokenizer(source.location) if use_int4 else None  # None: transformers loads it
+    if tokenizer is None or model is None:
+        tokenizer, model = _transformers_load(source, tokenizer, model, dtype, use_int4, device_map, max_memory)
+    return cached, tokenizer, model
+
+
 def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
     """Load what is still missing (tokenizer, model) with transformers, from local files only."""
     import torch
@@ -225,6 +258,7 @@ def load_model(
         ModelLoadError: with one line saying what was tried and what to do.
     """
     import torch
+    from safetensors import SafetensorError
 
     progress = progress or (lambda message: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
@@ -238,17 +272,21 @@ def load_model(
         name = source.name
         use_int4 = _wants_int4(quantize, source, target_device, torch_dtype, device_map)
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
-        # A warm start of an int4 GGUF model reads the packed copy and needs no transformers import.
-        cached = _cached_int4(source, torch_dtype) if use_int4 else None
-        model, exact_blocks = cached if cached is not None else (None, 0.0)
-        tokenizer = load_chat_tokenizer(source.location) if use_int4 else None  # None: transformers loads it
-        if tokenizer is None or model is None:
-            tokenizer, model = _transformers_load(source, tokenizer, model, torch_dtype, use_int4, device_map, max_memory)
+        read = (torch_dtype, use_int4, device_map, max_memory)
+        try:
+            cached, tokenizer, model = _read(source, *read)
+        except (OSError, SafetensorError):
+            if source.gguf is None:  # not our copy: say what failed (below)
+                raise
+            _discard_converted(source.gguf, Path(source.location), progress)  # ours: convert again
+            source = _resolve(spec, progress)
+            cached, tokenizer, model = _read(source, *read)
+        exact_blocks = cached[1] if cached is not None else 0.0
     except ModelLoadError:
         raise
     except (MemoryError, torch.OutOfMemoryError) as error:
         raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from error
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, SafetensorError) as error:
         if "out of memory" in str(error).lower():
             raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from None
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
