@@ -3,13 +3,16 @@
 Nothing happens at import time. `make_app` wires the chat screen to whatever `load_engine`
 returns (the real `Engine`, or a scripted fake in tests); `run_tui` runs it for the CLI.
 Every way out saves the chat first: Ctrl+Q, Ctrl+C, the palette's quit, and SIGTERM or SIGHUP
-(handled on the event loop, so the save never interrupts the UI thread mid-update).
+(also raised when the terminal goes away, `chatapp.tui.terminal`). A signal is handled on the
+event loop, so the save never interrupts the UI thread mid-update, and arms an `ExitDeadline`
+that ends the process anyway should the loop not get there in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,6 +23,7 @@ from textual.screen import Screen
 from chatapp.chat_file import SavedChat
 from chatapp.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
+from chatapp.tui.exit_deadline import ExitDeadline
 from chatapp.tui.screens import ConfirmQuitScreen
 from chatapp.tui.widgets.prompt_input import PromptInput
 
@@ -60,26 +64,43 @@ class ChatApp(App):
 
     def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N, *,
                  store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
-                 theme_name: str | None = None) -> None:
+                 theme_name: str | None = None, notices: Iterable[str] = ()) -> None:
         """An app that loads its engine with `load_engine` once running (arguments: `make_app`)."""
-        super().__init__()
+        super().__init__(driver_class=_terminal_driver())
         self.chat = ChatScreen(settings.validated(), load_engine, top_n, store_path=store_path, chat=chat,
                                system=system)
         self.theme_name = theme_name
+        self.notices = list(notices)
+        """Warnings from before the app started (the config file's), shown once it is on screen."""
+        self._deadline: ExitDeadline | None = None
+        self._signal_handlers: dict[int, Any] = {}
 
     def on_mount(self) -> None:
-        """Apply the configured theme and take over the exit signals."""
+        """Apply the configured theme, show the notices and take over the exit signals."""
         if self.theme_name and self.theme_name in self.available_themes:
             self.theme = self.theme_name
         elif self.theme_name:
-            self.notify(f"unknown theme {shown(self.theme_name)} in the config; using {self.theme!r}",
-                        title="Config", severity="warning", markup=False)
+            self.notices.append(f"unknown theme {shown(self.theme_name)} in the config; using {self.theme!r}")
+        for notice in self.notices:
+            self.notify(notice, title="Config", severity="warning", timeout=10, markup=False)
+        self._take_signals()
+
+    def _take_signals(self) -> None:
+        """Handle SIGTERM and SIGHUP in Python's handler, which runs between two bytecodes of the
+        UI thread even while the event loop is too busy to look at a signal (asyncio's handlers
+        wait for the loop)."""
         loop = asyncio.get_running_loop()
+        self._deadline = ExitDeadline(self._last_words)
+
+        def signalled(number: int, _frame: object) -> None:
+            self._deadline.arm(SIGNAL_EXIT_BASE + number)
+            loop.call_soon_threadsafe(self.exit_on_signal, number)
+
         for number in EXIT_SIGNALS:
             try:
-                loop.add_signal_handler(number, self.exit_on_signal, number)
-            except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, not main thread)
-                pass
+                self._signal_handlers[number] = signal.signal(number, signalled)
+            except ValueError:  # not the main thread (an app run inside another program's thread)
+                break
 
     def on_ready(self) -> None:
         """The first frame is on screen: start loading the model.
@@ -89,14 +110,21 @@ class ChatApp(App):
         """
         self.chat.load()
 
+    def _last_words(self) -> None:
+        """The exit deadline's, on its own thread: save a snapshot of the chat and put the terminal
+        back (its driver's `restore_terminal`), as the regular way out would have."""
+        self.chat.rescue_save()
+        restore = getattr(self._driver, "restore_terminal", None)
+        if restore is not None:
+            restore()
+
     def on_unmount(self) -> None:
-        """Give the signals back."""
-        loop = asyncio.get_running_loop()
-        for number in EXIT_SIGNALS:
-            try:
-                loop.remove_signal_handler(number)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+        """Give the signals back (a deadline already armed still runs: the way out may hang)."""
+        for number, handler in self._signal_handlers.items():
+            signal.signal(number, handler)
+        self._signal_handlers.clear()
+        if self._deadline is not None:
+            self._deadline.release()
 
     def exit_on_signal(self, number: int) -> None:
         """SIGTERM or SIGHUP: save and quit cleanly, mid-reply too (the partial reply is kept)."""
@@ -156,9 +184,19 @@ class ChatApp(App):
         return prefill
 
 
+def _terminal_driver():
+    """chatapp's driver where Textual would use its Linux one (`chatapp.tui.terminal`); None
+    (Textual's choice) elsewhere."""
+    if sys.platform == "win32":
+        return None
+    from chatapp.tui.terminal import ChatDriver
+
+    return ChatDriver
+
+
 def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,
              store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
-             theme: str | None = None) -> ChatApp:
+             theme: str | None = None, notices: Iterable[str] = ()) -> ChatApp:
     """Build the TUI.
 
     Args:
@@ -170,8 +208,10 @@ def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: in
         chat: a saved chat to reopen (`chatapp --resume`, `--chat ID`); None starts a new one.
         system: system prompt of a new chat.
         theme: Textual theme name; an unknown one is reported and the default kept.
+        notices: warnings to show once the app is on screen (e.g. the config file's).
     """
-    return ChatApp(settings, load_engine, top_n, store_path=store_path, chat=chat, system=system, theme_name=theme)
+    return ChatApp(settings, load_engine, top_n, store_path=store_path, chat=chat, system=system, theme_name=theme,
+                   notices=notices)
 
 
 def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,

@@ -114,6 +114,15 @@ class ChatKeeping:
         if time.monotonic() - self._last_save >= AUTOSAVE_SECONDS:
             self.autosave()
 
+    def rescue_save(self: "ChatScreen") -> None:
+        """Save a snapshot of the whole chat through a connection of its own: safe on any thread,
+        while the UI thread is busy (the exit deadline's last save)."""
+        path = self.store.path if self.store is not None else None
+        if path is None or not (self.conversation.exchanges or self._stored):
+            return
+        with ChatStore(path) as store:
+            store.save(snapshot(self.saved))
+
     def _save(self: "ChatScreen", chat: SavedChat, store: ChatStore, start: int) -> None:
         try:
             store.save(chat, from_exchange=start)
