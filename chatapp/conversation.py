@@ -1,19 +1,49 @@
 """Conversations as `{"role", "content"}` messages, rendered with the model's chat template.
 
+Message content is text, never control: the template's own special tokens (`<|im_start|>`,
+`<|eot_id|>`...) are parsed as such, but the same strings inside a message (typed by the user,
+written by the model, or a system prompt) are tokenized as the plain text they are.
+`render_prompt` finds where each message's content lies in the templated text (it renders the
+template once more with a unique marker in place of each content) and `encode_prompt` tokenizes
+the text with special tokens parsed only outside those spans. For ordinary messages the ids are
+exactly those of tokenizing the whole templated text.
+
 Also fits a conversation into the context window: the oldest turns go first, a leading system
 message always stays, and a single message too large for the window is refused with numbers.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
+import secrets
+import threading
 from dataclasses import dataclass
 
 Message = dict
 """One chat message: {"role": "system"|"user"|"assistant", "content": str}."""
+Span = tuple[int, int]
+"""A `[start, end)` character range of a templated text."""
+MARKER_NONCE_BYTES = 8
+"""Random bytes in the marker that stands in for a message's content while its place in the
+templated text is found: no one types the marker by chance."""
+
+_SPLIT_SWITCH = threading.Lock()
+"""Held while `encode_special_tokens` of a backend is switched for one encode."""
 
 
 class ContextOverflowError(ValueError):
     """Even with every older turn dropped, the conversation does not fit the context window."""
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A conversation rendered by the chat template, with where its messages' contents lie."""
+
+    text: str
+    """The templated text, ending with the assistant's generation prompt."""
+    content_spans: tuple[Span, ...]
+    """Character ranges of `text` that hold message content, in order: always plain text."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,10 @@ class FittedPrompt:
     """The templated text, ending with the assistant's generation prompt."""
     dropped_turns: int
     """How many old turns (a user message and the replies after it) were left out."""
+    content_spans: tuple[Span, ...] = ()
+    """Where the messages' contents lie in `text` (see `RenderedPrompt`)."""
+    ids: tuple[int, ...] = ()
+    """`text` as token ids, contents as plain text (`encode_prompt`)."""
 
 
 def render(tokenizer, messages: list[Message]) -> str:
@@ -33,8 +67,137 @@ def render(tokenizer, messages: list[Message]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _as_rendered(content: str, text: str, at: int, after: str) -> str | None:
+    """How the template wrote `content` at `text[at:]`, followed by the template's `after`:
+    as is, or trimmed (Llama 3's `| trim`); None when neither fits."""
+    for candidate in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+        if text.startswith(candidate, at) and text.startswith(after, at + len(candidate)):
+            return candidate
+    return None
+
+
+def render_prompt(tokenizer, messages: list[Message]) -> RenderedPrompt:
+    """`render(messages)` and the spans of its messages' contents.
+
+    The template is rendered a second time with a marker for each content, which splits it
+    into the template's own text and content slots; each slot is then matched in the real
+    text. A template that changes a content beyond trimming it (or decides on it) cannot be
+    matched: then the prompt is the template's text around the contents as written.
+    """
+    nonce = secrets.token_hex(MARKER_NONCE_BYTES)
+    marked = [
+        {**m, "content": f"@{nonce}:{i}@"} if isinstance(m.get("content"), str) else m
+        for i, m in enumerate(messages)
+    ]
+    parts = re.split(rf"@{nonce}:(\d+)@", render(tokenizer, marked))  # frame, index, frame, ...
+    frames, contents = parts[0::2], [messages[int(i)]["content"] for i in parts[1::2]]
+    text = render(tokenizer, messages)
+    spans: list[Span] = []
+    at = len(frames[0])
+    matched = text.startswith(frames[0])
+    for content, after in zip(contents, frames[1:]):
+        written = _as_rendered(content, text, at, after) if matched else None
+        if written is None:
+            matched = False
+            break
+        spans.append((at, at + len(written)))
+        at += len(written) + len(after)
+    if matched and at == len(text):
+        return RenderedPrompt(text, tuple(spans))
+    text, spans, at = frames[0], [], len(frames[0])
+    for content, after in zip(contents, frames[1:]):
+        spans.append((at, at + len(content)))
+        text += content + after
+        at = len(text)
+    return RenderedPrompt(text, tuple(spans))
+
+
+def _encode(backend, text: str, split_special_tokens: bool):
+    """`backend.encode(text)`, with special tokens parsed or split as text as asked (the switch
+    is the backend's state, which transformers also sets per call: it is set here each time)."""
+    with _SPLIT_SWITCH:
+        previous = backend.encode_special_tokens
+        backend.encode_special_tokens = split_special_tokens
+        try:
+            return backend.encode(text, add_special_tokens=False)
+        finally:
+            backend.encode_special_tokens = previous
+
+
+def _special_ids(backend) -> frozenset[int]:
+    """Ids of the added tokens that are special: the control tokens content must not make."""
+    return frozenset(i for i, token in backend.get_added_tokens_decoder().items() if token.special)
+
+
+def _in_content(spans: list[Span], starts: list[int], start: int, end: int) -> bool:
+    """Whether `[start, end)` overlaps one of `spans` (sorted, `starts` their starts)."""
+    k = bisect.bisect_right(starts, start)
+    return any(spans[j][0] < end and start < spans[j][1] for j in (k - 1, k) if 0 <= j < len(spans))
+
+
+def encode_prompt(tokenizer, text: str, content_spans: tuple[Span, ...] = (), start: int = 0) -> list[int]:
+    """Token ids of `text[start:]`, with special tokens parsed outside `content_spans` only.
+
+    The whole text is tokenized as usual; only where a special token turned up inside a
+    content span, the text between the two template special tokens around it is tokenized
+    again with special tokens split as text. Tokenizers without a `tokenizers` backend encode
+    frame and content pieces separately instead (transformers' `split_special_tokens`).
+    """
+    text = text[start:]
+    spans = sorted((max(a - start, 0), b - start) for a, b in content_spans if b > start)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not text:
+        return []
+    if backend is None:
+        return _encode_pieces(tokenizer, text, spans)
+    encoding = _encode(backend, text, split_special_tokens=False)
+    special, starts = _special_ids(backend), [a for a, _ in spans]
+    frame_special = [
+        token_id in special and not _in_content(spans, starts, *offsets)
+        for token_id, offsets in zip(encoding.ids, encoding.offsets)
+    ]
+    injected = any(token_id in special for token_id, frame in zip(encoding.ids, frame_special) if not frame)
+    if not injected:
+        return list(encoding.ids)
+    ids: list[int] = []
+    run: list[int] = []
+    run_start = 0
+    for token_id, (begin, end), frame in zip(encoding.ids, encoding.offsets, frame_special):
+        if frame:
+            ids += _plain_run(backend, text[run_start:begin], run, special)
+            ids.append(token_id)
+            run, run_start = [], end
+        else:
+            run.append(token_id)
+    return ids + _plain_run(backend, text[run_start:], run, special)
+
+
+def _plain_run(backend, text: str, run_ids: list[int], special: frozenset[int]) -> list[int]:
+    """A stretch between two template special tokens: its ids as tokenized, or, when special
+    tokens were parsed in it (they came from content), its text again as plain text."""
+    if not any(token_id in special for token_id in run_ids):
+        return run_ids
+    return list(_encode(backend, text, split_special_tokens=True).ids) if text else []
+
+
+def _encode_pieces(tokenizer, text: str, spans: list[Span]) -> list[int]:
+    """`encode_prompt` for a tokenizer without a `tokenizers` backend: piece by piece."""
+    ids: list[int] = []
+    at = 0
+    for begin, end in spans + [(len(text), len(text))]:
+        for piece, split in ((text[at:begin], False), (text[begin:end], True)):
+            if piece:
+                ids += tokenizer(piece, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+        at = end
+    return ids
+
+
 def count_tokens(tokenizer, text: str) -> int:
-    """Tokens in already-templated text."""
+    """Tokens in already-templated text, every special token string parsed as the token.
+
+    For a conversation use `len(encode_prompt(...))` of `render_prompt`: message content
+    counted as the text it is.
+    """
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -54,14 +217,16 @@ def fit_to_context(tokenizer, messages: list[Message], context_length: int, repl
     dropped = 0
     while True:
         kept = system + body
-        text = render(tokenizer, kept)
-        n = count_tokens(tokenizer, text)
+        prompt = render_prompt(tokenizer, kept)
+        ids = tuple(encode_prompt(tokenizer, prompt.text, prompt.content_spans))
+        n = len(ids)
+        fitted = FittedPrompt(kept, prompt.text, dropped, prompt.content_spans, ids)
         if n + reply_budget <= context_length:
-            return FittedPrompt(kept, text, dropped)
+            return fitted
         starts = _turn_starts(body)
         if len(starts) <= 1:
             if n < context_length:  # fits, with less room to reply than asked for
-                return FittedPrompt(kept, text, dropped)
+                return fitted
             raise ContextOverflowError(
                 f"the message is too long: the prompt needs {n} tokens but the model's context window"
                 f" is {context_length} tokens"

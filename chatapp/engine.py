@@ -8,7 +8,9 @@ ends it before the next step with finish_reason "cancelled".
 
 One KV cache serves the whole conversation. For each turn, the engine prefills only the tokens
 the cache does not already hold (the previous reply included), and a regenerate or a branch
-crops the cache back to the shared prefix. This module imports no UI code.
+crops the cache back to the shared prefix. Message content is tokenized as text: a special
+token string typed in a message is never a control token (`chatapp.conversation.encode_prompt`).
+This module imports no UI code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from chatapp.conversation import Message, fit_to_context
+from chatapp.conversation import Message, encode_prompt, fit_to_context
 from chatapp.decoding import open_token_cache
 from chatapp.detokenizer import ReplyDetokenizer, TokenTexts
 from chatapp.lm_head import describe_choice, kept_ids, lm_head, sample_token_ids
@@ -92,10 +94,10 @@ class Engine:
         text = fitted.text + self.tokenizer.decode(prefix, skip_special_tokens=False) if prefix else fitted.text
         if self._transcript_text and fitted.text.startswith(self._transcript_text):
             # Extend the exact ids of the previous turns so the cache matches token for token.
-            delta = fitted.text[len(self._transcript_text) :]
-            prompt_ids = self._transcript_ids + self._encode(delta)
+            start = len(self._transcript_text)
+            prompt_ids = self._transcript_ids + encode_prompt(self.tokenizer, fitted.text, fitted.content_spans, start)
         else:
-            prompt_ids = self._encode(fitted.text)
+            prompt_ids = list(fitted.ids)
         prompt_ids = prompt_ids + prefix
         return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix))
 
@@ -105,9 +107,6 @@ class Engine:
             self.kv.reset()
             self._transcript_text = ""
             self._transcript_ids = []
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def _remember(self, text: str, ids: list[int]) -> None:
         self._transcript_text = text
