@@ -11,10 +11,17 @@ the cache does not already hold (the previous reply included), and a regenerate 
 crops the cache back to the shared prefix. Message content is tokenized as text: a special
 token string typed in a message is never a control token (`chatapp.conversation.encode_prompt`).
 This module imports no UI code.
+
+Seeds: with `settings.seed` set, each turn samples from its own stream, derived from the seed
+and the turn's index (the assistant messages before it; `turn_seed`), so turn 2 does not
+replay turn 1, and the same seed over the same conversation gives the same replies.
+Regenerating a turn (same messages before it, same seed) therefore gives the same reply again;
+a branch continues the same stream from its forced prefix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -34,6 +41,23 @@ END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "
 """Common end-of-turn tokens, used when present in the vocabulary besides the model's EOS."""
 MAX_SEED_DRAW = 2**31 - 1
 """Range of the fresh seed drawn for a turn when the user set none."""
+TURN_SEED_BYTES = 7
+"""Size of a derived turn seed: 56 bits, inside torch.Generator's (and the settings') range."""
+
+
+def turn_seed(seed: int, turn_index: int) -> int:
+    """The seed turn `turn_index` (0 for the first reply) of a conversation seeded `seed`
+    samples with: `seed` itself for the first turn (a one-turn chat is as before), then a
+    BLAKE2 hash of both, so every turn draws its own reproducible stream."""
+    if turn_index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{turn_index}".encode(), digest_size=TURN_SEED_BYTES).digest()
+    return int.from_bytes(digest, "big")
+
+
+def turn_index(messages: list[Message]) -> int:
+    """Which reply of the conversation answers `messages`: the assistant messages before it."""
+    return sum(1 for message in messages if message["role"] == "assistant")
 
 
 def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
@@ -99,7 +123,8 @@ class Engine:
         else:
             prompt_ids = list(fitted.ids)
         prompt_ids = prompt_ids + prefix
-        return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix))
+        seed = None if settings.seed is None else turn_seed(settings.seed, turn_index(messages))
+        return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed)
 
     def reset(self) -> None:
         """Forget the cache and transcript (new chat)."""
@@ -132,15 +157,17 @@ class Turn:
         settings: SamplingSettings,
         dropped_turns: int,
         prefix_len: int,
+        seed: int | None = None,
     ) -> None:
-        """Created by `Engine.start_turn`."""
+        """Created by `Engine.start_turn`; `seed` is this turn's (`turn_seed`), None to draw one."""
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.prompt_text = prompt_text
         self.settings = settings
         self.prefix_len = prefix_len
-        self.seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED_DRAW)
-        """The seed this turn samples with (drawn fresh when the settings have none)."""
+        self.seed = seed if seed is not None else random.randint(0, MAX_SEED_DRAW)
+        """The seed this turn samples with: derived from the settings' seed and the turn's
+        index (`turn_seed`), or drawn fresh when the settings have none."""
         prompt_len = len(prompt_ids) - prefix_len
         self.stats = TurnStats(prompt_tokens=prompt_len, dropped_turns=dropped_turns)
         self.generated_ids: list[int] = []

@@ -159,3 +159,46 @@ def test_a_single_message_larger_than_the_window_is_refused(tiny_loaded):
     engine = Engine(tiny_loaded)
     with pytest.raises(ContextOverflowError, match="512"):
         engine.start_turn([{"role": "user", "content": "word " * 2000}], GREEDY)
+
+
+HOT = SamplingSettings(temperature=50.0, top_k=0, seed=7, max_new_tokens=12)
+"""Near-uniform sampling: which token comes out depends on the random stream alone."""
+
+
+def _seeded_chat(engine, settings, turns=2):
+    """`turns` replies to the same user message; each reply's token ids and the messages."""
+    messages, replies = [], []
+    for _ in range(turns):
+        messages.append({"role": "user", "content": "Say something."})
+        turn = engine.start_turn(messages, settings)
+        replies.append([s.token_id for s in turn])
+        messages.append({"role": "assistant", "content": turn.stats.text})
+    return replies, messages
+
+
+@pytest.mark.model
+def test_each_turn_of_a_seeded_chat_draws_its_own_stream(tiny_loaded):
+    (first, second), _ = _seeded_chat(Engine(tiny_loaded), HOT)
+    assert len(first) == len(second) == HOT.max_new_tokens
+    assert sum(a == b for a, b in zip(first, second)) <= 1, "turn 2 replayed turn 1's draws"
+    again, _ = _seeded_chat(Engine(tiny_loaded), HOT)
+    assert again == [first, second]  # the same seed over the same chat: the same replies
+
+
+@pytest.mark.model
+def test_regenerating_a_seeded_turn_gives_its_reply_again(tiny_loaded):
+    engine = Engine(tiny_loaded)
+    replies, messages = _seeded_chat(engine, HOT)
+    regenerated = engine.start_turn(messages[:-1], HOT)  # turn 2 again, after the KV cache held it
+    assert [s.token_id for s in regenerated] == replies[1]
+    assert regenerated.seed == engine.start_turn(messages[:-1], HOT).seed != HOT.seed
+
+
+def test_turn_seeds_are_the_seed_first_then_distinct_and_stable():
+    from chatapp.engine import turn_seed
+    from chatapp.settings import MAX_SEED
+
+    assert turn_seed(7, 0) == 7
+    seeds = [turn_seed(7, n) for n in range(1, 50)] + [turn_seed(8, n) for n in range(1, 50)]
+    assert len(set(seeds)) == len(seeds) and 7 not in seeds and all(0 <= s <= MAX_SEED for s in seeds)
+    assert turn_seed(7, 3) == turn_seed(7, 3)
