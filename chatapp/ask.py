@@ -1,7 +1,8 @@
 """`chatapp ask`: answer prompts headless, as streamed text or JSON Lines.
 
 Each PROMPT is the next user turn of one conversation, answered in order by one engine, so
-later turns reuse the KV cache of earlier ones.
+later turns reuse the KV cache of earlier ones. When stdout's reader goes away (`| head`), the
+turn is cancelled and the command ends quietly with `EXIT_BROKEN_PIPE`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 from typing import TextIO
 
+from chatapp.preflight import EXIT_BROKEN_PIPE, silence_stdout
 from chatapp.settings import SamplingSettings
 
 EXIT_MODEL = 2
@@ -32,10 +34,8 @@ def _say_slow_steps(message: str) -> None:
 
 
 def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | None = None) -> int:
-    """Load the model and answer `args.prompts`; return the exit code."""
-    from chatapp.conversation import ContextOverflowError
+    """Load the model and answer `args.prompts` (the messages themselves); return the exit code."""
     from chatapp.engine_loader import load_engine
-    from chatapp.lm_head import NonFiniteLogitsError
     from chatapp.loading import ModelLoadError
 
     out = out or sys.stdout
@@ -46,6 +46,18 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_MODEL
+    try:
+        return _answer(engine, args, settings, out)
+    except BrokenPipeError:  # the reader is gone: nobody wants the rest
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: TextIO) -> int:
+    """Answer every prompt in turn on `out`; `BrokenPipeError` when `out` has lost its reader."""
+    from chatapp.conversation import ContextOverflowError
+    from chatapp.lm_head import NonFiniteLogitsError
+
     if args.json:
         _json_line(out, engine.info.to_json())
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -68,6 +80,10 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
                 turn.cancel()
             print("\nchatapp: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            if turn is not None:
+                turn.cancel()
+            raise
         stats = turn.stats
         if args.json:
             _json_line(out, {"type": "turn", "turn": number, **stats.to_json()})
