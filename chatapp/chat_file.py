@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -43,6 +44,9 @@ FINISH_REASONS = frozenset(get_args(FinishReason))
 """Finish reasons a saved turn may have."""
 JSON_SEPARATORS = (",", ":")
 """Compact JSON: indenting would put each of ~400,000 column entries on its own line."""
+MAX_CHAT_FILE_BYTES = 64 << 20
+"""Largest chat file read (a 200-turn chat with every token's candidates is about 25 MB): a
+device or a runaway file must not fill the memory or freeze the app."""
 
 
 class ChatFileError(ValueError):
@@ -289,12 +293,32 @@ def save_chat_file(chat: SavedChat, path: str | os.PathLike) -> None:
 def load_chat_file(path: str | os.PathLike) -> SavedChat:
     """Read a chat saved by `save_chat_file`; never writes.
 
+    Only a regular file of at most `MAX_CHAT_FILE_BYTES` is read (not a device such as
+    /dev/zero, a pipe or a folder).
+
     Raises:
-        ChatFileError: unreadable, corrupt, truncated, foreign or future-version file (one line).
+        ChatFileError: unreadable, corrupt, truncated, foreign or future-version file, or not a
+            regular file, or too large (one line).
     """
-    path = Path(path)
+    return loads(read_bounded(Path(path), MAX_CHAT_FILE_BYTES), str(path))
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at `path`, at most `limit` of them.
+
+    Raises:
+        ChatFileError: not a regular file, larger than `limit`, or unreadable (one line).
+    """
     try:
-        data = path.read_bytes()
+        # Opened without blocking (a pipe would wait for a writer), then checked: what is checked
+        # is what is read.
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ChatFileError(f"{path}: not a regular file")
+            data = handle.read(limit + 1)
     except OSError as error:
         raise ChatFileError(f"{path}: cannot read ({error.strerror or one_line(error)})") from None
-    return loads(data, str(path))
+    if len(data) > limit:
+        raise ChatFileError(f"{path}: too large ({info.st_size / 2**20:.0f} MiB; at most {limit >> 20} MiB)")
+    return data

@@ -80,6 +80,8 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
+        self.load_error: str | None = None
+        """Why the model could not be loaded, once that is known (messages are then refused)."""
 
     def compose(self) -> ComposeResult:
         """Conversation beside the panel; prompt, status and footer below."""
@@ -149,10 +151,18 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
             and not self._waiting.versions
 
     @on(LoadFailed)
-    def load_failed(self, message: LoadFailed) -> None:
-        """Say why the model could not be loaded."""
+    async def load_failed(self, message: LoadFailed) -> None:
+        """Say why the model could not be loaded; a message waiting for it goes back to the
+        prompt (nothing is lost, and no chat is saved that nobody can answer)."""
+        self.load_error = message.error
         self.query_one(LoadingPanel).fail(message.error)
-        self._waiting = None  # the message stays in the chat, unanswered
+        if self._still_waiting():
+            self.conversation.exchanges.pop()
+            self.mark_changed(len(self.conversation.exchanges))
+            await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
+            prompt = self.query_one(PromptInput)
+            prompt.set_prompt("\n".join(filter(None, [self._waiting.user, prompt.text])))
+        self._waiting = None
         self.remove_class("-waiting")
         self.update_status("model failed to load")
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
@@ -189,6 +199,11 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
             return
         if commands.is_command(text):
             await self.run_command(text, event.text)
+            return
+        if self.engine is None and self.load_error is not None:
+            self.notify(f"The model could not be loaded, so nothing can answer; your message stays in the "
+                        f"prompt. Restart chatapp with another --model. ({self.load_error})",
+                        title="Model not loaded", severity="error", markup=False)
             return
         if self.engine is None:
             if self._still_waiting() and not self.editing:

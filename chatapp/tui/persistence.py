@@ -212,22 +212,23 @@ class ChatKeeping:
         elif isinstance(command, commands.ShowHistory):
             self.action_history()
         elif isinstance(command, commands.SaveChat):
-            self._write_file(command.path, save_chat_file, "Saved")
+            self._write_file(command.path, save_chat_file, "Saved", "Not saved")
         elif isinstance(command, commands.ExportChat):
-            self._write_file(command.path, export_chat, "Exported")
+            self._write_file(command.path, export_chat, "Exported", "Not exported")
         elif isinstance(command, commands.LoadChat):
             await self.load_file(command.path)
 
-    def _write_file(self: "ChatScreen", path: str, write, verb: str) -> None:
+    def _write_file(self: "ChatScreen", path: str, write, done: str, failed: str) -> None:
+        """Write the chat to `path` with `write`; the notification says `done` or `failed`."""
         if self.engine is not None:
             self.saved.model = self.engine.info.name
         target = Path(path).expanduser()
         try:
             write(self.saved, target)
         except (OSError, ExportError) as error:
-            self.notify(f"{target}: {one_line(error)}", title=verb, severity="error", markup=False)
+            self.notify(f"{target}: {one_line(error)}", title=failed, severity="error", markup=False)
             return
-        self.notify(f"{verb} to {target}", markup=False)
+        self.notify(f"{done} to {target}", markup=False)
 
     async def load_file(self: "ChatScreen", path: str) -> None:
         """Show the chat in a file written by /save; a bad file changes nothing."""

@@ -308,11 +308,15 @@ async def test_quit_mid_reply_asks_first():
         assert isinstance(app.screen, ConfirmQuitScreen)
         await pilot.press("n")
         assert not isinstance(app.screen, ConfirmQuitScreen) and app.is_running
+        exits = []
+        quit_for_real = app.exit
+        app.exit = lambda *args, **kwargs: (exits.append(args), quit_for_real(*args, **kwargs))
         await pilot.press("ctrl+c")
+        assert not exits  # asking, not quitting
         await pilot.press("y")
         gate.set()
         await pilot.pause()
-        assert not app.is_running or app._exit_renderables is not None or app.return_code is not None
+        assert exits and app.return_code == 0
 
 
 async def test_palette_lists_the_chat_actions():
