@@ -8,7 +8,9 @@ product instructions. `chatapp/kernels/int4_vnni.cpp` does the same for our int4
 four times the weights per cycle of torch's kernel on one core.
 
 The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 10 s)
-and kept in the user cache directory. `chatapp.kernel_switch` loads it on a thread of its own,
+and kept in the user cache directory, with a sidecar file holding its size and sha256: a library
+that does not match it (a truncated one would crash the process with SIGBUS once loaded) is
+deleted and built again. `chatapp.kernel_switch` loads it on a thread of its own,
 so a chat never waits for a compile: decoding runs on the TorchScript layers meanwhile and
 switches when it is ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
 stays on torch's kernel.
@@ -34,6 +36,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,12 +147,15 @@ def _compile(command: list[str]) -> tuple[int, str]:
     with _State.compiler_lock:
         if _State.cancelled:
             raise RuntimeError("the int4 kernel's compile was cancelled")
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # A session of its own: the compiler driver runs cc1plus, as and ld as its children, and
+        # killing the group stops them all.
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
         _State.compiler = process
     try:
         _, errors = process.communicate(timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill(process)
         process.communicate()
         raise RuntimeError(f"compiling the int4 kernel took over {BUILD_TIMEOUT} s") from None
     finally:
@@ -166,7 +172,15 @@ def cancel_build() -> None:
     with _State.compiler_lock:
         _State.cancelled = True
         if _State.compiler is not None:
-            _State.compiler.kill()
+            _kill(_State.compiler)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill the compiler `process` and every process it started (its process group)."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
 
 
 def _sidecar_path(library: Path) -> Path:
@@ -257,9 +271,9 @@ def load() -> bool:
             if reason is not None:
                 raise RuntimeError(reason)
             target = _library_path()
+            remove_stale_scratch(target.parent)
             if not _verified(target):
                 _discard_damaged(target)
-                remove_stale_scratch(target.parent)
                 _build(target)
             torch.ops.load_library(str(target))
             _State.loaded = True
