@@ -65,7 +65,7 @@ def new_chat_id() -> str:
 
 def default_title(conversation: Conversation) -> str:
     """The first line of the first user message, shortened to `TITLE_LENGTH`."""
-    first = next((e.user.strip() for e in conversation.exchanges if e.user.strip()), "")
+    first = next((e.shown_user.strip() for e in conversation.exchanges if e.shown_user.strip()), "")
     line = first.splitlines()[0] if first else UNTITLED
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
 
@@ -102,15 +102,18 @@ def shown_messages(conversation: Conversation) -> list[dict]:
     """The conversation as `{"role", "content"}` messages, with the shown version of each reply."""
     messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
     for exchange in conversation.exchanges:
-        messages.append({"role": "user", "content": exchange.user})
+        messages.append({"role": "user", "content": exchange.shown_user})
         if exchange.reply is not None and exchange.reply.text:
             messages.append({"role": "assistant", "content": exchange.reply.text})
     return messages
 
 
 def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
-    """One reply version as a JSON-ready dict, token records as columns."""
+    """One reply version as a JSON-ready dict, token records as columns ("user" only for a
+    version that answers an edited message: older readers show the exchange's own)."""
+    edited = {} if version.user is None else {"user": version.user}
     return {
+        **edited,
         "status": version.status,
         "text": version.text,
         "error": version.error,
@@ -177,6 +180,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
     stats_data = _get(data, "stats", (dict, type(None)))
     stats = None if stats_data is None else _stats_from_dict(stats_data)
     branched_at = _get(data, "branched_at", (int, type(None)))
+    user = _get(data, "user", str) if "user" in data else None
     version = ReplyVersion(
         settings=settings,
         steps=columns_to_steps(_get(data, "tokens", dict)),
@@ -185,6 +189,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
         status=status,
         branched_at=branched_at,
         error=_get(data, "error", str),
+        user=user,
     )
     if status == "streaming":
         version.status, version.error = "stopped", INTERRUPTED_NOTE

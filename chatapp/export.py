@@ -68,7 +68,7 @@ def to_markdown(chat: SavedChat) -> str:
     if conversation.system:
         lines += ["## System", "", _quote(conversation.system), ""]
     for exchange in conversation.exchanges:
-        lines += ["## User", "", exchange.user, ""]
+        lines += ["## User", "", exchange.shown_user, ""]
         reply = exchange.reply
         if reply is None:
             continue

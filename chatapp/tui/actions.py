@@ -47,13 +47,16 @@ class ConversationActions:
         """Write a new version of the last reply (the old one stays reachable)."""
         if not self._ready():
             return
-        if self.conversation.last is None:
+        last = self.conversation.last
+        if last is None:
             self.notify("Nothing to regenerate yet.")
             return
-        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+        edited = last.reply.user if last.reply is not None else None  # answer the message as shown
+        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings, user=edited))
 
     def action_edit_last(self: "ChatScreen") -> None:
-        """Put the last user message in the prompt; Enter resends it in place."""
+        """Put the last user message in the prompt; Enter sends the edit as a new version of the
+        exchange (the old message and its replies stay reachable)."""
         if self.generating:
             self.notify(BUSY_MESSAGE, severity="warning")
             return
@@ -63,9 +66,10 @@ class ConversationActions:
             return
         self.editing = True
         prompt = self.query_one(PromptInput)
-        prompt.set_prompt(last.user)
+        prompt.set_prompt(last.shown_user)
         prompt.focus()
-        self.notify("Editing the last message: Enter resends it, Esc cancels.")
+        self.notify("Editing the last message: Enter sends it as a new version (the old one stays, ‹ › "
+                    "switches), Esc cancels.")
 
     def on_prompt_input_edit_last_requested(self: "ChatScreen", _message: PromptInput.EditLastRequested) -> None:
         """Up in an empty prompt edits the last message."""
@@ -166,6 +170,7 @@ class ConversationActions:
         self.mark_changed(index)
         self.autosave()
         log = self.query_one(ChatLog)
+        log.user_view(index).set_text(exchange.shown_user)  # an edit's version answers its own text
         log.reply_view(index).show_reply()
         if log.cursor is not None and log.cursor.exchange == index:
             steps = len(exchange.reply.steps)

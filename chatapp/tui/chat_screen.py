@@ -206,6 +206,9 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
                         title="Model not loaded", severity="error", markup=False)
             return
         if self.engine is None:
+            if self.editing and self._editing_answered():
+                self.notify("The model is still loading: send the edit once it is ready.", severity="warning")
+                return
             if self._still_waiting() and not self.editing:
                 self.notify("A message is already waiting for the model; yours is kept.", severity="warning")
                 return
@@ -221,17 +224,31 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
         await self.send(commands.message_text(text))
 
     async def send(self, text: str) -> None:
-        """Add (or, when editing, replace) the last user message and generate the reply."""
+        """Add the user's message and generate the reply. An edit of the last message, once
+        answered, becomes a new version of its exchange: the old message and its replies stay
+        (‹ › switches between them)."""
+        if self.editing and self._editing_answered():
+            self.editing = False
+            index = len(self.conversation.exchanges) - 1
+            self.query_one(ChatLog).user_view(index).set_text(text)
+            self.start_reply(index, ReplyVersion(settings=self.settings, user=text))
+            return
         await self.put_user_message(text)
         self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
 
+    def _editing_answered(self) -> bool:
+        """Whether the message being edited has a reply (so the edit must not replace it)."""
+        last = self.conversation.last
+        return last is not None and bool(last.versions)
+
     async def put_user_message(self, text: str) -> Exchange:
-        """Add the user's message, or when editing, replace the last one (and its replies)."""
-        if not (self.editing and self.conversation.last is not None):
+        """Add the user's message, or when editing a message still waiting for the model (no
+        reply to lose), change it."""
+        if not (self.editing and self.conversation.last is not None and not self._editing_answered()):
             return await self.add_user_message(text)
         self.editing = False
         exchange = self.conversation.last
-        exchange.user, exchange.versions, exchange.current = text, [], 0
+        exchange.user = text
         index = len(self.conversation.exchanges) - 1
         self.query_one(ChatLog).user_view(index).set_text(text)
         self.mark_changed(index)

@@ -1,7 +1,8 @@
 """The conversation as the TUI keeps it: plain data, no Textual, no torch.
 
 A conversation is a list of exchanges; each exchange is one user message and the versions of
-the assistant's reply to it (regenerations and branches add versions; "‹ 1/2 ›" switches).
+the assistant's reply to it (regenerations, branches and edits of the message add versions;
+"‹ 1/2 ›" switches; nothing is replaced).
 Widgets render these objects, the screen mutates them, and `messages_before` turns them into
 the `{"role", "content"}` list the engine takes.
 """
@@ -36,6 +37,8 @@ class ReplyVersion:
     """Index of the forced step when this version is a branch of another."""
     error: str = ""
     """One-line error when `status` is "error"."""
+    user: str | None = None
+    """The user message this version answers when an edit changed it; None: the exchange's own."""
 
     def add_steps(self, steps: Iterable[Step]) -> str:
         """Append streamed steps; return the text they add."""
@@ -72,6 +75,12 @@ class Exchange:
     def reply(self) -> ReplyVersion | None:
         """The version shown, if any."""
         return self.versions[self.current] if self.versions else None
+
+    @property
+    def shown_user(self) -> str:
+        """The user message as the shown version answers it (an edit's text, or `user`)."""
+        reply = self.reply
+        return reply.user if reply is not None and reply.user is not None else self.user
 
     def add_version(self, version: ReplyVersion) -> ReplyVersion:
         """Append a version and show it."""
@@ -113,11 +122,11 @@ class Conversation:
         """The messages the model sees to write the reply of exchange `index`."""
         messages = [{"role": "system", "content": self.system}] if self.system else []
         for exchange in self.exchanges[:index]:
-            messages.append({"role": "user", "content": exchange.user})
+            messages.append({"role": "user", "content": exchange.shown_user})
             reply = exchange.reply
             if reply is not None and reply.text:
                 messages.append({"role": "assistant", "content": reply.text})
-        messages.append({"role": "user", "content": self.exchanges[index].user})
+        messages.append({"role": "user", "content": self.exchanges[index].shown_user})
         return messages
 
 
@@ -152,7 +161,7 @@ def branch_version(old: ReplyVersion, index: int, candidate: Candidate, settings
     """A new version cut at step `index` with `candidate` forced, and the reply prefix ids to send."""
     kept = old.steps[:index]
     forced = forced_step(old.steps[index], candidate, stop_ids)
-    version = ReplyVersion(settings=settings, branched_at=index)
+    version = ReplyVersion(settings=settings, branched_at=index, user=old.user)
     version.add_steps([*kept, forced])
     prefix_ids = [s.token_id for s in kept] + [candidate.token_id]
     return version, prefix_ids

@@ -11,6 +11,7 @@ import pytest
 from chatapp.settings import SamplingSettings
 from chatapp.store import ChatStore
 from chatapp.tui.app import make_app
+from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import app_with, ready, send, wait_until
@@ -76,3 +77,33 @@ async def test_a_failed_save_or_export_says_so_in_its_title(store_path, tmp_path
         await pilot.pause()
         titles = [title for title, _ in _notes(app)]
         assert "Not saved" in titles and "Not exported" in titles and "Saved" not in titles
+
+
+async def test_editing_the_last_message_keeps_the_old_one_and_its_replies(store_path):
+    engine = FakeEngine(replies=[["A"], ["B"], ["C"], ["D"]])
+    app = app_with(engine, store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        await send(pilot, "secnd")
+        await pilot.press("ctrl+r")  # a second version of the reply to "secnd"
+        await wait_until(pilot, lambda: not app.chat.generating)
+        await pilot.press("ctrl+l")
+        app.chat.query_one(PromptInput).set_prompt("second")
+        await send(pilot, "")
+        exchange = app.chat.conversation.exchanges[-1]
+        assert [(v.user, v.text) for v in exchange.versions] == [(None, "B"), (None, "C"), ("second", "D")]
+        assert engine.calls[-1].messages[-1]["content"] == "second"
+        log = app.chat.query_one(ChatLog)
+        assert "second" in str(log.user_view(1).render())
+        app.chat.action_switch_version(1, -1)  # back to the message as first written
+        await pilot.pause()
+        assert "secnd" in str(log.user_view(1).render()) and exchange.reply.text == "C"
+        app.chat.action_switch_version(1, 1)
+        await pilot.press("ctrl+r")  # regenerating the edit answers the edit
+        await wait_until(pilot, lambda: not app.chat.generating)
+        assert engine.calls[-1].messages[-1]["content"] == "second"
+    with ChatStore(store_path) as store:
+        reopened = store.last().conversation.exchanges[-1]
+    assert [v.user for v in reopened.versions] == [None, None, "second", "second"]
+    assert reopened.shown_user == "second" and reopened.user == "secnd"

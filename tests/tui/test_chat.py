@@ -137,8 +137,8 @@ async def test_edit_last_message_and_resend():
         await pilot.press("left", "left", "o")
         await send(pilot, "")
         exchanges = app.chat.conversation.exchanges
-        assert [e.user for e in exchanges] == ["first", "second"]
-        assert exchanges[-1].reply.text == "C" and len(exchanges[-1].versions) == 1
+        assert [e.shown_user for e in exchanges] == ["first", "second"]
+        assert exchanges[-1].reply.text == "C" and len(exchanges[-1].versions) == 2  # the old one stays
         assert engine.calls[-1].messages[-1] == {"role": "user", "content": "second"}
         assert engine.calls[-1].messages[-2] == {"role": "assistant", "content": "A"}
 

@@ -139,7 +139,7 @@ class ChatLog(VerticalScroll):
 
     def _views(self, start: int, end: int) -> tuple[list[AssistantMessage], list]:
         replies = [AssistantMessage(self.exchanges[i], i) for i in range(start, end)]
-        widgets = [w for view in replies for w in (UserMessage(view.exchange.user), view)]
+        widgets = [w for view in replies for w in (UserMessage(view.exchange.shown_user), view)]
         return replies, widgets
 
     def _mounted_as_now(self, views: list[AssistantMessage]) -> None:
