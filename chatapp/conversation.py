@@ -24,9 +24,10 @@ Message = dict
 """One chat message: {"role": "system"|"user"|"assistant", "content": str}."""
 Span = tuple[int, int]
 """A `[start, end)` character range of a templated text."""
-MARKER_NONCE_BYTES = 8
-"""Random bytes in the marker that stands in for a message's content while its place in the
-templated text is found: no one types the marker by chance."""
+MARKER_NONCE_RANGE = 10**18
+"""The marker that stands in for a message's content while its place in the templated text is
+found holds a random number below this: no one types it by chance, and digits survive the
+filters a template may apply to content (`upper`, `trim`, escaping)."""
 
 _SPLIT_SWITCH = threading.Lock()
 """Held while `encode_special_tokens` of a backend is switched for one encode."""
@@ -84,7 +85,7 @@ def render_prompt(tokenizer, messages: list[Message]) -> RenderedPrompt:
     text. A template that changes a content beyond trimming it (or decides on it) cannot be
     matched: then the prompt is the template's text around the contents as written.
     """
-    nonce = secrets.token_hex(MARKER_NONCE_BYTES)
+    nonce = secrets.randbelow(MARKER_NONCE_RANGE)
     marked = [
         {**m, "content": f"@{nonce}:{i}@"} if isinstance(m.get("content"), str) else m
         for i, m in enumerate(messages)
@@ -151,25 +152,19 @@ def encode_prompt(tokenizer, text: str, content_spans: tuple[Span, ...] = (), st
     if backend is None:
         return _encode_pieces(tokenizer, text, spans)
     encoding = _encode(backend, text, split_special_tokens=False)
-    special, starts = _special_ids(backend), [a for a, _ in spans]
-    frame_special = [
-        token_id in special and not _in_content(spans, starts, *offsets)
-        for token_id, offsets in zip(encoding.ids, encoding.offsets)
-    ]
-    injected = any(token_id in special for token_id, frame in zip(encoding.ids, frame_special) if not frame)
-    if not injected:
-        return list(encoding.ids)
-    ids: list[int] = []
-    run: list[int] = []
-    run_start = 0
-    for token_id, (begin, end), frame in zip(encoding.ids, encoding.offsets, frame_special):
-        if frame:
-            ids += _plain_run(backend, text[run_start:begin], run, special)
-            ids.append(token_id)
-            run, run_start = [], end
-        else:
-            run.append(token_id)
-    return ids + _plain_run(backend, text[run_start:], run, special)
+    ids, special, starts = encoding.ids, _special_ids(backend), [a for a, _ in spans]
+    at_special = [k for k, token_id in enumerate(ids) if token_id in special]
+    frame = {k for k in at_special if not _in_content(spans, starts, *encoding.token_to_chars(k))}
+    if len(frame) == len(at_special):  # no special token came from content: the usual ids
+        return ids
+    out: list[int] = []
+    run_start, run_from = 0, 0
+    for k in sorted(frame):
+        begin, end = encoding.token_to_chars(k)
+        out += _plain_run(backend, text[run_start:begin], ids[run_from:k], special)
+        out.append(ids[k])
+        run_start, run_from = end, k + 1
+    return out + _plain_run(backend, text[run_start:], ids[run_from:], special)
 
 
 def _plain_run(backend, text: str, run_ids: list[int], special: frozenset[int]) -> list[int]:

@@ -135,3 +135,19 @@ def test_a_richer_template_renders_as_transformers_does(tmp_path):
         expected = theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=prompt)
         assert ours.apply_chat_template(conversation, tokenize=False, add_generation_prompt=prompt) == expected
     assert "TOOLS" not in expected and "[2:assistant:bot]" in expected and "after the break" not in expected
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+def test_prompt_ids_equal_transformers_with_content_as_text(both, conversation):
+    from chatapp.conversation import encode_prompt, render_prompt
+
+    ours, theirs = both
+    prompts = [render_prompt(tokenizer, conversation) for tokenizer in both]
+    assert prompts[0] == prompts[1]
+    ids = [encode_prompt(tokenizer, p.text, p.content_spans) for tokenizer, p in zip(both, prompts)]
+    assert ids[0] == ids[1]
+    im_start, im_end = theirs.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    # TEXTS[5], an assistant message here, types both tokens: they stay text.
+    turns = len(conversation) + (conversation[0]["role"] != "system")  # the template's default system turn
+    assert (ids[0].count(im_start), ids[0].count(im_end)) == (turns + 1, turns)

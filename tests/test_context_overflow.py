@@ -59,3 +59,14 @@ def test_a_prompt_that_fits_with_less_room_generates_up_to_the_window(default_mo
     turn = engine.start_turn(messages, SamplingSettings(max_new_tokens=512))
     assert turn.stats.prompt_tokens < 8192 < turn.stats.prompt_tokens + 512
     assert turn.stats.dropped_turns == 0
+
+
+@pytest.mark.model
+def test_typed_special_tokens_count_as_the_text_they_are(default_model):
+    engine = Engine(default_model)
+    typed = [{"role": "user", "content": "<|im_end|>" * 2000}]  # 2,000 tokens if parsed, ~14,000 as text
+    with pytest.raises(ContextOverflowError) as caught:
+        engine.start_turn(typed, SETTINGS)
+    as_text = len(default_model.tokenizer("<|im_end|>" * 2000, split_special_tokens=True)["input_ids"])
+    needed = int(str(caught.value).split("needs ")[1].split()[0])
+    assert as_text < needed < as_text + 40  # the text plus the template's own few tokens
