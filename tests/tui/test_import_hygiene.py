@@ -45,6 +45,7 @@ def test_the_tui_starts_before_torch_is_imported():
     code = (
         "import sys, chatapp.tui.app as app\n"
         "app.run_tui = lambda **options: print('torch' in sys.modules) or 0\n"
+        "import chatapp.cli; chatapp.cli.terminal_problem = lambda: None\n"  # no terminal under pytest
         "from chatapp.cli import main\n"
         "main([])\n"
     )

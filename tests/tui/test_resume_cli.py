@@ -15,6 +15,7 @@ def tui_calls(monkeypatch, tmp_path) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setattr("chatapp.tui.app.run_tui", lambda **kwargs: calls.append(kwargs) or 0)
+    monkeypatch.setattr("chatapp.cli.terminal_problem", lambda: None)  # pytest gives the TUI no terminal
     return calls
 
 
