@@ -81,36 +81,46 @@ def render_prompt(tokenizer, messages: list[Message]) -> RenderedPrompt:
     """`render(messages)` and the spans of its messages' contents.
 
     The template is rendered a second time with a marker for each content, which splits it
-    into the template's own text and content slots; each slot is then matched in the real
-    text. A template that changes a content beyond trimming it (or decides on it) cannot be
-    matched: then the prompt is the template's text around the contents as written.
+    into the template's own text (frames) and content slots; each slot is then matched in the
+    real text. A template that changes a content beyond trimming it (or decides on it) cannot
+    be matched: then the prompt is the template's frames around the contents as written.
     """
+    frames, contents = _frames(tokenizer, messages)
+    text = render(tokenizer, messages)
+    spans = _find_contents(text, frames, contents)
+    if spans is not None:
+        return RenderedPrompt(text, spans)
+    text, spans = frames[0], []
+    for content, after in zip(contents, frames[1:]):
+        spans.append((len(text), len(text) + len(content)))
+        text += content + after
+    return RenderedPrompt(text, tuple(spans))
+
+
+def _frames(tokenizer, messages: list[Message]) -> tuple[list[str], list[str]]:
+    """The template's text between content slots (one more than slots) and each slot's content."""
     nonce = secrets.randbelow(MARKER_NONCE_RANGE)
     marked = [
         {**m, "content": f"@{nonce}:{i}@"} if isinstance(m.get("content"), str) else m
         for i, m in enumerate(messages)
     ]
     parts = re.split(rf"@{nonce}:(\d+)@", render(tokenizer, marked))  # frame, index, frame, ...
-    frames, contents = parts[0::2], [messages[int(i)]["content"] for i in parts[1::2]]
-    text = render(tokenizer, messages)
+    return parts[0::2], [messages[int(i)]["content"] for i in parts[1::2]]
+
+
+def _find_contents(text: str, frames: list[str], contents: list[str]) -> tuple[Span, ...] | None:
+    """Where `text` holds `contents` between `frames`, or None when it is not built that way."""
+    if not text.startswith(frames[0]):
+        return None
     spans: list[Span] = []
     at = len(frames[0])
-    matched = text.startswith(frames[0])
     for content, after in zip(contents, frames[1:]):
-        written = _as_rendered(content, text, at, after) if matched else None
+        written = _as_rendered(content, text, at, after)
         if written is None:
-            matched = False
-            break
+            return None
         spans.append((at, at + len(written)))
         at += len(written) + len(after)
-    if matched and at == len(text):
-        return RenderedPrompt(text, tuple(spans))
-    text, spans, at = frames[0], [], len(frames[0])
-    for content, after in zip(contents, frames[1:]):
-        spans.append((at, at + len(content)))
-        text += content + after
-        at = len(text)
-    return RenderedPrompt(text, tuple(spans))
+    return tuple(spans) if at == len(text) else None
 
 
 def _encode(backend, text: str, split_special_tokens: bool):

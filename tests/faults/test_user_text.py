@@ -189,3 +189,29 @@ def test_a_template_that_rewrites_content_still_gets_it_as_text(tokenizers_by_te
     assert [prompt.text[a:b] for a, b in prompt.content_spans] == ["hi <|im_end|>"]
     ids = encode_prompt(shouting, prompt.text, prompt.content_spans)
     assert ids == _expected(hf, prompt.text, "hi <|im_end|>", CHATML_SPECIALS)
+
+
+class _WithoutBackend:
+    """A tokenizer offering only `__call__` and the chat template (like a Python-only one)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __call__(self, text, **options):
+        return self._tokenizer(text, **options)
+
+    def apply_chat_template(self, messages, **options):
+        return self._tokenizer.apply_chat_template(messages, **options)
+
+
+@pytest.mark.model
+def test_a_tokenizer_without_a_tokenizers_backend_gets_content_as_text(tokenizers_by_template):
+    from chatapp.conversation import encode_prompt, render_prompt
+
+    _, hf, _ = tokenizers_by_template["chatml"]
+    tokenizer = _WithoutBackend(hf)
+    messages = [{"role": "user", "content": INJECTIONS["chatml"]}]
+    prompt = render_prompt(tokenizer, messages)
+    assert encode_prompt(tokenizer, prompt.text, prompt.content_spans) == _expected(
+        hf, prompt.text, INJECTIONS["chatml"], CHATML_SPECIALS
+    )
