@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,7 +118,10 @@ def slow_compiler(folder: Path) -> Path:
     """A stand-in C++ compiler (for `CXX`) that takes five minutes and uses no CPU meanwhile, so a
     compile is surely in progress when `chatapp ask` ends. Its path marks its processes."""
     script = folder / "slow-cxx"
-    script.write_text(f"#!/bin/sh\nsleep {SLOW_COMPILE_SECONDS}\n", encoding="ascii")
+    # One-second sleeps: once the script is killed, nothing it started outlives it long.
+    script.write_text(
+        f"#!/bin/sh\ni=0\nwhile [ $i -lt {SLOW_COMPILE_SECONDS} ]; do sleep 1; i=$((i + 1)); done\n", encoding="ascii"
+    )
     script.chmod(0o755)
     return script
 
@@ -136,6 +140,26 @@ def processes_running(marker: str) -> list[str]:
     return found
 
 
+def stop_processes(marker: str) -> None:
+    """Kill this machine's processes whose command line contains `marker` (the stand-in compilers
+    an old chatapp leaves running)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+@pytest.fixture
+def stand_in_compiler(tmp_path):
+    """`slow_compiler` in `tmp_path`, whose processes are stopped after the test whatever happens."""
+    compiler = slow_compiler(tmp_path)
+    yield compiler
+    stop_processes(str(compiler))
+
+
 def truncate(path: Path, keep: int | None = None) -> None:
     """Cut `path` to `keep` bytes (default: half of it), as a full disk or a killed copy leaves it."""
     os.truncate(path, path.stat().st_size // 2 if keep is None else keep)
@@ -145,15 +169,14 @@ def truncate(path: Path, keep: int | None = None) -> None:
 
 
 @pytest.mark.skipif(int4_kernel.wanted() is not None, reason="the int4 kernel is not used on this machine")
-def test_a_truncated_kernel_is_not_loaded_but_deleted_with_one_warning(tmp_path, real):
+def test_a_truncated_kernel_is_not_loaded_but_deleted_with_one_warning(tmp_path, real, stand_in_compiler):
     temp_cache(tmp_path, real)
     library = tmp_path / "chatapp" / "kernels" / real[1].name
     truncate(library)
     stale = tmp_path / "chatapp" / "kernels" / f".building-{dead_pid()}-abcd1234"  # a killed compile's
     stale.mkdir()
     (stale / real[1].name).write_bytes(b"half")
-    compiler = slow_compiler(tmp_path)
-    done = ask(tmp_path, "--max-new-tokens", "1", "Hi", env={"CXX": str(compiler)})
+    done = ask(tmp_path, "--max-new-tokens", "1", "Hi", env={"CXX": str(stand_in_compiler)})
     assert done.returncode not in SIGBUS_EXIT, "the truncated library was loaded (SIGBUS)"
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
@@ -162,7 +185,7 @@ def test_a_truncated_kernel_is_not_loaded_but_deleted_with_one_warning(tmp_path,
     # the damaged file is gone (the rebuild it started was stopped at exit), and the stale folder
     assert not library.exists()
     assert not stale.exists()
-    assert not processes_running(str(compiler))
+    assert not processes_running(str(stand_in_compiler))
 
 
 @pytest.mark.skipif(int4_kernel.wanted() is not None, reason="the int4 kernel is not used on this machine")
