@@ -121,7 +121,9 @@ def test_special_token_strings_in_a_message_are_plain_text(tiny_loaded, tokenize
 @pytest.mark.parametrize("kind", ["transformers", "chat_tokenizer"])
 @pytest.mark.parametrize("template", ["chatml", "llama3"])
 @pytest.mark.parametrize("number", range(len(ORDINARY)))
-def test_ordinary_messages_keep_the_ids_of_the_whole_templated_text(tiny_loaded, tokenizers_by_template, template, kind, number):
+def test_ordinary_messages_keep_the_ids_of_the_whole_templated_text(
+    tiny_loaded, tokenizers_by_template, template, kind, number
+):
     _, hf, ours = tokenizers_by_template[template]
     tokenizer = hf if kind == "transformers" else ours
     for with_reply in (False, True):
