@@ -7,7 +7,9 @@ packing. A Llama-family model comes back as `chatapp.plain_llama.PlainLlama`, wh
 transformers import; others as transformers' model. The file names the torch version and the
 CPU capability that packed it (torch's int4 layout depends on both: blocks of 64 rows with
 AVX-512, 32 with AVX2) and a format number; any mismatch or damage means "no cache": the slow
-path runs and rewrites it.
+path runs and rewrites it (damage with a warning). safetensors refuses a file its header does not
+cover, so a truncated copy is never mapped and read past its end (which would be a SIGBUS).
+Temporary files of a save that was killed are removed once an hour old.
 """
 
 from __future__ import annotations
