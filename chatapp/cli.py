@@ -255,9 +255,12 @@ def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notic
     from chatapp.chat_file import ChatFileError
 
     try:
-        chat = _reopened_chat(args)
+        chat, left_with = _reopened_chat(args)
     except ChatFileError as error:
         return _fail(" ".join(str(error).split()))
+    if left_with is not None:  # the chat's own settings, with the flags given now on top
+        with contextlib.suppress(SettingError):
+            settings = settings_from_args(args, left_with)
     problem = terminal_problem()  # without one, Textual would spin on an endless end of input
     if problem:
         return _fail(problem)
@@ -296,17 +299,45 @@ def _logs_on_stderr(enabled: bool) -> Iterator[None]:
 
 
 def _reopened_chat(args: argparse.Namespace):
-    """The saved chat `--resume` or `--chat ID` names, or None; `ChatFileError` when there is none."""
+    """The saved chat `--resume` or `--chat ID` names and the sampling settings it was left with,
+    or (None, None); `ChatFileError` when there is no such chat.
+
+    `--resume` reopens the chat that was on screen at the last quit, with its settings
+    (`chatapp.open_chats.last_open`), or else the most recently saved one; a reopened chat
+    otherwise gets the settings of its latest reply.
+    """
     if not args.resume and args.chat is None:
-        return None
+        return None, None
+    from chatapp import open_chats
     from chatapp.chat_file import ChatFileError
-    from chatapp.store import ChatStore
+    from chatapp.store import ChatStore, StoreError
 
     with ChatStore() as store:
-        chat = store.last() if args.resume else store.load(store.resolve(args.chat))
-    if chat is None:
-        raise ChatFileError("--resume: no saved chat yet")
-    return chat
+        remembered = open_chats.last_open(store.path) if args.resume else None
+        chat = None
+        if remembered is not None:
+            with contextlib.suppress(StoreError):  # deleted since, or damaged: the latest instead
+                chat = store.load(remembered[0])
+        if chat is None:
+            remembered = None
+            chat = store.last() if args.resume else store.load(store.resolve(args.chat))
+        if chat is None:
+            store.check_integrity()
+            raise ChatFileError("--resume: no saved chat yet" + (
+                f" (the chat history {store.path} was an empty file: truncated?)" if store.found_empty else ""))
+    return chat, _settings_of(chat, remembered[1] if remembered else None)
+
+
+def _settings_of(chat, remembered: dict | None) -> SamplingSettings | None:
+    """The settings a reopened chat continues with: those remembered at quit, else its latest
+    reply's; None when neither is there or valid."""
+    latest = [e.reply.settings for e in chat.conversation.exchanges if e.reply is not None]
+    try:
+        if remembered is not None:
+            return SamplingSettings(**remembered).validated()
+    except (TypeError, SettingError):
+        pass
+    return latest[-1] if latest else None
 
 
 def _export(args: argparse.Namespace) -> int:

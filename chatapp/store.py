@@ -15,7 +15,9 @@ Pure Python: no torch, no Textual.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import zlib
@@ -46,6 +48,8 @@ ZLIB_LEVEL = 1
 """Compression of exchange records. A 256-token reply's record (about 127 kB of JSON) shrinks
 2.1× in 3 ms at level 1, and 2.4× in 6.3 ms at level 6: a reply being written is saved every
 second on the UI thread, which a 2-core CPU takes from the model."""
+READ_ONLY_ERROR = "readonly database"
+"""What SQLite's error says when the database cannot be written."""
 BUSY_TIMEOUT_S = 5.0
 """How long a save waits for another chatapp process holding the write lock."""
 
@@ -66,6 +70,11 @@ SUMMARY_COLUMNS = "id, title, preview, model, created, updated, turns"
 
 class StoreError(ChatFileError):
     """The history database cannot be opened or a chat in it cannot be read (one line)."""
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the database file and create its journal beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 def default_store_path() -> Path:
@@ -121,9 +130,18 @@ class ChatStore:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         """The database file."""
+        self.read_only = False
+        """True when the history cannot be written (its file or folder is read-only): chats
+        can be listed, opened and exported, and every write raises `StoreError`."""
         self._lock = threading.Lock()
         self._check_header()
+        self.found_empty = self.path.is_file() and self.path.stat().st_size == 0
+        """True when the database file existed but was empty (truncated, or touched): a new
+        history starts in it, and `resolve` says so rather than just "no such chat"."""
         try:
+            if self.path.exists() and not _writable(self.path):
+                self._open_read_only()
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -131,9 +149,36 @@ class ChatStore:
             raise StoreError(f"{self.path}: cannot open chat history ({one_line(error)})") from None
         try:
             self._open_schema()
+        except StoreError as error:
+            self._db.close()
+            if not (self.path.exists() and READ_ONLY_ERROR in str(error)):
+                raise
+            self._open_read_only()  # e.g. a read-only file system, which access() does not see
         except BaseException:
             self._db.close()
             raise
+
+    def _open_read_only(self) -> None:
+        """Open the existing database for reading only: `mode=ro`, or `immutable=1` where even
+        reading a WAL database needs files the folder cannot take."""
+        self.read_only = True
+        for flags in ("mode=ro", "immutable=1"):
+            try:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+                with self._errors():
+                    version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            except (sqlite3.Error, StoreError) as error:
+                failure = error
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                continue
+            if version > SCHEMA_VERSION:
+                self._db.close()
+                raise StoreError(f"{self.path}: chat history from a newer chatapp (schema {version}); "
+                                 "update chatapp to open it")
+            return
+        raise StoreError(f"{self.path}: cannot open chat history ({one_line(failure)})") from None
 
     def _check_header(self) -> None:
         try:
@@ -174,12 +219,15 @@ class ChatStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: all of it is committed, or none of it."""
+        if self.read_only:
+            raise StoreError(f"{self.path}: the chat history is read-only")
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -270,9 +318,26 @@ class ChatStore:
         with self._lock, self._errors():
             rows = self._db.execute("SELECT id FROM chats WHERE id LIKE ? ESCAPE '\\' LIMIT 2",
                                     (pattern,)).fetchall()
+        if not rows:
+            self.check_integrity()  # "no such chat" in a damaged history would mislead
+            if self.found_empty:
+                raise StoreError(f"no saved chats match id {prefix!r}: the chat history {self.path} was an "
+                                 "empty file (truncated?), so its chats are gone")
         if len(rows) != 1 or not prefix:
             raise StoreError(f"{'several' if rows else 'no'} saved chats match id {prefix!r}")
         return rows[0][0]
+
+    def check_integrity(self) -> None:
+        """Raise `StoreError` when the database is damaged (SQLite's `quick_check`); it reads
+        the whole file, so it runs only where a damaged history would otherwise mislead."""
+        try:
+            with self._lock, self._errors():
+                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)").fetchall()]
+        except StoreError as error:
+            problems = [str(error)]
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path}: the chat history is damaged ({one_line(ValueError('; '.join(problems)))}); "
+                             "move it aside to start a new one (chatapp never repairs it in place)")
 
     def rename(self, chat_id: str, title: str) -> bool:
         """Set a chat's title; False when there is no such chat."""

@@ -219,4 +219,11 @@ def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = 
     """Run the TUI until the user quits; return the process exit code (`options`: `make_app`'s)."""
     app = make_app(settings=settings, load_engine=load_engine, top_n=top_n, **options)
     app.run()
+    chat = app.chat
+    if chat.rescued is not None:
+        print(f"chatapp: the chat history could not take this chat ({chat.save_error}); it was written to "
+              f"{chat.rescued} (/load reads it)", file=sys.stderr)
+    elif chat.save_error is not None:
+        print(f"chatapp: the chat history could not take this chat ({chat.save_error}), and no rescue file "
+              "could be written either", file=sys.stderr)
     return app.return_code or 0

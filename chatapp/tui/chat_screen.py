@@ -186,6 +186,7 @@ class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
             cached=stats.cached_tokens if stats else None,
             prompt=stats.prompt_tokens if stats else 0,
             settings=self.settings.describe(),
+            warning=self.keeping_warning(),
         )
 
     # -- sending and commands ------------------------------------------------------------------

@@ -12,6 +12,8 @@ from chatapp.records import ModelInfo
 
 SEPARATOR = " │ "
 """Between status fields."""
+WARNING_STYLE = "bold $text-error"
+"""How a lasting problem stands out."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class StatusData:
     """Prompt tokens of the last turn."""
     settings: str = ""
     """Sampling settings, e.g. "T=0.7 k=50 max=512"."""
+    warning: str = ""
+    """A lasting problem, shown first in the error colour until it is over (e.g. "not saved")."""
 
 
 class StatusBar(Widget):
@@ -58,4 +62,7 @@ class StatusBar(Widget):
                 fields.append(data.activity)
         if data.settings:
             fields.append(data.settings)
-        return Content(SEPARATOR.join(fields))
+        line = Content(SEPARATOR.join(fields))
+        if data.warning:
+            line = Content.assemble((f"⚠ {data.warning}", WARNING_STYLE), SEPARATOR, line)
+        return line
