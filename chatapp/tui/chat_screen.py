@@ -4,8 +4,8 @@ The model never runs on the UI thread. Loading, generation and resets run on one
 (`chatapp.engine_thread`), waited on by Textual workers, and talk to the screen only through
 the small messages of `chatapp.tui.messages`; the handlers update the plain conversation state
 (`chatapp.tui.state`) and then the widgets that view it. Writing a reply lives in
-`chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving and loading chats in
-`chatapp.tui.persistence`.
+`chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving the chat in
+`chatapp.tui.persistence`, switching chats and chat files in `chatapp.tui.chat_files`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from chatapp.tui import commands
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.generation import GenerationJob, StreamPacing, one_line
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
+from chatapp.tui.chat_files import ChatSwitching
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.state import Exchange, ReplyVersion
@@ -43,7 +44,7 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 """Shown in the empty prompt."""
 
 
-class ChatScreen(ChatKeeping, ConversationActions, ReplyStreaming, Screen):
+class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [

@@ -1,7 +1,7 @@
-"""Keeping chats: autosave to the history store, open and switch chats, /save, /load, /export.
+"""Keeping the chat on screen: autosave to the history store, save failures, claims, rescue.
 
-A mixin of `ChatScreen`. The screen holds one `SavedChat` whose conversation is the one on
-screen. Whatever changes an exchange calls `mark_changed(index)`; `autosave` then writes only
+A mixin of `ChatScreen` (switching chats and chat files are `chatapp.tui.chat_files`'). The
+screen holds one `SavedChat` whose conversation is the one on screen. Whatever changes an exchange calls `mark_changed(index)`; `autosave` then writes only
 the exchanges from the first changed one on (`ChatStore.save(from_exchange=...)`): a turn's
 save is one exchange, a few milliseconds on the UI thread. While a reply streams, the reply is
 saved at most every `AUTOSAVE_SECONDS`, so a kill loses at most about that much of it.
@@ -13,7 +13,7 @@ Nothing is lost silently. A chat another chatapp process has open (`chatapp.open
 not written to: what is added here goes to a copy, and the user is told. A save that fails
 (disk full, a read-only history) leaves a warning on the status line until a save succeeds;
 if the app ends with exchanges still unsaved, the chat is written to a rescue file
-(`rescue_folder()`), which `ChatApp.rescued` names on the way out.
+(`rescue_folder()`), which `run_tui` names on the way out.
 """
 
 from __future__ import annotations
@@ -30,17 +30,9 @@ from textual import work
 from textual.css.query import NoMatches
 
 from chatapp import open_chats
-from chatapp.chat_file import ChatFileError, SavedChat, load_chat_file, new_chat_id, save_chat_file
-from chatapp.export import ExportError, export_chat
+from chatapp.chat_file import SavedChat, new_chat_id, save_chat_file
 from chatapp.store import APP_NAME, ChatStore, StoreError
-from chatapp.tui import commands
-from chatapp.tui.generation import one_line
-from chatapp.tui.history_screen import HistoryScreen
-from chatapp.tui.screens import HelpScreen
 from chatapp.tui.state import Conversation, Exchange
-from chatapp.tui.widgets.chat_log import ChatLog
-from chatapp.tui.widgets.prompt_input import PromptInput
-from chatapp.tui.widgets.topk_panel import TopKPanel
 
 if TYPE_CHECKING:
     from chatapp.tui.chat_screen import ChatScreen
@@ -49,8 +41,6 @@ AUTOSAVE_SECONDS = 1.0
 """Longest gap between saves of a reply being written: what a SIGKILL can lose at most."""
 INLINE_SAVE_EXCHANGES = 8
 """Saves writing more exchanges than this run on a thread worker (each costs ~1 ms to pack)."""
-BUSY_OPEN_MESSAGE = "A reply is being written: stop it (Esc) before opening another chat."
-"""Shown when a chat is opened mid-reply."""
 COPY_SUFFIX = " (copy)"
 """Added to the title of the copy a chat open elsewhere is continued in."""
 
@@ -80,7 +70,7 @@ def _save(chat: SavedChat, store: ChatStore, start: int) -> str | None:
 
 
 class ChatKeeping:
-    """Autosave, history and chat files, mixed into `ChatScreen`."""
+    """Autosave, save failures, claims and the rescue file, mixed into `ChatScreen`."""
 
     def init_keeping(self: "ChatScreen", store_path: Path | None, chat: SavedChat | None,
                      system: str | None) -> None:
@@ -247,121 +237,3 @@ class ChatKeeping:
         """Write a large save off the UI thread (`chat` is a snapshot)."""
         error = _save(chat, store, start)
         self.app.call_from_thread(self._saved, error, start)
-
-    # -- switching chats -----------------------------------------------------------------------
-
-    async def show_chat(self: "ChatScreen", chat: SavedChat, stored: bool) -> bool:
-        """Save the current chat and show `chat` instead; False (and a message) mid-reply.
-
-        The engine's cache holds the old conversation, so it is reset; it rebuilds the cache
-        from the messages on the next turn.
-        """
-        if self.generating:
-            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
-            return False
-        self.autosave()
-        self.saved, self._stored, self._dirty_from, self.editing = chat, stored, None, False
-        if not stored:
-            self.mark_changed(0)
-        await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
-        self.query_one(TopKPanel).view = None
-        self.query_one(PromptInput).focus()
-        if self.engine is not None:
-            self.reset_engine()
-        self.update_status()
-        self.autosave()
-        return True
-
-    async def open_saved(self: "ChatScreen", chat_id: str) -> None:
-        """Open a chat from the history."""
-        if chat_id == self.saved.id or self.store is None:
-            return
-        if self.generating:
-            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
-            return
-        try:
-            chat = self.store.load(chat_id)
-        except StoreError as error:
-            self.notify(str(error), title="History", severity="error", markup=False)
-            return
-        if await self.show_chat(chat, stored=True):
-            self.notify(f"Opened “{chat.display_title}”.", markup=False)
-
-    def new_saved_chat(self: "ChatScreen") -> None:
-        """Save the current chat and start a new one with the same system prompt."""
-        self.autosave()
-        self.saved = SavedChat(Conversation(system=self.conversation.system))
-        self._stored, self._dirty_from = False, None
-
-    def action_history(self: "ChatScreen") -> None:
-        """Show the saved chats (open, rename, delete)."""
-        if self.store is None:
-            self.notify("No chat history: it could not be opened.", severity="warning")
-            return
-        self.autosave()
-        history = HistoryScreen(self.store, self.saved.id, self._renamed, self._deleted)
-
-        async def chosen(chat_id: str | None) -> None:
-            if chat_id is not None:
-                await self.open_saved(chat_id)
-
-        self.app.push_screen(history, chosen)
-
-    def _renamed(self: "ChatScreen", chat_id: str, title: str) -> None:
-        if chat_id == self.saved.id:
-            self.saved.title = title
-
-    async def _deleted(self: "ChatScreen", chat_id: str) -> None:
-        """The open chat was deleted: show a new, empty one (not saved again)."""
-        if chat_id == self.saved.id:
-            self._stored, self._dirty_from = False, None
-            await self.action_new_chat()
-
-    # -- commands ------------------------------------------------------------------------------
-
-    async def run_keeping_command(self: "ChatScreen", command: commands.Command) -> None:
-        """Apply /help, /history, /save, /load or /export."""
-        if isinstance(command, commands.ShowHelp):
-            self.app.push_screen(HelpScreen())
-        elif isinstance(command, commands.ShowHistory):
-            self.action_history()
-        elif isinstance(command, commands.SaveChat):
-            self._write_file(command.path, save_chat_file, "Saved", "Not saved")
-        elif isinstance(command, commands.ExportChat):
-            self._write_file(command.path, export_chat, "Exported", "Not exported")
-        elif isinstance(command, commands.LoadChat):
-            await self.load_file(command.path)
-
-    def _write_file(self: "ChatScreen", path: str, write, done: str, failed: str) -> None:
-        """Write the chat to `path` with `write`; the notification says `done` or `failed`."""
-        if self.engine is not None:
-            self.saved.model = self.engine.info.name
-        target = Path(path).expanduser()
-        try:
-            write(self.saved, target)
-        except (OSError, ExportError) as error:
-            self.notify(f"{target}: {one_line(error)}", title=failed, severity="error", markup=False)
-            return
-        self.notify(f"{done} to {target}", markup=False)
-
-    async def load_file(self: "ChatScreen", path: str) -> None:
-        """Show the chat in a file written by /save; a bad file changes nothing."""
-        if self.generating:
-            self.notify(BUSY_OPEN_MESSAGE, severity="warning")
-            return
-        try:
-            chat = load_chat_file(Path(path).expanduser())
-        except ChatFileError as error:
-            self.notify(one_line(error), title="Load", severity="error", markup=False)
-            return
-        if self._in_store(chat.id):
-            # A copy of a chat the history holds: keep both rather than overwrite the newer one.
-            chat = replace(chat, id=SavedChat(chat.conversation).id)
-        if await self.show_chat(chat, stored=False):
-            self.notify(f"Loaded “{chat.display_title}” ({chat.turns} messages).", markup=False)
-
-    def _in_store(self: "ChatScreen", chat_id: str) -> bool:
-        try:
-            return self.store is not None and any(s.id == chat_id for s in self.store.list_chats())
-        except StoreError:
-            return False
