@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, get_args
 
 from chatapp.atomic_file import atomic_write
+from chatapp.bounded_read import FileRefused, read_regular_file
 from chatapp.memory import gc_paused
 from chatapp.records import FinishReason, TurnStats
 from chatapp.settings import SamplingSettings
@@ -305,25 +305,8 @@ def load_chat_file(path: str | os.PathLike) -> SavedChat:
         ChatFileError: unreadable, corrupt, truncated, foreign or future-version file, or not a
             regular file, or too large (one line).
     """
-    return loads(read_bounded(Path(path), MAX_CHAT_FILE_BYTES), str(path))
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file at `path`, at most `limit` of them.
-
-    Raises:
-        ChatFileError: not a regular file, larger than `limit`, or unreadable (one line).
-    """
     try:
-        # Opened without blocking (a pipe would wait for a writer), then checked: what is checked
-        # is what is read.
-        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ChatFileError(f"{path}: not a regular file")
-            data = handle.read(limit + 1)
-    except OSError as error:
-        raise ChatFileError(f"{path}: cannot read ({error.strerror or one_line(error)})") from None
-    if len(data) > limit:
-        raise ChatFileError(f"{path}: too large ({info.st_size / 2**20:.0f} MiB; at most {limit >> 20} MiB)")
-    return data
+        data = read_regular_file(path, MAX_CHAT_FILE_BYTES)
+    except FileRefused as error:
+        raise ChatFileError(f"{path}: cannot read ({error})") from None
+    return loads(data, str(path))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
+from chatapp.bounded_read import FileRefused, read_regular_file
 from chatapp.errors import ModelLoadError
 from chatapp.gguf_files import default_gguf_path
 from chatapp.loading import DEFAULT_MODEL
@@ -106,21 +106,11 @@ def _read_file(name: str) -> bytes:
     """A regular file's bytes; anything else is refused without reading (or blocking on) it."""
     label = f"{FILE_PREFIX}{name}"
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was opened.
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        hint = f" ({FILE_PREFIX * 2} sends a literal {FILE_PREFIX})" if isinstance(error, FileNotFoundError) else ""
-        raise InputError(f"cannot read {label}: {error.strerror or error}{hint}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MESSAGE_BYTES:
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise InputError(f"{label} is a folder: give a text file")
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{label} is not a regular file: give a text file")
-        raise InputError(f"{label} holds {info.st_size} bytes, more than the {MAX_MESSAGE_BYTES} chatapp takes")
-    with open(fd, "rb") as file:
-        return _read_stream(file, label)  # the size may have grown since fstat
+        return read_regular_file(name, MAX_MESSAGE_BYTES)
+    except FileRefused as error:
+        missing = isinstance(error.__cause__, FileNotFoundError)
+        hint = f" ({FILE_PREFIX * 2} sends a literal {FILE_PREFIX})" if missing else ""
+        raise InputError(f"cannot read {label}: {error}{hint}") from None
 
 
 def _decoded(data: bytes, label: str) -> str:
