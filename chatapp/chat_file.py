@@ -17,7 +17,6 @@ import os
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, get_args
 
 from chatapp.atomic_file import atomic_write
