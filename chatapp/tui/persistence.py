@@ -158,8 +158,7 @@ class ChatKeeping:
             return
         title = self.saved.display_title
         self.saved = replace(self.saved, id=new_chat_id(), title=title + COPY_SUFFIX)
-        self._stored = False
-        self.mark_changed(0)
+        self._stored = False  # written whole at its first change: merely looking adds no copy
         self.notify(f"“{title}” is open in another chatapp: what you add here is saved as a copy, "
                     f"“{title}{COPY_SUFFIX}”.", title="History", severity="warning", timeout=10, markup=False)
         self._claim = open_chats.claim(self.store.path, self.saved.id)

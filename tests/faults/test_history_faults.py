@@ -163,3 +163,19 @@ async def test_resume_reopens_the_chat_open_at_quit_with_its_settings(store_path
     assert calls[0]["chat"].id == older.id and calls[0]["settings"].temperature == 0.25
     assert cli.main(["--resume", "--top-k", "7"]) == 0  # a flag given now wins
     assert calls[1]["settings"].temperature == 0.25 and calls[1]["settings"].top_k == 7
+
+
+async def test_looking_at_a_chat_open_elsewhere_adds_no_copy(store_path):
+    chat = _one_saved_chat(store_path)
+    from chatapp.open_chats import claim
+
+    held = claim(store_path, chat.id)  # another app has it open
+    try:
+        app = app_with(FakeEngine(), store_path=store_path, chat=chat)
+        async with app.run_test() as pilot:
+            await ready(pilot)
+            assert any("open in another chatapp" in n.message for n in app._notifications)
+    finally:
+        held.release()
+    with ChatStore(store_path) as store:
+        assert [c.id for c in store.list_chats()] == [chat.id]
