@@ -35,8 +35,22 @@ def one_pass_block(block_class: type[MarkdownBlock]) -> type[MarkdownBlock]:
 
 @functools.lru_cache(maxsize=1)
 def shared_parser() -> MarkdownIt:
-    """One Markdown parser for every reply: Textual builds a new one per streamed fragment otherwise."""
-    return MarkdownIt("gfm-like")
+    """One Markdown parser for every reply (Textual builds a new one per streamed fragment
+    otherwise), keeping the model's line breaks: a single newline inside a paragraph is a line
+    break, not Markdown's soft break that joins the lines (a poem, an address, an unbulleted
+    list stay as written). Streamed and finished replies go through this one parser."""
+    parser = MarkdownIt("gfm-like")
+    parser.core.ruler.push("keep_line_breaks", _soft_breaks_to_hard)
+    return parser
+
+
+def _soft_breaks_to_hard(state) -> None:
+    """A markdown-it core rule: every soft break is a line break (Textual draws a soft break as
+    a space; markdown-it's own `breaks` option changes only its HTML renderer)."""
+    for token in state.tokens:
+        for child in token.children or ():
+            if child.type == "softbreak":
+                child.type = "hardbreak"
 
 
 class ReplyMarkdown(OneLayoutPass, Markdown):
