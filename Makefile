@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.chatapp-installed
-# The CPU build of torch 2.13.0 keeps installs small; any torch >= 2.4 works.
+# The CPU build of torch 2.13.0 keeps installs small; any torch >= 2.6 works (transformers 5 needs it).
 TORCH ?= torch==2.13.0
 
 .PHONY: run test setup bench clean

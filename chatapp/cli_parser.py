@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from chatapp import __version__
 from chatapp.loading import DTYPES, QUANTIZE_CHOICES
 from chatapp.preflight import MAX_MESSAGE_BYTES
 from chatapp.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_N
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a local language model and watch how it chooses every token. "
         "With no command, opens the chat TUI.",
     )
+    parser.add_argument("--version", action="version", version=f"chatapp {__version__}")
     _add_model_flags(parser)
     _add_sampling_flags(parser)
     history = parser.add_argument_group("history").add_mutually_exclusive_group()

@@ -1,10 +1,11 @@
-"""`chatapp ask` from the shell: JSON Lines contract, plain streaming, and one-line errors."""
+"""`chatapp ask` from the shell: JSON Lines contract, plain streaming, and one-line errors; `--version`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,26 @@ def test_bad_flags_exit_2_with_one_line(args, needle):
 def test_ask_needs_a_prompt():
     result = chatapp("ask", timeout=60)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version_prints_the_one_version_without_importing_torch():
+    from chatapp import __version__
+
+    result = chatapp("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout == f"chatapp {__version__}\n", result
+    code = "import sys, chatapp; print(sorted({'torch', 'transformers', 'textual'} & set(sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]", "importing chatapp must stay cheap"
+
+
+def test_pyproject_reads_the_version_from_the_package():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "chatapp.__version__"}
 
 
 @pytest.mark.parametrize(
