@@ -62,6 +62,11 @@ def new_chat_id() -> str:
     return uuid.uuid4().hex
 
 
+def counted(number: int, noun: str) -> str:
+    """"1 turn", "2 turns": `number` and `noun`, plural when it is not one (nouns with an s)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def default_title(conversation: Conversation) -> str:
     """The first line of the first user message, shortened to `TITLE_LENGTH`."""
     first = next((e.shown_user.strip() for e in conversation.exchanges if e.shown_user.strip()), "")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from chatapp.atomic_file import atomic_write
-from chatapp.chat_file import INTERRUPTED_NOTE, SavedChat, dumps
+from chatapp.chat_file import INTERRUPTED_NOTE, SavedChat, counted, dumps
 from chatapp.tui.state import ReplyVersion
 
 EXPORT_FORMATS = ("md", "json")
@@ -38,6 +38,8 @@ def reply_note(version: ReplyVersion) -> str:
     """Why a reply is incomplete ("stopped by the user", "interrupted: …"), or "" when it finished."""
     if version.error == INTERRUPTED_NOTE:
         return INTERRUPTED_NOTE
+    if version.cut_at_limit:
+        return f"cut at the {version.settings.max_new_tokens}-token limit"
     note = STATUS_NOTES.get(version.status, "")
     return f"{note}: {version.error}" if note and version.error else note
 
@@ -62,7 +64,7 @@ def to_markdown(chat: SavedChat) -> str:
         f"# {chat.display_title}",
         "",
         f"*Model: {chat.model or 'unknown'} · started {chat.created.strftime(TIME_FORMAT)} · "
-        f"updated {chat.updated.strftime(TIME_FORMAT)} · {chat.turns} turns*",
+        f"updated {chat.updated.strftime(TIME_FORMAT)} · {counted(chat.turns, 'turn')}*",
         "",
     ]
     if conversation.system:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatapp.chat_file import ChatFileError, SavedChat, load_chat_file, save_chat_file
+from chatapp.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
 from chatapp.export import ExportError, export_chat
 from chatapp.store import StoreError
 from chatapp.tui import commands
@@ -143,7 +143,7 @@ class ChatSwitching:
             # A copy of a chat the history holds: keep both rather than overwrite the newer one.
             chat = replace(chat, id=SavedChat(chat.conversation).id)
         if await self.show_chat(chat, stored=False):
-            self.notify(f"Loaded “{chat.display_title}” ({chat.turns} messages).", markup=False)
+            self.notify(f"Loaded “{chat.display_title}” ({counted(chat.turns, 'message')}).", markup=False)
 
     def _in_store(self: "ChatScreen", chat_id: str) -> bool:
         try:

@@ -266,7 +266,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         return exchange
 
     async def run_command(self, text: str, submitted: str) -> None:
-        """Apply a slash command, or show its one-line error (the prompt keeps the text).
+        """Apply a slash command, or show its one-line error (the prompt keeps the text, selected).
 
         `submitted` is the prompt text that carried it, taken out of the prompt once it applies.
         """
@@ -274,6 +274,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             command = commands.parse_command(text, self.settings)
         except commands.CommandError as error:
             self.notify(str(error), title="Command", severity="error", markup=False)
+            self.query_one(PromptInput).select_all()  # kept to mend, and replaced by whatever is typed next
             return
         self.query_one(PromptInput).take(submitted)
         if isinstance(command, commands.ApplySettings):

@@ -18,6 +18,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
+from chatapp.chat_file import counted
 from chatapp.store import ChatStore, ChatSummary, StoreError
 from chatapp.tui.screens import ConfirmScreen
 
@@ -29,8 +30,10 @@ MAX_TITLE_LENGTH = 200
 """Longest title a rename keeps."""
 CURRENT_MARK = "● "
 """Marks the chat on screen."""
-HINT = "Enter open · r rename · d delete · Esc close"
+HINT = "Enter open · r rename · d delete · Esc close · chatapp --chat ID reopens one, chatapp export ID writes it"
 """Keys, under the list."""
+ID_WIDTH = 8
+"""Characters of a chat's id shown: a prefix that `--chat` and `export` take."""
 
 Renamed = Callable[[str, str], None]
 """Told (chat id, new title) after a rename."""
@@ -72,7 +75,7 @@ class HistoryScreen(ModalScreen[str | None]):
     def on_mount(self) -> None:
         """Fill the list."""
         self.query_one("#history-box").border_title = "Saved chats"
-        self.query_one(DataTable).add_columns("Title", "Updated", "Model", "Turns")
+        self.query_one(DataTable).add_columns("Title", "Updated", "Model", "Turns", "ID")
         self.refresh_list()
 
     def refresh_list(self, select: str | None = None) -> None:
@@ -92,12 +95,13 @@ class HistoryScreen(ModalScreen[str | None]):
                 Text(chat.updated.astimezone().strftime(DATE_FORMAT)),
                 Text(chat.model),
                 Text(str(chat.turns), justify="right"),
+                Text(chat.id[:ID_WIDTH]),
                 key=chat.id,
             )
         ids = [chat.id for chat in self.chats]
         if keep in ids:
             table.move_cursor(row=ids.index(keep))
-        self.query_one("#history-box").border_subtitle = f"{len(ids)} chats" if ids else "no saved chats yet"
+        self.query_one("#history-box").border_subtitle = counted(len(ids), "chat") if ids else "no saved chats yet"
         table.focus()
 
     @property
@@ -170,5 +174,5 @@ class HistoryScreen(ModalScreen[str | None]):
             await self._deleted(chat.id)
             self.refresh_list()
 
-        question = f"Delete “{_cut(chat.title, TITLE_WIDTH)}” ({chat.turns} turns)? This cannot be undone."
+        question = f"Delete “{_cut(chat.title, TITLE_WIDTH)}” ({counted(chat.turns, 'turn')})? This cannot be undone."
         self.app.push_screen(ConfirmScreen(question, "Delete"), answered)

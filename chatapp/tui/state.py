@@ -40,6 +40,11 @@ class ReplyVersion:
     user: str | None = None
     """The user message this version answers when an edit changed it; None: the exchange's own."""
 
+    @property
+    def cut_at_limit(self) -> bool:
+        """Whether the reply ended because it reached `settings.max_new_tokens`, not on its own."""
+        return self.status == "done" and self.stats is not None and self.stats.finish_reason == "length"
+
     def add_steps(self, steps: Iterable[Step]) -> str:
         """Append streamed steps; return the text they add."""
         steps = list(steps)

@@ -76,7 +76,7 @@ class FakeEngine:
     def start_turn(self, messages, settings, reply_prefix_ids=()) -> "FakeTurn":
         self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))
         tokens = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
-        return FakeTurn(self, tokens, list(reply_prefix_ids), messages)
+        return FakeTurn(self, tokens, list(reply_prefix_ids), messages, settings.max_new_tokens)
 
     def step(self, index: int, text: str) -> Step:
         """The scripted record for token `text` at `index`."""
@@ -92,9 +92,11 @@ class FakeEngine:
 class FakeTurn:
     """Iterates scripted steps; honours `cancel()` like the real `Turn`."""
 
-    def __init__(self, engine: FakeEngine, tokens: list[str], prefix_ids: list[int], messages) -> None:
+    def __init__(self, engine: FakeEngine, tokens: list[str], prefix_ids: list[int], messages,
+                 max_new_tokens: int) -> None:
         self.engine = engine
         self.tokens = tokens + [""]  # "" is the stop token
+        self.max_new_tokens = max_new_tokens
         self.prefix_len = len(prefix_ids)
         self.prefix_text = "".join(engine.vocab.texts.get(i, "").split("#")[0] for i in prefix_ids)
         prompt = sum(len(m["content"].split()) + 4 for m in messages)
@@ -110,7 +112,7 @@ class FakeTurn:
         start = self.prefix_len
         texts: list[str] = []
         stats.finish_reason = "length"
-        for index in range(start, max(start, len(self.tokens))):
+        for index in range(start, min(max(start, len(self.tokens)), start + self.max_new_tokens)):
             if self._cancelled.is_set():
                 stats.finish_reason = "cancelled"
                 break

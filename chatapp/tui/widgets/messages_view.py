@@ -12,12 +12,17 @@ from textual.message import Message
 from textual.widgets import Static
 
 from chatapp.tui.formatting import literal_text
-from chatapp.tui.state import Exchange
+from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.reply_markdown import OneLayoutPass, ReplyMarkdown
 from chatapp.tui.widgets.token_view import TokenView, TokenViewData
 
 STATUS_LABELS = {"streaming": "writing…", "stopped": "stopped", "error": "error", "done": ""}
 """Header note for each reply status."""
+
+
+def limit_note(reply: ReplyVersion) -> str:
+    """The header note of a reply cut at its length limit, with the command that raises it."""
+    return f"cut at the {reply.settings.max_new_tokens}-token limit (/max)"
 
 
 class UserMessage(Static):
@@ -63,7 +68,7 @@ class AssistantMessage(OneLayoutPass, Vertical):
                 f"[@click=screen.next_version({i})]›[/]"
             ))
         if reply is not None:
-            note = STATUS_LABELS[reply.status]
+            note = limit_note(reply) if reply.cut_at_limit else STATUS_LABELS[reply.status]
             if reply.branched_at is not None:
                 note = f"branched at token {reply.branched_at + 1}" + (f" · {note}" if note else "")
             if reply.error:

@@ -1,0 +1,62 @@
+"""Small things a daily user notices: a bad command is not appended to, a reply cut at its limit
+says so, counts read as English, the history shows the ids the command line takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatapp.export import render
+from chatapp.settings import SamplingSettings
+from chatapp.tui.history_screen import HistoryScreen
+from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.prompt_input import PromptInput
+from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.fakes import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_bad_command_stays_selected_so_the_next_one_replaces_it():
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await pilot.press(*"/temp -1", "enter")
+        prompt = app.chat.query_one(PromptInput)
+        assert prompt.text == "/temp -1" and prompt.selected_text == "/temp -1"  # kept, to mend
+        await pilot.press(*"/topk 7", "enter")
+        assert app.chat.settings.top_k == 7 and prompt.text == ""  # not "/temp -1/topk 7"
+
+
+async def test_a_reply_cut_at_its_token_limit_says_so_on_screen_and_in_the_export(store_path):
+    app = app_with(FakeEngine(replies=[["one", " two", " three", " four"]]), SamplingSettings(max_new_tokens=3),
+                   store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "count")
+        reply = app.chat.conversation.last.reply
+        assert reply.text == "one two three" and reply.cut_at_limit
+        header = str(app.chat.query_one(ChatLog).reply_view(0).header())
+        assert "cut at the 3-token limit (/max)" in header
+        assert "cut at the 3-token limit" in render(app.chat.saved, "md")
+        await send(pilot, "/max 10")
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not app.chat.generating)
+        assert "cut at" not in str(app.chat.query_one(ChatLog).reply_view(0).header())  # finished on its own
+
+
+async def test_the_history_shows_ids_and_counts_in_english(store_path):
+    app = app_with(FakeEngine(), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        history = app.screen
+        table = history.query_one("DataTable")
+        assert [str(c.label) for c in table.columns.values()][-1] == "ID"
+        assert str(table.get_row_at(0)[-1]) == app.chat.saved.id[:8]
+        assert history.query_one("#history-box").border_subtitle == "1 chat"
+        assert "--chat ID" in str(history.query_one(".hint").render())
+        await pilot.press("d")
+        assert any("(1 turn)?" in str(w.render()) for w in app.screen.query("Static"))
+        assert render(app.chat.saved, "md").count("· 1 turn*") == 1
