@@ -1,18 +1,30 @@
-"""A streamed reply costs one layout pass per update, and still ends up sized and drawn right."""
+"""A streamed reply costs one layout pass per update, and still ends up sized and drawn right;
+the private Textual hook it overrides is still the one it was written for."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Markdown
 
 from chatapp.settings import SamplingSettings
 from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.messages_view import AssistantMessage
-from chatapp.tui.widgets.reply_markdown import ReplyMarkdown
+from chatapp.tui.widgets.reply_markdown import OneLayoutPass, ReplyMarkdown
 
 pytestmark = pytest.mark.anyio
+
+SIZING_HOOK = "_size_updated"
+"""The private `Widget` method `OneLayoutPass` overrides."""
+HOOK_PARAMETERS = [("self", inspect.Parameter.empty), ("size", inspect.Parameter.empty),
+                   ("virtual_size", inspect.Parameter.empty), ("container_size", inspect.Parameter.empty),
+                   ("layout", True)]
+"""Its parameters and defaults, as in Textual 0.86 to 8.2: `OneLayoutPass` passes `layout=False`."""
 
 UPDATES = [f"Sentence {i} of a reply that is long enough to wrap onto another line of the log. " for i in range(6)]
 """Streamed fragments: each one makes the reply taller."""
@@ -84,3 +96,30 @@ async def test_a_wide_code_block_still_gets_its_scrollbar():
         fence = next(w for w in view.query("*") if type(w).__name__ == "MarkdownFence")
         assert fence.virtual_size.width > fence.size.width
         assert fence.show_horizontal_scrollbar
+
+
+def _sized_classes() -> list[type]:
+    """The Textual classes whose `SIZING_HOOK` `OneLayoutPass` overrides in chatapp's replies:
+    the Markdown widget and every block class it builds."""
+    blocks = {Markdown().get_block_class(name) for name in getattr(Markdown, "BLOCKS", {})}
+    return [Markdown, *sorted(blocks, key=lambda block: block.__name__)]
+
+
+@pytest.mark.parametrize("sized", _sized_classes(), ids=lambda sized: sized.__name__)
+def test_the_private_sizing_hook_is_the_one_one_layout_pass_overrides(sized):
+    import textual
+
+    hook = getattr(sized, SIZING_HOOK, None)
+    upgrade = (f"Textual {textual.__version__} changed {sized.__name__}.{SIZING_HOOK}, the private hook "
+               "chatapp.tui.widgets.reply_markdown.OneLayoutPass overrides: check that override against it, "
+               "then update HOOK_PARAMETERS and the textual pin in pyproject.toml")
+    assert callable(hook), upgrade
+    parameters = [(p.name, p.default) for p in inspect.signature(hook).parameters.values()]
+    assert parameters == HOOK_PARAMETERS, f"{upgrade}: its parameters are now {parameters}"
+    assert inspect.signature(hook).return_annotation in (bool, "bool"), upgrade
+    assert issubclass(sized, Widget)
+
+
+def test_one_layout_pass_takes_the_hooks_parameters():
+    parameters = [(p.name, p.default) for p in inspect.signature(OneLayoutPass._size_updated).parameters.values()]
+    assert parameters == HOOK_PARAMETERS
