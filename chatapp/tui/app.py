@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from platformdirs import user_data_dir
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -135,6 +136,13 @@ class ChatApp(App):
         self.chat.close_store()
         super().exit(result, return_code, message)
 
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """Save a screenshot (the palette's "Save screenshot") into a folder that exists: the user
+        data folder's `screenshots/`, or the current folder (Textual's default, `~/Downloads`,
+        may not exist); the notification names the file."""
+        return super().deliver_screenshot(filename, path or str(screenshot_folder()), time_format)
+
     def get_default_screen(self) -> Screen:
         """The chat screen is the app."""
         return self.chat
@@ -182,6 +190,17 @@ class ChatApp(App):
             prompt.focus()
 
         return prefill
+
+
+def screenshot_folder() -> Path:
+    """Where screenshots go: `screenshots/` in the user data folder, made if need be, or the
+    current folder when it cannot be made."""
+    folder = Path(user_data_dir("chatapp", appauthor=False)) / "screenshots"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path.cwd()
+    return folder
 
 
 def _terminal_driver():

@@ -7,6 +7,7 @@ import pytest
 
 from chatapp.export import render
 from chatapp.settings import SamplingSettings
+from chatapp.tui.app import screenshot_folder
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -60,3 +61,15 @@ async def test_the_history_shows_ids_and_counts_in_english(store_path):
         await pilot.press("d")
         assert any("(1 turn)?" in str(w.render()) for w in app.screen.query("Static"))
         assert render(app.chat.saved, "md").count("· 1 turn*") == 1
+
+
+async def test_a_screenshot_goes_to_a_folder_that_exists_and_is_named(private_data_dir):
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        app.deliver_screenshot()
+        await wait_until(pilot, lambda: any(n.title == "Screenshot" for n in app._notifications))
+        [note] = [n for n in app._notifications if n.title == "Screenshot"]
+        saved = list(screenshot_folder().glob("*.svg"))
+        assert len(saved) == 1 and saved[0].parent == private_data_dir / "chatapp" / "screenshots"
+        assert saved[0].name in note.message and "Failed" not in note.message
