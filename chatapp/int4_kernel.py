@@ -1,11 +1,11 @@
-"""A faster int4 product for CPUs with AVX512-VNNI, built from C++ at run time.
+"""chatapp's own int4 product for CPUs with AVX512-VNNI, built from C++ at run time.
 
 torch's CPU int4 kernel (`torch._weight_int4pack_mm_for_cpu`) turns every 4-bit weight into a
-bfloat16 number and multiplies in floating point: on this project's 2-core machine it is
-compute-bound at about 12 GB/s of weights, a third of what the cores can read. llama.cpp instead
-rounds the activations to int8 per block of 32 and sums integer products with the CPU's dot
-product instructions. `chatapp/kernels/int4_vnni.cpp` does the same for our int4 layers: about
-four times the weights per cycle of torch's kernel on one core.
+bfloat16 number and multiplies in floating point. `chatapp/kernels/int4_vnni.cpp` instead rounds
+the activations to integers and sums integer products with the CPU's dot product instructions,
+as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product, and
+`torch.ops.chatapp.decode_layers` for a whole decode step of a Llama-family model's layers. How
+much faster that is, is measured in the README (Performance).
 
 The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 10 s)
 and kept in the user cache directory, with a sidecar file holding its size and sha256: a library
@@ -20,12 +20,15 @@ with q in 0..15 (torch's int4 convention, `chatapp.quantize`), becomes
 - `weight` `(N, K / 2)` uint8: per block 16 bytes, byte j holding q[j] in its low nibble and
   q[j + 16] in its high one (GGUF's own Q4 layout);
 - `scales`, `zeros` `(N, K / 32)` bfloat16: the very numbers torch's kernel reads, so a step
-  reads as many bytes as with torch's kernel (a fifth of them scales), which matters: on this
-  machine a step's weights just fit the part of the L3 cache it gets.
-The op rounds each block of 32 activations to int8 (scale = largest magnitude / 127), so its
-outputs differ from torch's kernel's (which rounds activations to bfloat16) by about as much as
-llama.cpp's differ from float arithmetic; `reference_int4_linear` computes the same numbers in
-plain torch for the tests.
+  reads as many bytes of weights as with torch's kernel.
+
+Arithmetic (every int4 product of both ops): each block of 32 activations is rounded to int16
+(scale = largest magnitude / `ACTIVATION_LEVELS`), its products with the 4-bit codes are summed
+exactly in int32 (AVX512-VNNI `vpdpwssd`), and `zero - 8 * scale` times the block's exact float32
+sum is added. The outputs are float arithmetic on the same 4-bit weights but for that rounding,
+which is finer than torch's kernel's rounding of activations to bfloat16, so the two kernels'
+outputs differ slightly. `reference_int4_linear` computes `int4_linear`'s numbers in plain torch
+for the tests.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
-"""Built for this machine's CPU (`-march=native` also tunes the instruction order: 15% here)."""
+"""Built for this machine's CPU only (`-march=native`: `_library_path` keys the library to the CPU)."""
 ACTIVATION_LEVELS = 32767.0
 """Activations are rounded per block of 32 to integers up to this (int16), scale = max |x| / it."""
 BUILD_TIMEOUT = 300
@@ -189,7 +192,7 @@ def _sidecar_path(library: Path) -> Path:
 
 
 def _digest(path: Path) -> str:
-    """The sha256 of the file at `path`, in hex (a library is about 150 kB: a millisecond)."""
+    """The sha256 of the file at `path`, in hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
