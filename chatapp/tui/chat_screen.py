@@ -77,6 +77,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self._jobs = 0
         self._turn = None
         self._version: ReplyVersion | None = None
+        self.live = None
         self.pacing = StreamPacing()
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
@@ -176,16 +177,23 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         finished = self.conversation.last_finished()
         stats = finished.stats if finished else None
         info = getattr(self.engine, "info", None)
+        live = self.live if self.generating and self._version is not None else None
         if activity is None:
-            activity = "writing…" if self.generating else ""
+            activity = f"writing… {len(self._version.steps)} tokens" if live else "writing…" if self.generating else ""
+        if live is not None:  # the reply being written, not the last finished one
+            speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, self._version.steps
+        elif stats is not None:
+            speed, prompt, cached, steps = stats.tok_per_s, stats.prompt_tokens, stats.cached_tokens, finished.steps
+        else:
+            speed, prompt, cached, steps = None, 0, None, []
         bar.data = StatusData(
             info=info,
             activity=activity,
-            tok_per_s=stats.tok_per_s if stats else None,
+            tok_per_s=speed,
             # A branch's forced prefix is in the reply's steps but not in stats.tokens.
-            context_used=stats.prompt_tokens + len(finished.steps) if stats else 0,
-            cached=stats.cached_tokens if stats else None,
-            prompt=stats.prompt_tokens if stats else 0,
+            context_used=prompt + len(steps) if prompt else 0,
+            cached=cached,
+            prompt=prompt,
             settings=self.settings.describe(),
             warning=self.keeping_warning(),
         )

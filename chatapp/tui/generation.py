@@ -117,6 +117,7 @@ def stream_turn(
     pending: list[Step] = []
     last_post = last_panel = -math.inf  # the first token is shown at once: it is the time-to-first-token
     unshown: Step | None = None  # the newest step not yet shown in the panel
+    first_at, steps = None, 0  # when the first token came, and how many have come
 
     def flush(final: bool = False) -> None:
         nonlocal pending, last_post, last_panel, unshown
@@ -126,11 +127,15 @@ def stream_turn(
         if unshown is not None and (final or now - last_panel >= pacing.panel_seconds):
             candidates, unshown, last_panel = unshown, None, now
         if pending or candidates is not None:
-            post(TokensGenerated(job, pending, candidates))
+            speed = (steps - 1) / (now - first_at) if steps > 1 and now > first_at else None
+            stats = turn.stats
+            post(TokensGenerated(job, pending, candidates, speed, stats.prompt_tokens, stats.cached_tokens))
         pending, last_post = [], now
 
     try:
         for step in turn:
+            steps += 1
+            first_at = clock() if first_at is None else first_at
             pending.append(step)
             if clock() - last_post >= pacing.batch_seconds:
                 flush()

@@ -48,6 +48,12 @@ class TokensGenerated(Message):
     """New steps, in order (none when only the panel catches up with the last step)."""
     candidates: Step | None = None
     """The step whose candidates to show now, or None to leave the panel as it is."""
+    tok_per_s: float | None = None
+    """Decode speed of the reply so far, from its first token to this batch (None before the second)."""
+    prompt_tokens: int = 0
+    """The turn's prompt length (known from its first step on)."""
+    cached_tokens: int | None = None
+    """How many of them the KV cache held."""
 
 
 @dataclass

@@ -35,6 +35,8 @@ class ReplyStreaming:
     """How often the worker posts; kept from reply to reply, as the cost of drawing changes slowly."""
     _update_cpu_at: float | None
     """UI-thread CPU time when the reply's last batch arrived (None before its first)."""
+    live: TokensGenerated | None
+    """The latest batch of the reply being written (its speed, prompt and cache figures), or None."""
 
     def start_reply(self: "ChatScreen", index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
         """Add `version` to exchange `index` and generate the rest of it in the worker."""
@@ -43,6 +45,7 @@ class ReplyStreaming:
         self.mark_changed(index)
         self._jobs += 1
         self._version = version
+        self.live = None
         self._update_cpu_at = None
         self._job = GenerationJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         self.query_one(ChatLog).reply_view(index).show_reply()
@@ -80,11 +83,13 @@ class ReplyStreaming:
                 self.pacing.observe(now - self._update_cpu_at)
             self._update_cpu_at = now
             added = self._version.add_steps(message.steps)
+            self.live = message
             log = self.query_one(ChatLog)
             with self.app.batch_update():  # no frame between the text, its new blocks and the panel
                 await log.reply_view(self._job.exchange).append(added)
                 if message.candidates is not None and log.cursor is None:
                     self.show_step(message.candidates, self._job.settings)
+                self.update_status()  # the reply's own speed and context, as it is written
             self.autosave_streaming(self._job.exchange)
 
     def show_step(self: "ChatScreen", step, settings: SamplingSettings, cursor: int | None = None) -> None:

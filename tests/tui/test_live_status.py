@@ -1,0 +1,44 @@
+"""The status line follows the reply being written: its own speed, tokens and context."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from chatapp.tui.widgets.status_bar import StatusBar
+from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.fakes import FakeEngine
+
+pytestmark = pytest.mark.anyio
+
+STEP_SECONDS = 0.05
+"""Between the fake tokens: 20 tokens a second."""
+STREAM_TIMEOUT = 10.0
+"""Longest wait for the status line to show the stream."""
+
+
+def _status(app) -> str:
+    return str(app.chat.query_one(StatusBar).render())
+
+
+async def test_the_status_line_shows_the_reply_being_written():
+    engine = FakeEngine(replies=[["Hi", "!"], [f" w{i}" for i in range(80)]], delay=STEP_SECONDS)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        before = _status(app)  # the first, finished reply: the fake's 42.0 tok/s
+        assert "42.0 tok/s" in before
+        await send(pilot, "now a long one", wait=False)
+        await wait_until(pilot, lambda: re.search(r"writing… ([2-9]\d|1\d) tokens", _status(app)),
+                         timeout=STREAM_TIMEOUT)
+        status = _status(app)
+        speed = float(re.search(r"([\d.]+) tok/s", status).group(1))
+        assert speed != 42.0 and 5 < speed < 25  # its own pace (20 a second), not the last turn's
+        used = int(re.search(r"ctx (\d+)/", status).group(1))
+        tokens = int(re.search(r"writing… (\d+) tokens", status).group(1))
+        prompt = sum(len(m["content"].split()) + 4 for m in engine.calls[-1].messages)  # the fake's count
+        assert used == prompt + tokens  # this turn's prompt and the tokens so far
+        await wait_until(pilot, lambda: not app.chat.generating, timeout=STREAM_TIMEOUT)
+        assert "writing" not in _status(app) and "42.0 tok/s" in _status(app)  # the turn's own figure
