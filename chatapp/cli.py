@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 from typing import Iterator, Sequence
 
+from chatapp import log_file
 from chatapp.cli_parser import EXIT_USAGE, MAX_BENCH_RUNS, MAX_BENCH_TOKENS, build_parser
 from chatapp.config import MAX_TOP_N, Config, config_path, load_config
 from chatapp.errors import ModelLoadError
@@ -69,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reopen_closed_std_fds()  # before anything opens a file that could land on fd 0, 1 or 2
     args = build_parser().parse_args(argv)
     try:
-        with _logs_on_stderr(args.command is not None):  # the TUI shows them itself
+        # chatapp's events go to the log file in every mode, and their warnings to stderr too,
+        # but not behind the TUI, which shows them itself.
+        with log_file.logging_to(args.log_file), _logs_on_stderr(args.command is not None):
             return _run(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -1,7 +1,7 @@
 """The `chatapp` argument parser: the TUI's flags, and the subcommands `ask`, `export`, `config`
 and `bench`.
 
-The model and sampling flags are on the main parser and again on `ask` and `bench`, whose copies
+The model, sampling and log flags are on the main parser and again on `ask` and `bench`, whose copies
 default to "not given" (`argparse.SUPPRESS`): a flag before the subcommand counts, and the same
 flag after it wins.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from chatapp import __version__
+from chatapp import __version__, log_file
 from chatapp.loading import DTYPES, QUANTIZE_CHOICES
 from chatapp.preflight import MAX_MESSAGE_BYTES
 from chatapp.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_N
@@ -98,6 +98,17 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, inherited: bool = False
     group.add("--top", type=int, default=None, metavar="N", help=f"candidates shown per step (default: {DEFAULT_TOP_N})")
 
 
+def _add_log_flags(parser: argparse.ArgumentParser, inherited: bool = False) -> None:
+    group = _FlagGroup(parser, "log", inherited)
+    group.add(
+        "--log-file",
+        default=None,
+        metavar="PATH",
+        help="append chatapp's loading and kernel events (INFO and above) to PATH, created when the first "
+        f"one comes; '{log_file.OFF}' turns it off (default: {log_file.default_path()})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `chatapp` argument parser with its subcommands."""
     parser = OneLineParser(
@@ -108,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chatapp {__version__}")
     _add_model_flags(parser)
     _add_sampling_flags(parser)
+    _add_log_flags(parser)
     history = parser.add_argument_group("history").add_mutually_exclusive_group()
     history.add_argument("--resume", action="store_true", help="reopen the chat open at the last quit, with its settings "
                          "(flags given now on top), or else the most recently saved one")
@@ -116,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer prompts without the TUI, streaming text or JSON Lines")
     _add_model_flags(ask, inherited=True)
     _add_sampling_flags(ask, inherited=True)
+    _add_log_flags(ask, inherited=True)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
     ask.add_argument(
         "prompts", nargs="+", metavar="PROMPT",
@@ -130,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--path", action="store_true", required=True, help="print where config.toml is read from")
     bench = commands.add_parser("bench", help="measure speed and memory against model.generate, as ratios")
     _add_model_flags(bench, inherited=True)
+    _add_log_flags(bench, inherited=True)
     bench_format = bench.add_mutually_exclusive_group()
     bench_format.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bench_format.add_argument("--markdown", action="store_true", help="print the README's performance table")
