@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reopen_closed_std_fds()  # before anything opens a file that could land on fd 0, 1 or 2
     args = build_parser().parse_args(argv)
     try:
-        # chatapp's events go to the log file in every mode, and their warnings to stderr too,
-        # but not behind the TUI, which shows them itself.
+        # chatapp's events go to the log file in every mode; their warnings also to stderr, but
+        # not behind the full-screen TUI.
         with log_file.logging_to(args.log_file), _logs_on_stderr(args.command is not None):
             return _run(args)
     except KeyboardInterrupt:
