@@ -1,6 +1,7 @@
 """chatapp's log file: what its own loggers (`chatapp.*`: loading, the int4 kernel, its cache,
 the exit watchdog) report at INFO level and above, appended one line per record (time, logger,
-level, message), so events the TUI does not show can still be read afterwards.
+level, message; a traceback follows its record's line), so events the TUI does not show can
+still be read afterwards.
 
 `--log-file PATH` chooses the file, `--log-file none` turns it off (a file named "none" is
 `./none`), and by default it is `chatapp.log` in the user log folder (`default_path`). The file
@@ -47,6 +48,14 @@ def chosen_path(value: str | None) -> Path | None:
     return Path(value).expanduser().absolute()
 
 
+class _OneLineFormatter(logging.Formatter):
+    """`RECORD_FORMAT`, with the message's own line breaks and runs of spaces made one space."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802, D102 - logging hook
+        record.message = " ".join(record.message.split())
+        return super().formatMessage(record)
+
+
 class LazyFileHandler(logging.Handler):
     """Appends records to a file that it (and its folder) creates at the first record.
 
@@ -59,7 +68,7 @@ class LazyFileHandler(logging.Handler):
         super().__init__(LEVEL)
         self.path = path
         """The log file."""
-        self.setFormatter(logging.Formatter(RECORD_FORMAT))
+        self.setFormatter(_OneLineFormatter(RECORD_FORMAT))
         self._stream = None
         self._broken = False
 

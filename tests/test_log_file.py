@@ -61,15 +61,27 @@ def test_records_are_appended_from_the_first_one_on(tmp_path):
         logging.getLogger("textual").warning("not chatapp's")
         assert not path.parent.exists()
         logging.getLogger(KERNEL_LOGGER).info("int4 kernel not available: %s", "a reason")
-        logging.getLogger("chatapp.loading").warning("a warning")
+        logging.getLogger("chatapp.loading").warning("a warning\n  on two lines")
     with log_file.logging_to(str(path)):
         logging.getLogger("chatapp.kernel_switch").error("a second run")
     logging.getLogger(KERNEL_LOGGER).warning("after the block")
     assert records(path) == [
         (KERNEL_LOGGER, "INFO", "int4 kernel not available: a reason"),
-        ("chatapp.loading", "WARNING", "a warning"),
+        ("chatapp.loading", "WARNING", "a warning on two lines"),
         ("chatapp.kernel_switch", "ERROR", "a second run"),
     ]
+
+
+def test_a_traceback_follows_its_records_line(tmp_path):
+    path = tmp_path / "chatapp.log"
+    with log_file.logging_to(str(path)):
+        try:
+            raise ValueError("a cause")
+        except ValueError:
+            logging.getLogger("chatapp.kernel_switch").exception("laying out failed")
+    first, *traceback = path.read_text(encoding="utf-8").splitlines()
+    assert RECORD.match(first)["message"] == "laying out failed"
+    assert traceback[0] == "Traceback (most recent call last):" and traceback[-1] == "ValueError: a cause"
 
 
 def test_the_logger_is_left_as_it_was(tmp_path):
