@@ -96,6 +96,11 @@ class Engine:
         self._transcript_ids: list[int] = []
         self._lock = threading.Lock()
 
+    @property
+    def activity(self) -> str | None:
+        """What the runtime is busy with beside answering (compiling its kernel), or None."""
+        return getattr(self.kv, "activity", None)
+
     def start_turn(
         self,
         messages: list[Message],

@@ -98,6 +98,8 @@ class KernelSwitch:
         self._ready: tuple[list[torch.Tensor], tuple | None] | None = None  # laid out, not taken up
         self._head = head
         self._wait = int4_kernel.built()
+        self.compiles = not self._wait
+        """Whether the kernel is being compiled for this decoder (decoding runs slower meanwhile)."""
         if not _start(self._prepare, layers):  # exiting: decoding stays on the TorchScript layers
             self.settled.set()
 

@@ -185,6 +185,13 @@ class LlamaDecoder(TokenCache):
         return self._kind + (", int4 kernel" if on_kernel else "")
 
     @property
+    def activity(self) -> str | None:
+        """What the decoder is busy with beside decoding, for the status line, or None."""
+        if self.kernel is not None and self.kernel.compiles and not self.kernel.settled.is_set():
+            return "compiling the int4 kernel: replies speed up when it is ready"
+        return None
+
+    @property
     def kernel_settled(self) -> threading.Event:
         """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
         decode step on)."""

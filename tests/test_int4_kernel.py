@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -123,6 +125,22 @@ def test_decoding_switches_to_the_kernel_between_steps_once_it_is_ready(monkeypa
     decoder.prefill(list(range(10, 20)))
     decoder.decode_one(7)
     assert decoder.kind == "chatapp decoder (TorchScript), int4 kernel"
+
+
+@needs_kernel
+def test_a_decoder_says_while_its_kernel_is_being_compiled(monkeypatch):
+    model, _ = _int4_model_and_float_twin()
+    compiled = threading.Event()
+    real_load = int4_kernel.load
+    monkeypatch.setattr(int4_kernel, "built", lambda: False)  # as if it still had to be compiled
+    monkeypatch.setattr(int4_kernel, "load", lambda: compiled.wait(60) and real_load())
+    decoder = LlamaDecoder(model)
+    assert decoder.activity == "compiling the int4 kernel: replies speed up when it is ready"
+    compiled.set()
+    assert decoder.kernel_settled.wait(60)
+    assert decoder.activity is None
+    monkeypatch.setattr(int4_kernel, "built", lambda: True)
+    assert LlamaDecoder(model).activity is None  # built already: nothing to say
 
 
 def test_models_the_kernel_does_not_suit_keep_the_torchscript_layers():

@@ -180,6 +180,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         live = self.live if self.generating and self._version is not None else None
         if activity is None:
             activity = f"writing… {len(self._version.steps)} tokens" if live else "writing…" if self.generating else ""
+            runtime = getattr(self.engine, "activity", None)  # e.g. the int4 kernel being compiled
+            activity = " · ".join(filter(None, [activity, runtime]))
         if live is not None:  # the reply being written, not the last finished one
             speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, self._version.steps
         elif stats is not None:

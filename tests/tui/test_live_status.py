@@ -42,3 +42,16 @@ async def test_the_status_line_shows_the_reply_being_written():
         assert used == prompt + tokens  # this turn's prompt and the tokens so far
         await wait_until(pilot, lambda: not app.chat.generating, timeout=STREAM_TIMEOUT)
         assert "writing" not in _status(app) and "42.0 tok/s" in _status(app)  # the turn's own figure
+
+
+async def test_the_status_line_says_what_the_runtime_is_busy_with():
+    engine = FakeEngine()
+    engine.activity = "compiling the int4 kernel: replies speed up when it is ready"
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        assert "compiling the int4 kernel" in _status(app)
+        engine.activity = None
+        await send(pilot, "again")
+        assert "compiling" not in _status(app)
