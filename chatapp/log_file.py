@@ -1,4 +1,4 @@
-"""chatapp's log file: what its own loggers (`chatapp.*`: loading, the int4 kernel, its cache,
+"""chatapp's log file: what its own loggers (`chatapp.*`, e.g. loading, the int4 kernel, its cache,
 the exit watchdog) report at INFO level and above, appended one line per record (time, logger,
 level, message; a traceback follows its record's line), so events the TUI does not show can
 still be read afterwards.
