@@ -34,8 +34,6 @@ from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl+C, as shells report SIGINT."""
-LOGGER_NAME = "chatapp"
-"""The logger above all of chatapp's module loggers."""
 
 
 
@@ -165,7 +163,7 @@ class _OneLineLogHandler(logging.Handler):
 @contextlib.contextmanager
 def _logs_on_stderr(enabled: bool) -> Iterator[None]:
     """While the block runs, show chatapp's warnings and errors on stderr (when `enabled`)."""
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(log_file.LOGGER_NAME)
     handler = _OneLineLogHandler(logging.WARNING)
     if enabled:
         logger.addHandler(handler)

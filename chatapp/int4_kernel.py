@@ -277,9 +277,11 @@ def load() -> bool:
             remove_stale_scratch(target.parent)
             if not _verified(target):
                 _discard_damaged(target)
+                log.info("compiling the int4 kernel into %s", target)
                 _build(target)
             torch.ops.load_library(str(target))
             _State.loaded = True
+            log.info("int4 kernel loaded from %s", target)
         except Exception as error:  # noqa: BLE001 - any failure means: keep torch's kernel
             _State.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.info("int4 kernel not available: %s", _State.error)

@@ -132,6 +132,7 @@ class KernelSwitch:
         if self._ready is not None:
             self.step_weights, head_kernel = self._ready
             self._ready = None
+            log.info("decode steps run on chatapp's int4 kernel from now on")
             if head_kernel is not None:
                 self._head.kernel_parts = head_kernel
         return self.step_weights

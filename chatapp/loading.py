@@ -320,4 +320,6 @@ def load_model(
         notes=tuple(notes),
         quantization="int4" if use_int4 else "",
     )
+    log.info("loaded %s from %s on %s (%s%s)", name, source.location, info.device, info.dtype,
+             ", " + ", ".join(notes) if notes else "")
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,20 @@ from chatapp.records import ModelInfo
 
 TINY_VOCAB = 49152
 """Tiny models share the default tokenizer's vocabulary, so they can chat through it."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_log_folder(tmp_path_factory):
+    """chatapp's log file (`--log-file`'s default, in the user state folder) goes to a temporary
+    folder in every test and every process a test starts, never the user's."""
+    folder = tmp_path_factory.mktemp("state")
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(folder)
+    yield folder
+    if saved is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
 
 
 @pytest.fixture(scope="session", autouse=True)
