@@ -105,6 +105,11 @@ class ConversationActions:
         elif not log.open_inspector():
             self.notify("No reply to inspect yet.")
 
+    def action_toggle_panel(self: "ChatScreen") -> None:
+        """Show or hide the candidates panel (the conversation takes its width)."""
+        self.panel_shown = not self.panel_shown
+        self.place_panel()
+
     def action_heatmap(self: "ChatScreen") -> None:
         """Colour reply tokens by probability, or stop."""
         log = self.query_one(ChatLog)
@@ -113,6 +118,7 @@ class ConversationActions:
     def on_chat_log_inspected(self: "ChatScreen", message: ChatLog.Inspected) -> None:
         """Show the inspected step's candidates; on close, return to the prompt."""
         cursor = message.cursor
+        self.place_panel()
         if cursor is None:
             self.query_one(PromptInput).focus()
             reply = self.conversation.last.reply if self.conversation.last else None

@@ -178,6 +178,7 @@ class ChatApp(App):
         yield SystemCommand("Stop reply", "Stop the reply being written", chat.action_stop)
         yield SystemCommand("Token inspector", "Move through a reply's tokens and branch", chat.action_inspect)
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
+        yield SystemCommand("Candidates panel", "Show or hide the candidates panel (F3)", chat.action_toggle_panel)
         yield SystemCommand("Help", "Slash commands and keys (/help)", chat.action_help)
         yield SystemCommand("History", "Saved chats: open, rename, delete (F2)", chat.action_history)
         for title, command, help_text in SETTING_COMMANDS:

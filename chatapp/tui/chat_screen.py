@@ -56,6 +56,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         Binding("ctrl+o", "heatmap", "Heatmap"),
         Binding("f1", "help", "Help"),
         Binding("f2", "history", "History"),  # not Ctrl+H: some terminals send it for Backspace
+        Binding("f3", "toggle_panel", "Panel"),
     ]
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 
@@ -82,6 +83,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
+        self.panel_shown = True
+        """Whether the candidates panel is shown (F3 toggles it)."""
         self.load_error: str | None = None
         """Why the model could not be loaded, once that is known (messages are then refused)."""
 
@@ -103,6 +106,12 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
         self.query_one(PromptInput).focus()
         self.update_status("loading…")  # `ChatApp.on_ready` starts loading after the first frame
+
+    def place_panel(self) -> None:
+        """Show the candidates panel as F3 left it; the inspector always shows it, as it is the
+        inspector's view of a step."""
+        inspecting = self.query_one(ChatLog).cursor is not None
+        self.query_one(TopKPanel).display = inspecting or self.panel_shown
 
     def on_unmount(self) -> None:
         """Last save, whichever way the app ends."""

@@ -49,6 +49,7 @@ Keys
   Ctrl+R regenerate · Ctrl+L (or Up in an empty prompt) edit the last message · Ctrl+N new chat
   Ctrl+T token inspector · Ctrl+O probability heatmap · Ctrl+P command palette · Ctrl+Q quit
   F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete
+  F3 show or hide the candidates panel (the inspector always shows it)
 
 Token inspector
   ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply · ↑/↓ pick a candidate

@@ -73,3 +73,24 @@ async def test_a_screenshot_goes_to_a_folder_that_exists_and_is_named(private_da
         saved = list(screenshot_folder().glob("*.svg"))
         assert len(saved) == 1 and saved[0].parent == private_data_dir / "chatapp" / "screenshots"
         assert saved[0].name in note.message and "Failed" not in note.message
+
+
+async def test_f3_hides_the_panel_and_the_inspector_still_shows_it():
+    app = app_with(FakeEngine())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        panel = app.chat.query_one("TopKPanel")
+        conversation = app.chat.query_one("#conversation")
+        assert panel.display and conversation.size.width < 80
+        await pilot.press("f3")
+        await pilot.pause()
+        assert not panel.display and conversation.size.width == 80  # the reply takes the width
+        await pilot.press("ctrl+t")  # the inspector is a view of the panel: it comes back
+        await pilot.pause()
+        assert panel.display
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not panel.display
+        await pilot.press("f3")
+        assert panel.display
