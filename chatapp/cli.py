@@ -77,12 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command in ("config", "export"):
+    if args.command in ("config", "export", "list"):
         try:
             if args.command == "config":
                 print(config_path(), flush=True)
                 return 0
-            return _export(args)
+            return _export(args) if args.command == "export" else _list(args)
         except BrokenPipeError:  # stdout's reader has gone (`| head`): end quietly
             silence_stdout()
             return EXIT_BROKEN_PIPE
@@ -229,6 +229,23 @@ def _export(args: argparse.Namespace) -> int:
             sys.stdout.write(render(chat, args.format))
     except (ChatFileError, OSError, ValueError) as error:
         return _fail(" ".join(str(error).split()))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Print the saved chats, most recently saved first (`chatapp list`)."""
+    from chatapp.chat_file import ChatFileError
+    from chatapp.history_listing import listing_lines
+    from chatapp.store import ChatStore
+
+    try:
+        with ChatStore() as store:
+            chats = store.list_chats()
+    except ChatFileError as error:
+        return _fail(" ".join(str(error).split()))
+    for line in listing_lines(chats, as_json=args.json):
+        print(line)
+    sys.stdout.flush()
     return 0
 
 

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("chat_id", metavar="ID", help="chat id (or a unique prefix), as the history screen shows it")
     export.add_argument("--format", choices=("md", "json"), default="md", help="output format (default: md)")
     export.add_argument("-o", "--output", default=None, metavar="PATH", help="write to PATH instead of stdout")
+    listing = commands.add_parser("list", help="print the saved chats: id, last saved, turns, model, title")
+    listing.add_argument("--json", action="store_true", help="print JSON Lines, one object per chat")
     config = commands.add_parser("config", help="about the config file")
     config.add_argument("--path", action="store_true", required=True, help="print where config.toml is read from")
     bench = commands.add_parser("bench", help="measure speed and memory against model.generate, as ratios")
