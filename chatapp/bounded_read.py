@@ -14,6 +14,11 @@ import os
 import stat
 
 
+MAX_MESSAGE_BYTES = 1 << 20
+"""Longest message a file may supply (`ask @FILE`, `/file`): 1 MiB, far beyond any local
+model's context."""
+
+
 class FileRefused(ValueError):
     """Why a file was not read: one line, without the file's name (the caller names it)."""
 
@@ -38,3 +43,23 @@ def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
     if info.st_size > limit or len(data) > limit:
         raise FileRefused(f"holds {max(info.st_size, len(data))} bytes, more than the {limit} chatapp reads")
     return data
+
+
+def read_text_file(path: str | os.PathLike, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """The UTF-8 text of the regular file at `path` (at most `limit` bytes, a byte order mark
+    dropped), to be sent as a message.
+
+    Raises:
+        FileRefused: as `read_regular_file`, or the file is not text (not UTF-8, or it holds NUL
+            bytes, as binary files do), or holds no text at all.
+    """
+    data = read_regular_file(path, limit)
+    if b"\0" in data:
+        raise FileRefused("is a binary file, not text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise FileRefused(f"is not UTF-8 text (byte {error.start})") from None
+    if not text.strip():
+        raise FileRefused("holds no text")
+    return text

@@ -19,13 +19,11 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from chatapp.bounded_read import FileRefused, read_regular_file
+from chatapp.bounded_read import MAX_MESSAGE_BYTES, FileRefused, read_regular_file
 from chatapp.errors import ModelLoadError
 from chatapp.gguf_files import default_gguf_path
 from chatapp.loading import DEFAULT_MODEL
 
-MAX_MESSAGE_BYTES = 1 << 20
-"""Longest message `-` or `@FILE` may supply (1 MiB, far beyond any local model's context)."""
 STDIN_PROMPT = "-"
 """The PROMPT that reads its message from stdin."""
 FILE_PREFIX = "@"

@@ -43,6 +43,7 @@ SETTING_COMMANDS = (
     ("Save chat as JSON…", "/save ", "the whole chat, token records included (/load reads it)"),
     ("Load chat from JSON…", "/load ", "open a chat saved with /save"),
     ("Export chat…", "/export ", "a Markdown transcript (.md) or the JSON document (.json)"),
+    ("Send a file…", "/file ", "a text file's contents as a message (UTF-8, at most 1 MiB)"),
 )
 """Palette entries that put a slash command in the prompt for the user to complete."""
 EXIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))

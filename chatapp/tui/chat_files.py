@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chatapp.bounded_read import FileRefused, read_text_file
 from chatapp.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
 from chatapp.export import ExportError, export_chat
 from chatapp.store import StoreError
@@ -116,6 +117,8 @@ class ChatSwitching:
             self._write_file(command.path, export_chat, "Exported", "Not exported")
         elif isinstance(command, commands.LoadChat):
             await self.load_file(command.path)
+        elif isinstance(command, commands.AttachFile):
+            await self.attach_file(command.path)
 
     def _write_file(self: "ChatScreen", path: str, write, done: str, failed: str) -> None:
         """Write the chat to `path` with `write`; the notification says `done` or `failed`."""
@@ -144,6 +147,22 @@ class ChatSwitching:
             chat = replace(chat, id=SavedChat(chat.conversation).id)
         if await self.show_chat(chat, stored=False):
             self.notify(f"Loaded “{chat.display_title}” ({counted(chat.turns, 'message')}).", markup=False)
+
+    async def attach_file(self: "ChatScreen", path: str) -> None:
+        """Send the text of the file at `path` as a message; a file that is not text, too large,
+        or a moment when nothing can answer, is refused in one line (the file is still there)."""
+        target = Path(path).expanduser()
+        if self.engine is None or self.generating:
+            busy = "the model is not ready" if self.engine is None else "a reply is being written"
+            self.notify(f"{busy}: /file {path} again once it is done", title="Not sent", severity="warning",
+                        markup=False)
+            return
+        try:
+            text = read_text_file(target)
+        except FileRefused as error:
+            self.notify(f"{target}: {error}", title="Not sent", severity="error", markup=False)
+            return
+        await self.send(text)
 
     def _in_store(self: "ChatScreen", chat_id: str) -> bool:
         try:

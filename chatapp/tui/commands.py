@@ -31,7 +31,7 @@ SETTING_ALIASES = {
 """Short command names of the sampling settings."""
 COMMAND_PATTERN = re.compile(r"(\S*)(.*)", re.DOTALL)
 """A command's name (up to the first whitespace of any kind) and its argument."""
-FILE_EXAMPLES = {"save": "chat.json", "load": "chat.json", "export": "chat.md"}
+FILE_EXAMPLES = {"save": "chat.json", "load": "chat.json", "export": "chat.md", "file": "notes.txt"}
 """Example paths shown when a file command is missing its path."""
 HELP_TEXT = """\
 Slash commands
@@ -42,6 +42,7 @@ Slash commands
   /system TEXT system prompt (empty clears)   /clear      new chat
   /save PATH   save the chat as JSON          /load PATH  open a chat saved with /save
   /export PATH.md  Markdown transcript (or .json)         /history    saved chats
+  /file PATH   send a text file's contents as a message (UTF-8, at most 1 MiB)
   /help        this help                      //text      send text starting with "/"
 
 Keys
@@ -119,9 +120,18 @@ class ExportChat:
     """Where to write it (.md, .markdown or .json)."""
 
 
-Command = ApplySettings | SetSystem | ClearChat | ShowHelp | ShowHistory | SaveChat | LoadChat | ExportChat
+@dataclass(frozen=True)
+class AttachFile:
+    """Send a text file's contents as the next message."""
+
+    path: str
+    """The file to read (UTF-8 text, at most 1 MiB)."""
+
+
+Command = (ApplySettings | SetSystem | ClearChat | ShowHelp | ShowHistory | SaveChat | LoadChat | ExportChat
+           | AttachFile)
 """Every parsed command."""
-FILE_COMMANDS = {"save": SaveChat, "load": LoadChat, "export": ExportChat}
+FILE_COMMANDS = {"save": SaveChat, "load": LoadChat, "export": ExportChat, "file": AttachFile}
 """Commands that take a file path."""
 
 
@@ -194,7 +204,7 @@ def parse_command(text: str, settings: SamplingSettings) -> Command:
     raise CommandError(f"unknown command {shown(COMMAND_PREFIX + name)}; type /help for the list")
 
 
-def _file_command(name: str, path: str) -> SaveChat | LoadChat | ExportChat:
+def _file_command(name: str, path: str) -> SaveChat | LoadChat | ExportChat | AttachFile:
     if not path:
         raise CommandError(f"/{name} takes a file path, e.g. /{name} {FILE_EXAMPLES[name]}")
     if "\n" in path or "\r" in path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from chatapp.bounded_read import MAX_MESSAGE_BYTES
 from chatapp.export import render
 from chatapp.settings import SamplingSettings
 from chatapp.tui.app import screenshot_folder
@@ -94,3 +95,24 @@ async def test_f3_hides_the_panel_and_the_inspector_still_shows_it():
         assert not panel.display
         await pilot.press("f3")
         assert panel.display
+
+
+async def test_file_sends_a_text_file_and_refuses_what_is_not_one(tmp_path):
+    (tmp_path / "notes.txt").write_text("line one\nline two\n", encoding="utf-8")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (tmp_path / "big.txt").write_bytes(b"a" * (MAX_MESSAGE_BYTES + 1))
+    engine = FakeEngine()
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, f"/file {tmp_path}/notes.txt")
+        assert [e.user for e in app.chat.conversation.exchanges] == ["line one\nline two\n"]
+        assert engine.calls[-1].messages[-1]["content"] == "line one\nline two\n"
+        for name, reason in (("image.png", "binary"), ("big.txt", "more than"), ("/dev/zero", "not a regular file"),
+                             ("missing.txt", "No such file")):
+            app.clear_notifications()
+            path = name if name.startswith("/") else f"{tmp_path}/{name}"
+            await send(pilot, f"/file {path}", wait=False)
+            await pilot.pause()
+            assert any(n.title == "Not sent" and reason in n.message for n in app._notifications), name
+        assert len(app.chat.conversation.exchanges) == 1  # nothing else was sent
