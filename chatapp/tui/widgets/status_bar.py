@@ -1,4 +1,8 @@
-"""The status line: model, device, speed, context, cache hit and sampling settings."""
+"""The status line: model, device, speed, context, cache hit, activity and sampling settings.
+
+When the line is wider than the widget, whole fields are left out in `DROP_ORDER`; if what
+is left still does not fit, the line ends in an ellipsis rather than being clipped.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ SEPARATOR = " │ "
 """Between status fields."""
 WARNING_STYLE = "bold $text-error"
 """How a lasting problem stands out."""
+DROP_ORDER = ("cache", "device", "settings", "speed")
+"""The fields left out when the line does not fit, first left out first. The cache hit is a
+detail of one turn's prompt; the device and dtype do not change while the app runs (and show
+while it loads); the sampling settings are the user's own choice and change only when asked;
+the speed is the last to go because it moves while a reply is written. The warning, the model
+name, the context used and the activity are never left out: they say what is wrong, what is
+running, how close the conversation is to its limit, and what is happening now."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,53 @@ class StatusData:
     """A lasting problem, shown first in the error colour until it is over (e.g. "not saved")."""
 
 
+def status_fields(data: StatusData) -> list[tuple[str, Content]]:
+    """The fields of the line in display order, each with its name (as `DROP_ORDER` names it)."""
+    fields: list[tuple[str, Content]] = []
+    if data.warning:
+        fields.append(("warning", Content.styled(f"⚠ {data.warning}", WARNING_STYLE)))
+    if data.info is None:
+        fields.append(("activity", Content(data.activity or "loading…")))
+    else:
+        info = data.info
+        weights = f" {info.quantization} weights" if info.quantization else ""
+        fields.append(("model", Content(info.name)))
+        fields.append(("device", Content(f"{info.device} {info.dtype}{weights}")))
+        fields.append(("speed", Content(f"{data.tok_per_s:.1f} tok/s" if data.tok_per_s else "– tok/s")))
+        fields.append(("context", Content(f"ctx {data.context_used}/{info.context_length}")))
+        if data.cached is not None and data.prompt:
+            cache = f"cache {data.cached}/{data.prompt} ({100 * data.cached / data.prompt:.0f}%)"
+            fields.append(("cache", Content(cache)))
+        if data.activity:
+            fields.append(("activity", Content(data.activity)))
+    if data.settings:
+        fields.append(("settings", Content(data.settings)))
+    return fields
+
+
+def fitted_line(fields: list[tuple[str, Content]], width: int) -> Content:
+    """`fields` joined into one line of at most `width` cells (0: no limit).
+
+    Fields are left out in `DROP_ORDER` until the line fits; if it still does not, it is cut
+    and ends in "…".
+    """
+    contents = [content for _, content in fields]
+    for name in DROP_ORDER:
+        if not width or _joined_length(contents) <= width:
+            break
+        fields = [field for field in fields if field[0] != name]
+        contents = [content for _, content in fields]
+    line = Content(SEPARATOR).join(contents)
+    if width and line.cell_length > width:
+        line = line.truncate(width, ellipsis=True)
+    return line
+
+
+def _joined_length(contents: list[Content]) -> int:
+    """Cells of `contents` joined with `SEPARATOR`."""
+    return sum(content.cell_length for content in contents) + len(SEPARATOR) * max(len(contents) - 1, 0)
+
+
 class StatusBar(Widget):
     """One line of facts about the model and the last turn."""
 
@@ -45,24 +103,6 @@ class StatusBar(Widget):
     """Everything shown."""
 
     def render(self) -> Content:
-        """The status line (pure function of `data`)."""
-        data = self.data
-        fields: list[str] = []
-        if data.info is None:
-            fields.append(data.activity or "loading…")
-        else:
-            info = data.info
-            weights = f" {info.quantization} weights" if info.quantization else ""
-            fields += [info.name, f"{info.device} {info.dtype}{weights}"]
-            fields.append(f"{data.tok_per_s:.1f} tok/s" if data.tok_per_s else "– tok/s")
-            fields.append(f"ctx {data.context_used}/{info.context_length}")
-            if data.cached is not None and data.prompt:
-                fields.append(f"cache {data.cached}/{data.prompt} ({100 * data.cached / data.prompt:.0f}%)")
-            if data.activity:
-                fields.append(data.activity)
-        if data.settings:
-            fields.append(data.settings)
-        line = Content(SEPARATOR.join(fields))
-        if data.warning:
-            line = Content.assemble((f"⚠ {data.warning}", WARNING_STYLE), SEPARATOR, line)
-        return line
+        """The status line: a pure function of `data` and the width (Textual renders again when
+        the size changes; the width is 0 before the first layout, and then nothing is left out)."""
+        return fitted_line(status_fields(self.data), self.size.width)
