@@ -6,6 +6,7 @@ naming convention (`on_chat_log_inspected`) because `@on` is only collected on w
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from chatapp.tui.screens import HelpScreen
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 BUSY_MESSAGE = "A reply is being written: wait, or press Esc to stop it."
 """Shown when an action needs the engine while it is busy."""
+CODE_BLOCK = re.compile(r"^ {0,3}(?:```|~~~)[^\n]*\n(.*?)^ {0,3}(?:```|~~~)[ \t]*$", re.MULTILINE | re.DOTALL)
+"""A fenced Markdown code block; group 1 is its code."""
 
 
 class ConversationActions:
@@ -109,6 +112,24 @@ class ConversationActions:
         """Show or hide the candidates panel (the conversation takes its width)."""
         self.panel_shown = not self.panel_shown
         self.place_panel()
+
+    def action_copy_reply(self: "ChatScreen", code_only: bool = False) -> None:
+        """Copy the reply in the inspector, or else the last one, to the clipboard (the
+        terminal's, by OSC 52); with `code_only`, its last code block."""
+        cursor = self.query_one(ChatLog).cursor
+        exchanges = self.conversation.exchanges
+        reply = exchanges[cursor.exchange].reply if cursor is not None else next(
+            (e.reply for e in reversed(exchanges) if e.reply is not None and e.reply.text), None)
+        text = reply.text if reply is not None else ""
+        if code_only:
+            blocks = CODE_BLOCK.findall(text)
+            text = blocks[-1] if blocks else ""
+        if not text:
+            self.notify("No code block to copy." if code_only else "No reply to copy yet.")
+            return
+        self.app.copy_to_clipboard(text)
+        what = "code block" if code_only else "reply"
+        self.notify(f"Copied the {what} ({len(text)} characters).", markup=False)
 
     def action_heatmap(self: "ChatScreen") -> None:
         """Colour reply tokens by probability, or stop."""

@@ -180,6 +180,9 @@ class ChatApp(App):
         yield SystemCommand("Token inspector", "Move through a reply's tokens and branch", chat.action_inspect)
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
         yield SystemCommand("Candidates panel", "Show or hide the candidates panel (F3)", chat.action_toggle_panel)
+        yield SystemCommand("Copy reply", "The inspected or last reply, to the clipboard (F4)", chat.action_copy_reply)
+        yield SystemCommand("Copy code block", "The reply's last code block, to the clipboard",
+                            lambda: chat.action_copy_reply(code_only=True))
         yield SystemCommand("Help", "Slash commands and keys (/help)", chat.action_help)
         yield SystemCommand("History", "Saved chats: open, rename, delete (F2)", chat.action_history)
         for title, command, help_text in SETTING_COMMANDS:

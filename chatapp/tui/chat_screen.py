@@ -57,6 +57,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         Binding("f1", "help", "Help"),
         Binding("f2", "history", "History"),  # not Ctrl+H: some terminals send it for Backspace
         Binding("f3", "toggle_panel", "Panel"),
+        Binding("f4", "copy_reply", "Copy", show=False),  # Ctrl+Y is the prompt's redo
     ]
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 

@@ -51,6 +51,7 @@ Keys
   Ctrl+T token inspector · Ctrl+O probability heatmap · Ctrl+P command palette · Ctrl+Q quit
   F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete
   F3 show or hide the candidates panel (the inspector always shows it)
+  F4 copy the inspected (or last) reply; the palette also copies its last code block
 
 Token inspector
   ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply · ↑/↓ pick a candidate

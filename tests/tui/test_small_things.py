@@ -116,3 +116,22 @@ async def test_file_sends_a_text_file_and_refuses_what_is_not_one(tmp_path):
             await pilot.pause()
             assert any(n.title == "Not sent" and reason in n.message for n in app._notifications), name
         assert len(app.chat.conversation.exchanges) == 1  # nothing else was sent
+
+
+async def test_f4_copies_the_reply_and_the_palette_its_code_block():
+    reply = ["Here", ":\n\n", "```python\n", "print(1)\n", "```\n", "Done", "."]
+    app = app_with(FakeEngine(replies=[reply, ["Second"]]))
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await pilot.press("f4")
+        assert app.clipboard == "" and any("No reply" in n.message for n in app._notifications)
+        await send(pilot, "code please")
+        await send(pilot, "again")
+        await pilot.press("f4")
+        assert app.clipboard == "Second"  # the last reply
+        await pilot.press("ctrl+t", "pageup")  # the inspector on the first reply
+        await pilot.pause()
+        await pilot.press("f4")
+        assert app.clipboard == "".join(reply)
+        app.chat.action_copy_reply(code_only=True)
+        assert app.clipboard == "print(1)\n"
