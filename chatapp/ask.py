@@ -42,7 +42,7 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     try:
         engine = load_engine(args.model, args.device, args.dtype, progress=_say_slow_steps,
                              device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
-                             top_n=args.top)
+                             top_n=args.top, context=getattr(args, "ctx", None))
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_MODEL

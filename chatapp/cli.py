@@ -34,6 +34,8 @@ from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl+C, as shells report SIGINT."""
+MIN_CONTEXT = 64
+"""Smallest `--ctx`: room for a chat template, a short message and a reply."""
 
 
 
@@ -99,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
             raise SettingError(f"--top must be from 1 to {MAX_TOP_N}, got {args.top}")
         if args.system is not None and not args.system.strip():
             raise SettingError("--system is empty")
+        if args.ctx is not None and args.ctx < MIN_CONTEXT:
+            raise SettingError(f"--ctx must be at least {MIN_CONTEXT} tokens, got {args.ctx}")
     except SettingError as error:
         message = str(error)
         if error.setting:  # name the flag the user typed, not the field
@@ -271,7 +275,7 @@ def _engine_loader(args: argparse.Namespace):
         from chatapp.engine_loader import load_engine
 
         return load_engine(args.model, args.device, args.dtype, progress=progress, device_map=args.device_map,
-                           max_memory=args.max_memory, quantize=args.quantize, top_n=args.top)
+                           max_memory=args.max_memory, quantize=args.quantize, top_n=args.top, context=args.ctx)
 
     return load_engine
 

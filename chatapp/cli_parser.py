@@ -76,6 +76,8 @@ def _add_model_flags(parser: argparse.ArgumentParser, inherited: bool = False) -
         choices=("auto",),
         help="'auto' spreads a model too large for one device over GPUs, CPU memory and disk (Accelerate)",
     )
+    group.add("--ctx", type=int, default=None, metavar="N",
+              help="context window in tokens, at most the model's own (default: the model's)")
     group.add(
         "--max-memory",
         default=None,

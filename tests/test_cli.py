@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from chatapp import cli
+
 TOKEN_KEYS = {"type", "turn", "step", "token_id", "text", "prob", "raw_prob", "rank", "entropy", "top"}
 TURN_KEYS = {
     "type", "turn", "text", "tokens", "prompt_tokens", "cached_tokens", "prefill_tokens",
@@ -135,3 +137,33 @@ def test_ask_plain_streams_text_and_same_seed_repeats():
     first, second = chatapp(*args), chatapp(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() and first.stdout == second.stdout
+
+
+def test_ctx_limits_the_context_window_and_is_checked():
+    from chatapp.engine_loader import limited_context
+    from chatapp.errors import ModelLoadError
+    from chatapp.records import ModelInfo
+
+    info = ModelInfo(name="m", device="cpu", dtype="float32", context_length=8192, vocab_size=10)
+    limited = limited_context(info, 1024)
+    assert limited.context_length == 1024 and "context limited to 1024 tokens (--ctx)" in limited.notes
+    with pytest.raises(ModelLoadError, match="more than m's context window of 8192"):
+        limited_context(info, 9000)
+    assert cli.build_parser().parse_args(["ask", "--ctx", "512", "hi"]).ctx == 512
+
+
+def test_a_ctx_too_small_is_refused_in_one_line(capsys):
+    assert cli.main(["--ctx", "10", "ask", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == "chatapp: error: --ctx must be at least 64 tokens, got 10"
+
+
+@pytest.mark.model
+def test_ask_with_ctx_drops_old_turns_to_fit_it():
+    long_turn = "Tell me about the sea. " * 20
+    done = subprocess.run([sys.executable, "-m", "chatapp", "ask", "--json", "--ctx", "200", "--max-new-tokens", "20",
+                           "--temperature", "0", long_turn, long_turn], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert records[0]["context_length"] == 200
+    turns = [r for r in records if r["type"] == "turn"]
+    assert turns[1]["dropped_turns"] == 1 and turns[1]["prompt_tokens"] + 20 <= 200
