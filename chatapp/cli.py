@@ -210,13 +210,12 @@ def _reopened_chat(args: argparse.Namespace):
 def _settings_of(chat, remembered: dict | None) -> SamplingSettings | None:
     """The settings a reopened chat continues with: those remembered at quit, else its latest
     reply's; None when neither is there or valid."""
-    latest = [e.reply.settings for e in chat.conversation.exchanges if e.reply is not None]
     try:
         if remembered is not None:
             return SamplingSettings(**remembered).validated()
     except (TypeError, SettingError):
         pass
-    return latest[-1] if latest else None
+    return chat.conversation.latest_settings()
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -71,7 +71,12 @@ class ChatSwitching:
             self.notify(str(error), title="History", severity="error", markup=False)
             return
         if await self.show_chat(chat, stored=True):
-            self.notify(f"Opened “{chat.display_title}”.", markup=False)
+            settings = chat.conversation.latest_settings()
+            if settings is not None and settings != self.settings:  # the chat goes on as it was written
+                self.settings = settings
+                self.update_status()
+            self.notify(f"Opened “{chat.display_title}”" + (f" ({settings.describe()})." if settings else "."),
+                        markup=False)
 
     def new_saved_chat(self: "ChatScreen") -> None:
         """Save the current chat and start a new one with the same system prompt."""

@@ -116,6 +116,13 @@ class Conversation:
         """The most recent exchange."""
         return self.exchanges[-1] if self.exchanges else None
 
+    def latest_settings(self) -> SamplingSettings | None:
+        """The sampling settings of the latest shown reply: what a reopened chat continues with."""
+        for exchange in reversed(self.exchanges):
+            if exchange.reply is not None:
+                return exchange.reply.settings
+        return None
+
     def last_finished(self) -> ReplyVersion | None:
         """The latest shown reply whose turn has ended (a reply being written has no stats yet)."""
         for exchange in reversed(self.exchanges):

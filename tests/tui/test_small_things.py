@@ -8,12 +8,14 @@ import pytest
 from chatapp.bounded_read import MAX_MESSAGE_BYTES
 from chatapp.export import render
 from chatapp.settings import SamplingSettings
+from chatapp.store import ChatStore
 from chatapp.tui.app import screenshot_folder
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
+from tests.tui.test_persistence import saved_chat
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +137,18 @@ async def test_f4_copies_the_reply_and_the_palette_its_code_block():
         assert app.clipboard == "".join(reply)
         app.chat.action_copy_reply(code_only=True)
         assert app.clipboard == "print(1)\n"
+
+
+async def test_a_chat_opened_from_the_history_goes_on_with_its_own_settings(store_path):
+    older = saved_chat("older", ["A"])
+    older.conversation.exchanges[0].versions[0].settings = SamplingSettings(temperature=0.2, top_k=7)
+    with ChatStore(store_path) as store:
+        store.save(older)
+    app = app_with(FakeEngine(), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "new chat here")
+        await app.chat.open_saved(older.id)
+        await pilot.pause()
+        assert app.chat.settings.temperature == 0.2 and app.chat.settings.top_k == 7
+        assert "T=0.2" in str(app.chat.query_one("StatusBar").render())
