@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from chatapp.tui.screens import HelpScreen
 from chatapp.tui.state import ReplyVersion, branch_version
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
+from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.topk_panel import TopKPanel
 
@@ -135,6 +136,7 @@ class ConversationActions:
         """Colour reply tokens by probability, or stop."""
         log = self.query_one(ChatLog)
         log.set_heatmap(not log.heatmap)
+        self.query_one(HeatLegend).display = log.heatmap
 
     def on_chat_log_inspected(self: "ChatScreen", message: ChatLog.Inspected) -> None:
         """Show the inspected step's candidates; on close, return to the prompt."""

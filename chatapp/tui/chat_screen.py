@@ -32,6 +32,7 @@ from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
+from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.key_bar import KeyBar
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -94,6 +95,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         with Horizontal(id="main"):
             with Vertical(id="conversation"):
                 yield LoadingPanel()
+                yield HeatLegend()
                 yield ChatLog()
             yield TopKPanel()
         yield PromptInput(placeholder=PROMPT_PLACEHOLDER)

@@ -152,3 +152,20 @@ async def test_a_chat_opened_from_the_history_goes_on_with_its_own_settings(stor
         await pilot.pause()
         assert app.chat.settings.temperature == 0.2 and app.chat.settings.top_k == 7
         assert "T=0.2" in str(app.chat.query_one("StatusBar").render())
+
+
+async def test_the_heatmap_comes_with_its_legend():
+    app = app_with(FakeEngine())
+    async with app.run_test(size=(120, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        legend = app.chat.query_one("HeatLegend")
+        assert not legend.display
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        text = str(legend.render())
+        assert legend.display and text.startswith("heatmap, p sampled:")
+        assert [word for word in text.split() if word.endswith("%")] == ["0%", "30%", "70%", "100%"]
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert not legend.display
