@@ -57,9 +57,10 @@ class Step:
     """Raw bytes of the chosen token."""
 
     def to_json(self) -> dict:
-        """The step as a JSON-ready dict (the `token` line of `chatapp ask --json`)."""
+        """The step as a JSON-ready dict (the `token` line of `chatapp ask --json`); its `step`
+        counts from 1, as the candidates panel numbers steps ("step 1" is the first token)."""
         return {
-            "step": self.step,
+            "step": self.step + 1,
             "token_id": self.token_id,
             "text": self.text,
             "prob": self.prob,

@@ -167,3 +167,12 @@ def test_ask_with_ctx_drops_old_turns_to_fit_it():
     assert records[0]["context_length"] == 200
     turns = [r for r in records if r["type"] == "turn"]
     assert turns[1]["dropped_turns"] == 1 and turns[1]["prompt_tokens"] + 20 <= 200
+
+
+@pytest.mark.model
+def test_json_steps_count_from_1_as_the_panel_does():
+    done = subprocess.run([sys.executable, "-m", "chatapp", "ask", "--json", "--max-new-tokens", "4", "--temperature",
+                           "0", "Hi", "Again"], capture_output=True, text=True, timeout=300)
+    tokens = [json.loads(line) for line in done.stdout.splitlines() if '"type": "token"' in line]
+    for turn in (1, 2):
+        assert [t["step"] for t in tokens if t["turn"] == turn] == [1, 2, 3, 4]
