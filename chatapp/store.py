@@ -8,8 +8,9 @@ Why SQLite (standard library, WAL mode) rather than one JSON file per chat:
   rewrites only the exchanges that changed (`from_exchange`), so autosaving the reply being
   written costs one exchange, not a 200-turn chat's megabytes of token records.
 
-Layout: a `chats` row per chat (id, title, model, times, turns, system prompt) and an `exchanges`
-row per user message holding the exchange's `chat_file` record as zlib-compressed JSON.
+Layout: a `chats` row per chat (id, title, model, times, turns, system prompt), an `exchanges`
+row per user message holding the exchange's `chat_file` record as zlib-compressed JSON, and a
+`chat_text` row per exchange with its plain text for search (`history_search`, schema 2).
 Pure Python: no torch, no Textual.
 """
 
@@ -25,10 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from platformdirs import user_data_dir
 
+from chatapp import history_search
 from chatapp.chat_file import (
     FORMAT_VERSION, JSON_SEPARATORS, ChatFileError, SavedChat, default_title, exchanges_from_dicts,
     exchange_to_dict, one_line, utc_now,
@@ -40,7 +42,7 @@ APP_NAME = "chatapp"
 """Folder name under the platform's user data directory."""
 DB_FILE_NAME = "chats.sqlite3"
 """The history database's file name."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = history_search.TEXT_SCHEMA_VERSION
 """Stored in `PRAGMA user_version`; a newer database is refused, never altered."""
 SQLITE_HEADER = b"SQLite format 3\x00"
 """First bytes of every SQLite database file."""
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
     chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE, position INTEGER NOT NULL,
     record BLOB NOT NULL, PRIMARY KEY (chat_id, position));
 """
-"""Tables of schema version 1."""
+"""Tables of schema version 1 (`history_search.upgrade` adds version 2's)."""
 SUMMARY_COLUMNS = "id, title, preview, model, created, updated, turns"
 """What the history list reads, in `ChatSummary` order (title falls back to preview)."""
 
@@ -133,6 +135,9 @@ class ChatStore:
         self.read_only = False
         """True when the history cannot be written (its file or folder is read-only): chats
         can be listed, opened and exported, and every write raises `StoreError`."""
+        self.searches_text = True
+        """False for a read-only history of schema 1 (it has no search text and cannot be
+        given one): `search` then matches titles only."""
         self._lock = threading.Lock()
         self._check_header()
         self.found_empty = self.path.is_file() and self.path.stat().st_size == 0
@@ -148,6 +153,7 @@ class ChatStore:
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"{self.path}: cannot open chat history ({one_line(error)})") from None
         try:
+            history_search.install_functions(self._db)
             self._open_schema()
         except StoreError as error:
             self._db.close()
@@ -168,6 +174,7 @@ class ChatStore:
                                            isolation_level=None, check_same_thread=False)
                 with self._errors():
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                    history_search.install_functions(self._db)
             except (sqlite3.Error, StoreError) as error:
                 failure = error
                 with contextlib.suppress(Exception):
@@ -177,6 +184,7 @@ class ChatStore:
                 self._db.close()
                 raise StoreError(f"{self.path}: chat history from a newer chatapp (schema {version}); "
                                  "update chatapp to open it")
+            self.searches_text = version >= history_search.TEXT_SCHEMA_VERSION
             return
         raise StoreError(f"{self.path}: cannot open chat history ({one_line(failure)})") from None
 
@@ -206,6 +214,7 @@ class ChatStore:
                 with self._transaction() as db:
                     for statement in filter(str.strip, SCHEMA.split(";")):
                         db.execute(statement)
+                    history_search.upgrade(db, version)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -248,6 +257,20 @@ class ChatStore:
             rows = self._db.execute(f"SELECT {SUMMARY_COLUMNS} FROM chats ORDER BY updated DESC").fetchall()
         return [_summary(row) for row in rows]
 
+    def search(self, words: Sequence[str]) -> list[ChatSummary]:
+        """The chats holding every one of `words`, most recently updated first (all when none).
+
+        A word matches a case-insensitive substring of the title or of any user message or
+        reply, any version; `%` and `_` are plain characters. A read-only history of schema 1
+        matches titles only (see `searches_text`): it cannot be migrated, and scanning every
+        compressed record per keystroke would be too slow on a big history.
+        """
+        where, params = history_search.match_clause(words, self.searches_text)
+        with self._lock, self._errors():
+            rows = self._db.execute(f"SELECT {SUMMARY_COLUMNS} FROM chats WHERE {where} ORDER BY updated DESC",
+                                    params).fetchall()
+        return [_summary(row) for row in rows]
+
     def save(self, chat: SavedChat, *, from_exchange: int = 0) -> None:
         """Insert or update `chat` in one transaction, and set `chat.updated` to now.
 
@@ -271,9 +294,12 @@ class ChatStore:
                 (chat.id, chat.title, default_title(chat.conversation), chat.model, _stamp(chat.created),
                  _stamp(chat.updated), len(exchanges), chat.conversation.system, FORMAT_VERSION),
             )
-            db.execute("DELETE FROM exchanges WHERE chat_id = ? AND position >= ?", (chat.id, start))
+            for table in ("exchanges", "chat_text"):
+                db.execute(f"DELETE FROM {table} WHERE chat_id = ? AND position >= ?", (chat.id, start))
             db.executemany("INSERT INTO exchanges VALUES (?, ?, ?)",
                            ((chat.id, i, _pack(e)) for i, e in enumerate(exchanges[start:], start)))
+            db.executemany("INSERT INTO chat_text VALUES (?, ?, ?)", ((chat.id, i, history_search.exchange_text(e))
+                                                                      for i, e in enumerate(exchanges[start:], start)))
 
     def load(self, chat_id: str) -> SavedChat:
         """The chat with this id; a reply saved mid-generation comes back stopped, marked interrupted.
@@ -345,6 +371,6 @@ class ChatStore:
             return db.execute("UPDATE chats SET title = ? WHERE id = ?", (title, chat_id)).rowcount > 0
 
     def delete(self, chat_id: str) -> bool:
-        """Delete a chat and its exchanges; False when there is no such chat."""
+        """Delete a chat, its exchanges and their search text; False when there is no such chat."""
         with self._transaction() as db:
             return db.execute("DELETE FROM chats WHERE id = ?", (chat_id,)).rowcount > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
@@ -219,3 +220,126 @@ def test_a_200_turn_chat_opens_in_under_a_second(tmp_path, capsys):
         print(f"\nopen 200-turn chat (20,000 tokens, 200,000 candidates, {size:.1f} MB): "
               f"best {min(timings):.3f} s of {len(timings)}")
     assert min(timings) < OPEN_BOUND_S
+
+
+V1_SCHEMA = """
+CREATE TABLE chats (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, preview TEXT NOT NULL, model TEXT NOT NULL,
+    created TEXT NOT NULL, updated TEXT NOT NULL, turns INTEGER NOT NULL, system TEXT,
+    format_version INTEGER NOT NULL);
+CREATE INDEX chats_by_update ON chats (updated);
+CREATE TABLE exchanges (
+    chat_id TEXT NOT NULL REFERENCES chats (id) ON DELETE CASCADE, position INTEGER NOT NULL,
+    record BLOB NOT NULL, PRIMARY KEY (chat_id, position));
+PRAGMA user_version = 1;
+"""
+"""The history's schema before search (chatapp up to schema version 1), written by hand."""
+
+
+def _searchable_chats() -> list:
+    """Three chats: a titled one, one with a second (not shown) reply version, one with odd characters."""
+    first = big_chat(2, tokens=3, chat_id="titled")
+    first.title = "Trip to Lisbon"
+    second = big_chat(2, tokens=3, chat_id="versions")
+    second.conversation.exchanges[0].user = "Tell me about PENGUINS please"
+    hidden = reply(3, 4)
+    hidden.text = "Emperor penguins huddle in Antarctica"
+    second.conversation.exchanges[0].versions.insert(0, hidden)  # version 0; version 1 is shown
+    second.conversation.exchanges[0].current = 1
+    third = big_chat(1, tokens=3, chat_id="odd")
+    third.conversation.exchanges[0].user = "discount of 50% on snake_case names, Café"
+    return [first, second, third]
+
+
+def _ids(summaries) -> list[str]:
+    return sorted(s.id for s in summaries)
+
+
+def test_search_finds_titles_messages_and_every_reply_version(tmp_path):
+    with ChatStore(tmp_path / "h.sqlite3") as store:
+        for chat in _searchable_chats():
+            store.save(chat)
+        assert _ids(store.search(["lisbon"])) == ["titled"]  # title, any case
+        assert _ids(store.search(["penguins"])) == ["versions"]  # user message
+        assert _ids(store.search(["ANTARCTICA"])) == ["versions"]  # reply of the version not shown
+        assert _ids(store.search(["emperor", "tell"])) == ["versions"]  # every word, anywhere in the chat
+        assert store.search(["emperor", "lisbon"]) == []  # not all in one chat
+        assert store.search(["nowhere"]) == []
+        assert _ids(store.search(["50%"])) == ["odd"] and store.search(["5%"]) == []  # no wildcards
+        assert _ids(store.search(["snake_case"])) == ["odd"] and store.search(["snake_cas_"]) == []
+        assert _ids(store.search(["CAFÉ"])) == ["odd"]  # case folded beyond ASCII
+        assert _ids(store.search([])) == ["odd", "titled", "versions"]
+        assert [s.id for s in store.search([])] == [s.id for s in store.list_chats()]  # newest first
+
+
+def test_search_follows_saves_renames_and_deletes(tmp_path):
+    with ChatStore(tmp_path / "h.sqlite3") as store:
+        chat = big_chat(3, tokens=3, chat_id="c")
+        store.save(chat)
+        assert store.search(["zebra"]) == []
+        chat.conversation.exchanges[-1].add_version(reply(1, 2))
+        chat.conversation.exchanges[-1].reply.text = "a zebra"
+        store.save(chat, from_exchange=2)  # autosave of the last exchange only
+        assert _ids(store.search(["zebra", "question 0"[:8]])) == ["c"]
+        chat.conversation.exchanges.pop()  # shortened: the zebra reply is gone
+        store.save(chat)
+        assert store.search(["zebra"]) == []
+        store.rename("c", "Zebra notes")
+        assert _ids(store.search(["zebra"])) == ["c"]
+        store.delete("c")
+    with sqlite3.connect(tmp_path / "h.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM chat_text").fetchone() == (0,)
+
+
+def _v1_history(path: Path, chats) -> None:
+    """A schema-1 history holding `chats`, as chatapp wrote it before search."""
+    with ChatStore(path) as store:
+        for chat in chats:
+            store.save(chat)
+    with sqlite3.connect(path) as source:
+        rows = {table: source.execute(f"SELECT * FROM {table}").fetchall() for table in ("chats", "exchanges")}
+    source.close()
+    path.unlink()
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        db.executemany("INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows["chats"])
+        db.executemany("INSERT INTO exchanges VALUES (?, ?, ?)", rows["exchanges"])
+        db.execute("UPDATE exchanges SET record = x'0badf00d' WHERE chat_id = 'titled' AND position = 1")
+    db.close()
+
+
+def test_a_version_1_history_is_migrated_and_searchable(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    chats = _searchable_chats()
+    _v1_history(path, chats)
+    with ChatStore(path) as store:
+        assert _ids(store.search(["antarctica"])) == ["versions"]  # text of a chat saved before
+        assert _ids(store.search(["lisbon"])) == ["titled"]  # its damaged record did not stop the migration
+        assert store.load("versions") == chats[1]
+        with pytest.raises(StoreError, match="damaged record"):
+            store.load("titled")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("SELECT COUNT(*) FROM chat_text").fetchone() == (5,)
+    db.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_read_only_history_lists_and_searches(tmp_path, monkeypatch, version):
+    path = tmp_path / "h.sqlite3"
+    if version == 1:
+        _v1_history(path, _searchable_chats())
+    else:
+        with ChatStore(path) as store:
+            for chat in _searchable_chats():
+                store.save(chat)
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # as for a user who may not write
+    with ChatStore(path) as store:
+        assert store.read_only and store.searches_text == (version == 2)
+        assert len(store.list_chats()) == 3
+        assert _ids(store.search(["LISBON"])) == ["titled"]  # titles always
+        assert _ids(store.search(["about", "penguins"])) == ["versions"]  # the first message's first line too
+        # Schema 1 cannot be migrated read-only: its message texts are not searched.
+        assert _ids(store.search(["antarctica"])) == (["versions"] if version == 2 else [])
+    assert path.read_bytes() == before  # never migrated in place
