@@ -169,3 +169,23 @@ async def test_the_heatmap_comes_with_its_legend():
         await pilot.press("ctrl+o")
         await pilot.pause()
         assert not legend.display
+
+
+async def test_a_long_message_is_shown_collapsed_and_a_click_expands_it():
+    long_text = "\n".join(f"pasted line {i}" for i in range(20))
+    engine = FakeEngine()
+    app = app_with(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await send(pilot, long_text)
+        assert engine.calls[-1].messages[-1]["content"] == long_text  # all of it goes to the model
+        view = app.chat.query_one(ChatLog).user_view(0)
+        shown = str(view.render())
+        assert "pasted line 5" in shown and "pasted line 6" not in shown and "14 more lines" in shown
+        await pilot.click(view)
+        assert "pasted line 19" in str(view.render()) and "click to collapse" in str(view.render())
+        await pilot.click(view)
+        assert "pasted line 19" not in str(view.render())
+        app.chat.query_one(PromptInput).focus()
+        await send(pilot, "short")
+        assert str(app.chat.query_one(ChatLog).user_view(1).render()).strip() == "short"

@@ -25,16 +25,51 @@ def limit_note(reply: ReplyVersion) -> str:
     return f"cut at the {reply.settings.max_new_tokens}-token limit (/max)"
 
 
+COLLAPSED_LINES = 6
+"""A user message longer than this many lines (a paste, a /file) shows only its first ones."""
+
+
 class UserMessage(Static):
-    """What the user sent, shown literally."""
+    """What the user sent, shown literally; a long one collapsed to its first lines, and a click
+    (or Enter once focused) expands or collapses it again."""
+
+    can_focus = False
 
     def __init__(self, text: str) -> None:
         """Show `text` (never parsed as markup)."""
-        super().__init__(Content(literal_text(text)))
+        super().__init__()
+        self.text = text
+        """The whole message."""
+        self.expanded = False
+        """Whether a long message shows all its lines."""
+        self.update(self._content())
+
+    @property
+    def collapsible(self) -> bool:
+        """Whether the message is long enough to be shown collapsed."""
+        return self.text.count("\n") >= COLLAPSED_LINES
+
+    def _content(self) -> Content:
+        if not self.collapsible or self.expanded:
+            shown = self.text
+            note = "\n(click to collapse)" if self.collapsible else ""
+        else:
+            lines = self.text.splitlines()
+            shown = "\n".join(lines[:COLLAPSED_LINES])
+            note = f"\n⋯ {len(lines) - COLLAPSED_LINES} more lines, {len(self.text):,} characters (click to expand)"
+        return Content.assemble(literal_text(shown), (note, "italic $text-muted"))
 
     def set_text(self, text: str) -> None:
-        """Replace the shown text (after an edit)."""
-        self.update(Content(literal_text(text)))
+        """Replace the shown text (after an edit), collapsed again if long."""
+        self.text, self.expanded = text, False
+        self.update(self._content())
+
+    def on_click(self, event: events.Click) -> None:
+        """Expand a collapsed message, or collapse it back."""
+        if self.collapsible:
+            event.stop()
+            self.expanded = not self.expanded
+            self.update(self._content())
 
 
 class AssistantMessage(OneLayoutPass, Vertical):
