@@ -257,14 +257,16 @@ class ChatStore:
             rows = self._db.execute(f"SELECT {SUMMARY_COLUMNS} FROM chats ORDER BY updated DESC").fetchall()
         return [_summary(row) for row in rows]
 
-    def search(self, words: Sequence[str]) -> list[ChatSummary]:
-        """The chats holding every one of `words`, most recently updated first (all when none).
+    def count(self) -> int:
+        """How many chats are saved."""
+        with self._lock, self._errors():
+            return self._db.execute("SELECT COUNT(*) FROM chats").fetchone()[0]
 
-        A word matches a case-insensitive substring of the title or of any user message or
-        reply, any version; `%` and `_` are plain characters. A read-only history of schema 1
-        matches titles only (see `searches_text`): it cannot be migrated, and scanning every
-        compressed record per keystroke would be too slow on a big history.
-        """
+    def search(self, words: Sequence[str]) -> list[ChatSummary]:
+        """The chats holding every one of `words` (case-insensitive substrings of the title or of
+        any message or reply, any version; no wildcards), newest first; all chats for no words.
+        A read-only history of schema 1 matches titles only (`searches_text`): it cannot be
+        migrated, and decompressing every record per keystroke would be slow on a big history."""
         where, params = history_search.match_clause(words, self.searches_text)
         with self._lock, self._errors():
             rows = self._db.execute(f"SELECT {SUMMARY_COLUMNS} FROM chats WHERE {where} ORDER BY updated DESC",

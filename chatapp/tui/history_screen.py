@@ -1,4 +1,9 @@
-"""The history screen: every saved chat, to open, rename or delete (after a confirmation).
+"""The history screen: every saved chat, to search, open, rename or delete (after a confirmation).
+
+The search field above the list filters it live as the user types (`ChatStore.search`: every
+word, in the title or any message or reply). The list has the focus on open, so its one-letter
+keys work at once; `/` goes to the field, and ↓ or Enter come back to the list. Esc cancels a
+rename, then clears the search, then closes.
 
 It reads and writes the `ChatStore` directly (each call is a small SQLite query). It dismisses
 with the id of the chat to open, or None; renames and deletes are reported through callbacks so
@@ -30,10 +35,15 @@ MAX_TITLE_LENGTH = 200
 """Longest title a rename keeps."""
 CURRENT_MARK = "● "
 """Marks the chat on screen."""
-HINT = "Enter open · r rename · d delete · Esc close · chatapp --chat ID reopens one, chatapp export ID writes it"
+HINT = ("/ search · Enter open · r rename · d delete · Esc close (clears a search first) · "
+        "chatapp --chat ID reopens one, chatapp export ID writes it")
 """Keys, under the list."""
 ID_WIDTH = 8
 """Characters of a chat's id shown: a prefix that `--chat` and `export` take."""
+SEARCH_PLACEHOLDER = "/ Search titles, messages and replies (↓ or Enter: the list)"
+"""What the empty search field says."""
+TITLES_ONLY_NOTE = " · titles only (read-only history)"
+"""Added to the match count where `ChatStore.searches_text` is False."""
 
 Renamed = Callable[[str, str], None]
 """Told (chat id, new title) after a rename."""
@@ -53,8 +63,11 @@ class HistoryScreen(ModalScreen[str | None]):
         Binding("escape", "close", "Close"),
         Binding("r", "rename", "Rename"),
         Binding("d,delete", "delete", "Delete"),
+        Binding("slash", "search", "Search"),
+        Binding("down", "to_list", show=False),
     ]
-    """Enter (on the table) opens; these do the rest."""
+    """Enter (on the table) opens; these do the rest. The search field takes every printable
+    key itself, so `r`, `d` and `/` act only from the list; ↓ reaches the screen from the field."""
 
     def __init__(self, store: ChatStore, current_id: str, renamed: Renamed, deleted: Deleted) -> None:
         """List `store`'s chats; `current_id` is the chat on screen."""
@@ -64,10 +77,12 @@ class HistoryScreen(ModalScreen[str | None]):
         self._renamed = renamed
         self._deleted = deleted
         self.chats: list[ChatSummary] = []
+        """The rows listed: every chat, or those the search found."""
 
     def compose(self) -> ComposeResult:
-        """The list, the rename field (hidden) and the keys."""
+        """The search field, the list, the rename field (hidden) and the keys."""
         with Vertical(id="history-box"):
+            yield Input(id="search", placeholder=SEARCH_PLACEHOLDER)
             yield DataTable(cursor_type="row", zebra_stripes=True)
             yield Input(id="rename", placeholder="New title (Enter saves, Esc cancels)")
             yield Static(Content(HINT), classes="hint")
@@ -77,16 +92,25 @@ class HistoryScreen(ModalScreen[str | None]):
         self.query_one("#history-box").border_title = "Saved chats"
         self.query_one(DataTable).add_columns("Title", "Updated", "Model", "Turns", "ID")
         self.refresh_list()
+        self.query_one(DataTable).focus()
+
+    @property
+    def words(self) -> list[str]:
+        """What the search field holds, split into words (empty: no search)."""
+        return self.query_one("#search", Input).value.split()
 
     def refresh_list(self, select: str | None = None) -> None:
-        """Reread the store; keep the cursor on `select` (or the current row) when it is there."""
+        """Reread the store (the chats the search finds, when there is one); keep the cursor on
+        `select` (or the current row) when it is there. The focus stays where it is."""
         table = self.query_one(DataTable)
         keep = select or self.selected_id
+        words = self.words
         try:
-            self.chats = self.store.list_chats()
+            self.chats = self.store.search(words) if words else self.store.list_chats()
+            total = self.store.count() if words else len(self.chats)
         except StoreError as error:
             self.notify(str(error), title="History", severity="error", markup=False)
-            self.chats = []
+            self.chats, total = [], 0
         table.clear()
         for chat in self.chats:
             mark = CURRENT_MARK if chat.id == self.current_id else ""
@@ -101,8 +125,35 @@ class HistoryScreen(ModalScreen[str | None]):
         ids = [chat.id for chat in self.chats]
         if keep in ids:
             table.move_cursor(row=ids.index(keep))
-        self.query_one("#history-box").border_subtitle = counted(len(ids), "chat") if ids else "no saved chats yet"
-        table.focus()
+        self.query_one("#history-box").border_subtitle = self._count_line(len(ids), total, bool(words))
+
+    def _count_line(self, shown: int, total: int, searching: bool) -> str:
+        """ "3 of 40 chats" while searching, "40 chats" otherwise."""
+        if not searching:
+            return counted(total, "chat") if total else "no saved chats yet"
+        return f"{shown} of {counted(total, 'chat')}" + ("" if self.store.searches_text else TITLES_ONLY_NOTE)
+
+    @on(Input.Changed, "#search")
+    def search_changed(self, event: Input.Changed) -> None:
+        """Filter the list as the user types."""
+        event.stop()
+        self.refresh_list()
+
+    @on(Input.Submitted, "#search")
+    def search_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the search field goes to the list (a second Enter opens the chat)."""
+        event.stop()
+        self.query_one(DataTable).focus()
+
+    def action_search(self) -> None:
+        """`/`: type a search."""
+        if not self.query_one("#history-box").has_class("-renaming"):
+            self.query_one("#search", Input).focus()
+
+    def action_to_list(self) -> None:
+        """↓ in the search field goes to the list."""
+        if self.focused is self.query_one("#search", Input):
+            self.query_one(DataTable).focus()
 
     @property
     def selected(self) -> ChatSummary | None:
@@ -122,10 +173,14 @@ class HistoryScreen(ModalScreen[str | None]):
         self.dismiss(event.row_key.value)
 
     def action_close(self) -> None:
-        """Esc leaves a rename, or the screen."""
+        """Esc leaves a rename, else clears the search (back to the list), else leaves the screen."""
         box = self.query_one("#history-box")
+        search = self.query_one("#search", Input)
         if box.has_class("-renaming"):
             box.remove_class("-renaming")
+            self.query_one(DataTable).focus()
+        elif search.value:
+            search.value = ""  # Input.Changed refreshes the list, keeping the cursor's chat
             self.query_one(DataTable).focus()
         else:
             self.dismiss(None)
@@ -146,6 +201,7 @@ class HistoryScreen(ModalScreen[str | None]):
         event.stop()
         chat = self.selected
         self.query_one("#history-box").remove_class("-renaming")
+        self.query_one(DataTable).focus()
         if chat is None:
             return
         title = " ".join(event.value.split())[:MAX_TITLE_LENGTH]
