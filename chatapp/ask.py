@@ -21,6 +21,35 @@ EXIT_GENERATION = 1
 """Exit code when a reply fails (e.g. NaN logits, prompt too long)."""
 
 
+class StopHoldBack:
+    """Streamed text, held back while it could still turn out to hold a stop sequence, so the
+    printed reply, like the turn's text, stops before one.
+
+    The engine looks for stop sequences in a step's text only when it is asked for the next
+    step; so the newest step's text is never printed yet, nor the `longest - 1` characters
+    before it, which a stop sequence completed by a later step could begin in."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        """Hold back for `stops` (none: print each step's text at once)."""
+        self._stops = bool(stops)
+        self._hold = max((len(stop) for stop in stops), default=1) - 1
+        self._text = ""
+        self._written = 0
+
+    def more(self, delta: str) -> str:
+        """What may be printed now that a step brought `delta`."""
+        if not self._stops:
+            return delta
+        safe = max(self._written, len(self._text) - self._hold)  # the text before `delta` was checked
+        self._text += delta
+        out, self._written = self._text[self._written:safe], safe
+        return out
+
+    def rest(self, final: str) -> str:
+        """What is left to print of the turn's `final` text (it ends before any stop sequence)."""
+        return final[self._written:] if self._stops else ""
+
+
 def _json_line(out: TextIO, record: dict) -> None:
     out.write(json.dumps(record, ensure_ascii=False) + "\n")
     out.flush()
@@ -64,13 +93,14 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
     for number, prompt in enumerate(args.prompts, start=1):
         messages.append({"role": "user", "content": prompt})
         turn = None
+        written = StopHoldBack(settings.stop)
         try:
             turn = engine.start_turn(messages, settings)
             for step in turn:
                 if args.json:
                     _json_line(out, {"type": "token", "turn": number, **step.to_json()})
                 else:
-                    out.write(step.text)
+                    out.write(written.more(step.text))
                     out.flush()
         except (ContextOverflowError, NonFiniteLogitsError) as error:
             print(f"\nchatapp: error: turn {number}: {error}", file=sys.stderr)
@@ -88,6 +118,7 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
         if args.json:
             _json_line(out, {"type": "turn", "turn": number, **stats.to_json()})
         else:
+            out.write(written.rest(stats.text))
             out.write("\n" if number == len(args.prompts) else "\n\n")
             out.flush()
         messages.append({"role": "assistant", "content": stats.text})

@@ -96,6 +96,8 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, inherited: bool = False
     group.add("--seed", type=int, default=None, help="seed for reproducible sampling; each turn draws from its own "
               "stream derived from it (default: random)")
     group.add("--max-new-tokens", type=int, default=None, help=f"longest reply (default: {DEFAULT_MAX_NEW_TOKENS})")
+    group.add("--stop", action="append", default=None, metavar="TEXT",
+              help="end a reply where TEXT appears, its text stopping before it; repeat for several (default: none)")
     group.add("--system", default=None, help="system message that starts the conversation")
     group.add("--top", type=int, default=None, metavar="N", help=f"candidates shown per step (default: {DEFAULT_TOP_N})")
 

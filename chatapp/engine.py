@@ -151,6 +151,14 @@ class Engine:
         )
 
 
+def find_stop(text: str, stops: tuple[str, ...], added: int) -> int | None:
+    """Where the earliest of `stops` begins in `text`, among those the last `added` characters
+    completed (earlier ones were looked for before), or None."""
+    found = [text.find(stop, max(0, len(text) - added - len(stop) + 1)) for stop in stops]
+    found = [at for at in found if at >= 0]
+    return min(found) if found else None
+
+
 class Turn:
     """One assistant reply in the making: iterate it for `Step`s, then read `stats`."""
 
@@ -206,6 +214,7 @@ class Turn:
         penalty_ids = torch.tensor(ids, dtype=torch.long, device=kv.device) if settings.repetition_penalty else None
         stats.finish_reason = "length"
         first_token_at = None
+        stop_at = None  # where a stop sequence begins in the reply's text, once one appears
         try:
             hidden = kv.prefill(ids[cached:])  # (d_model,)
             for index in range(budget):
@@ -251,6 +260,11 @@ class Turn:
                 if is_stop:
                     stats.finish_reason = "stop"
                     break
+                if settings.stop:
+                    stop_at = find_stop(detok.text, settings.stop, len(delta))
+                    if stop_at is not None:  # the text ends before it; its tokens stay recorded
+                        stats.finish_reason = "stop"
+                        break
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, token.reshape(1)])
@@ -268,7 +282,7 @@ class Turn:
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)
-            stats.text = detok.text
+            stats.text = detok.text if stop_at is None else detok.text[:stop_at]
             if stats.finish_reason != "error":
                 engine._remember(
                     self.prompt_text + engine.tokenizer.decode(self.generated_ids, skip_special_tokens=False),

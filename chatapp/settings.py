@@ -22,6 +22,10 @@ MAX_SEED = 2**63 - 1
 """torch.Generator seeds are 64-bit."""
 MAX_MAX_NEW_TOKENS = 1_000_000
 """Upper bound for `max_new_tokens`; the context window limits it further at run time."""
+MAX_STOP_SEQUENCES = 8
+"""Most stop sequences at once."""
+MAX_STOP_LENGTH = 100
+"""Longest stop sequence, in characters."""
 DEFAULT_TOP_N = 10
 """Candidates recorded and shown per step unless the user asks for another number (`--top`)."""
 
@@ -64,9 +68,14 @@ class SamplingSettings:
     """Seed of the sampling generator; None draws a fresh seed per turn."""
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Longest reply in tokens."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences: the reply ends where one first appears, and its text stops before it."""
 
     def validated(self) -> "SamplingSettings":
-        """Return self after checking every field; raise `SettingError` on the first bad one."""
+        """Return self after checking every field; raise `SettingError` on the first bad one.
+        Stop sequences given as a list (JSON, TOML) come back as a tuple."""
+        if isinstance(self.stop, list):
+            return replace(self, stop=tuple(self.stop)).validated()
         for f in fields(self):
             _VALIDATORS[f.name](getattr(self, f.name))
         return self
@@ -89,6 +98,8 @@ class SamplingSettings:
         if self.seed is not None:
             parts.append(f"seed={self.seed}")
         parts.append(f"max={self.max_new_tokens}")
+        if self.stop:
+            parts.append("stop=" + ",".join(repr(s)[1:-1] for s in self.stop))
         return " ".join(parts)
 
 
@@ -122,6 +133,15 @@ def _check_repetition_penalty(v: Any) -> None:
         raise SettingError(f"repetition_penalty must be greater than 0, got {shown(v)}", "repetition_penalty")
 
 
+def _check_stop(v: Any) -> None:
+    if not isinstance(v, tuple) or len(v) > MAX_STOP_SEQUENCES:
+        raise SettingError(f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {shown(v)}", "stop")
+    for text in v:
+        if not isinstance(text, str) or not 0 < len(text) <= MAX_STOP_LENGTH:
+            raise SettingError(f"a stop sequence must be text of 1 to {MAX_STOP_LENGTH} characters, got {shown(text)}",
+                               "stop")
+
+
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
     "temperature": _check_temperature,
     "top_k": lambda v: _check_int("top_k", v, 0, 2**31 - 1),
@@ -130,6 +150,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     "repetition_penalty": _check_repetition_penalty,
     "seed": lambda v: v is None or _check_int("seed", v, 0, MAX_SEED),
     "max_new_tokens": lambda v: _check_int("max_new_tokens", v, 1, MAX_MAX_NEW_TOKENS),
+    "stop": _check_stop,
 }
 
 _OFF_WORDS = {"off", "none"}
@@ -157,6 +178,14 @@ def _optional(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
     return parse_optional
 
 
+def _parse_stop(text: str) -> tuple[str, ...]:
+    """`/stop TEXT`: the one stop sequence TEXT (`\\n` and `\\t` stand for a newline and a tab);
+    `off` clears them."""
+    if text.strip().lower() in _OFF_WORDS:
+        return ()
+    return (text.strip().replace("\\n", "\n").replace("\\t", "\t"),)
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "temperature": _parse_float,
     "top_k": _parse_int,
@@ -165,6 +194,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "repetition_penalty": _optional(_parse_float),
     "seed": _optional(_parse_int),
     "max_new_tokens": _parse_int,
+    "stop": lambda name, text: _parse_stop(text),
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SamplingSettings))

@@ -27,6 +27,7 @@ SETTING_ALIASES = {
     "rep": "repetition_penalty",
     "max": "max_new_tokens",
     "seed": "seed",
+    "stop": "stop",
 }
 """Short command names of the sampling settings."""
 COMMAND_PATTERN = re.compile(r"(\S*)(.*)", re.DOTALL)
@@ -39,6 +40,7 @@ Slash commands
   /topp X      nucleus, or off                /minp X     min-p filter, or off
   /rep X       repetition penalty, or off     /max N      longest reply in tokens
   /seed N      fixed seed, or off             /set temp=0.5 topk=40 ...  several at once
+  /stop TEXT   end replies where TEXT appears (\\n is a newline), or off
   /system TEXT system prompt (empty clears)   /clear      new chat
   /save PATH   save the chat as JSON          /load PATH  open a chat saved with /save
   /export PATH.md  Markdown transcript (or .json)         /history    saved chats
@@ -49,7 +51,7 @@ Keys
   Enter send · Shift+Enter or Ctrl+J newline · Esc stop the reply / leave the inspector
   Ctrl+R regenerate · Ctrl+L (or Up in an empty prompt) edit the last message · Ctrl+N new chat
   Ctrl+T token inspector · Ctrl+O probability heatmap · Ctrl+P command palette · Ctrl+Q quit
-  F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete
+  F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete · / search
   F3 show or hide the candidates panel (the inspector always shows it)
   F4 copy the inspected (or last) reply; the palette also copies its last code block
 
