@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
-from chatapp.chat_file import SavedChat
+from chatapp.chat_file import SavedChat, counted
 from chatapp.engine_thread import on_engine_thread
 from chatapp.settings import SamplingSettings
 from chatapp.tui import commands
@@ -191,7 +191,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         info = getattr(self.engine, "info", None)
         live = self.live if self.generating and self._version is not None else None
         if activity is None:
-            activity = f"writing… {len(self._version.steps)} tokens" if live else "writing…" if self.generating else ""
+            activity = f"writing… {counted(len(self._version.steps), 'token')}" if live else (
+                "writing…" if self.generating else "")
             runtime = getattr(self.engine, "activity", None)  # e.g. the int4 kernel being compiled
             activity = " · ".join(filter(None, [activity, runtime]))
         if live is not None:  # the reply being written, not the last finished one
