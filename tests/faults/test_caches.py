@@ -235,7 +235,10 @@ def test_a_truncated_converted_model_is_converted_again_with_one_line(tmp_path, 
     folder = temp_cache(tmp_path, real, skip=(INT4_CACHE,))  # so the first load reads model.safetensors
     weights = folder / "model.safetensors"
     truncate(weights, keep=1 << 20)
-    driver = tmp_path / "stand_in_converter.py"
+    # Not beside the cache: a script's folder comes first on sys.path, and the cache's "chatapp"
+    # folder there would shadow the package.
+    (tmp_path / "driver").mkdir()
+    driver = tmp_path / "driver" / "stand_in_converter.py"
     driver.write_text(STAND_IN_CONVERTER, encoding="utf-8")
     done = ask(tmp_path, "--max-new-tokens", "2", "Hi", driver=[str(driver), str(real[0])])
     assert done.returncode == 0, done.stderr[-3000:]
