@@ -16,9 +16,7 @@ Pure Python: no torch, no Textual.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 import threading
 import zlib
@@ -28,24 +26,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from platformdirs import user_data_dir
-
 from chatapp import history_search
 from chatapp.chat_file import (
-    FORMAT_VERSION, JSON_SEPARATORS, ChatFileError, SavedChat, default_title, exchanges_from_dicts,
-    exchange_to_dict, one_line, utc_now,
+    FORMAT_VERSION, JSON_SEPARATORS, SavedChat, default_title, exchanges_from_dicts, exchange_to_dict, one_line,
+    utc_now,
+)
+from chatapp.history_file import (  # noqa: F401 - APP_NAME, default_store_path and StoreError are the store's API
+    APP_NAME, StoreError, check_header, connect_read_only, default_store_path, writable,
 )
 from chatapp.memory import gc_paused
 from chatapp.tui.state import Conversation, Exchange
 
-APP_NAME = "chatapp"
-"""Folder name under the platform's user data directory."""
-DB_FILE_NAME = "chats.sqlite3"
-"""The history database's file name."""
 SCHEMA_VERSION = history_search.TEXT_SCHEMA_VERSION
 """Stored in `PRAGMA user_version`; a newer database is refused, never altered."""
-SQLITE_HEADER = b"SQLite format 3\x00"
-"""First bytes of every SQLite database file."""
 ZLIB_LEVEL = 1
 """Compression of exchange records. A 256-token reply's record (about 127 kB of JSON) shrinks
 2.1× in 3 ms at level 1, and 2.4× in 6.3 ms at level 6: a reply being written is saved every
@@ -68,20 +61,6 @@ CREATE TABLE IF NOT EXISTS exchanges (
 """Tables of schema version 1 (`history_search.upgrade` adds version 2's)."""
 SUMMARY_COLUMNS = "id, title, preview, model, created, updated, turns"
 """What the history list reads, in `ChatSummary` order (title falls back to preview)."""
-
-
-class StoreError(ChatFileError):
-    """The history database cannot be opened or a chat in it cannot be read (one line)."""
-
-
-def _writable(path: Path) -> bool:
-    """Whether this process may write the database file and create its journal beside it."""
-    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
-
-
-def default_store_path() -> Path:
-    """Where the history lives: `chats.sqlite3` in the user data folder."""
-    return Path(user_data_dir(APP_NAME, appauthor=False)) / DB_FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -139,12 +118,12 @@ class ChatStore:
         """False for a read-only history of schema 1 (it has no search text and cannot be
         given one): `search` then matches titles only."""
         self._lock = threading.Lock()
-        self._check_header()
+        check_header(self.path)
         self.found_empty = self.path.is_file() and self.path.stat().st_size == 0
         """True when the database file existed but was empty (truncated, or touched): a new
         history starts in it, and `resolve` says so rather than just "no such chat"."""
         try:
-            if self.path.exists() and not _writable(self.path):
+            if self.path.exists() and not writable(self.path):
                 self._open_read_only()
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,40 +144,15 @@ class ChatStore:
             raise
 
     def _open_read_only(self) -> None:
-        """Open the existing database for reading only: `mode=ro`, or `immutable=1` where even
-        reading a WAL database needs files the folder cannot take."""
+        """Open the existing database for reading only (`history_file.connect_read_only`)."""
         self.read_only = True
-        for flags in ("mode=ro", "immutable=1"):
-            try:
-                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True,
-                                           isolation_level=None, check_same_thread=False)
-                with self._errors():
-                    version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                    history_search.install_functions(self._db)
-            except (sqlite3.Error, StoreError) as error:
-                failure = error
-                with contextlib.suppress(Exception):
-                    self._db.close()
-                continue
-            if version > SCHEMA_VERSION:
-                self._db.close()
-                raise StoreError(f"{self.path}: chat history from a newer chatapp (schema {version}); "
-                                 "update chatapp to open it")
-            self.searches_text = version >= history_search.TEXT_SCHEMA_VERSION
-            return
-        raise StoreError(f"{self.path}: cannot open chat history ({one_line(failure)})") from None
-
-    def _check_header(self) -> None:
-        try:
-            with self.path.open("rb") as handle:
-                header = handle.read(len(SQLITE_HEADER))
-        except FileNotFoundError:
-            return
-        except OSError as error:
-            raise StoreError(f"{self.path}: cannot read chat history ({one_line(error)})") from None
-        if header and header != SQLITE_HEADER:
-            raise StoreError(f"{self.path}: not a chat history database (corrupt or foreign file); "
-                             "move it aside to start a new history")
+        self._db, version = connect_read_only(self.path)
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(f"{self.path}: chat history from a newer chatapp (schema {version}); "
+                             "update chatapp to open it")
+        history_search.install_functions(self._db)
+        self.searches_text = version >= history_search.TEXT_SCHEMA_VERSION
 
     def _open_schema(self) -> None:
         with self._errors():

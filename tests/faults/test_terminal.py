@@ -42,6 +42,16 @@ def _saved(store_path):
         return store.last()
 
 
+def _signal_ends_it(terminal, number: int) -> bool:
+    """Send signal `number` and read the terminal until the app ends (True) or its time is up."""
+    sent = time.monotonic()
+    terminal.process.send_signal(number)
+    while terminal.process.poll() is None and time.monotonic() - sent < EXIT_LIMIT + EXIT_SLACK:
+        terminal.read_for(0.05)
+    print(f"signal {number}: the app ended after {time.monotonic() - sent:.2f} s")
+    return terminal.process.poll() is not None
+
+
 def _send_and_stream(terminal, store_path) -> None:
     """Send "hi" and wait until part of the (long) reply is saved."""
     terminal.type("hi\n")
@@ -100,12 +110,7 @@ def test_a_signal_mid_flood_ends_the_app_in_time_and_saves_first(tmp_path, name)
         _ready(terminal)
         _send_and_stream(terminal, store_path)
         terminal.type(FLOOD)
-        sent = time.monotonic()
-        terminal.process.send_signal(getattr(signal, name))
-        while terminal.process.poll() is None and time.monotonic() - sent < EXIT_LIMIT + EXIT_SLACK:
-            terminal.read_for(0.05)
-        assert terminal.process.poll() is not None, f"{name} was ignored"
-        print(f"exited {time.monotonic() - sent:.2f} s after {name}")
+        assert _signal_ends_it(terminal, getattr(signal, name)), f"{name} was ignored"
         assert terminal.process.returncode == 128 + getattr(signal, name)
         reply = _saved(store_path).conversation.exchanges[0].reply
         assert reply.status == "stopped" and reply.steps
@@ -121,12 +126,7 @@ def test_a_signal_ends_the_app_in_time_even_when_its_ui_thread_hangs(tmp_path):
         _send_and_stream(terminal, store_path)
         terminal.type(F9)
         assert terminal.wait_for_output(b"JAMMED", READY_TIMEOUT)
-        sent = time.monotonic()
-        terminal.process.send_signal(signal.SIGTERM)
-        while terminal.process.poll() is None and time.monotonic() - sent < EXIT_LIMIT + EXIT_SLACK:
-            terminal.read_for(0.05)
-        assert terminal.process.poll() is not None, "SIGTERM was ignored while the UI thread hung"
-        print(f"exited {time.monotonic() - sent:.2f} s after SIGTERM, UI thread hung")
+        assert _signal_ends_it(terminal, signal.SIGTERM), "SIGTERM was ignored while the UI thread hung"
         assert terminal.process.returncode == 128 + signal.SIGTERM
         reply = _saved(store_path).conversation.exchanges[0].reply
         assert reply.status == "stopped" and reply.steps  # saved by the deadline's own save
