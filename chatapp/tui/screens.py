@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import ScrollableContainer, Vertical
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
@@ -19,10 +19,14 @@ class HelpScreen(ModalScreen[None]):
     """Any of these closes the help."""
 
     def compose(self) -> ComposeResult:
-        """The help text in a box."""
-        with Vertical(id="help-box"):
+        """The help text in a box that scrolls where the terminal is smaller (80×24)."""
+        with ScrollableContainer(id="help-box"):
             yield Static(Content(HELP_TEXT), id="help-text")
-            yield Static(Content("Esc closes"), classes="hint")
+            yield Static(Content("Esc closes · arrows, PgUp/PgDn or the wheel scroll"), classes="hint")
+
+    def on_mount(self) -> None:
+        """Arrows and page keys scroll the help."""
+        self.query_one("#help-box").focus()
 
 
 class ConfirmQuitScreen(ModalScreen[bool]):

@@ -189,3 +189,21 @@ async def test_a_long_message_is_shown_collapsed_and_a_click_expands_it():
         app.chat.query_one(PromptInput).focus()
         await send(pilot, "short")
         assert str(app.chat.query_one(ChatLog).user_view(1).render()).strip() == "short"
+
+
+async def test_help_fits_80x24_and_scrolls_to_its_end():
+    from chatapp.tui.screens import HelpScreen
+
+    app = app_with(FakeEngine())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        box = app.screen.query_one("#help-box")
+        assert box.region.right <= 80 and box.region.bottom <= 24  # inside the terminal
+        assert box.max_scroll_y > 0 and box.max_scroll_x > 0  # more than fits: it scrolls
+        await pilot.press("end")
+        await pilot.pause()
+        assert box.scroll_y == box.max_scroll_y
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
