@@ -29,6 +29,15 @@ from chatapp.tui.screens import ConfirmScreen
 
 DATE_FORMAT = "%Y-%m-%d %H:%M"
 """How the list shows when a chat was last saved (local time)."""
+HISTORY_BOX_WIDTH = 100
+"""The box's width where the terminal allows (app.tcss: `#history-box`)."""
+MODEL_WIDTH = 24
+"""Widest the model column gets; longer names are cut."""
+FIXED_COLUMNS = 16 + 5 + 8 + 5 * 2 + 2 + 2
+"""Cells of the date ("2026-12-02 16:44"), turns and id columns, the five columns' padding, the
+box's border and its padding."""
+MIN_TITLE_WIDTH = 16
+"""Narrowest the title column gets in a small terminal."""
 TITLE_WIDTH = 50
 """Width of the title column; longer titles are cut."""
 MAX_TITLE_LENGTH = 200
@@ -99,6 +108,13 @@ class HistoryScreen(ModalScreen[str | None]):
         """What the search field holds, split into words (empty: no search)."""
         return self.query_one("#search", Input).value.split()
 
+    def _column_widths(self) -> tuple[int, int]:
+        """Widths of the title and model columns for the box as wide as the terminal lets it be,
+        so that every column (the id included) fits down to 80 columns."""
+        room = min(self.app.size.width, HISTORY_BOX_WIDTH) - FIXED_COLUMNS
+        model = max(len("Model"), min(MODEL_WIDTH, room // 3))
+        return max(MIN_TITLE_WIDTH, min(TITLE_WIDTH, room - model - len(CURRENT_MARK))), model
+
     def refresh_list(self, select: str | None = None) -> None:
         """Reread the store (the chats the search finds, when there is one); keep the cursor on
         `select` (or the current row) when it is there. The focus stays where it is."""
@@ -111,13 +127,14 @@ class HistoryScreen(ModalScreen[str | None]):
         except StoreError as error:
             self.notify(str(error), title="History", severity="error", markup=False)
             self.chats, total = [], 0
+        title_width, model_width = self._column_widths()
         table.clear()
         for chat in self.chats:
             mark = CURRENT_MARK if chat.id == self.current_id else ""
             table.add_row(
-                Text(mark + _cut(chat.title, TITLE_WIDTH)),
+                Text(mark + _cut(chat.title, title_width)),
                 Text(chat.updated.astimezone().strftime(DATE_FORMAT)),
-                Text(chat.model),
+                Text(_cut(chat.model, model_width)),
                 Text(str(chat.turns), justify="right"),
                 Text(chat.id[:ID_WIDTH]),
                 key=chat.id,

@@ -207,3 +207,19 @@ async def test_help_fits_80x24_and_scrolls_to_its_end():
         assert box.scroll_y == box.max_scroll_y
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_the_history_fits_80_columns_with_every_column(store_path):
+    with ChatStore(store_path) as store:
+        for n in range(3):
+            store.save(saved_chat(f"a rather long first message number {n} that goes on and on", ["A"]))
+    app = app_with(FakeEngine(), store_path=store_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        table = app.screen.query_one("DataTable")
+        await pilot.pause()
+        assert [str(c.label) for c in table.columns.values()] == ["Title", "Updated", "Model", "Turns", "ID"]
+        assert table.virtual_size.width <= table.size.width  # nothing to scroll sideways: all shown
+        assert str(table.get_row_at(0)[0]).endswith("…")  # the title is cut to make room
