@@ -56,10 +56,19 @@ def read_text_file(path: str | os.PathLike, limit: int = MAX_MESSAGE_BYTES) -> s
     data = read_regular_file(path, limit)
     if b"\0" in data:
         raise FileRefused("is a binary file, not text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise FileRefused(f"is not UTF-8 text (byte {error.start})") from None
+    text = decode_text(data)
     if not text.strip():
         raise FileRefused("holds no text")
     return text
+
+
+def decode_text(data: bytes) -> str:
+    """`data` as UTF-8 text, a byte order mark dropped (it is not part of a message).
+
+    Raises:
+        FileRefused: it is not UTF-8 (the message names the first bad byte).
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise FileRefused(f"is not UTF-8 text (byte {error.start})") from None

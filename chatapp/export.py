@@ -39,7 +39,7 @@ def reply_note(version: ReplyVersion) -> str:
     if version.error == INTERRUPTED_NOTE:
         return INTERRUPTED_NOTE
     if version.cut_at_limit:
-        return f"cut at the {version.settings.max_new_tokens}-token limit"
+        return version.limit_note
     note = STATUS_NOTES.get(version.status, "")
     return f"{note}: {version.error}" if note and version.error else note
 

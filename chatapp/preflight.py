@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from chatapp.bounded_read import MAX_MESSAGE_BYTES, FileRefused, read_regular_file
+from chatapp.bounded_read import MAX_MESSAGE_BYTES, FileRefused, decode_text, read_regular_file
 from chatapp.errors import ModelLoadError
 from chatapp.gguf_files import default_gguf_path
 from chatapp.loading import DEFAULT_MODEL
@@ -113,9 +113,9 @@ def _read_file(name: str) -> bytes:
 
 def _decoded(data: bytes, label: str) -> str:
     try:
-        text = data.decode("utf-8-sig")  # a byte order mark is not part of the message
-    except UnicodeDecodeError as error:
-        raise InputError(f"{label} is not UTF-8 text (byte {error.start})") from None
+        text = decode_text(data)
+    except FileRefused as error:
+        raise InputError(f"{label} {error}") from None
     if not text.strip():
         raise InputError(f"{label} holds no message (it is empty)")
     return text

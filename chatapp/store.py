@@ -318,7 +318,7 @@ class ChatStore:
         except StoreError as error:
             problems = [str(error)]
         if problems != ["ok"]:
-            raise StoreError(f"{self.path}: the chat history is damaged ({one_line(ValueError('; '.join(problems)))}); "
+            raise StoreError(f"{self.path}: the chat history is damaged ({' '.join('; '.join(problems).split())}); "
                              "move it aside to start a new one (chatapp never repairs it in place)")
 
     def rename(self, chat_id: str, title: str) -> bool:

@@ -22,6 +22,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from chatapp.chat_file import SavedChat
+from chatapp.history_file import APP_NAME
 from chatapp.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.exit_deadline import ExitDeadline
@@ -200,7 +201,7 @@ class ChatApp(App):
 def screenshot_folder() -> Path:
     """Where screenshots go: `screenshots/` in the user data folder, made if need be, or the
     current folder when it cannot be made."""
-    folder = Path(user_data_dir("chatapp", appauthor=False)) / "screenshots"
+    folder = Path(user_data_dir(APP_NAME, appauthor=False)) / "screenshots"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

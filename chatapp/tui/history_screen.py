@@ -24,11 +24,10 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
 from chatapp.chat_file import counted
+from chatapp.history_listing import DATE_FORMAT, ID_WIDTH
 from chatapp.store import ChatStore, ChatSummary, StoreError
 from chatapp.tui.screens import ConfirmScreen
 
-DATE_FORMAT = "%Y-%m-%d %H:%M"
-"""How the list shows when a chat was last saved (local time)."""
 HISTORY_BOX_WIDTH = 100
 """The box's width where the terminal allows (app.tcss: `#history-box`)."""
 MODEL_WIDTH = 24
@@ -47,8 +46,6 @@ CURRENT_MARK = "● "
 HINT = ("/ search · Enter open · r rename · d delete · Esc close (clears a search first) · "
         "chatapp --chat ID reopens one, chatapp export ID writes it")
 """Keys, under the list."""
-ID_WIDTH = 8
-"""Characters of a chat's id shown: a prefix that `--chat` and `export` take."""
 SEARCH_PLACEHOLDER = "/ Search titles, messages and replies (↓ or Enter: the list)"
 """What the empty search field says."""
 TITLES_ONLY_NOTE = " · titles only (read-only history)"

@@ -45,6 +45,11 @@ class ReplyVersion:
         """Whether the reply ended because it reached `settings.max_new_tokens`, not on its own."""
         return self.status == "done" and self.stats is not None and self.stats.finish_reason == "length"
 
+    @property
+    def limit_note(self) -> str:
+        """How a reply cut at its length limit is marked, e.g. "cut at the 512-token limit"."""
+        return f"cut at the {self.settings.max_new_tokens}-token limit"
+
     def add_steps(self, steps: Iterable[Step]) -> str:
         """Append streamed steps; return the text they add."""
         steps = list(steps)

@@ -22,7 +22,7 @@ STATUS_LABELS = {"streaming": "writing…", "stopped": "stopped", "error": "erro
 
 def limit_note(reply: ReplyVersion) -> str:
     """The header note of a reply cut at its length limit, with the command that raises it."""
-    return f"cut at the {reply.settings.max_new_tokens}-token limit (/max)"
+    return f"{reply.limit_note} (/max)"
 
 
 COLLAPSED_LINES = 6
