@@ -2,6 +2,6 @@
 
 import sys
 
-from chatapp.cli import main
+from chatapp.cli.main import main
 
 sys.exit(main())

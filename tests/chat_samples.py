@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from chatapp.chat_file import SavedChat
-from chatapp.records import Candidate, Step, TurnStats
-from chatapp.settings import SamplingSettings
-from chatapp.tui.state import Conversation, Exchange, ReplyVersion, branch_version
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion, branch_version
+from chatapp.chat.records import Candidate, Step, TurnStats
+from chatapp.chat.settings import SamplingSettings
+from chatapp.storage.chat_file import SavedChat
 
 WORDS = ("Hello", " world", " 你好", " [bold]", " café", "\n", " 🙂", " [/INST]", " the", " end")
 """Token texts: multi-byte characters and markup-like text that must survive literally."""

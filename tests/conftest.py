@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from chatapp.loading import LoadedModel, load_model
-from chatapp.records import ModelInfo
+from chatapp.chat.records import ModelInfo
+from chatapp.loading.models import LoadedModel, load_model
 
 TINY_VOCAB = 49152
 """Tiny models share the default tokenizer's vocabulary, so they can chat through it."""
@@ -33,7 +33,7 @@ def int4_kernel_built() -> bool:
     """Build chatapp's int4 kernel (once per machine, about 10 s; kept in the user cache) before
     any test, so every int4 decoder takes it up when it is created rather than at some step of
     a test; False where the CPU or a missing compiler rule it out."""
-    from chatapp import int4_kernel
+    from chatapp.runtime import int4_kernel
 
     return int4_kernel.load()
 

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from chatapp.atomic_file import atomic_write
-from chatapp.export import export_chat
+from chatapp.storage.export import export_chat
+from chatapp.support.atomic_file import atomic_write
 from tests.chat_samples import rich_chat
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from chatapp import int4_kernel
+from chatapp.runtime import int4_kernel
 
 
 @pytest.mark.model

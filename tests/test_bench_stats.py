@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatapp.bench_report import format_markdown, format_report
-from chatapp.bench_stats import median_interval
+from chatapp.bench.report import format_markdown, format_report
+from chatapp.bench.stats import median_interval
 
 
 @pytest.mark.parametrize(("n", "low_rank", "high_rank"), [(6, 1, 6), (10, 2, 9), (22, 6, 17), (40, 14, 27), (44, 16, 29)])

@@ -9,15 +9,21 @@ import sys
 
 import pytest
 
-from chatapp.chat_file import (
-    FORMAT_VERSION, INTERRUPTED_NOTE, ChatFileError, SavedChat, dumps, load_chat_file, loads,
+from chatapp.chat.conversation import Exchange, ReplyVersion, branch_version
+from chatapp.storage.chat_file import (
+    FORMAT_VERSION,
+    INTERRUPTED_NOTE,
+    ChatFileError,
+    SavedChat,
+    dumps,
+    load_chat_file,
+    loads,
     save_chat_file,
 )
-from chatapp.tui.state import Exchange, ReplyVersion, branch_version
 from tests.chat_samples import big_chat, reply, rich_chat, step
 
-PERSISTENCE_MODULES = ("chatapp.chat_file", "chatapp.store", "chatapp.export", "chatapp.config",
-                       "chatapp.token_columns", "chatapp.atomic_file")
+PERSISTENCE_MODULES = ("chatapp.storage.chat_file", "chatapp.storage.store", "chatapp.storage.export", "chatapp.cli.config",
+                       "chatapp.storage.token_columns", "chatapp.support.atomic_file")
 """Modules of the persistence layer: plain Python under the UI."""
 
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from chatapp.chat_tokenizer import load_chat_tokenizer
-from chatapp.detokenizer import ReplyDetokenizer, TokenTexts
+from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
+from chatapp.loading.chat_tokenizer import load_chat_tokenizer
 
 TEXTS = [
     "Hello there!",
@@ -35,7 +35,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def both(default_model):
-    from chatapp.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
 
     ours = load_chat_tokenizer(converted_dir(default_gguf_path()))
     assert ours is not None, "the default model's tokenizer is the plain kind ChatTokenizer reproduces"
@@ -76,7 +76,7 @@ def test_every_token_looks_the_same_in_the_panel(both):
 
 @pytest.mark.model
 def test_folders_it_cannot_reproduce_are_left_to_transformers(tmp_path, both):
-    from chatapp.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
 
     source = converted_dir(default_gguf_path())
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
@@ -116,7 +116,7 @@ dict(), tests on optional keys and variables (tools, documents) the caller did n
 def test_a_richer_template_renders_as_transformers_does(tmp_path):
     from transformers import AutoTokenizer
 
-    from chatapp.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
 
     source = converted_dir(default_gguf_path())
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -140,7 +140,7 @@ def test_a_richer_template_renders_as_transformers_does(tmp_path):
 @pytest.mark.model
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 def test_prompt_ids_equal_transformers_with_content_as_text(both, conversation):
-    from chatapp.conversation import encode_prompt, render_prompt
+    from chatapp.chat.prompt import encode_prompt, render_prompt
 
     ours, theirs = both
     prompts = [render_prompt(tokenizer, conversation) for tokenizer in both]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chatapp import cli
+from chatapp.cli import main as cli
 
 TOKEN_KEYS = {"type", "turn", "step", "token_id", "text", "prob", "raw_prob", "rank", "entropy", "top"}
 TURN_KEYS = {
@@ -140,9 +140,9 @@ def test_ask_plain_streams_text_and_same_seed_repeats():
 
 
 def test_ctx_limits_the_context_window_and_is_checked():
-    from chatapp.engine_loader import limited_context
-    from chatapp.errors import ModelLoadError
-    from chatapp.records import ModelInfo
+    from chatapp.chat.records import ModelInfo
+    from chatapp.engine.loader import limited_context
+    from chatapp.support.errors import ModelLoadError
 
     info = ModelInfo(name="m", device="cpu", dtype="float32", context_length=8192, vocab_size=10)
     limited = limited_context(info, 1024)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.config import Config, config_path, load_config
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.cli.config import Config, config_path, load_config
 
 
 def write(tmp_path, text: str):

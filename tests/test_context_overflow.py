@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.conversation import ContextOverflowError, count_tokens, render
-from chatapp.engine import Engine
-from chatapp.settings import SamplingSettings
+from chatapp.chat.prompt import ContextOverflowError, count_tokens, render
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
 
 SETTINGS = SamplingSettings(max_new_tokens=256)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts
+from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts
 
 TEXTS = [
     "Party time 🎉🎊 with family 👨‍👩‍👧‍👦 and flags 🇫🇷🇯🇵!",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatapp.engine import Engine
-from chatapp.loading import ModelLoadError, load_model, parse_max_memory
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.loading.models import ModelLoadError, load_model, parse_max_memory
 from tests.conftest import tiny_llama
 
 
@@ -52,7 +52,7 @@ def test_max_memory_parses_devices():
 
 
 def test_out_of_memory_names_the_size_and_what_to_try(tmp_path):
-    from chatapp.loading import _Source, out_of_memory_message
+    from chatapp.loading.models import _Source, out_of_memory_message
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 3_000_000)
     message = out_of_memory_message("big/model", _Source(str(tmp_path), "model"), "cuda:0", torch.float32)

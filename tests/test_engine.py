@@ -12,9 +12,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from chatapp.conversation import ContextOverflowError
-from chatapp.engine import Engine
-from chatapp.settings import SamplingSettings
+from chatapp.chat.prompt import ContextOverflowError
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
 
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=24)
 
@@ -197,8 +197,8 @@ def test_regenerating_a_seeded_turn_gives_its_reply_again(tiny_loaded):
 
 
 def test_turn_seeds_are_the_seed_first_then_distinct_and_stable():
-    from chatapp.engine import turn_seed
-    from chatapp.settings import MAX_SEED
+    from chatapp.chat.settings import MAX_SEED
+    from chatapp.engine.engine import turn_seed
 
     assert turn_seed(7, 0) == 7
     seeds = [turn_seed(7, n) for n in range(1, 50)] + [turn_seed(8, n) for n in range(1, 50)]

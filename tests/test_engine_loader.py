@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from chatapp.engine import Engine
-from chatapp.engine_loader import load_engine
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.engine.loader import load_engine
 from tests.conftest import tiny_llama
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.chat_file import dumps, load_chat_file, loads
-from chatapp.export import ExportError, export_chat, export_format, render, to_markdown
+from chatapp.chat.export_format import ExportError, export_format
+from chatapp.storage.chat_file import dumps, load_chat_file, loads
+from chatapp.storage.export import export_chat, render, to_markdown
 from tests.chat_samples import reply, rich_chat
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatapp import int4_kernel
-from chatapp.engine import Engine
-from chatapp.loading import load_model
-from chatapp.quantize import GROUP_SIZE, ZERO_OFFSET, int4_supported, quantize_linear
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.loading.models import load_model
+from chatapp.runtime import int4_kernel
+from chatapp.runtime.quantize import GROUP_SIZE, ZERO_OFFSET, int4_supported, quantize_linear
 
 AGREEMENT_PROMPTS = [
     "What is the capital of France?", "Write a haiku about autumn.", "Explain photosynthesis briefly.",
@@ -105,7 +105,7 @@ def test_int4_greedy_agreement_with_float32(default_model, capsys):
 
 @needs_int4
 def test_output_head_gives_its_best_logits_in_float32():
-    from chatapp.quantize import OutputHead
+    from chatapp.runtime.quantize import OutputHead
 
     gen = torch.Generator().manual_seed(5)
     weight = torch.randn(1000, 64, generator=gen)
@@ -132,11 +132,11 @@ def test_output_head_gives_its_best_logits_in_float32():
 def _hidden_state_pairs(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Our decoder's hidden states and transformers' modules' for a 12-token prefill and 8
     decode steps after it, in pairs."""
-    from chatapp.decoding import KVState
-    from chatapp.llama_decoder import LlamaDecoder
+    from chatapp.runtime.llama_decoder import LlamaDecoder
+    from chatapp.runtime.transformers_decoder import TransformersDecoder
 
     ids = torch.randint(0, 1000, (20,), generator=torch.Generator().manual_seed(6)).tolist()
-    ours, theirs = LlamaDecoder(model), KVState(model)
+    ours, theirs = LlamaDecoder(model), TransformersDecoder(model)
     pairs = [(ours.prefill(ids[:12]), theirs.prefill(ids[:12]))]
     return pairs + [(ours.decode_one(token), theirs.decode_one(token)) for token in ids[12:]]
 
@@ -152,8 +152,8 @@ def test_our_decoder_matches_transformers_modules_in_float32(kv_heads):
 @needs_int4
 @pytest.mark.parametrize("kv_heads, fused", [(2, True), (1, False)])
 def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fused):
-    from chatapp.llama_decoder import LlamaDecoder
-    from chatapp.quantize import quantize_int4
+    from chatapp.runtime.llama_decoder import LlamaDecoder
+    from chatapp.runtime.quantize import quantize_int4
     from tests.conftest import tiny_llama
 
     # k and v are 64 rows wide with 2 key/value heads (fused into one int4 product with q),
@@ -169,12 +169,12 @@ def test_our_decoder_on_int4_weights_matches_transformers_modules(kv_heads, fuse
 @needs_int4
 @pytest.mark.model
 def test_int4_cache_gives_back_the_packed_model_exactly(tmp_path):
-    from chatapp.decoding import KVState
-    from chatapp.gguf_files import converted_dir, default_gguf_path
-    from chatapp.int4_cache import load_int4, save_int4
-    from chatapp.llama_decoder import LlamaDecoder
-    from chatapp.loading import _pack_int4
-    from chatapp.plain_llama import PlainLlama
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.int4_file_cache import load_int4, save_int4
+    from chatapp.loading.models import _pack_int4
+    from chatapp.loading.plain_llama import PlainLlama
+    from chatapp.runtime.llama_decoder import LlamaDecoder
+    from chatapp.runtime.transformers_decoder import TransformersDecoder
 
     fresh = load_model("default", device="cpu", dtype="float32", quantize="none").model
     exact_blocks = _pack_int4(fresh, torch.float32)
@@ -185,7 +185,7 @@ def test_int4_cache_gives_back_the_packed_model_exactly(tmp_path):
     assert isinstance(loaded, PlainLlama)  # built without transformers' model code
     ids = list(range(300, 340))
     with torch.no_grad():
-        reference = fresh.get_output_embeddings()(KVState(fresh).prefill(ids))  # transformers' modules
+        reference = fresh.get_output_embeddings()(TransformersDecoder(fresh).prefill(ids))  # transformers' modules
         a = fresh.get_output_embeddings()(LlamaDecoder(fresh).prefill(ids))
         b = loaded.get_output_embeddings()(LlamaDecoder(loaded).prefill(ids))
     assert torch.equal(a, b)
@@ -198,7 +198,7 @@ def test_int4_cache_gives_back_the_packed_model_exactly(tmp_path):
 def test_a_damaged_or_foreign_int4_cache_is_ignored(tmp_path):
     from safetensors.torch import save_file
 
-    from chatapp.int4_cache import load_int4
+    from chatapp.loading.int4_file_cache import load_int4
 
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\x00" * 100)
@@ -222,8 +222,8 @@ def test_the_second_int4_load_reads_the_packed_copy():
 @pytest.mark.parametrize("int4, dtype", [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16),
                                          (True, torch.bfloat16)])
 def test_torchscript_layers_give_exactly_the_python_numbers(int4, dtype):
-    from chatapp.llama_decoder import LlamaDecoder
-    from chatapp.quantize import int4_supported, quantize_int4
+    from chatapp.runtime.llama_decoder import LlamaDecoder
+    from chatapp.runtime.quantize import int4_supported, quantize_int4
     from tests.conftest import tiny_llama
 
     if int4 and not int4_supported():
@@ -243,7 +243,7 @@ def test_torchscript_layers_give_exactly_the_python_numbers(int4, dtype):
 
 
 def test_plain_rotary_embedding_computes_what_transformers_computes():
-    from chatapp.plain_llama import DefaultRotaryEmbedding
+    from chatapp.loading.plain_llama import DefaultRotaryEmbedding
     from tests.conftest import tiny_llama
 
     model = tiny_llama(rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
@@ -257,7 +257,7 @@ def test_plain_rotary_embedding_computes_what_transformers_computes():
 
 
 def test_plain_llama_leaves_configs_it_does_not_reproduce_to_transformers(tmp_path):
-    from chatapp.plain_llama import read_config
+    from chatapp.loading.plain_llama import read_config
     from tests.conftest import tiny_llama
 
     tiny_llama().config.save_pretrained(tmp_path)
@@ -277,9 +277,9 @@ def test_a_warm_start_imports_no_transformers_and_still_answers():
     load_model("default", device="cpu", quantize="int4")  # makes sure the packed copy exists
     code = (
         "import sys\n"
-        "from chatapp.engine import Engine\n"
-        "from chatapp.loading import load_model\n"
-        "from chatapp.settings import SamplingSettings\n"
+        "from chatapp.engine.engine import Engine\n"
+        "from chatapp.loading.models import load_model\n"
+        "from chatapp.chat.settings import SamplingSettings\n"
         "engine = Engine(load_model('default', device='cpu', quantize='int4'))\n"
         "turn = engine.start_turn([{'role': 'user', 'content': 'Say hello.'}], SamplingSettings(temperature=0, max_new_tokens=8))\n"
         "print(len(list(turn)), engine.kv.kind, type(engine.model).__name__, type(engine.tokenizer).__name__)\n"
@@ -296,9 +296,9 @@ def test_a_warm_start_imports_no_transformers_and_still_answers():
 @needs_int4
 @pytest.mark.parametrize("hidden_size, vocab_size", [(64, 1000), (48, 1008)])
 def test_packing_a_model_of_any_shape_keeps_its_best_logits_exact(hidden_size, vocab_size):
-    from chatapp.llama_decoder import LlamaDecoder
-    from chatapp.loading import _pack_int4
-    from chatapp.quantize import OutputHead
+    from chatapp.loading.models import _pack_int4
+    from chatapp.runtime.llama_decoder import LlamaDecoder
+    from chatapp.runtime.quantize import OutputHead
     from tests.conftest import tiny_llama
 
     # 1000 rows is no multiple of 16 (torch packs int4 rows in such blocks): the head pads them.

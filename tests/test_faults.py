@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatapp.engine import Engine
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
 from chatapp.lm_head import NonFiniteLogitsError
-from chatapp.settings import SamplingSettings
 
 MESSAGES = [{"role": "user", "content": "Count to ten."}]
 SETTINGS = SamplingSettings(temperature=0, max_new_tokens=12)

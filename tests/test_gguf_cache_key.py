@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from chatapp.gguf_files import CONTENT_SAMPLE_BYTES, converted_dir
+from chatapp.loading.gguf_files import CONTENT_SAMPLE_BYTES, converted_dir
 
 
 def _write(path, data: bytes):

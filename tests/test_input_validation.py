@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from chatapp.settings import SETTING_NAMES, SamplingSettings, SettingError
-from chatapp.tui.commands import (
+from chatapp.chat.commands import (
     SETTING_ALIASES,
     ApplySettings,
     CommandError,
     is_command,
     parse_command,
 )
+from chatapp.chat.settings import SETTING_NAMES, SamplingSettings, SettingError
 
 MAX_MESSAGE_LENGTH = 300
 """A one-line message must stay readable in a notification."""

@@ -1,4 +1,4 @@
-"""chatapp's own int4 kernel (`chatapp.int4_kernel`): its products, its decode step, the switch."""
+"""chatapp's own int4 kernel (`chatapp.runtime.int4_kernel`): its products, its decode step, the switch."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from chatapp import int4_kernel
-from chatapp.llama_decoder import LlamaDecoder
-from chatapp.quantize import (
+from chatapp.runtime import int4_kernel
+from chatapp.runtime.llama_decoder import LlamaDecoder
+from chatapp.runtime.quantize import (
     GROUP_SIZE,
     ZERO_OFFSET,
     int4_supported,
@@ -182,7 +182,7 @@ def test_the_default_model_predicts_text_as_well_on_the_kernel(default_model):
     """Teacher-forced over a fixed text, one decode step a token: the kernel's mean negative
     log-likelihood is within a hair of torch's int4 path's, and both near float32's."""
     from chatapp.lm_head import output_logits
-    from chatapp.loading import load_model
+    from chatapp.loading.models import load_model
 
     fast = load_model("default", device="cpu", dtype="float32", quantize="int4")
     text = "The lighthouse keeper climbed the stairs every evening to light the lamp. " * 2 + (

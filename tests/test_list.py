@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from chatapp import cli
-from chatapp.store import ChatStore
+from chatapp.cli import main as cli
+from chatapp.storage.store import ChatStore
 from tests.tui.test_persistence import saved_chat
 
 
 @pytest.fixture
 def store_with_two(tmp_path, monkeypatch):
     path = tmp_path / "chats.sqlite3"
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: path)
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: path)
     chats = [saved_chat("first\\nline [bold]", ["A"], title=""), saved_chat("second", ["B"], title="Named")]
     with ChatStore(path) as store:
         for chat in chats:
@@ -40,6 +40,6 @@ def test_list_json_has_full_ids_and_the_id_works_with_export(store_with_two, cap
 
 
 def test_list_of_an_empty_history_prints_the_header_only(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: tmp_path / "chats.sqlite3")
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: tmp_path / "chats.sqlite3")
     assert cli.main(["list"]) == 0
     assert capsys.readouterr().out.splitlines() == ["ID        UPDATED           TURNS  MODEL  TITLE"]

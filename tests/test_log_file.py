@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from chatapp import cli, log_file
-from chatapp.cli_parser import build_parser
+from chatapp.cli import log_file
+from chatapp.cli import main as cli
+from chatapp.cli.parser import build_parser
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<logger>\S+) (?P<level>[A-Z]+) (?P<message>.*)$")
 """One line of the log file: local time to the millisecond, logger, level, message."""
-KERNEL_LOGGER = "chatapp.int4_kernel"
+KERNEL_LOGGER = "chatapp.runtime.int4_kernel"
 """One of chatapp's module loggers."""
 
 
@@ -61,14 +62,14 @@ def test_records_are_appended_from_the_first_one_on(tmp_path):
         logging.getLogger("textual").warning("not chatapp's")
         assert not path.parent.exists()
         logging.getLogger(KERNEL_LOGGER).info("int4 kernel not available: %s", "a reason")
-        logging.getLogger("chatapp.loading").warning("a warning\n  on two lines")
+        logging.getLogger("chatapp.loading.models").warning("a warning\n  on two lines")
     with log_file.logging_to(str(path)):
-        logging.getLogger("chatapp.kernel_switch").error("a second run")
+        logging.getLogger("chatapp.runtime.kernel_switch").error("a second run")
     logging.getLogger(KERNEL_LOGGER).warning("after the block")
     assert records(path) == [
         (KERNEL_LOGGER, "INFO", "int4 kernel not available: a reason"),
-        ("chatapp.loading", "WARNING", "a warning on two lines"),
-        ("chatapp.kernel_switch", "ERROR", "a second run"),
+        ("chatapp.loading.models", "WARNING", "a warning on two lines"),
+        ("chatapp.runtime.kernel_switch", "ERROR", "a second run"),
     ]
 
 
@@ -78,7 +79,7 @@ def test_a_traceback_follows_its_records_line(tmp_path):
         try:
             raise ValueError("a cause")
         except ValueError:
-            logging.getLogger("chatapp.kernel_switch").exception("laying out failed")
+            logging.getLogger("chatapp.runtime.kernel_switch").exception("laying out failed")
     first, *traceback = path.read_text(encoding="utf-8").splitlines()
     assert RECORD.match(first)["message"] == "laying out failed"
     assert traceback[0] == "Traceback (most recent call last):" and traceback[-1] == "ValueError: a cause"
@@ -118,7 +119,7 @@ def test_a_file_that_cannot_be_written_costs_one_warning_line(tmp_path, capsys):
 def test_ask_writes_the_kernel_events_to_the_log_file(tmp_path):
     from platformdirs import user_cache_dir
 
-    from chatapp import int4_kernel
+    from chatapp.runtime import int4_kernel
 
     if not int4_kernel.cpu_supported():
         pytest.skip("without AVX512-VNNI the kernel is never tried, so nothing is logged")

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from chatapp.engine import Engine
-from chatapp.loading import load_model
-from chatapp.memory import current_rss_mb
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.loading.models import load_model
+from chatapp.support.memory import current_rss_mb
 
 TURNS = 50
 """Turns in the session."""

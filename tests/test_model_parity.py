@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatapp.decoding import KVState, open_token_cache
-from chatapp.llama_decoder import LlamaDecoder
-from chatapp.engine import Engine
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
 from chatapp.lm_head import output_logits
-from chatapp.settings import SamplingSettings
+from chatapp.runtime.decoder_choice import open_decoder
+from chatapp.runtime.llama_decoder import LlamaDecoder
+from chatapp.runtime.transformers_decoder import TransformersDecoder
 from tests.conftest import tiny_llama
 
 GREEDY_PROMPTS = [
@@ -60,11 +61,11 @@ def test_lm_head_logits_equal_model_logits_with_final_softcapping():
     assert not torch.allclose(plain, theirs), "softcapping must matter for this test to mean anything"
 
 
-DECODERS = [KVState, LlamaDecoder]
+DECODERS = [TransformersDecoder, LlamaDecoder]
 """Both ways of running the model: transformers' modules and our own decoder."""
 
 
-def _assert_cached_equals_full(model, ids: list[int], split: int, decoder=KVState):
+def _assert_cached_equals_full(model, ids: list[int], split: int, decoder=TransformersDecoder):
     kv = decoder(model)
     hiddens = [kv.prefill(ids[:split])]
     for token in ids[split:]:
@@ -121,9 +122,9 @@ def test_models_our_decoder_does_not_cover_run_through_transformers():
         vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
     )
-    assert isinstance(open_token_cache(Gemma2ForCausalLM(config).eval()), KVState)
-    assert isinstance(open_token_cache(tiny_llama(attention_bias=True)), KVState)
-    assert isinstance(open_token_cache(tiny_llama()), LlamaDecoder)
+    assert isinstance(open_decoder(Gemma2ForCausalLM(config).eval()), TransformersDecoder)
+    assert isinstance(open_decoder(tiny_llama(attention_bias=True)), TransformersDecoder)
+    assert isinstance(open_decoder(tiny_llama()), LlamaDecoder)
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from chatapp.ask import StopHoldBack
-from chatapp.chat_file import chat_from_dict, chat_to_dict
-from chatapp.cli import build_parser, settings_from_args
-from chatapp.engine import find_stop
-from chatapp.settings import SamplingSettings, SettingError
-from chatapp.tui.commands import ApplySettings, parse_command
+from chatapp.chat.commands import ApplySettings, parse_command
+from chatapp.chat.settings import SamplingSettings, SettingError
+from chatapp.cli.ask import StopHoldBack
+from chatapp.cli.main import build_parser, settings_from_args
+from chatapp.engine.engine import find_stop
+from chatapp.storage.chat_file import chat_from_dict, chat_to_dict
 from tests.tui.test_persistence import saved_chat
 
 COUNT = "Count from 1 to 10, separated by commas."

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chatapp.chat_file import INTERRUPTED_NOTE, load_chat_file
-from chatapp.store import ChatStore, StoreError, default_store_path
+from chatapp.storage.chat_file import INTERRUPTED_NOTE, load_chat_file
+from chatapp.storage.store import ChatStore, StoreError, default_store_path
 from tests.chat_samples import GROW_BASE, big_chat, grow, reply, rich_chat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ CHILD_START_TIMEOUT_S = 30.0
 
 CHILD = r"""
 import sys
-from chatapp.chat_file import save_chat_file
-from chatapp.store import ChatStore
+from chatapp.storage.chat_file import save_chat_file
+from chatapp.storage.store import ChatStore
 from tests.chat_samples import GROW_BASE, big_chat, grow
 
 mode, target = sys.argv[1], sys.argv[2]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from chatapp.chat.conversation import ReplyVersion, branch_version
 from chatapp.tui.screens import HelpScreen
-from chatapp.tui.state import ReplyVersion, branch_version
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.prompt_input import PromptInput

@@ -21,9 +21,9 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from chatapp.chat_file import SavedChat
-from chatapp.history_file import APP_NAME
-from chatapp.settings import DEFAULT_TOP_N, SamplingSettings, shown
+from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings, shown
+from chatapp.storage.chat_file import SavedChat
+from chatapp.storage.history_file import APP_NAME
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.exit_deadline import ExitDeadline
 from chatapp.tui.screens import ConfirmQuitScreen

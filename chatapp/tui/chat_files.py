@@ -11,15 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatapp.bounded_read import FileRefused, read_text_file
-from chatapp.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
-from chatapp.export import ExportError, export_chat
-from chatapp.store import StoreError
-from chatapp.tui import commands
+from chatapp.chat import commands
+from chatapp.chat.conversation import Conversation
+from chatapp.chat.export_format import ExportError
+from chatapp.storage.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
+from chatapp.storage.export import export_chat
+from chatapp.storage.store import StoreError
+from chatapp.support.bounded_read import FileRefused, read_text_file
 from chatapp.tui.generation import one_line
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import HelpScreen
-from chatapp.tui.state import Conversation
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.prompt_input import PromptInput
 from chatapp.tui.widgets.topk_panel import TopKPanel

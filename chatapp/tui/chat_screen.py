@@ -1,9 +1,9 @@
 """The chat screen: loads the engine, runs replies on the engine thread, routes records to views.
 
 The model never runs on the UI thread. Loading, generation and resets run on one engine thread
-(`chatapp.engine_thread`), waited on by Textual workers, and talk to the screen only through
+(`chatapp.engine.thread`), waited on by Textual workers, and talk to the screen only through
 the small messages of `chatapp.tui.messages`; the handlers update the plain conversation state
-(`chatapp.tui.state`) and then the widgets that view it. Writing a reply lives in
+(`chatapp.chat.conversation`) and then the widgets that view it. Writing a reply lives in
 `chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving the chat in
 `chatapp.tui.persistence`, switching chats and chat files in `chatapp.tui.chat_files`.
 """
@@ -20,17 +20,17 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
-from chatapp.chat_file import SavedChat, counted
-from chatapp.engine_thread import on_engine_thread
-from chatapp.settings import SamplingSettings
-from chatapp.tui import commands
+from chatapp.chat import commands
+from chatapp.chat.conversation import Exchange, ReplyVersion
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.thread import on_engine_thread
+from chatapp.storage.chat_file import SavedChat, counted
 from chatapp.tui.actions import ConversationActions
+from chatapp.tui.chat_files import ChatSwitching
 from chatapp.tui.generation import GenerationJob, StreamPacing, one_line
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
-from chatapp.tui.chat_files import ChatSwitching
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
-from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.key_bar import KeyBar

@@ -18,8 +18,8 @@ from typing import Callable
 
 from textual.message import Message
 
-from chatapp.records import Step
-from chatapp.settings import SamplingSettings
+from chatapp.chat.records import Step
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 
 MIN_BATCH_SECONDS = 0.4

@@ -23,9 +23,9 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from chatapp.chat_file import counted
-from chatapp.history_listing import DATE_FORMAT, ID_WIDTH
-from chatapp.store import ChatStore, ChatSummary, StoreError
+from chatapp.storage.chat_file import counted
+from chatapp.storage.history_listing import DATE_FORMAT, ID_WIDTH
+from chatapp.storage.store import ChatStore, ChatSummary, StoreError
 from chatapp.tui.screens import ConfirmScreen
 
 HISTORY_BOX_WIDTH = 100

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from chatapp.records import Step, TurnStats
+from chatapp.chat.records import Step, TurnStats
 
 
 @dataclass

@@ -9,7 +9,7 @@ Saves that rewrite many exchanges (a chat just loaded from a file) go to a threa
 snapshot of the conversation taken on the UI thread: the worker never reads lists that the
 UI thread is appending to.
 
-Nothing is lost silently. A chat another chatapp process has open (`chatapp.open_chats`) is
+Nothing is lost silently. A chat another chatapp process has open (`chatapp.storage.open_chats`) is
 not written to: what is added here goes to a copy, and the user is told. A save that fails
 (disk full, a read-only history) leaves a warning on the status line until a save succeeds;
 if the app ends with exchanges still unsaved, the chat is written to a rescue file
@@ -29,10 +29,10 @@ from platformdirs import user_data_dir
 from textual import work
 from textual.css.query import NoMatches
 
-from chatapp import open_chats
-from chatapp.chat_file import SavedChat, new_chat_id, save_chat_file
-from chatapp.store import APP_NAME, ChatStore, StoreError
-from chatapp.tui.state import Conversation, Exchange
+from chatapp.chat.conversation import Conversation, Exchange
+from chatapp.storage import open_chats
+from chatapp.storage.chat_file import SavedChat, new_chat_id, save_chat_file
+from chatapp.storage.store import APP_NAME, ChatStore, StoreError
 
 if TYPE_CHECKING:
     from chatapp.tui.chat_screen import ChatScreen

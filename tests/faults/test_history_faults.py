@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from chatapp import cli
-from chatapp.chat_file import load_chat_file
-from chatapp.store import ChatStore, StoreError
+from chatapp.cli import main as cli
+from chatapp.storage.chat_file import load_chat_file
+from chatapp.storage.store import ChatStore, StoreError
 from chatapp.tui import persistence
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
@@ -62,7 +62,7 @@ async def test_two_apps_on_one_chat_lose_nothing(store_path):
 
 async def test_a_claim_dies_with_its_process(store_path):
     chat = _one_saved_chat(store_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib; from chatapp.open_chats import claim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, pathlib; from chatapp.storage.open_chats import claim; "
                                f"c = claim(pathlib.Path({str(store_path)!r}), {chat.id!r}); print(bool(c), flush=True); "
                                "sys.stdin.read()"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "True"
@@ -121,7 +121,7 @@ def test_a_read_only_history_is_read_and_never_written(store_path, monkeypatch, 
         with pytest.raises(StoreError, match="read-only"):
             store.save(chat)
     monkeypatch.setenv("XDG_DATA_HOME", str(store_path.parent.parent))
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: store_path)
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: store_path)
     assert cli.main(["export", chat.id[:8]]) == 0
     assert "hello" in capsys.readouterr().out
 
@@ -141,7 +141,7 @@ def test_a_history_without_write_permission_opens_read_only(store_path):
 def test_export_from_a_truncated_history_says_it_was_truncated(store_path, monkeypatch, capsys):
     chat = _one_saved_chat(store_path)
     os.truncate(store_path, 0)
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: store_path)
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: store_path)
     assert cli.main(["export", chat.id[:8]]) == 2
     assert "empty file (truncated?)" in capsys.readouterr().err
 
@@ -156,9 +156,9 @@ async def test_resume_reopens_the_chat_open_at_quit_with_its_settings(store_path
         await ready(pilot)
         await send(pilot, "/temp 0.25")
     calls = []
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: store_path)
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: store_path)
     monkeypatch.setattr("chatapp.tui.app.run_tui", lambda **kwargs: calls.append(kwargs) or 0)
-    monkeypatch.setattr("chatapp.cli.terminal_problem", lambda: None)  # pytest gives no terminal
+    monkeypatch.setattr("chatapp.cli.main.terminal_problem", lambda: None)  # pytest gives no terminal
     assert cli.main(["--resume"]) == 0
     assert calls[0]["chat"].id == older.id and calls[0]["settings"].temperature == 0.25
     assert cli.main(["--resume", "--top-k", "7"]) == 0  # a flag given now wins
@@ -167,7 +167,7 @@ async def test_resume_reopens_the_chat_open_at_quit_with_its_settings(store_path
 
 async def test_looking_at_a_chat_open_elsewhere_adds_no_copy(store_path):
     chat = _one_saved_chat(store_path)
-    from chatapp.open_chats import claim
+    from chatapp.storage.open_chats import claim
 
     held = claim(store_path, chat.id)  # another app has it open
     try:

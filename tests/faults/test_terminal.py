@@ -13,7 +13,7 @@ import pytest
 from textual import events
 from textual._xterm_parser import XTermParser
 
-from chatapp.store import ChatStore
+from chatapp.storage.store import ChatStore
 from chatapp.tui.terminal import TERMINAL_RESET, UnbracketedPaste
 from tests.faults.pty_terminal import terminal_app
 

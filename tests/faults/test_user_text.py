@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.chat_tokenizer import ChatTokenizer
-from chatapp.conversation import render
-from chatapp.engine import Engine
-from chatapp.loading import LoadedModel
-from chatapp.settings import SamplingSettings
+from chatapp.chat.prompt import render
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.loading.chat_tokenizer import ChatTokenizer
+from chatapp.loading.models import LoadedModel
 
 CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
 """The default (SmolLM2) template's control tokens."""
@@ -72,8 +72,8 @@ def _llama3(theirs):
 @pytest.fixture(scope="module")
 def tokenizers_by_template(default_model):
     """{template: (specials, transformers tokenizer, ChatTokenizer)}."""
-    from chatapp.chat_tokenizer import load_chat_tokenizer
-    from chatapp.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.chat_tokenizer import load_chat_tokenizer
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
 
     theirs = default_model.tokenizer
     ours = load_chat_tokenizer(converted_dir(default_gguf_path()))
@@ -138,7 +138,7 @@ def test_ordinary_messages_keep_the_ids_of_the_whole_templated_text(
 @pytest.mark.parametrize("template", ["chatml", "llama3"])
 @pytest.mark.parametrize("number", range(len(ORDINARY)))
 def test_the_rest_of_a_transcript_keeps_its_ids(tokenizers_by_template, template, number):
-    from chatapp.conversation import encode_prompt, render_prompt
+    from chatapp.chat.prompt import encode_prompt, render_prompt
 
     _, hf, ours = tokenizers_by_template[template]
     for tokenizer in (hf, ours):
@@ -180,7 +180,7 @@ SHOUTING_TEMPLATE = (
 
 @pytest.mark.model
 def test_a_template_that_rewrites_content_still_gets_it_as_text(tokenizers_by_template):
-    from chatapp.conversation import encode_prompt, render_prompt
+    from chatapp.chat.prompt import encode_prompt, render_prompt
 
     _, hf, ours = tokenizers_by_template["chatml"]
     shouting = ChatTokenizer(ours.backend_tokenizer, ours.special_tokens_map, SHOUTING_TEMPLATE)
@@ -208,7 +208,7 @@ class _WithoutBackend:
 
 @pytest.mark.model
 def test_a_tokenizer_without_a_tokenizers_backend_gets_content_as_text(tokenizers_by_template):
-    from chatapp.conversation import encode_prompt, render_prompt
+    from chatapp.chat.prompt import encode_prompt, render_prompt
 
     _, hf, _ = tokenizers_by_template["chatml"]
     tokenizer = _WithoutBackend(hf)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui.app import ChatApp, make_app
 from chatapp.tui.widgets.prompt_input import PromptInput
 from tests.tui.fakes import FakeEngine
@@ -60,7 +59,7 @@ def private_data_dir(tmp_path_factory, monkeypatch) -> Path:
     """Every app in these tests keeps its history in a temporary folder, never the user's."""
     folder = tmp_path_factory.mktemp("data")
     monkeypatch.setenv("XDG_DATA_HOME", str(folder))
-    monkeypatch.setattr("chatapp.store.default_store_path", lambda: folder / "chats.sqlite3")
+    monkeypatch.setattr("chatapp.storage.store.default_store_path", lambda: folder / "chats.sqlite3")
     return folder
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from chatapp.records import Candidate, ModelInfo, Step, TurnStats
+from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats
 
 STOP_ID = 0
 """The fake end-of-turn token."""

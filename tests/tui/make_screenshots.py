@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from chatapp.engine_loader import load_engine
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.loader import load_engine
 from chatapp.tui.app import make_app
 from chatapp.tui.widgets.prompt_input import PromptInput
 from tests.tui.conftest import send, wait_until

@@ -11,7 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui import persistence
 from chatapp.tui.app import make_app
 from tests.tui.fakes import FakeEngine

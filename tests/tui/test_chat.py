@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from rich.cells import cell_len
 
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui import generation, replies
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog

@@ -1,4 +1,4 @@
-"""All model work of the TUI's process runs on one thread (see `chatapp.engine_thread`)."""
+"""All model work of the TUI's process runs on one thread (see `chatapp.engine.thread`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from chatapp.engine_thread import THREAD_NAME, on_engine_thread, submit
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.thread import THREAD_NAME, on_engine_thread, submit
 from chatapp.tui.app import make_app
 from tests.tui.conftest import ready, send, wait_until
 from tests.tui.fakes import FakeEngine

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Input
 
-from chatapp.store import ChatStore
+from chatapp.storage.store import ChatStore
 from chatapp.tui.history_screen import HistoryScreen
 from tests.tui.conftest import app_with, ready, wait_until
 from tests.tui.fakes import FakeEngine

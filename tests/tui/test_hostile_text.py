@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from chatapp.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer
+from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.status_bar import StatusBar
 from chatapp.tui.widgets.topk_panel import TopKPanel

@@ -8,18 +8,21 @@ import sys
 import pytest
 
 DOMAIN_MODULES = (
-    "chatapp.engine", "chatapp.lm_head", "chatapp.decoding", "chatapp.detokenizer",
-    "chatapp.conversation", "chatapp.loading", "chatapp.settings", "chatapp.records",
-    "chatapp.devices", "chatapp.errors", "chatapp.gguf_files", "chatapp.memory", "chatapp.quantize", "chatapp.ask", "chatapp.bench",
-    "chatapp.chat_file", "chatapp.store", "chatapp.export", "chatapp.config", "chatapp.bench_report", "chatapp.bench_stats",
-    "chatapp.llama_decoder", "chatapp.int4_cache",
+    "chatapp.lm_head", "chatapp.engine.engine", "chatapp.engine.detokenizer",
+    "chatapp.runtime.decoder_choice", "chatapp.runtime.devices", "chatapp.runtime.quantize",
+    "chatapp.runtime.llama_decoder", "chatapp.loading.models", "chatapp.loading.gguf_files",
+    "chatapp.loading.int4_file_cache", "chatapp.chat.prompt", "chatapp.chat.settings",
+    "chatapp.chat.records", "chatapp.support.errors", "chatapp.support.memory",
+    "chatapp.storage.chat_file", "chatapp.storage.store", "chatapp.storage.export",
+    "chatapp.cli.ask", "chatapp.cli.config", "chatapp.bench.runner", "chatapp.bench.report",
+    "chatapp.bench.stats",
 )
 """Modules below the UI: they must work without Textual."""
 VIEW_MODULES = (
     "chatapp.tui.widgets.topk_panel", "chatapp.tui.widgets.token_view", "chatapp.tui.widgets.chat_log",
-    "chatapp.tui.widgets.messages_view", "chatapp.tui.widgets.prompt_input", "chatapp.tui.widgets.status_bar",
-    "chatapp.tui.widgets.loading_panel", "chatapp.tui.state", "chatapp.tui.formatting", "chatapp.tui.commands",
-    "chatapp.tui.app", "chatapp.tui.replies",
+    "chatapp.tui.widgets.messages_view", "chatapp.tui.widgets.prompt_input",
+    "chatapp.tui.widgets.status_bar", "chatapp.tui.widgets.loading_panel", "chatapp.tui.formatting",
+    "chatapp.chat.conversation", "chatapp.chat.commands", "chatapp.tui.app", "chatapp.tui.replies",
 )
 """Views of plain data (and the app, which receives its engine by injection)."""
 
@@ -45,8 +48,8 @@ def test_the_tui_starts_before_torch_is_imported():
     code = (
         "import sys, chatapp.tui.app as app\n"
         "app.run_tui = lambda **options: print('torch' in sys.modules) or 0\n"
-        "import chatapp.cli; chatapp.cli.terminal_problem = lambda: None\n"  # no terminal under pytest
-        "from chatapp.cli import main\n"
+        "import chatapp.cli.main; chatapp.cli.main.terminal_problem = lambda: None\n"  # no terminal under pytest
+        "from chatapp.cli.main import main\n"
         "main([])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from chatapp.memory import current_rss_mb
+from chatapp.support.memory import current_rss_mb
 from chatapp.tui.widgets.chat_log import MAX_MOUNTED_EXCHANGES
 from tests.tui.conftest import app_with, ready, send
 from tests.tui.fakes import FakeEngine

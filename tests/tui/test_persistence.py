@@ -6,15 +6,15 @@ import threading
 
 import pytest
 
-from chatapp.chat_file import INTERRUPTED_NOTE, SavedChat, exchange_to_dict, load_chat_file
-from chatapp.records import TurnStats
-from chatapp.store import ChatStore
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
+from chatapp.chat.records import TurnStats
+from chatapp.chat.settings import SamplingSettings
+from chatapp.storage.chat_file import INTERRUPTED_NOTE, SavedChat, exchange_to_dict, load_chat_file
+from chatapp.storage.store import ChatStore
 from chatapp.tui import generation, persistence
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import ConfirmScreen
-from chatapp.tui.state import Conversation, Exchange, ReplyVersion
 from chatapp.tui.widgets.chat_log import ChatLog
-from chatapp.settings import SamplingSettings
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
 

@@ -6,13 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatapp.settings import SamplingSettings
-from chatapp.tui import commands
+from chatapp.chat import commands
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion, branch_version
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
-from chatapp.tui.generation import (MAX_BATCH_SECONDS, MIN_BATCH_SECONDS, PANEL_BATCHES, UI_CPU_BUDGET,
-                                     StreamPacing, stream_turn)
+from chatapp.tui.generation import (
+    MAX_BATCH_SECONDS,
+    MIN_BATCH_SECONDS,
+    PANEL_BATCHES,
+    UI_CPU_BUDGET,
+    StreamPacing,
+    stream_turn,
+)
 from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
-from chatapp.tui.state import Conversation, Exchange, ReplyVersion, branch_version
 from tests.tui.fakes import FakeEngine
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from chatapp.engine import Engine
-from chatapp.loading import load_model
-from chatapp.settings import SamplingSettings
+from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.engine import Engine
+from chatapp.loading.models import load_model
 from chatapp.tui.app import make_app
 from chatapp.tui.formatting import format_percent
 from chatapp.tui.widgets.status_bar import StatusBar

@@ -12,8 +12,8 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Markdown
 
-from chatapp.settings import SamplingSettings
-from chatapp.tui.state import Exchange, ReplyVersion
+from chatapp.chat.conversation import Exchange, ReplyVersion
+from chatapp.chat.settings import SamplingSettings
 from chatapp.tui.widgets.messages_view import AssistantMessage
 from chatapp.tui.widgets.reply_markdown import OneLayoutPass, ReplyMarkdown
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp import cli
-from chatapp.store import ChatStore
+from chatapp.cli import main as cli
+from chatapp.storage.store import ChatStore
 from tests.tui.test_persistence import saved_chat
 
 
@@ -15,7 +15,7 @@ def tui_calls(monkeypatch, tmp_path) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setattr("chatapp.tui.app.run_tui", lambda **kwargs: calls.append(kwargs) or 0)
-    monkeypatch.setattr("chatapp.cli.terminal_problem", lambda: None)  # pytest gives the TUI no terminal
+    monkeypatch.setattr("chatapp.cli.main.terminal_problem", lambda: None)  # pytest gives the TUI no terminal
     return calls
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chatapp.chat_file import INTERRUPTED_NOTE
-from chatapp.store import ChatStore
+from chatapp.storage.chat_file import INTERRUPTED_NOTE
+from chatapp.storage.store import ChatStore
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root, where `python -m tests.tui.signal_app` runs."""

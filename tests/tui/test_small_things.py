@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.bounded_read import MAX_MESSAGE_BYTES
-from chatapp.export import render
-from chatapp.settings import SamplingSettings
-from chatapp.store import ChatStore
+from chatapp.chat.settings import SamplingSettings
+from chatapp.storage.export import render
+from chatapp.storage.store import ChatStore
+from chatapp.support.bounded_read import MAX_MESSAGE_BYTES
 from chatapp.tui.app import screenshot_folder
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.widgets.chat_log import ChatLog

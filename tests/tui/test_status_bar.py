@@ -8,7 +8,7 @@ import threading
 import pytest
 from textual.app import App, ComposeResult
 
-from chatapp.records import ModelInfo
+from chatapp.chat.records import ModelInfo
 from chatapp.tui.widgets.status_bar import SEPARATOR, StatusBar, StatusData, fitted_line, status_fields
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine

@@ -19,7 +19,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Static
 
-from chatapp.tui.state import Exchange
+from chatapp.chat.conversation import Exchange
 from chatapp.tui.widgets.messages_view import AssistantMessage, UserMessage
 from chatapp.tui.widgets.token_view import TokenView
 

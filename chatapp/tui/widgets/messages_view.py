@@ -11,8 +11,8 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Static
 
+from chatapp.chat.conversation import Exchange, ReplyVersion
 from chatapp.tui.formatting import literal_text
-from chatapp.tui.state import Exchange, ReplyVersion
 from chatapp.tui.widgets.reply_markdown import OneLayoutPass, ReplyMarkdown
 from chatapp.tui.widgets.token_view import TokenView, TokenViewData
 

@@ -12,7 +12,7 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from chatapp.records import ModelInfo
+from chatapp.chat.records import ModelInfo
 
 SEPARATOR = " │ "
 """Between status fields."""

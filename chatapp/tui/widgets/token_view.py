@@ -11,7 +11,7 @@ from textual.reactive import reactive
 from textual.style import Style
 from textual.widget import Widget
 
-from chatapp.records import Step
+from chatapp.chat.records import Step
 from chatapp.tui.formatting import heat_color, literal_text
 
 EMPTY_TOKEN_MARK = "▯"

@@ -12,7 +12,7 @@ from textual.reactive import reactive
 from textual.style import Style
 from textual.widget import Widget
 
-from chatapp.records import Step
+from chatapp.chat.records import Step
 from chatapp.tui.formatting import PERCENT_CHARS, format_percent, prob_bar, token_label
 
 BAR_WIDTH = 8

@@ -1,0 +1,184 @@
+"""The conversation as the TUI keeps it: plain data, no Textual, no torch.
+
+A conversation is a list of exchanges; each exchange is one user message and the versions of
+the assistant's reply to it (regenerations, branches and edits of the message add versions;
+"‹ 1/2 ›" switches; nothing is replaced).
+Widgets render these objects, the screen mutates them, and `messages_before` turns them into
+the `{"role", "content"}` list the engine takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Literal
+
+from chatapp.chat.records import Candidate, Step, TurnStats
+from chatapp.chat.settings import SamplingSettings
+
+ReplyStatus = Literal["streaming", "done", "stopped", "error"]
+"""Where a reply version stands: being written, finished, stopped by the user, or failed."""
+
+
+@dataclass
+class ReplyVersion:
+    """One version of an assistant reply, with every step the LM head took to write it."""
+
+    settings: SamplingSettings
+    """The sampling settings this version was generated with (the panel title shows them)."""
+    steps: list[Step] = field(default_factory=list)
+    """One record per token, forced ones (branching) included."""
+    text: str = ""
+    """The reply text: joined step deltas while streaming, the engine's full text once done."""
+    stats: TurnStats | None = None
+    """The turn's statistics once it has ended."""
+    status: ReplyStatus = "streaming"
+    """Where this version stands."""
+    branched_at: int | None = None
+    """Index of the forced step when this version is a branch of another."""
+    error: str = ""
+    """One-line error when `status` is "error"."""
+    user: str | None = None
+    """The user message this version answers when an edit changed it; None: the exchange's own."""
+
+    @property
+    def cut_at_limit(self) -> bool:
+        """Whether the reply ended because it reached `settings.max_new_tokens`, not on its own."""
+        return self.status == "done" and self.stats is not None and self.stats.finish_reason == "length"
+
+    @property
+    def limit_note(self) -> str:
+        """How a reply cut at its length limit is marked, e.g. "cut at the 512-token limit"."""
+        return f"cut at the {self.settings.max_new_tokens}-token limit"
+
+    def add_steps(self, steps: Iterable[Step]) -> str:
+        """Append streamed steps; return the text they add."""
+        steps = list(steps)
+        self.steps.extend(steps)
+        added = "".join(s.text for s in steps)
+        self.text += added
+        return added
+
+    def finish(self, stats: TurnStats) -> None:
+        """Record the turn's end; the engine's text is authoritative (held-back bytes included)."""
+        self.stats = stats
+        self.text = stats.text or self.text
+        self.status = {"cancelled": "stopped", "error": "error"}.get(stats.finish_reason, "done")
+
+    def fail(self, message: str) -> None:
+        """Mark the version as failed, keeping what was written."""
+        self.status = "error"
+        self.error = message
+
+
+@dataclass
+class Exchange:
+    """A user message and the versions of the reply to it."""
+
+    user: str
+    """What the user sent."""
+    versions: list[ReplyVersion] = field(default_factory=list)
+    """Reply versions, oldest first."""
+    current: int = 0
+    """Index of the version shown (and sent to the model as context)."""
+
+    @property
+    def reply(self) -> ReplyVersion | None:
+        """The version shown, if any."""
+        return self.versions[self.current] if self.versions else None
+
+    @property
+    def shown_user(self) -> str:
+        """The user message as the shown version answers it (an edit's text, or `user`)."""
+        reply = self.reply
+        return reply.user if reply is not None and reply.user is not None else self.user
+
+    def add_version(self, version: ReplyVersion) -> ReplyVersion:
+        """Append a version and show it."""
+        self.versions.append(version)
+        self.current = len(self.versions) - 1
+        return version
+
+    def switch(self, delta: int) -> bool:
+        """Show the previous (-1) or next (+1) version; False when there is none."""
+        target = self.current + delta
+        if not 0 <= target < len(self.versions):
+            return False
+        self.current = target
+        return True
+
+
+@dataclass
+class Conversation:
+    """Everything said so far, with an optional system prompt."""
+
+    system: str | None = None
+    """System prompt sent before the first message."""
+    exchanges: list[Exchange] = field(default_factory=list)
+    """User messages and their replies, in order."""
+
+    @property
+    def last(self) -> Exchange | None:
+        """The most recent exchange."""
+        return self.exchanges[-1] if self.exchanges else None
+
+    def latest_settings(self) -> SamplingSettings | None:
+        """The sampling settings of the latest shown reply: what a reopened chat continues with."""
+        for exchange in reversed(self.exchanges):
+            if exchange.reply is not None:
+                return exchange.reply.settings
+        return None
+
+    def last_finished(self) -> ReplyVersion | None:
+        """The latest shown reply whose turn has ended (a reply being written has no stats yet)."""
+        for exchange in reversed(self.exchanges):
+            if exchange.reply is not None and exchange.reply.stats is not None:
+                return exchange.reply
+        return None
+
+    def messages_before(self, index: int) -> list[dict]:
+        """The messages the model sees to write the reply of exchange `index`."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for exchange in self.exchanges[:index]:
+            messages.append({"role": "user", "content": exchange.shown_user})
+            reply = exchange.reply
+            if reply is not None and reply.text:
+                messages.append({"role": "assistant", "content": reply.text})
+        messages.append({"role": "user", "content": self.exchanges[index].shown_user})
+        return messages
+
+
+def raw_rank(candidates: tuple[Candidate, ...], candidate: Candidate) -> int:
+    """1-based rank of `candidate` by raw probability among the listed candidates."""
+    return 1 + sum(1 for c in candidates if c.raw_prob > candidate.raw_prob)
+
+
+def forced_step(old: Step, candidate: Candidate, stop_ids: frozenset[int] = frozenset()) -> Step:
+    """The record of a branch's imposed token, built from the step it replaces.
+
+    The candidates, entropy and probabilities are what the LM head computed at that step; only
+    the choice differs. A lone partial character adds no text yet (the next step completes it).
+    """
+    is_stop = candidate.token_id in stop_ids
+    text = "" if is_stop or "\ufffd" in candidate.text else candidate.text
+    return replace(
+        old,
+        token_id=candidate.token_id,
+        text=text,
+        prob=candidate.prob,
+        raw_prob=candidate.raw_prob,
+        rank=raw_rank(old.top, candidate),
+        is_stop=is_stop,
+        forced=True,
+        piece=candidate.piece,
+    )
+
+
+def branch_version(old: ReplyVersion, index: int, candidate: Candidate, settings: SamplingSettings,
+                   stop_ids: frozenset[int] = frozenset()) -> tuple[ReplyVersion, list[int]]:
+    """A new version cut at step `index` with `candidate` forced, and the reply prefix ids to send."""
+    kept = old.steps[:index]
+    forced = forced_step(old.steps[index], candidate, stop_ids)
+    version = ReplyVersion(settings=settings, branched_at=index, user=old.user)
+    version.add_steps([*kept, forced])
+    prefix_ids = [s.token_id for s in kept] + [candidate.token_id]
+    return version, prefix_ids

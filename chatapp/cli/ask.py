@@ -1,0 +1,125 @@
+"""`chatapp ask`: answer prompts headless, as streamed text or JSON Lines.
+
+Each PROMPT is the next user turn of one conversation, answered in order by one engine, so
+later turns reuse the KV cache of earlier ones. When stdout's reader goes away (`| head`), the
+turn is cancelled and the command ends quietly with `EXIT_BROKEN_PIPE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from chatapp.chat.settings import SamplingSettings
+from chatapp.cli.preflight import EXIT_BROKEN_PIPE, silence_stdout
+
+EXIT_MODEL = 2
+"""Exit code when the model cannot be loaded."""
+EXIT_GENERATION = 1
+"""Exit code when a reply fails (e.g. NaN logits, prompt too long)."""
+
+
+class StopHoldBack:
+    """Streamed text, held back while it could still turn out to hold a stop sequence, so the
+    printed reply, like the turn's text, stops before one.
+
+    The engine looks for stop sequences in a step's text only when it is asked for the next
+    step; so the newest step's text is never printed yet, nor the `longest - 1` characters
+    before it, which a stop sequence completed by a later step could begin in."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        """Hold back for `stops` (none: print each step's text at once)."""
+        self._stops = bool(stops)
+        self._hold = max((len(stop) for stop in stops), default=1) - 1
+        self._text = ""
+        self._written = 0
+
+    def more(self, delta: str) -> str:
+        """What may be printed now that a step brought `delta`."""
+        if not self._stops:
+            return delta
+        safe = max(self._written, len(self._text) - self._hold)  # the text before `delta` was checked
+        self._text += delta
+        out, self._written = self._text[self._written:safe], safe
+        return out
+
+    def rest(self, final: str) -> str:
+        """What is left to print of the turn's `final` text (it ends before any stop sequence)."""
+        return final[self._written:] if self._stops else ""
+
+
+def _json_line(out: TextIO, record: dict) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _say_slow_steps(message: str) -> None:
+    """Loading progress on stderr, but only the one-time conversion (half a minute of silence
+    would look like a hang); stdout stays the answer alone."""
+    if message.startswith("converting"):
+        print(f"chatapp: {message}", file=sys.stderr, flush=True)
+
+
+def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | None = None) -> int:
+    """Load the model and answer `args.prompts` (the messages themselves); return the exit code."""
+    from chatapp.engine.loader import load_engine
+    from chatapp.loading.models import ModelLoadError
+
+    out = out or sys.stdout
+    try:
+        engine = load_engine(args.model, args.device, args.dtype, progress=_say_slow_steps,
+                             device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
+                             top_n=args.top, context=getattr(args, "ctx", None))
+    except ModelLoadError as error:
+        print(f"chatapp: error: {error}", file=sys.stderr)
+        return EXIT_MODEL
+    try:
+        return _answer(engine, args, settings, out)
+    except BrokenPipeError:  # the reader is gone: nobody wants the rest
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: TextIO) -> int:
+    """Answer every prompt in turn on `out`; `BrokenPipeError` when `out` has lost its reader."""
+    from chatapp.chat.prompt import ContextOverflowError
+    from chatapp.lm_head import NonFiniteLogitsError
+
+    if args.json:
+        _json_line(out, engine.info.to_json())
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    for number, prompt in enumerate(args.prompts, start=1):
+        messages.append({"role": "user", "content": prompt})
+        turn = None
+        written = StopHoldBack(settings.stop)
+        try:
+            turn = engine.start_turn(messages, settings)
+            for step in turn:
+                if args.json:
+                    _json_line(out, {"type": "token", "turn": number, **step.to_json()})
+                else:
+                    out.write(written.more(step.text))
+                    out.flush()
+        except (ContextOverflowError, NonFiniteLogitsError) as error:
+            print(f"\nchatapp: error: turn {number}: {error}", file=sys.stderr)
+            return EXIT_GENERATION
+        except KeyboardInterrupt:
+            if turn is not None:
+                turn.cancel()
+            print("\nchatapp: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            if turn is not None:
+                turn.cancel()
+            raise
+        stats = turn.stats
+        if args.json:
+            _json_line(out, {"type": "turn", "turn": number, **stats.to_json()})
+        else:
+            out.write(written.rest(stats.text))
+            out.write("\n" if number == len(args.prompts) else "\n\n")
+            out.flush()
+        messages.append({"role": "assistant", "content": stats.text})
+    return 0

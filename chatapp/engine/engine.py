@@ -1,0 +1,290 @@
+"""The chat engine: a conversation in, a stream of `Step` records out.
+
+Contract: `Engine.start_turn(messages, settings)` returns a `Turn`; iterating the turn runs the
+model and yields one `Step` per generated token, as soon as it is chosen. Nothing is shown here:
+the caller (TUI worker, `chatapp ask`, a test) decides what to do with each step. When the
+iteration ends, `turn.stats` holds the turn's `TurnStats`; `turn.cancel()` (from any thread)
+ends it before the next step with finish_reason "cancelled".
+
+One KV cache serves the whole conversation. For each turn, the engine prefills only the tokens
+the cache does not already hold (the previous reply included), and a regenerate or a branch
+crops the cache back to the shared prefix. Message content is tokenized as text: a special
+token string typed in a message is never a control token (`chatapp.chat.prompt.encode_prompt`).
+This module imports no UI code.
+
+Seeds: with `settings.seed` set, each turn samples from its own stream, derived from the seed
+and the turn's index (the assistant messages before it; `turn_seed`), so turn 2 does not
+replay turn 1, and the same seed over the same conversation gives the same replies.
+Regenerating a turn (same messages before it, same seed) therefore gives the same reply again;
+a branch continues the same stream from its forced prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from typing import Iterator
+
+import torch
+
+from chatapp.chat.prompt import Message, encode_prompt, fit_to_context
+from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats
+from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
+from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
+from chatapp.lm_head import describe_choice, kept_ids, lm_head, sample_token_ids
+from chatapp.loading.models import LoadedModel
+from chatapp.runtime.decoder_choice import open_decoder
+
+END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+"""Common end-of-turn tokens, used when present in the vocabulary besides the model's EOS."""
+MAX_SEED_DRAW = 2**31 - 1
+"""Range of the fresh seed drawn for a turn when the user set none."""
+TURN_SEED_BYTES = 7
+"""Size of a derived turn seed: 56 bits, inside torch.Generator's (and the settings') range."""
+
+
+def turn_seed(seed: int, turn_index: int) -> int:
+    """The seed turn `turn_index` (0 for the first reply) of a conversation seeded `seed`
+    samples with: `seed` itself for the first turn (a one-turn chat is as before), then a
+    BLAKE2 hash of both, so every turn draws its own reproducible stream."""
+    if turn_index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{turn_index}".encode(), digest_size=TURN_SEED_BYTES).digest()
+    return int.from_bytes(digest, "big")
+
+
+def turn_index(messages: list[Message]) -> int:
+    """Which reply of the conversation answers `messages`: the assistant messages before it."""
+    return sum(1 for message in messages if message["role"] == "assistant")
+
+
+def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    """Tokens that end an assistant turn for this model."""
+    ids: set[int] = set()
+    eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    vocab = loaded.tokenizer.get_vocab()
+    ids.update(vocab[m] for m in END_OF_TURN_MARKERS if m in vocab)
+    return frozenset(ids)
+
+
+class Engine:
+    """Generates chat replies through our LM head, one step at a time, with a KV cache."""
+
+    def __init__(self, loaded: LoadedModel, top_n: int = DEFAULT_TOP_N) -> None:
+        """Wrap a loaded model.
+
+        Args:
+            loaded: model, tokenizer and info from `chatapp.loading.models.load_model`.
+            top_n: candidates reported per step.
+        """
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.info: ModelInfo = loaded.info
+        self.top_n = top_n
+        self.stop_ids = stop_token_ids(loaded)
+        self.token_texts = TokenTexts(self.tokenizer)
+        self.kv = open_decoder(self.model)
+        """The conversation's KV cache and the decoder that fills it."""
+        # The logical transcript: what the cache holds plus tokens chosen but not yet run.
+        self._transcript_text = ""
+        self._transcript_ids: list[int] = []
+        self._lock = threading.Lock()
+
+    @property
+    def activity(self) -> str | None:
+        """What the runtime is busy with beside answering (compiling its kernel), or None."""
+        return getattr(self.kv, "activity", None)
+
+    def start_turn(
+        self,
+        messages: list[Message],
+        settings: SamplingSettings,
+        reply_prefix_ids: list[int] | tuple[int, ...] = (),
+    ) -> "Turn":
+        """Prepare the assistant's reply to `messages` (whose last message is the user's).
+
+        Args:
+            messages: the conversation so far.
+            settings: validated sampling settings.
+            reply_prefix_ids: tokens the reply must start with (branching); generation continues
+                after them.
+
+        Raises:
+            ContextOverflowError: the last message alone does not fit the context window.
+        """
+        fitted = fit_to_context(self.tokenizer, messages, self.info.context_length, settings.max_new_tokens)
+        prefix = list(reply_prefix_ids)
+        text = fitted.text + self.tokenizer.decode(prefix, skip_special_tokens=False) if prefix else fitted.text
+        if self._transcript_text and fitted.text.startswith(self._transcript_text):
+            # Extend the exact ids of the previous turns so the cache matches token for token.
+            start = len(self._transcript_text)
+            prompt_ids = self._transcript_ids + encode_prompt(self.tokenizer, fitted.text, fitted.content_spans, start)
+        else:
+            prompt_ids = list(fitted.ids)
+        prompt_ids = prompt_ids + prefix
+        seed = None if settings.seed is None else turn_seed(settings.seed, turn_index(messages))
+        return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed)
+
+    def reset(self) -> None:
+        """Forget the cache and transcript (new chat)."""
+        with self._lock:
+            self.kv.reset()
+            self._transcript_text = ""
+            self._transcript_ids = []
+
+    def _remember(self, text: str, ids: list[int]) -> None:
+        self._transcript_text = text
+        self._transcript_ids = ids
+
+    def candidates(self, top_ids: list[int], probs: list[float], raws: list[float]) -> tuple[Candidate, ...]:
+        """Candidate records for token ids with their probabilities."""
+        texts = self.token_texts
+        return tuple(
+            Candidate(token_id=i, text=texts.text(i), prob=p, raw_prob=r, piece=texts.piece(i))
+            for i, p, r in zip(top_ids, probs, raws)
+        )
+
+
+def find_stop(text: str, stops: tuple[str, ...], added: int) -> int | None:
+    """Where the earliest of `stops` begins in `text`, among those the last `added` characters
+    completed (earlier ones were looked for before), or None."""
+    found = [text.find(stop, max(0, len(text) - added - len(stop) + 1)) for stop in stops]
+    found = [at for at in found if at >= 0]
+    return min(found) if found else None
+
+
+class Turn:
+    """One assistant reply in the making: iterate it for `Step`s, then read `stats`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_ids: list[int],
+        prompt_text: str,
+        settings: SamplingSettings,
+        dropped_turns: int,
+        prefix_len: int,
+        seed: int | None = None,
+    ) -> None:
+        """Created by `Engine.start_turn`; `seed` is this turn's (`turn_seed`), None to draw one."""
+        self.engine = engine
+        self.prompt_ids = prompt_ids
+        self.prompt_text = prompt_text
+        self.settings = settings
+        self.prefix_len = prefix_len
+        self.seed = seed if seed is not None else random.randint(0, MAX_SEED_DRAW)
+        """The seed this turn samples with: derived from the settings' seed and the turn's
+        index (`turn_seed`), or drawn fresh when the settings have none."""
+        prompt_len = len(prompt_ids) - prefix_len
+        self.stats = TurnStats(prompt_tokens=prompt_len, dropped_turns=dropped_turns)
+        self.generated_ids: list[int] = []
+        """Tokens chosen by this turn (after any forced prefix)."""
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop before the next step (safe from any thread)."""
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[Step]:
+        engine = self.engine
+        with engine._lock, torch.inference_mode():
+            yield from self._run(engine)
+
+    def _run(self, engine: Engine) -> Iterator[Step]:
+        kv, settings, stats = engine.kv, self.settings, self.stats
+        start = time.perf_counter()
+        ids = self.prompt_ids
+        # Keep at least one token to run: its hidden state is where the reply starts.
+        cached = min(kv.common_prefix(ids), len(ids) - 1)
+        kv.keep(cached)
+        stats.cached_tokens = min(cached, stats.prompt_tokens)
+        stats.prefill_tokens = len(ids) - cached
+        room = engine.info.context_length - len(ids)
+        budget = max(0, min(settings.max_new_tokens, room))
+        generator = None  # made on the device the LM head's output lands on
+        detok = ReplyDetokenizer(engine.tokenizer)
+        for forced in ids[len(ids) - self.prefix_len :]:
+            detok.step(forced)  # the reply's forced start is part of its text
+        penalty_ids = torch.tensor(ids, dtype=torch.long, device=kv.device) if settings.repetition_penalty else None
+        stats.finish_reason = "length"
+        first_token_at = None
+        stop_at = None  # where a stop sequence begins in the reply's text, once one appears
+        try:
+            hidden = kv.prefill(ids[cached:])  # (d_model,)
+            for index in range(budget):
+                if self._cancelled.is_set():
+                    stats.finish_reason = "cancelled"
+                    break
+                probs, logits = lm_head(
+                    engine.model,
+                    hidden,
+                    settings.temperature,
+                    settings.top_k,
+                    return_logits=True,
+                    top_p=settings.top_p,
+                    min_p=settings.min_p,
+                    repetition_penalty=settings.repetition_penalty,
+                    previous_ids=penalty_ids,
+                )  # (V,), (V,)
+                if generator is None:
+                    generator = torch.Generator(device=probs.device).manual_seed(self.seed)
+                support = kept_ids(probs)  # (S,): shared by the draw and the candidates
+                token = sample_token_ids(probs, 1, generator, support)[0]  # ()
+                choice = describe_choice(token, probs, logits, engine.top_n, support)
+                token_id = choice.token_id
+                self.generated_ids.append(token_id)
+                is_stop = token_id in engine.stop_ids
+                delta = "" if is_stop else detok.step(token_id)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    stats.ttft_ms = (first_token_at - start) * 1000.0
+                stats.tokens += 1
+                yield Step(
+                    step=self.prefix_len + index,
+                    token_id=token_id,
+                    text=delta,
+                    prob=choice.prob,
+                    raw_prob=choice.raw_prob,
+                    rank=choice.rank,
+                    entropy=choice.entropy,
+                    top=engine.candidates(choice.top_ids, choice.top_probs, choice.top_raw_probs),
+                    is_stop=is_stop,
+                    piece=engine.token_texts.piece(token_id),
+                )
+                if is_stop:
+                    stats.finish_reason = "stop"
+                    break
+                if settings.stop:
+                    stop_at = find_stop(detok.text, settings.stop, len(delta))
+                    if stop_at is not None:  # the text ends before it; its tokens stay recorded
+                        stats.finish_reason = "stop"
+                        break
+                if index + 1 < budget:
+                    if penalty_ids is not None:
+                        penalty_ids = torch.cat([penalty_ids, token.reshape(1)])
+                    hidden = kv.decode_one(token_id)
+        except GeneratorExit:
+            stats.finish_reason = "cancelled"
+            raise
+        except Exception:
+            # The cache may hold a half-run step: start clean next time, keep nothing unsure.
+            kv.reset()
+            engine._remember("", [])
+            stats.finish_reason = "error"
+            raise
+        finally:
+            end = time.perf_counter()
+            if first_token_at is not None and stats.tokens > 1:
+                stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)
+            stats.text = detok.text if stop_at is None else detok.text[:stop_at]
+            if stats.finish_reason != "error":
+                engine._remember(
+                    self.prompt_text + engine.tokenizer.decode(self.generated_ids, skip_special_tokens=False),
+                    ids + self.generated_ids,
+                )

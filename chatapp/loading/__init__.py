@@ -1,0 +1,10 @@
+"""From a `--model` spec to a loaded model and tokenizer, without the network.
+
+- `models`: `load_model`, the only `from_pretrained` (the default GGUF, folders, `.gguf` files,
+  the local Hugging Face cache);
+- `gguf_files`: GGUF files and their converted copies in the user cache;
+- `int4_file_cache`: the packed int4 model kept on disk for warm starts, loaded into
+  `plain_llama`'s plain torch modules with `chat_tokenizer`'s tokenizer (no transformers import).
+
+May import: `chatapp.runtime`, `chatapp.chat` and `chatapp.support`.
+"""

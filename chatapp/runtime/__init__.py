@@ -1,0 +1,13 @@
+"""Where the model runs: decoders that own a KV cache, and the kernels under them.
+
+A decoder (`decoder.Decoder`) prefills tokens and decodes one at a time, returning only the
+last position's hidden state for the LM head; `decoder_choice.open_decoder` picks the variant
+and says why:
+- `llama_decoder` (with `layer_loop`): our own decoder for Llama-family models;
+- `transformers_decoder`: any other model, through transformers' modules.
+Under them: `quantize` (int4 linears and the int4 LM head), `int4_kernel` (chatapp's own C++
+kernel, compiled at run time from `kernels/`), `kernel_switch` (when a decoder moves onto it),
+and `devices` (device, dtype and placement).
+
+May import: torch, transformers, accelerate, `chatapp.chat` and `chatapp.support`.
+"""

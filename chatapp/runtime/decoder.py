@@ -1,0 +1,66 @@
+"""What every decoder offers: prefill and decode-one over a KV cache it owns.
+
+A `Decoder` keeps a KV cache and the ids whose keys and values it holds, side by side, so the
+engine can reuse any prefix of the conversation (a new turn, a regenerate, a branch) by
+cropping (`keep`) instead of recomputing. Only the final block's hidden state of the last
+position comes back: the LM head (`chatapp.lm_head`) projects that one vector, never the whole
+prompt. The variants live in their own modules and `chatapp.runtime.decoder_choice` picks one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chatapp.runtime.devices import input_device
+
+
+class Decoder:
+    """The KV cache of one conversation and the token ids it holds."""
+
+    kind = ""
+    """Which decoder runs the model, for display."""
+
+    def __init__(self, model) -> None:
+        """Start empty for `model` (a transformers causal LM)."""
+        self.model = model
+        self.device = input_device(model)
+        self.token_ids: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def common_prefix(self, ids: list[int]) -> int:
+        """How many leading `ids` the cache already holds."""
+        n = 0
+        for held, wanted in zip(self.token_ids, ids):
+            if held != wanted:
+                break
+            n += 1
+        return n
+
+    def keep(self, n: int) -> None:
+        """Crop the cache to its first `n` tokens."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything (e.g. after an error left the cache in an unknown state)."""
+        raise NotImplementedError
+
+    def cache_bytes(self) -> int:
+        """Memory the KV cache holds."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Run `ids` after what the cache holds; return the last position's hidden state `(d_model,)`."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+        return self._forward(input_ids, ids)
+
+    @torch.inference_mode()
+    def decode_one(self, token_id: int) -> torch.Tensor:
+        """Run one token; return its hidden state `(d_model,)`."""
+        input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
+        return self._forward(input_ids, [token_id])
+
+    def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,363 @@
+"""chatapp's own int4 product for CPUs with AVX512-VNNI, built from C++ at run time.
+
+torch's CPU int4 kernel (`torch._weight_int4pack_mm_for_cpu`) turns every 4-bit weight into a
+bfloat16 number and multiplies in floating point. `chatapp/runtime/kernels/int4_vnni.cpp` instead rounds
+the activations to integers and sums integer products with the CPU's dot product instructions,
+as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product, and
+`torch.ops.chatapp.decode_layers` for a whole decode step of a Llama-family model's layers. How
+much faster that is, is measured in the README (Performance).
+
+The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 10 s)
+and kept in the user cache directory, with a sidecar file holding its size and sha256: a library
+that does not match it (a truncated one would crash the process with SIGBUS once loaded) is
+deleted and built again. `chatapp.runtime.kernel_switch` loads it on a thread of its own,
+so a chat never waits for a compile: decoding runs on the TorchScript layers meanwhile and
+switches when it is ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
+stays on torch's kernel.
+
+Layouts (`convert`): a weight `(N, K)` in blocks of 32 along K, `w = scale * (q - 8) + zero`
+with q in 0..15 (torch's int4 convention, `chatapp.runtime.quantize`), becomes
+- `weight` `(N, K / 2)` uint8: per block 16 bytes, byte j holding q[j] in its low nibble and
+  q[j + 16] in its high one (GGUF's own Q4 layout);
+- `scales`, `zeros` `(N, K / 32)` bfloat16: the very numbers torch's kernel reads, so a step
+  reads as many bytes of weights as with torch's kernel.
+
+Arithmetic (every int4 product of both ops): each block of 32 activations is rounded to int16
+(scale = largest magnitude / `ACTIVATION_LEVELS`), its products with the 4-bit codes are summed
+exactly in int32 (AVX512-VNNI `vpdpwssd`), and `zero - 8 * scale` times the block's exact float32
+sum is added. The outputs are float arithmetic on the same 4-bit weights but for that rounding,
+which is finer than torch's kernel's rounding of activations to bfloat16, so the two kernels'
+outputs differ slightly. `reference_int4_linear` computes `int4_linear`'s numbers in plain torch
+for the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+
+from chatapp.runtime.quantize import GROUP_SIZE, ZERO_OFFSET
+from chatapp.support.stale_files import remove_stale_staging
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+"""The CPU features the kernel is compiled for."""
+COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
+"""Built for this machine's CPU only (`-march=native`: `_library_path` keys the library to the CPU)."""
+ACTIVATION_LEVELS = 32767.0
+"""Activations are rounded per block of 32 to integers up to this (int16), scale = max |x| / it."""
+BUILD_TIMEOUT = 300
+"""Seconds a compile may take before we give up on it."""
+SIDECAR_SUFFIX = ".sha256"
+"""Beside each built library, a file of that name plus this holds its size and sha256."""
+SCRATCH_PREFIX = ".building-"
+"""Build folders in `kernels_dir()` are named this, the building process's id and a dash."""
+
+_LIBRARY = torch.library.Library("chatapp", "DEF")
+_LIBRARY.define("int4_linear(Tensor x, Tensor weight, Tensor scales, Tensor zeros) -> Tensor")
+_LIBRARY.define(
+    "decode_layers(Tensor(a!) x, Tensor cos, Tensor sin, Tensor[] norms, Tensor[] weights, Tensor(b!) cache, "
+    "int position, int heads, int kv_heads, float eps) -> ()"
+)
+# The schema is defined here, so TorchScript can compile code that calls the op before the
+# kernel (which registers only the CPU implementation) is loaded; nothing calls it until then.
+
+
+def kernels_dir() -> Path:
+    """Where built kernels are kept."""
+    return Path(user_cache_dir("chatapp")) / "kernels"
+
+
+@functools.cache
+def _cpu_lines() -> tuple[str, ...]:
+    """The first CPU's model name and flags lines of /proc/cpuinfo (none where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ()
+    first = lines[: lines.index("")] if "" in lines else lines
+    return tuple(line for line in first if line.startswith(("model name", "flags")))
+
+
+def cpu_supported() -> bool:
+    """Whether this CPU has the instructions the kernel uses (read from /proc/cpuinfo)."""
+    for line in _cpu_lines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return all(flag in flags for flag in CPU_FLAGS)
+    return False
+
+
+def _library_path() -> Path:
+    """The built kernel for this source, torch and compiler flags."""
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
+        + "\n".join(_cpu_lines()).encode()  # built with -march=native: for this CPU only
+    ).hexdigest()[:16]
+    return kernels_dir() / f"int4_vnni-{key}.so"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(target: Path) -> None:
+    """Compile the kernel into `target`, with its sidecar (`_write_sidecar`) written first, each
+    moved into place whole, so a reader never loads half a library and concurrent builds are
+    harmless. The compiler is killed (and this raises) when `cancel_build` is called meanwhile."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found")
+    root = Path(torch.__file__).parent
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=target.parent) as scratch:
+        output = Path(scratch) / target.name
+        command = [
+            compiler, str(SOURCE), "-o", str(output), "-shared", "-fPIC", "-std=c++17", "-w",
+            *COMPILE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            "-I", str(root / "include"), "-I", str(root / "include" / "torch" / "csrc" / "api" / "include"),
+            "-L", str(root / "lib"), "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}",
+        ]
+        returncode, errors = _compile(command)
+        if returncode != 0:
+            raise RuntimeError(f"compiling the int4 kernel failed: {errors.strip()[-400:]}")
+        _write_sidecar(output, _sidecar_path(target), Path(scratch))
+        os.replace(output, target)
+
+
+def _compile(command: list[str]) -> tuple[int, str]:
+    """Run the compiler; its exit status and error output. Its process is kept in `_State.compiler`
+    so `cancel_build` can kill it; a cancelled or timed-out compile raises RuntimeError."""
+    with _State.compiler_lock:
+        if _State.cancelled:
+            raise RuntimeError("the int4 kernel's compile was cancelled")
+        # A session of its own: the compiler driver runs cc1plus, as and ld as its children, and
+        # killing the group stops them all.
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        _State.compiler = process
+    try:
+        _, errors = process.communicate(timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        process.communicate()
+        raise RuntimeError(f"compiling the int4 kernel took over {BUILD_TIMEOUT} s") from None
+    finally:
+        with _State.compiler_lock:
+            _State.compiler = None
+    if _State.cancelled:
+        raise RuntimeError("the int4 kernel's compile was cancelled")
+    return process.returncode, errors
+
+
+def cancel_build() -> None:
+    """Kill a compile in progress and refuse later ones (at interpreter exit: a compile takes
+    10 s or more, and nothing would use its result)."""
+    with _State.compiler_lock:
+        _State.cancelled = True
+        if _State.compiler is not None:
+            _kill(_State.compiler)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill the compiler `process` and every process it started (its process group)."""
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
+
+
+def _sidecar_path(library: Path) -> Path:
+    """The file beside `library` holding its size and sha256."""
+    return library.with_name(library.name + SIDECAR_SUFFIX)
+
+
+def _digest(path: Path) -> str:
+    """The sha256 of the file at `path`, in hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_sidecar(library: Path, sidecar: Path, scratch: Path) -> None:
+    """Write `library`'s size and sha256 to `sidecar`, whole (through a file in `scratch`)."""
+    draft = scratch / sidecar.name
+    draft.write_text(f"{library.stat().st_size} {_digest(library)}\n", encoding="ascii")
+    os.replace(draft, sidecar)
+
+
+def _verified(library: Path) -> bool:
+    """Whether `library` exists and is the file its sidecar describes (size and sha256); a
+    truncated library would crash the process with SIGBUS once loaded."""
+    try:
+        size, digest = _sidecar_path(library).read_text(encoding="ascii").split()
+        return library.stat().st_size == int(size) and _digest(library) == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _discard_damaged(library: Path) -> None:
+    """Remove a library that fails `_verified` (and its sidecar), saying so once in the log."""
+    if library.exists():
+        log.warning("the int4 kernel in %s was damaged; rebuilding it", library)
+    for path in (library, _sidecar_path(library)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_stale_scratch(folder: Path | None = None) -> None:
+    """Remove kernel build folders in `folder` (default `kernels_dir()`) left by processes that died
+    mid-compile (`chatapp.support.stale_files.remove_stale_staging`)."""
+    remove_stale_staging(folder or kernels_dir(), SCRATCH_PREFIX)
+
+
+class _State:
+    lock = threading.Lock()
+    loaded = False
+    error: str | None = None
+    compiler_lock = threading.Lock()
+    compiler: subprocess.Popen | None = None
+    """The compiler while a build runs, for `cancel_build`."""
+    cancelled = False
+    """Set by `cancel_build`: no compile is started or kept from then on."""
+
+
+def loaded() -> bool:
+    """Whether the kernel is loaded and `torch.ops.chatapp.int4_linear` runs."""
+    return _State.loaded
+
+
+def failure() -> str | None:
+    """Why the kernel is not available, once a load has been tried and failed."""
+    return _State.error
+
+
+def wanted() -> str | None:
+    """Why the kernel is not to be used here (turned off, or the CPU lacks its instructions),
+    or None."""
+    if os.environ.get("CHATAPP_INT4_KERNEL", "1") == "0":
+        return "turned off by CHATAPP_INT4_KERNEL=0"
+    if not cpu_supported():
+        return "the CPU lacks AVX512-VNNI"
+    return None
+
+
+def built() -> bool:
+    """Whether the kernel is wanted and already compiled (so `load` takes milliseconds)."""
+    return wanted() is None and (_State.loaded or (_State.error is None and _verified(_library_path())))
+
+
+def load() -> bool:
+    """Build (if needed) and load the kernel; whether it is now usable. Safe from any thread."""
+    with _State.lock:
+        if _State.loaded or _State.error is not None:
+            return _State.loaded
+        try:
+            reason = wanted()
+            if reason is not None:
+                raise RuntimeError(reason)
+            target = _library_path()
+            remove_stale_scratch(target.parent)
+            if not _verified(target):
+                _discard_damaged(target)
+                log.info("compiling the int4 kernel into %s", target)
+                _build(target)
+            torch.ops.load_library(str(target))
+            _State.loaded = True
+            log.info("int4 kernel loaded from %s", target)
+        except Exception as error:  # noqa: BLE001 - any failure means: keep torch's kernel
+            _State.error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            log.info("int4 kernel not available: %s", _State.error)
+        return _State.loaded
+
+
+def unpack_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor | None:
+    """The 4-bit codes `(N, K)` uint8 of a weight packed by `torch._convert_weight_to_int4pack_for_cpu`,
+    or None when torch packs in a layout this function does not know.
+
+    On AVX512 CPUs torch stores rows in blocks of 64: `(N / 64, K, 32)` bytes, byte j holding
+    row j in its low nibble and row 32 + j in its high one. `_layout_known` checks that on a
+    small probe before anything relies on it.
+    """
+    if n % 64 or packed.numel() != n * k // 2 or not _layout_known():
+        return None
+    return _unpack(packed, n, k)
+
+
+def _unpack(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    blocks = packed.reshape(n // 64, k, 32)
+    codes = torch.cat([blocks & 15, blocks >> 4], dim=2)  # (N / 64, K, 64)
+    return codes.transpose(1, 2).reshape(n, k)
+
+
+_LAYOUT_KNOWN: list[bool] = []
+
+
+def _layout_known() -> bool:
+    """Whether torch packs int4 weights as `unpack_codes` reads them (probed once)."""
+    if not _LAYOUT_KNOWN:
+        generator = torch.Generator().manual_seed(0)
+        codes = torch.randint(0, 16, (128, 96), generator=generator, dtype=torch.int32)
+        packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+        _LAYOUT_KNOWN.append(bool(torch.equal(_unpack(packed, 128, 96).to(torch.int32), codes)))
+    return _LAYOUT_KNOWN[0]
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's tensors for codes `(N, K)` (0..15) with `w = scales * (q - 8) + zeros` per block
+    of 32 (`scales`, `zeros` `(N, K / 32)`, rounded to bfloat16)."""
+    n, k = codes.shape
+    blocks = codes.to(torch.uint8).reshape(n, k // GROUP_SIZE, 2, GROUP_SIZE // 2)
+    weight = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    return weight, scales.to(torch.bfloat16).contiguous(), zeros.to(torch.bfloat16).contiguous()
+
+
+def convert(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The kernel's tensors for a weight packed for torch's int4 kernel (`chatapp.runtime.quantize`:
+    scales and zeros `(K / 32, N, 2)` bfloat16), or None when its shape or layout does not suit
+    the kernel. The same 4-bit codes and the same scales: only the arithmetic changes."""
+    blocks, n, _ = scales_and_zeros.shape
+    k = blocks * GROUP_SIZE
+    if k % (2 * GROUP_SIZE):
+        return None
+    codes = unpack_codes(packed, n, k)
+    if codes is None:
+        return None
+    return pack(codes, scales_and_zeros[..., 0].transpose(0, 1), scales_and_zeros[..., 1].transpose(0, 1))
+
+
+def reference_int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """What `torch.ops.chatapp.int4_linear` computes, in plain torch (float64 sums): x `(M, K)`
+    rounded to int16 per block of 32, times the 4-bit codes, plus `zeros - 8 scales` times the
+    exact block sums of x."""
+    m, k = x.shape
+    n = weight.shape[0]
+    x = x.float().reshape(m, k // GROUP_SIZE, GROUP_SIZE)
+    largest = x.abs().amax(-1, keepdim=True)
+    inverse = torch.where(largest > 0, ACTIVATION_LEVELS / largest, torch.zeros_like(largest))
+    xq = torch.round(x * inverse).clamp(-ACTIVATION_LEVELS, ACTIVATION_LEVELS)
+    xscale = largest / ACTIVATION_LEVELS  # (M, K/32, 1)
+    low, high = weight & 15, weight >> 4  # (N, K/2)
+    codes = torch.stack([low.reshape(n, -1, 16), high.reshape(n, -1, 16)], 2).reshape(n, k // GROUP_SIZE, GROUP_SIZE)
+    dots = torch.einsum("mgi,ngi->mng", xq.double(), codes.double())  # (M, N, K/32)
+    scale, zero = scales.double().unsqueeze(0), zeros.double().unsqueeze(0)
+    scaled = dots * (scale * xscale.double().transpose(1, 2))
+    offsets = (zero - ZERO_OFFSET * scale) * x.double().sum(-1).unsqueeze(1)  # (M, N, K/32)
+    return (scaled + offsets).sum(-1).float()

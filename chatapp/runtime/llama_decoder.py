@@ -1,0 +1,280 @@
+"""Our own decoder for Llama-family models: the fast path of prefill and decode-one.
+
+For a small model such as SmolLM2-135M, most of a decode step through transformers' eager
+modules is Python dispatch, not arithmetic: every layer runs three separate q/k/v products, two
+gate/up products, rotary embeddings per tensor, a growing `torch.cat` KV cache and several
+layers of wrappers. `LlamaDecoder` runs the same mathematics with the model's own weights in
+fewer, larger operations:
+
+- q, k and v come from one fused product, and gate and up from another (the model's linear
+  layers are repointed at row slices of the fused weights, so the weights are not stored twice;
+  only int4 scales, a few percent of the packed bytes, are);
+- rotary embeddings are applied to q and k together, with the cos/sin of the model's own
+  rotary module, computed once for every position the KV buffers can hold;
+- the KV cache is a preallocated buffer written in place, grown by doubling;
+- the layer loop (`chatapp.runtime.layer_loop.run_layers`) runs compiled by TorchScript, so the ~30
+  small operations of each layer are dispatched without Python between them;
+- a decode step of an int4 float32 model runs all its layers in one call of chatapp's own
+  kernel (`decode_layers`, `chatapp.runtime.int4_kernel`) once `chatapp.runtime.kernel_switch` has it ready.
+
+It returns only the final hidden state of the last position; the LM head (chatapp.lm_head)
+turns that into logits. Models it does not cover (other architectures, biases, sliding
+windows, layers spread by Accelerate) run through transformers' modules (`chatapp.runtime.decoder`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatapp.runtime import int4_kernel
+from chatapp.runtime.decoder import Decoder
+from chatapp.runtime.kernel_switch import KernelSwitch
+from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
+from chatapp.runtime.quantize import Int4Linear
+
+_SETTLED = threading.Event()
+_SETTLED.set()  # the kernel_settled of a decoder that never uses the kernel
+
+MODEL_TYPES = ("llama",)
+"""Architectures whose decoder layers this module reproduces."""
+INT4_ROW_BLOCK = 64
+"""torch's CPU int4 packing interleaves rows in blocks of 64: only whole blocks can be joined."""
+MIN_CAPACITY = 256
+"""Tokens the KV buffers hold at first; they double when full."""
+
+
+def config_unsupported_reason(config) -> str | None:
+    """Why a model with this config (transformers' or `chatapp.loading.plain_llama`'s) is not one whose
+    layers `run_layers` reproduces, or None."""
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        return f"architecture {getattr(config, 'model_type', '?')!r}"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "linear biases"
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        return "activation or tensor-parallel layout"
+    if rope_type(config) in ("dynamic", "longrope"):
+        return "rotary scaling that depends on the sequence length"
+    return None
+
+
+def rope_type(config) -> str:
+    """The config's kind of rotary embedding ("default" when it names none)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `model` must run through transformers' modules, or None when `LlamaDecoder` fits."""
+    reason = config_unsupported_reason(model.config)
+    if reason is not None:
+        return reason
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map and len(set(device_map.values())) > 1:
+        return "layers spread over several devices"
+    layer = model.model.layers[0]
+    parts = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+             layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+    if not all(type(p) in (nn.Linear, Int4Linear) for p in parts):
+        return "linear layers of an unknown kind"
+    return None
+
+
+def _fuse(linears: list[nn.Module]) -> list[nn.Module]:
+    """Linear layers computing `cat([l(x) for l in linears], -1)`: one fused layer when their
+    kind allows it (the originals become views of it), else the originals."""
+    if all(type(layer) is nn.Linear for layer in linears):
+        weight = torch.cat([layer.weight.data for layer in linears])  # (sum N, K)
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # no init: replaced
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        start = 0
+        for layer in linears:  # share storage: the model's own layers see the same numbers
+            rows = layer.weight.shape[0]
+            layer.weight.data = weight[start : start + rows]
+            start += rows
+        return [fused]
+    if all(type(layer) is Int4Linear and layer.out_features % INT4_ROW_BLOCK == 0 for layer in linears):
+        packed = torch.cat([layer.packed for layer in linears])  # whole blocks of rows: independent
+        scales = torch.cat([layer.scales_and_zeros for layer in linears], dim=1)  # (K/G, sum N, 2)
+        start = 0
+        for layer in linears:
+            layer.packed = packed[start : start + layer.out_features]
+            start += layer.out_features
+        return [Int4Linear(packed, scales, linears[0].in_features, start)]
+    return linears
+
+
+def _parts(linears: list[nn.Module]) -> list[torch.Tensor]:
+    """The tensors `project` reads for `linears`: weight and int4 scales (empty for a float
+    weight) of each, in turn."""
+    parts = []
+    for linear in linears:
+        if type(linear) is Int4Linear:
+            parts += [linear.packed, linear.scales_and_zeros]
+        else:
+            parts += [linear.weight, torch.empty(0, device=linear.weight.device)]
+    return parts
+
+
+def _doubled(weight: torch.Tensor) -> torch.Tensor:
+    """`cat([weight, weight])`, the form `rms_norm` takes a norm's weight in."""
+    return torch.cat([weight.detach(), weight.detach()])
+
+
+def _rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
+    """`R` with `x @ R == cat(-x[half:], x[:half])`: transformers' `rotate_half` as one product."""
+    half = head_dim // 2
+    rotation = torch.zeros(head_dim, head_dim, dtype=dtype, device=device)
+    index = torch.arange(half, device=device)
+    rotation[index + half, index] = -1.0
+    rotation[index, index + half] = 1.0
+    return rotation
+
+
+class LlamaDecoder(Decoder):
+    """Prefill and decode-one for a Llama-family model with our own KV buffers."""
+
+    def __init__(self, model, compiled: bool = True, kernel: bool = True) -> None:
+        """Prepare fused weights for `model` (check `unsupported_reason` first).
+
+        Args:
+            model: a transformers Llama-family causal LM.
+            compiled: run the layers through TorchScript (`compiled_run_layers`) when it is
+                available; False runs the same function as Python.
+            kernel: run decode steps of int4 float32 models on chatapp's int4 kernel
+                (`chatapp.runtime.int4_kernel`) where the CPU and a C++ compiler allow.
+        """
+        super().__init__(model)
+        config = model.config
+        body = model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = float(config.rms_norm_eps)
+        self.max_length = getattr(config, "max_position_embeddings", None) or MIN_CAPACITY
+        self.embed_weight = body.embed_tokens.weight
+        self.dtype = self.embed_weight.dtype
+        self.norm_weight = body.norm.weight
+        self.rotary = body.rotary_emb
+        self.rotation = _rotation_matrix(self.head_dim, self.dtype, self.device)
+        self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts = [], [], [], [], []
+        for layer in body.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.norms += [_doubled(layer.input_layernorm.weight), _doubled(layer.post_attention_layernorm.weight)]
+            self.qkv_parts.append(_parts(_fuse([attn.q_proj, attn.k_proj, attn.v_proj])))
+            self.o_parts.append(_parts([attn.o_proj]))
+            self.gate_up_parts.append(_parts(_fuse([mlp.gate_proj, mlp.up_proj])))
+            self.down_parts.append(_parts([mlp.down_proj]))
+        self.run_layers = compiled_run_layers() if compiled else run_layers
+        self._kind = "chatapp decoder" + (" (TorchScript)" if self.run_layers is not run_layers else "")
+        self.kernel = (
+            KernelSwitch(list(zip(self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts)),
+                         model.get_output_embeddings())
+            if kernel and self._kernel_suits() and int4_kernel.wanted() is None else None
+        )
+        """When decode steps move onto chatapp's int4 kernel (`chatapp.runtime.kernel_switch`), or None."""
+        self.reset()
+
+    @property
+    def kind(self) -> str:
+        """Which decoder runs the model, for display."""
+        on_kernel = self.kernel is not None and self.kernel.step_weights is not None
+        return self._kind + (", int4 kernel" if on_kernel else "")
+
+    @property
+    def activity(self) -> str | None:
+        """What the decoder is busy with beside decoding, for the status line, or None."""
+        if self.kernel is not None and self.kernel.compiles and not self.kernel.settled.is_set():
+            return "compiling the int4 kernel: replies speed up when it is ready"
+        return None
+
+    @property
+    def kernel_settled(self) -> threading.Event:
+        """Set once it is known whether decode steps run on chatapp's int4 kernel (from the next
+        decode step on)."""
+        return self.kernel.settled if self.kernel is not None else _SETTLED
+
+    def _kernel_suits(self) -> bool:
+        """Whether a decode step can run as one `decode_layers` call: float32 activations on CPU,
+        and every projection one int4 weight (q/k/v and gate/up fused)."""
+        groups = (self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts)
+        return (
+            self.dtype == torch.float32
+            and self.device.type == "cpu"
+            and all(len(parts) == 2 and parts[1].numel() > 0 for group in groups for parts in group)
+        )
+
+    def reset(self) -> None:
+        """Forget everything and free the KV buffers."""
+        self.token_ids = []
+        self.capacity = 0
+        self.cache = None  # (layers, 2, kv_heads, capacity, head_dim): keys, values
+        self.layer_caches: list[torch.Tensor] = []
+        self.cos = self.sin = None  # (capacity, head_dim): the rotary angles of every position
+
+    def keep(self, n: int) -> None:
+        """Keep the first `n` tokens (the buffers beyond them are simply overwritten later)."""
+        del self.token_ids[n:]
+
+    def cache_bytes(self) -> int:
+        """Memory held by the KV buffers."""
+        return 0 if self.cache is None else self.cache.numel() * self.cache.element_size()
+
+    def _reserve(self, length: int) -> None:
+        if length <= self.capacity:
+            return
+        capacity = max(MIN_CAPACITY, self.capacity)
+        while capacity < length:
+            capacity *= 2
+        capacity = max(length, min(capacity, self.max_length))  # never beyond the context window
+        shape = (len(self.o_parts), 2, self.kv_heads, capacity, self.head_dim)
+        cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        held = len(self.token_ids)
+        if self.cache is not None and held:
+            cache[..., :held, :] = self.cache[..., :held, :]
+        self.cache, self.capacity = cache, capacity
+        self.layer_caches = list(cache.unbind(0))  # (2, kv_heads, capacity, head_dim) each
+        # The model's own rotary module, once for every position the buffers can hold.
+        positions = torch.arange(capacity, device=self.device).unsqueeze(0)  # (1, capacity)
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(probe, positions)  # (1, capacity, head_dim) each
+        self.cos, self.sin = cos[0], sin[0]
+
+    def _rotary_tables(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin `(T, heads + 2 kv_heads, head_dim)`: rotate q and k, leave v alone."""
+        rotated = self.heads + self.kv_heads
+        shape = (count, rotated + self.kv_heads, self.head_dim)
+        cos_table = torch.ones(shape, dtype=self.dtype, device=self.device)
+        sin_table = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        cos_table[:, :rotated] = self.cos[start : start + count].unsqueeze(1)
+        sin_table[:, :rotated] = self.sin[start : start + count].unsqueeze(1)
+        return cos_table, sin_table
+
+    def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        start, count = len(self.token_ids), len(ids)
+        end = start + count
+        self._reserve(end)
+        x = F.embedding(input_ids[0], self.embed_weight)  # (T, d_model), a fresh tensor we may add into
+        step_weights = self.kernel.weights_for_step() if count == 1 and self.kernel is not None else None
+        if step_weights is not None:
+            torch.ops.chatapp.decode_layers(
+                x, self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start,
+                self.heads, self.kv_heads, self.eps,
+            )
+            self.token_ids.extend(ids)
+            return F.rms_norm(x[-1], (x.shape[-1],), self.norm_weight, self.eps)
+        cos, sin = self._rotary_tables(start, count)
+        mask = None
+        causal = count > 1 and start == 0
+        if count > 1 and start > 0:  # the new tokens see the whole cache and each other causally
+            rows = torch.arange(start, end, device=self.device).unsqueeze(1)
+            mask = torch.arange(end, device=self.device).unsqueeze(0) <= rows  # (T, end)
+        x = self.run_layers(
+            x, cos, sin, self.rotation, self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts,
+            self.down_parts, self.layer_caches, start, self.heads, self.kv_heads, self.eps, mask, causal,
+        )
+        self.token_ids.extend(ids)
+        return F.rms_norm(x[-1], (x.shape[-1],), self.norm_weight, self.eps)  # (d_model,)
