@@ -29,11 +29,8 @@ class ConversationActions:
     """Actions on the conversation, mixed into `ChatScreen`."""
 
     def action_stop(self: "ChatScreen") -> None:
-        """Esc: stop the reply (it is kept, marked stopped), or cancel an edit."""
-        if self.generating:
-            if self._turn is not None:
-                self._turn.cancel()
-            self.workers.cancel_group(self, "engine")
+        """Esc: stop the reply (it is kept, marked stopped, once its turn ends), or cancel an edit."""
+        if self.session.stop():
             self.autosave()
         elif self.editing:
             self.editing = False
@@ -41,30 +38,30 @@ class ConversationActions:
             self.notify("Edit cancelled.")
 
     def _ready(self: "ChatScreen") -> bool:
-        if self.engine is None:
+        if self.session.engine is None:
             self.notify("The model is still loading.", severity="warning")
-        elif self.generating:
+        elif self.session.generating:
             self.notify(BUSY_MESSAGE, severity="warning")
-        return self.engine is not None and not self.generating
+        return self.session.engine is not None and not self.session.generating
 
     def action_regenerate(self: "ChatScreen") -> None:
         """Write a new version of the last reply (the old one stays reachable)."""
         if not self._ready():
             return
-        last = self.conversation.last
+        last = self.session.conversation.last
         if last is None:
             self.notify("Nothing to regenerate yet.")
             return
         edited = last.reply.user if last.reply is not None else None  # answer the message as shown
-        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings, user=edited))
+        self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings, user=edited))
 
     def action_edit_last(self: "ChatScreen") -> None:
         """Put the last user message in the prompt; Enter sends the edit as a new version of the
         exchange (the old message and its replies stay reachable)."""
-        if self.generating:
+        if self.session.generating:
             self.notify(BUSY_MESSAGE, severity="warning")
             return
-        last = self.conversation.last
+        last = self.session.conversation.last
         if last is None:
             self.notify("No message to edit yet.")
             return
@@ -77,23 +74,20 @@ class ConversationActions:
 
     def on_prompt_input_edit_last_requested(self: "ChatScreen", _message: PromptInput.EditLastRequested) -> None:
         """Up in an empty prompt edits the last message."""
-        if self.conversation.last is not None and not self.generating:
+        if self.session.conversation.last is not None and not self.session.generating:
             self.action_edit_last()
 
     async def action_new_chat(self: "ChatScreen") -> None:
         """Save the conversation and start a new one (the system prompt and settings stay)."""
-        if self._turn is not None:
-            self._turn.cancel()
-        if self._version is not None and self._version.status == "streaming" and self._job is not None:
-            # The reply is cut here, as Esc would: its tokens so far are kept and saved as stopped.
-            self._version.status = "stopped"
-            self.mark_changed(self._job.exchange)
+        cut = self.session.abandon_job()  # the reply so far is kept and saved, as stopped
+        if cut is not None:
+            self.mark_changed(cut)
         self.new_saved_chat()
-        self._job, self._turn, self._version, self.editing = None, None, None, False
+        self.editing = False
         await self.query_one(ChatLog).clear()
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()
-        if self.engine is not None:
+        if self.session.engine is not None:
             self.reset_engine()
         self.update_status()
 
@@ -118,7 +112,7 @@ class ConversationActions:
         """Copy the reply in the inspector, or else the last one, to the clipboard (the
         terminal's, by OSC 52); with `code_only`, its last code block."""
         cursor = self.query_one(ChatLog).cursor
-        exchanges = self.conversation.exchanges
+        exchanges = self.session.conversation.exchanges
         reply = exchanges[cursor.exchange].reply if cursor is not None else next(
             (e.reply for e in reversed(exchanges) if e.reply is not None and e.reply.text), None)
         text = reply.text if reply is not None else ""
@@ -144,11 +138,11 @@ class ConversationActions:
         self.place_panel()
         if cursor is None:
             self.query_one(PromptInput).focus()
-            reply = self.conversation.last.reply if self.conversation.last else None
+            reply = self.session.conversation.last.reply if self.session.conversation.last else None
             if reply is not None and reply.steps:
                 self.show_step(reply.steps[-1], reply.settings)
             return
-        reply = self.conversation.exchanges[cursor.exchange].reply
+        reply = self.session.conversation.exchanges[cursor.exchange].reply
         self.show_step(reply.steps[cursor.step], reply.settings, cursor.row)
 
     def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
@@ -156,16 +150,16 @@ class ConversationActions:
         cursor = message.cursor
         if not self._ready():
             return
-        if cursor.exchange != len(self.conversation.exchanges) - 1:
+        if cursor.exchange != len(self.session.conversation.exchanges) - 1:
             self.notify("Branching works on the last reply.", severity="warning")
             return
-        exchange = self.conversation.exchanges[cursor.exchange]
+        exchange = self.session.conversation.exchanges[cursor.exchange]
         old = exchange.reply
         step = old.steps[cursor.step]
         row = cursor.row if cursor.row is not None else next(
             (i for i, c in enumerate(step.top) if c.token_id == step.token_id), 0)
-        stop_ids = getattr(self.engine, "stop_ids", frozenset())
-        version, prefix_ids = branch_version(old, cursor.step, step.top[row], self.settings, stop_ids)
+        stop_ids = getattr(self.session.engine, "stop_ids", frozenset())
+        version, prefix_ids = branch_version(old, cursor.step, step.top[row], self.session.settings, stop_ids)
         if version.steps[-1].is_stop:
             # The forced token ends the reply: nothing more to generate.
             exchange.add_version(version).status = "done"
@@ -190,10 +184,10 @@ class ConversationActions:
 
     def action_switch_version(self: "ChatScreen", index: int, delta: int) -> None:
         """Show another version of reply `index` ("‹ 1/2 ›")."""
-        if self.generating and self._job.exchange == index:
+        if self.session.generating and self.session.job.exchange == index:
             self.notify(BUSY_MESSAGE, severity="warning")
             return
-        exchange = self.conversation.exchanges[index]
+        exchange = self.session.conversation.exchanges[index]
         if not exchange.switch(delta):
             return
         self.mark_changed(index)

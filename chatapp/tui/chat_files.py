@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from chatapp.chat import commands
 from chatapp.chat.conversation import Conversation
 from chatapp.chat.export_format import ExportError
+from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
 from chatapp.storage.export import export_chat
 from chatapp.storage.store import StoreError
 from chatapp.support.bounded_read import FileRefused, read_text_file
-from chatapp.tui.generation import one_line
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -43,17 +43,17 @@ class ChatSwitching:
         The engine's cache holds the old conversation, so it is reset; it rebuilds the cache
         from the messages on the next turn.
         """
-        if self.generating:
+        if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return False
         self.autosave()
-        self.saved, self._stored, self._dirty_from, self.editing = chat, stored, None, False
+        self.session.saved, self._stored, self._dirty_from, self.editing = chat, stored, None, False
         if not stored:
             self.mark_changed(0)
         await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()
-        if self.engine is not None:
+        if self.session.engine is not None:
             self.reset_engine()
         self.update_status()
         self.autosave()
@@ -61,9 +61,9 @@ class ChatSwitching:
 
     async def open_saved(self: "ChatScreen", chat_id: str) -> None:
         """Open a chat from the history."""
-        if chat_id == self.saved.id or self.store is None:
+        if chat_id == self.session.saved.id or self.store is None:
             return
-        if self.generating:
+        if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return
         try:
@@ -73,8 +73,8 @@ class ChatSwitching:
             return
         if await self.show_chat(chat, stored=True):
             settings = chat.conversation.latest_settings()
-            if settings is not None and settings != self.settings:  # the chat goes on as it was written
-                self.settings = settings
+            if settings is not None and settings != self.session.settings:  # the chat goes on as it was written
+                self.session.settings = settings
                 self.update_status()
             self.notify(f"Opened “{chat.display_title}”" + (f" ({settings.describe()})." if settings else "."),
                         markup=False)
@@ -82,7 +82,7 @@ class ChatSwitching:
     def new_saved_chat(self: "ChatScreen") -> None:
         """Save the current chat and start a new one with the same system prompt."""
         self.autosave()
-        self.saved = SavedChat(Conversation(system=self.conversation.system))
+        self.session.saved = SavedChat(Conversation(system=self.session.conversation.system))
         self._stored, self._dirty_from = False, None
 
     def action_history(self: "ChatScreen") -> None:
@@ -91,7 +91,7 @@ class ChatSwitching:
             self.notify("No chat history: it could not be opened.", severity="warning")
             return
         self.autosave()
-        history = HistoryScreen(self.store, self.saved.id, self._renamed, self._deleted)
+        history = HistoryScreen(self.store, self.session.saved.id, self._renamed, self._deleted)
 
         async def chosen(chat_id: str | None) -> None:
             if chat_id is not None:
@@ -100,12 +100,12 @@ class ChatSwitching:
         self.app.push_screen(history, chosen)
 
     def _renamed(self: "ChatScreen", chat_id: str, title: str) -> None:
-        if chat_id == self.saved.id:
-            self.saved.title = title
+        if chat_id == self.session.saved.id:
+            self.session.saved.title = title
 
     async def _deleted(self: "ChatScreen", chat_id: str) -> None:
         """The open chat was deleted: show a new, empty one (not saved again)."""
-        if chat_id == self.saved.id:
+        if chat_id == self.session.saved.id:
             self._stored, self._dirty_from = False, None
             await self.action_new_chat()
 
@@ -128,11 +128,11 @@ class ChatSwitching:
 
     def _write_file(self: "ChatScreen", path: str, write, done: str, failed: str) -> None:
         """Write the chat to `path` with `write`; the notification says `done` or `failed`."""
-        if self.engine is not None:
-            self.saved.model = self.engine.info.name
+        if self.session.engine is not None:
+            self.session.saved.model = self.session.engine.info.name
         target = Path(path).expanduser()
         try:
-            write(self.saved, target)
+            write(self.session.saved, target)
         except (OSError, ExportError) as error:
             self.notify(f"{target}: {one_line(error)}", title=failed, severity="error", markup=False)
             return
@@ -140,7 +140,7 @@ class ChatSwitching:
 
     async def load_file(self: "ChatScreen", path: str) -> None:
         """Show the chat in a file written by /save; a bad file changes nothing."""
-        if self.generating:
+        if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return
         try:
@@ -158,8 +158,8 @@ class ChatSwitching:
         """Send the text of the file at `path` as a message; a file that is not text, too large,
         or a moment when nothing can answer, is refused in one line (the file is still there)."""
         target = Path(path).expanduser()
-        if self.engine is None or self.generating:
-            busy = "the model is not ready" if self.engine is None else "a reply is being written"
+        if self.session.engine is None or self.session.generating:
+            busy = "the model is not ready" if self.session.engine is None else "a reply is being written"
             self.notify(f"{busy}: /file {path} again once it is done", title="Not sent", severity="warning",
                         markup=False)
             return

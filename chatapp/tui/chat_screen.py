@@ -1,9 +1,11 @@
-"""The chat screen: loads the engine, runs replies on the engine thread, routes records to views.
+"""The chat screen: shows a `ChatSession` and turns its events and the user's keys into updates.
 
-The model never runs on the UI thread. Loading, generation and resets run on one engine thread
-(`chatapp.engine.thread`), waited on by Textual workers, and talk to the screen only through
-the small messages of `chatapp.tui.messages`; the handlers update the plain conversation state
-(`chatapp.chat.conversation`) and then the widgets that view it. Writing a reply lives in
+The session (`chatapp.session.chat_session`, no Textual) owns the chat, its settings, the engine
+and the reply being written; the screen asks it to start, stop or end a reply and updates the
+widgets that view the plain conversation (`chatapp.chat.conversation`). The model never runs on
+the UI thread, and nothing of the screen runs on the engine thread (`chatapp.engine.thread`):
+loading and `ChatSession.run` run there, waited on by Textual workers, and report only through
+the small messages of `chatapp.tui.messages`. The screen's parts: the reply's views in
 `chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving the chat in
 `chatapp.tui.persistence`, switching chats and chat files in `chatapp.tui.chat_files`.
 """
@@ -21,13 +23,14 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from chatapp.chat import commands
-from chatapp.chat.conversation import Exchange, ReplyVersion
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread
+from chatapp.session.chat_session import ChatSession
+from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import SavedChat, counted
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
-from chatapp.tui.generation import GenerationJob, StreamPacing, one_line
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
@@ -70,18 +73,12 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         prompt); `store_path` is the history database (None: the user data folder).
         """
         super().__init__()
-        self.settings = settings
+        self.session = ChatSession(settings, chat or SavedChat(Conversation(system=system)))
+        """The chat, its settings, its engine and the reply being written (no Textual)."""
         self.top_n = top_n
-        self.engine = None
-        self.init_keeping(store_path, chat, system)
+        self.init_keeping(store_path, stored=chat is not None)
         self.editing = False
         self._load_engine = load_engine
-        self._job: GenerationJob | None = None
-        self._jobs = 0
-        self._turn = None
-        self._version: ReplyVersion | None = None
-        self.live = None
-        self.pacing = StreamPacing()
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
@@ -89,6 +86,13 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         """Whether the candidates panel is shown (F3 toggles it)."""
         self.load_error: str | None = None
         """Why the model could not be loaded, once that is known (messages are then refused)."""
+
+    # Read-only views of the session, for the app, the bench and the tests.
+    conversation = property(lambda self: self.session.conversation, doc="The conversation on screen.")
+    generating = property(lambda self: self.session.generating, doc="True while a reply is being written.")
+    engine = property(lambda self: self.session.engine, doc="The loaded engine, or None.")
+    saved = property(lambda self: self.session.saved, doc="The chat on screen.")
+    settings = property(lambda self: self.session.settings, doc="The settings of the next reply.")
 
     def compose(self) -> ComposeResult:
         """Conversation beside the panel; prompt, status and footer below."""
@@ -106,7 +110,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         """Open the history and show a reopened chat; the prompt is usable right away."""
         self.query_one(TopKPanel).border_title = "Candidates"
         self.open_store()
-        await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
+        await self.query_one(ChatLog).show_exchanges(self.session.conversation.exchanges)
         self.query_one(PromptInput).focus()
         self.update_status("loading…")  # `ChatApp.on_ready` starts loading after the first frame
 
@@ -119,11 +123,6 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     def on_unmount(self) -> None:
         """Last save, whichever way the app ends."""
         self.close_store()
-
-    @property
-    def generating(self) -> bool:
-        """True while a reply is being written."""
-        return self._job is not None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -148,19 +147,19 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     @on(EngineLoaded)
     def engine_loaded(self, message: EngineLoaded) -> None:
         """Swap the loading panel for the conversation."""
-        self.engine = message.engine
+        self.session.engine = message.engine
         self.query_one(LoadingPanel).remove()
         self.add_class("-ready")
         self.remove_class("-waiting")
         self.update_status()
         if self._still_waiting():
-            self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+            self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
         self._waiting = None
 
     def _still_waiting(self) -> bool:
         """Whether a message sent while loading is still the chat's last, unanswered message
         (a new chat or a reopened one leaves it behind)."""
-        exchanges = self.conversation.exchanges
+        exchanges = self.session.conversation.exchanges
         return self._waiting is not None and bool(exchanges) and exchanges[-1] is self._waiting \
             and not self._waiting.versions
 
@@ -171,9 +170,9 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self.load_error = message.error
         self.query_one(LoadingPanel).fail(message.error)
         if self._still_waiting():
-            self.conversation.exchanges.pop()
-            self.mark_changed(len(self.conversation.exchanges))
-            await self.query_one(ChatLog).show_exchanges(self.conversation.exchanges)
+            self.session.conversation.exchanges.pop()
+            self.mark_changed(len(self.session.conversation.exchanges))
+            await self.query_one(ChatLog).show_exchanges(self.session.conversation.exchanges)
             prompt = self.query_one(PromptInput)
             prompt.set_prompt("\n".join(filter(None, [self._waiting.user, prompt.text])))
         self._waiting = None
@@ -184,19 +183,19 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     def update_status(self, activity: str | None = None) -> None:
         """Refresh the status line from the engine, the last turn and the settings (and the
         prompt's cursor, steady while a reply is written)."""
-        self.query_one(PromptInput).show_writing(self.generating)
+        self.query_one(PromptInput).show_writing(self.session.generating)
         bar = self.query_one(StatusBar)
-        finished = self.conversation.last_finished()
+        finished = self.session.conversation.last_finished()
         stats = finished.stats if finished else None
-        info = getattr(self.engine, "info", None)
-        live = self.live if self.generating and self._version is not None else None
+        info = getattr(self.session.engine, "info", None)
+        live, version = self.session.live, self.session.version
         if activity is None:
-            activity = f"writing… {counted(len(self._version.steps), 'token')}" if live else (
-                "writing…" if self.generating else "")
-            runtime = getattr(self.engine, "activity", None)  # e.g. the int4 kernel being compiled
+            activity = f"writing… {counted(len(version.steps), 'token')}" if live else (
+                "writing…" if self.session.generating else "")
+            runtime = getattr(self.session.engine, "activity", None)  # e.g. the int4 kernel being compiled
             activity = " · ".join(filter(None, [activity, runtime]))
         if live is not None:  # the reply being written, not the last finished one
-            speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, self._version.steps
+            speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, version.steps
         elif stats is not None:
             speed, prompt, cached, steps = stats.tok_per_s, stats.prompt_tokens, stats.cached_tokens, finished.steps
         else:
@@ -209,7 +208,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             context_used=prompt + len(steps) if prompt else 0,
             cached=cached,
             prompt=prompt,
-            settings=self.settings.describe(),
+            settings=self.session.settings.describe(),
             warning=self.keeping_warning(),
         )
 
@@ -225,12 +224,12 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         if commands.is_command(text):
             await self.run_command(text, event.text)
             return
-        if self.engine is None and self.load_error is not None:
+        if self.session.engine is None and self.load_error is not None:
             self.notify(f"The model could not be loaded, so nothing can answer; your message stays in the "
                         f"prompt. Restart chatapp with another --model. ({self.load_error})",
                         title="Model not loaded", severity="error", markup=False)
             return
-        if self.engine is None:
+        if self.session.engine is None:
             if self.editing and self._editing_answered():
                 self.notify("The model is still loading: send the edit once it is ready.", severity="warning")
                 return
@@ -242,7 +241,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             self.add_class("-waiting")
             self.update_status("loading… your message goes as soon as the model is ready")
             return
-        if self.generating:
+        if self.session.generating:
             self.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
             return
         prompt.take(event.text)
@@ -254,27 +253,27 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         (‹ › switches between them)."""
         if self.editing and self._editing_answered():
             self.editing = False
-            index = len(self.conversation.exchanges) - 1
+            index = len(self.session.conversation.exchanges) - 1
             self.query_one(ChatLog).user_view(index).set_text(text)
-            self.start_reply(index, ReplyVersion(settings=self.settings, user=text))
+            self.start_reply(index, ReplyVersion(settings=self.session.settings, user=text))
             return
         await self.put_user_message(text)
-        self.start_reply(len(self.conversation.exchanges) - 1, ReplyVersion(settings=self.settings))
+        self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
 
     def _editing_answered(self) -> bool:
         """Whether the message being edited has a reply (so the edit must not replace it)."""
-        last = self.conversation.last
+        last = self.session.conversation.last
         return last is not None and bool(last.versions)
 
     async def put_user_message(self, text: str) -> Exchange:
         """Add the user's message, or when editing a message still waiting for the model (no
         reply to lose), change it."""
-        if not (self.editing and self.conversation.last is not None and not self._editing_answered()):
+        if not (self.editing and self.session.conversation.last is not None and not self._editing_answered()):
             return await self.add_user_message(text)
         self.editing = False
-        exchange = self.conversation.last
+        exchange = self.session.conversation.last
         exchange.user = text
-        index = len(self.conversation.exchanges) - 1
+        index = len(self.session.conversation.exchanges) - 1
         self.query_one(ChatLog).user_view(index).set_text(text)
         self.mark_changed(index)
         return exchange
@@ -282,8 +281,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     async def add_user_message(self, text: str) -> Exchange:
         """Append a new exchange holding the user's `text` (no reply yet) and show it."""
         exchange = Exchange(text)
-        self.conversation.exchanges.append(exchange)
-        index = len(self.conversation.exchanges) - 1
+        self.session.conversation.exchanges.append(exchange)
+        index = len(self.session.conversation.exchanges) - 1
         await self.query_one(ChatLog).add_exchange(exchange, index)
         self.mark_changed(index)
         return exchange
@@ -294,19 +293,19 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         `submitted` is the prompt text that carried it, taken out of the prompt once it applies.
         """
         try:
-            command = commands.parse_command(text, self.settings)
+            command = commands.parse_command(text, self.session.settings)
         except commands.CommandError as error:
             self.notify(str(error), title="Command", severity="error", markup=False)
             self.query_one(PromptInput).select_all()  # kept to mend, and replaced by whatever is typed next
             return
         self.query_one(PromptInput).take(submitted)
         if isinstance(command, commands.ApplySettings):
-            self.settings = command.settings
+            self.session.settings = command.settings
             self.notify(command.summary, title="Settings", markup=False)
             self.update_status()
         elif isinstance(command, commands.SetSystem):
-            self.conversation.system = command.text
-            self.mark_changed(len(self.conversation.exchanges))
+            self.session.conversation.system = command.text
+            self.mark_changed(len(self.session.conversation.exchanges))
             self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
         elif isinstance(command, commands.ClearChat):
             await self.action_new_chat()

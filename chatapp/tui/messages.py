@@ -1,7 +1,7 @@
 """Messages the engine thread posts to the chat screen.
 
-Each is a small dataclass. `job` ties a generation message to the turn that produced it, so
-messages from a cancelled turn that arrive late are ignored.
+Each is a small dataclass. A reply's events are the session's own (`chatapp.session.reply_stream`),
+wrapped in `ReplyReported`; the session ignores those of a job that has ended.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from chatapp.chat.records import Step, TurnStats
+from chatapp.session.reply_stream import ReplyEvent
 
 
 @dataclass
@@ -38,39 +38,8 @@ class LoadFailed(Message):
 
 
 @dataclass
-class TokensGenerated(Message):
-    """A batch of new steps of the reply being written, and the step the candidates panel shows
-    next when its update is due, so that the two are drawn together."""
+class ReplyReported(Message):
+    """An event of the reply job, posted from the engine thread (`ChatSession.run`)."""
 
-    job: int
-    """The generation this batch belongs to."""
-    steps: list[Step]
-    """New steps, in order (none when only the panel catches up with the last step)."""
-    candidates: Step | None = None
-    """The step whose candidates to show now, or None to leave the panel as it is."""
-    tok_per_s: float | None = None
-    """Decode speed of the reply so far, from its first token to this batch (None before the second)."""
-    prompt_tokens: int = 0
-    """The turn's prompt length (known from its first step on)."""
-    cached_tokens: int | None = None
-    """How many of them the KV cache held."""
-
-
-@dataclass
-class TurnFinished(Message):
-    """A reply ended (stop token, length limit or cancel)."""
-
-    job: int
-    """The generation that ended."""
-    stats: TurnStats
-    """Its statistics and full text."""
-
-
-@dataclass
-class TurnFailed(Message):
-    """A reply could not be generated; the conversation is kept."""
-
-    job: int
-    """The generation that failed."""
-    error: str
-    """One-line reason."""
+    event: ReplyEvent
+    """A batch of steps, or how the reply ended."""

@@ -72,13 +72,12 @@ def _save(chat: SavedChat, store: ChatStore, start: int) -> str | None:
 class ChatKeeping:
     """Autosave, save failures, claims and the rescue file, mixed into `ChatScreen`."""
 
-    def init_keeping(self: "ChatScreen", store_path: Path | None, chat: SavedChat | None,
-                     system: str | None) -> None:
-        """Start with `chat` (a reopened one) or a new chat with `system`; open the store on mount."""
+    def init_keeping(self: "ChatScreen", store_path: Path | None, stored: bool) -> None:
+        """Keep the session's chat in the history at `store_path` (opened on mount); `stored`:
+        the chat is in it already (a reopened one)."""
         self.store: ChatStore | None = None
-        self.saved = chat or SavedChat(Conversation(system=system))
         self._store_path = store_path
-        self._stored = chat is not None  # a reopened chat is in the store already
+        self._stored = stored
         self._dirty_from: int | None = None
         self._last_save = time.monotonic()
         self._claim: open_chats.ChatClaim | None = None
@@ -86,11 +85,6 @@ class ChatKeeping:
         """Why the last save failed, until one succeeds (the status line shows it)."""
         self.rescued: Path | None = None
         """The file the chat went to when the history could not take it at quit."""
-
-    @property
-    def conversation(self: "ChatScreen") -> Conversation:
-        """The conversation on screen."""
-        return self.saved.conversation
 
     def open_store(self: "ChatScreen") -> None:
         """Open the history; without one the app still works, unsaved, and says so."""
@@ -114,25 +108,24 @@ class ChatKeeping:
         safe to call twice."""
         if self.store is None:
             return
-        if self._turn is not None:
-            self._turn.cancel()
+        self.session.stop()
         self.autosave(background=False)
         if self._dirty_from is not None and self.save_error is not None:
             self._rescue()
         if not self.store.read_only:
-            open_chats.remember_open(self.store.path, self.saved.id if self._stored else None,
-                                     asdict(self.settings))
+            open_chats.remember_open(self.store.path, self.session.saved.id if self._stored else None,
+                                     asdict(self.session.settings))
         self.store.close()
         self.store = None
         self._release_claim()
 
     def _rescue(self: "ChatScreen") -> None:
         """Write the whole chat to a file of its own, where the history could not take it."""
-        name = f"chat-{self.saved.id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        name = f"chat-{self.session.saved.id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         for folder in (rescue_folder(), Path(tempfile.gettempdir())):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                save_chat_file(self.saved, folder / name)
+                save_chat_file(self.session.saved, folder / name)
             except OSError:
                 continue
             self.rescued = folder / name
@@ -153,15 +146,15 @@ class ChatKeeping:
         self._release_claim()
         if self.store is None:
             return
-        self._claim = open_chats.claim(self.store.path, self.saved.id)
+        self._claim = open_chats.claim(self.store.path, self.session.saved.id)
         if self._claim is not None:
             return
-        title = self.saved.display_title
-        self.saved = replace(self.saved, id=new_chat_id(), title=title + COPY_SUFFIX)
+        title = self.session.saved.display_title
+        self.session.saved = replace(self.session.saved, id=new_chat_id(), title=title + COPY_SUFFIX)
         self._stored = False  # written whole at its first change: merely looking adds no copy
         self.notify(f"“{title}” is open in another chatapp: what you add here is saved as a copy, "
                     f"“{title}{COPY_SUFFIX}”.", title="History", severity="warning", timeout=10, markup=False)
-        self._claim = open_chats.claim(self.store.path, self.saved.id)
+        self._claim = open_chats.claim(self.store.path, self.session.saved.id)
 
     def _release_claim(self: "ChatScreen") -> None:
         if self._claim is not None:
@@ -176,19 +169,19 @@ class ChatKeeping:
 
     def autosave(self: "ChatScreen", background: bool = True) -> None:
         """Write the changed exchanges to the store; an empty new chat is not saved."""
-        exchanges = self.conversation.exchanges
+        exchanges = self.session.conversation.exchanges
         if self.store is None or self._dirty_from is None or not (exchanges or self._stored):
             return
         if not self._stored and self._claim is None:
             self._claim_chat()  # a new chat is claimed as it is first saved
         start = self._dirty_from if self._stored else 0
         self._dirty_from, self._last_save = None, time.monotonic()
-        if self.engine is not None:
-            self.saved.model = self.engine.info.name
+        if self.session.engine is not None:
+            self.session.saved.model = self.session.engine.info.name
         if background and len(exchanges) - start > INLINE_SAVE_EXCHANGES:
-            self.save_in_background(snapshot(self.saved), self.store, start)
+            self.save_in_background(snapshot(self.session.saved), self.store, start)
         else:
-            self._saved(_save(self.saved, self.store, start), start)
+            self._saved(_save(self.session.saved, self.store, start), start)
 
     def autosave_streaming(self: "ChatScreen", index: int) -> None:
         """Save the reply being written (exchange `index`) if the last save is old enough."""
@@ -200,11 +193,11 @@ class ChatKeeping:
         """Save a snapshot of the whole chat through a connection of its own: safe on any thread,
         while the UI thread is busy (the exit deadline's last save)."""
         path = self.store.path if self.store is not None else None
-        if path is None or not (self.conversation.exchanges or self._stored):
+        if path is None or not (self.session.conversation.exchanges or self._stored):
             return
         try:
             with ChatStore(path) as store:
-                store.save(snapshot(self.saved))
+                store.save(snapshot(self.session.saved))
         except StoreError:
             self._rescue()
 

@@ -69,6 +69,8 @@ class FakeEngine:
     resets: int = 0
     vocab: Vocab = field(default_factory=Vocab)
     stop_ids: frozenset[int] = frozenset({STOP_ID})
+    activity: str | None = None
+    """What the runtime is doing (the real engine reports a kernel compiling)."""
 
     def reset(self) -> None:
         self.resets += 1

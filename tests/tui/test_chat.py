@@ -10,7 +10,8 @@ import pytest
 from rich.cells import cell_len
 
 from chatapp.chat.settings import SamplingSettings
-from chatapp.tui import generation, replies
+from chatapp.session import reply_stream
+from chatapp.tui import replies
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.loading_panel import LoadingPanel
@@ -34,10 +35,10 @@ def last_reply(app) -> AssistantMessage:
 
 
 async def test_send_streams_the_reply_and_follows_the_panel(monkeypatch):
-    monkeypatch.setattr(generation, "MAX_BATCH_SECONDS", generation.MIN_BATCH_SECONDS)  # a steady pace
+    monkeypatch.setattr(reply_stream, "MAX_BATCH_SECONDS", reply_stream.MIN_BATCH_SECONDS)  # a steady pace
     gate = threading.Event()
     # Steps slower than the batch and panel intervals are each posted, and shown, at once.
-    engine = FakeEngine(gate=gate, gate_after=2, delay=generation.StreamPacing().panel_seconds + 0.05)
+    engine = FakeEngine(gate=gate, gate_after=2, delay=reply_stream.StreamPacing().panel_seconds + 0.05)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)
@@ -161,13 +162,13 @@ async def test_costly_updates_slow_the_streaming_pace(monkeypatch):
     # 1 s of UI CPU, far over the budget, so the pace moves toward its longest interval.
     cpu = iter(range(1000))
     monkeypatch.setattr(replies, "time", SimpleNamespace(thread_time=lambda: float(next(cpu))))
-    engine = FakeEngine(replies=[list("abcd")], delay=generation.MIN_BATCH_SECONDS + 0.05)
+    engine = FakeEngine(replies=[list("abcd")], delay=reply_stream.MIN_BATCH_SECONDS + 0.05)
     app = app_with(engine)
     async with app.run_test() as pilot:
         await ready(pilot)
-        assert app.chat.pacing.batch_seconds == generation.MIN_BATCH_SECONDS
+        assert app.chat.session.pacing.batch_seconds == reply_stream.MIN_BATCH_SECONDS
         await send(pilot, "hi")
-        assert generation.MIN_BATCH_SECONDS < app.chat.pacing.batch_seconds <= generation.MAX_BATCH_SECONDS
+        assert reply_stream.MIN_BATCH_SECONDS < app.chat.session.pacing.batch_seconds <= reply_stream.MAX_BATCH_SECONDS
 
 
 async def test_words_typed_after_enter_are_kept_when_the_submission_is_handled():

@@ -10,15 +10,17 @@ from chatapp.chat import commands
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion, branch_version
 from chatapp.chat.settings import SamplingSettings
 from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
-from chatapp.tui.generation import (
+from chatapp.session.reply_stream import (
     MAX_BATCH_SECONDS,
     MIN_BATCH_SECONDS,
     PANEL_BATCHES,
     UI_CPU_BUDGET,
     StreamPacing,
+    TokensGenerated,
+    TurnFailed,
+    TurnFinished,
     stream_turn,
 )
-from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 from tests.tui.fakes import FakeEngine
 
 

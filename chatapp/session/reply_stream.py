@@ -1,7 +1,8 @@
-"""Runs one turn of the engine on the engine thread and reports it to the UI in batches.
+"""One turn of the engine, run on the engine thread and reported in batches of plain events.
 
-`stream_turn` is the body of the screen's generation job, kept free of widgets so tests can run
-it directly. Steps are posted in batches, and the candidates panel follows the latest step at half
+`stream_turn` is the body of a reply job (`ChatSession.run`), free of any UI so tests can run it
+directly; it reports `TokensGenerated`, then `TurnFinished` or `TurnFailed`, through the callable
+it is given (the TUI posts each event to its screen as a message). Steps are posted in batches, and the candidates panel follows the latest step at half
 that pace; the final step always reaches the panel. Every update is drawn on the UI thread, which
 takes CPU from the decoder's threads on a small CPU (and the GIL from a GPU's Python-bound loop),
 so the pace is set by `StreamPacing`: text every 0.4 s while drawing is cheap, less often when
@@ -12,15 +13,13 @@ slow machines).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from textual.message import Message
-
-from chatapp.chat.records import Step
+from chatapp.chat.records import Step, TurnStats
 from chatapp.chat.settings import SamplingSettings
-from chatapp.tui.messages import TokensGenerated, TurnFailed, TurnFinished
 
 MIN_BATCH_SECONDS = 0.4
 """Shortest wait before new text is posted: 2.5 updates a second read as live."""
@@ -74,11 +73,54 @@ class StreamPacing:
 
 
 @dataclass(frozen=True)
-class GenerationJob:
-    """What one generation needs: the conversation up to the reply, and how to sample it."""
+class TokensGenerated:
+    """A batch of new steps of the reply being written, and the step the candidates panel shows
+    next when its update is due, so that the two are drawn together."""
 
     job: int
-    """Sequence number; messages of older jobs are ignored."""
+    """The reply job this batch belongs to."""
+    steps: list[Step]
+    """New steps, in order (none when only the panel catches up with the last step)."""
+    candidates: Step | None = None
+    """The step whose candidates to show now, or None to leave the panel as it is."""
+    tok_per_s: float | None = None
+    """Decode speed of the reply so far, from its first token to this batch (None before the second)."""
+    prompt_tokens: int = 0
+    """The turn's prompt length (known from its first step on)."""
+    cached_tokens: int | None = None
+    """How many of them the KV cache held."""
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    """A reply ended (stop token, length limit or cancel)."""
+
+    job: int
+    """The reply job that ended."""
+    stats: TurnStats
+    """Its statistics and full text."""
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    """A reply could not be generated; the conversation is kept."""
+
+    job: int
+    """The reply job that failed."""
+    error: str
+    """One-line reason."""
+
+
+ReplyEvent = TokensGenerated | TurnFinished | TurnFailed
+"""What a reply job reports, in order: batches, then one end."""
+
+
+@dataclass(frozen=True)
+class ReplyJob:
+    """What one reply needs: the conversation up to it, how to sample it, and its stop signal."""
+
+    job: int
+    """Sequence number; events of older jobs are ignored."""
     exchange: int
     """Index of the exchange whose reply is generated."""
     messages: list[dict]
@@ -87,6 +129,9 @@ class GenerationJob:
     """Sampling settings for this reply."""
     prefix_ids: tuple[int, ...] = field(default=())
     """Tokens the reply must start with (branching)."""
+    stopped: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set (from any thread) to stop the reply before its next step; the only way a reply is
+    stopped, read by the engine thread at every step (`ChatSession.stop`)."""
 
 
 def one_line(error: BaseException) -> str:
@@ -98,7 +143,7 @@ def one_line(error: BaseException) -> str:
 def stream_turn(
     turn,
     job: int,
-    post: Callable[[Message], object],
+    post: Callable[[ReplyEvent], object],
     is_cancelled: Callable[[], bool],
     clock: Callable[[], float] = time.monotonic,
     pacing: StreamPacing | None = None,
@@ -108,8 +153,8 @@ def stream_turn(
     Args:
         turn: an engine `Turn` (iterable of `Step`, with `cancel()` and `stats`).
         job: the job number stamped on every message.
-        post: thread-safe message poster (the screen's `post_message`).
-        is_cancelled: True once the worker is cancelled; the turn then stops before its next step.
+        post: thread-safe receiver of the events (the TUI posts them to its screen).
+        is_cancelled: True once the reply is to stop; the turn then stops before its next step.
         clock: time source, injectable for tests.
         pacing: how often to post (read at every step); None for the fastest pace.
     """

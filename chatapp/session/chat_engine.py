@@ -1,0 +1,49 @@
+"""What a chat needs of an engine: the protocol that `chatapp.engine.engine.Engine` and the
+tests' `FakeEngine` both implement, so the session and the TUI never depend on torch."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, runtime_checkable
+
+from chatapp.chat.records import ModelInfo, Step, TurnStats
+from chatapp.chat.settings import SamplingSettings
+
+
+@runtime_checkable
+class ChatTurn(Protocol):
+    """One reply being written: an iterator of steps that ends with its statistics."""
+
+    stats: TurnStats
+    """The turn's figures, complete once iteration ends."""
+
+    def __iter__(self) -> Iterator[Step]:
+        """One `Step` per token, each chosen through `chatapp.lm_head`."""
+        ...
+
+    def cancel(self) -> None:
+        """End before the next step, as "cancelled" (safe from any thread)."""
+        ...
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """A loaded model that answers conversations one turn at a time (on the engine thread)."""
+
+    info: ModelInfo
+    """The model's name, device, dtype and context window."""
+    stop_ids: frozenset[int]
+    """Token ids that end a reply."""
+
+    @property
+    def activity(self) -> str | None:
+        """What the runtime is doing that the user should know (e.g. a kernel compiling), or None."""
+        ...
+
+    def start_turn(self, messages: list[dict], settings: SamplingSettings,
+                   reply_prefix_ids: list[int] | tuple[int, ...] = ()) -> ChatTurn:
+        """A turn answering `messages`; the reply starts with `reply_prefix_ids` (a branch)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the KV cache (another conversation follows)."""
+        ...

@@ -1,0 +1,138 @@
+"""`ChatSession`: one chat being had, without a UI.
+
+The session owns the chat (`saved`, a `SavedChat` holding the conversation), the sampling
+settings new replies use, the engine once it is loaded, and the reply job being written. A
+screen calls it and shows what changed; nothing of a screen runs on the engine thread.
+
+A reply's life, and which thread does what:
+1. `start_reply` (UI thread) adds the version to its exchange and returns its `ReplyJob`;
+2. `run(job, report)` (engine thread) runs the turn and reports its events; it reads only the
+   job and the engine, never the conversation;
+3. `add_steps`, `finish` and `fail` (UI thread) apply the events of the current job to its
+   version and ignore those of an older one;
+4. `stop` (any thread) is the one way a reply is stopped: it sets the job's `stopped` event,
+   which the engine thread checks before every step (and before the turn starts). The reply
+   then ends as "cancelled" through the same `finish` as any other;
+5. `end_job` (UI thread) forgets the job; `abandon_job` does so at once for a reply that is
+   still being written when the chat is cleared or replaced (it is kept, marked stopped, and
+   its late events are ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from chatapp.chat.conversation import Conversation, ReplyVersion
+from chatapp.chat.settings import SamplingSettings
+from chatapp.session.chat_engine import ChatEngine
+from chatapp.session.reply_stream import (
+    ReplyEvent,
+    ReplyJob,
+    StreamPacing,
+    TokensGenerated,
+    TurnFailed,
+    TurnFinished,
+    one_line,
+    stream_turn,
+)
+from chatapp.storage.chat_file import SavedChat
+
+
+class ChatSession:
+    """The chat on screen, its settings, its engine and the reply being written."""
+
+    def __init__(self, settings: SamplingSettings, saved: SavedChat) -> None:
+        """A session on `saved` (a reopened chat, or a new empty one) with `settings`."""
+        self.settings = settings
+        """Sampling settings for the next reply (flags, /set, a reopened chat's own)."""
+        self.saved = saved
+        """The chat: its id, title, and the conversation."""
+        self.engine: ChatEngine | None = None
+        """The loaded engine, None while loading (or when loading failed)."""
+        self.job: ReplyJob | None = None
+        """The reply being written, or None."""
+        self.version: ReplyVersion | None = None
+        """The version `job` writes (in its exchange's versions)."""
+        self.live: TokensGenerated | None = None
+        """The latest batch of the reply being written (its speed, prompt and cache figures)."""
+        self.pacing = StreamPacing()
+        """How often the engine thread reports; kept from reply to reply."""
+        self._jobs = 0
+
+    @property
+    def conversation(self) -> Conversation:
+        """The conversation of the chat."""
+        return self.saved.conversation
+
+    @property
+    def generating(self) -> bool:
+        """True while a reply is being written."""
+        return self.job is not None
+
+    def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> ReplyJob:
+        """Add `version` to exchange `index` and return the job that writes the rest of it
+        (`prefix_ids`: the tokens it must start with, a branch's)."""
+        self.conversation.exchanges[index].add_version(version)
+        self._jobs += 1
+        self.version, self.live = version, None
+        self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
+        return self.job
+
+    def run(self, job: ReplyJob, report: Callable[[ReplyEvent], object]) -> None:
+        """On the engine thread: write `job`'s reply, reporting its events through `report`."""
+        try:
+            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
+        except Exception as error:  # e.g. ContextOverflowError: reported, the chat is kept
+            report(TurnFailed(job.job, one_line(error)))
+            return
+        if job.stopped.is_set():  # stopped while queued: the turn ends at once, as stopped
+            turn.cancel()
+        stream_turn(turn, job.job, report, job.stopped.is_set, pacing=self.pacing)
+
+    def stop(self) -> bool:
+        """Stop the reply being written (from any thread); False when there is none."""
+        job = self.job
+        if job is None:
+            return False
+        job.stopped.set()
+        return True
+
+    def is_current(self, event: ReplyEvent) -> bool:
+        """Whether `event` comes from the job being written (not one that ended or was abandoned)."""
+        return self.job is not None and self.job.job == event.job
+
+    def add_steps(self, event: TokensGenerated) -> str | None:
+        """Add a batch to the reply; the text it added, or None for an older job's batch."""
+        if not self.is_current(event):
+            return None
+        self.live = event
+        return self.version.add_steps(event.steps)
+
+    def finish(self, event: TurnFinished) -> bool:
+        """Finish the reply with its statistics; False for an older job's event."""
+        if not self.is_current(event):
+            return False
+        self.version.finish(event.stats)
+        return True
+
+    def fail(self, event: TurnFailed) -> bool:
+        """Mark the reply failed; False for an older job's event."""
+        if not self.is_current(event):
+            return False
+        self.version.fail(event.error)
+        return True
+
+    def end_job(self) -> int:
+        """Forget the ended job; the index of the exchange it wrote."""
+        index = self.job.exchange
+        self.job, self.version, self.live = None, None, None
+        return index
+
+    def abandon_job(self) -> int | None:
+        """Stop the reply being written and forget it now: its tokens so far stay, marked
+        stopped, and its late events are ignored. The index of its exchange, or None."""
+        if not self.stop():
+            return None
+        if self.version.status == "streaming":
+            self.version.status = "stopped"
+        return self.end_job()
