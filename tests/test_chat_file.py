@@ -22,8 +22,11 @@ from chatapp.storage.chat_file import (
 )
 from tests.chat_samples import big_chat, reply, rich_chat, step
 
-PERSISTENCE_MODULES = ("chatapp.storage.chat_file", "chatapp.storage.store", "chatapp.storage.export", "chatapp.cli.config",
-                       "chatapp.storage.token_columns", "chatapp.support.atomic_file")
+PERSISTENCE_MODULES = (
+    "chatapp.storage.chat_file", "chatapp.storage.store", "chatapp.storage.export", "chatapp.cli.config",
+    "chatapp.storage.token_columns", "chatapp.support.atomic_file", "chatapp.session.chat_keeper",
+    "chatapp.session.chat_session",
+)
 """Modules of the persistence layer: plain Python under the UI."""
 
 

@@ -10,6 +10,7 @@ import pytest
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.session.chat_engine import ChatEngine, ChatTurn
+from chatapp.session.chat_keeper import ChatKeeper
 from chatapp.session.chat_session import ChatSession
 from chatapp.session.reply_stream import TokensGenerated, TurnFailed, TurnFinished
 from chatapp.storage.chat_file import SavedChat
@@ -19,7 +20,7 @@ SETTINGS = SamplingSettings(temperature=0)
 
 
 def session_with(engine: FakeEngine, *messages: str) -> ChatSession:
-    session = ChatSession(SETTINGS, SavedChat(Conversation(exchanges=[Exchange(m) for m in messages])))
+    session = ChatSession(SETTINGS, ChatKeeper(SavedChat(Conversation(exchanges=[Exchange(m) for m in messages]))))
     session.engine = engine
     return session
 
@@ -126,3 +127,29 @@ def test_a_job_answers_the_conversation_up_to_its_exchange(index):
     job = session.start_reply(index, ReplyVersion(settings=SETTINGS))
     assert job.messages[-1] == {"role": "user", "content": ["first", "second"][index]}
     assert job.exchange == index and job.settings == SETTINGS
+
+
+def test_the_session_saves_a_reply_when_it_ends_and_when_it_is_stopped(tmp_path):
+    from chatapp.storage.store import ChatStore
+
+    store_path = tmp_path / "history.sqlite3"
+    keeper = ChatKeeper(SavedChat(Conversation(exchanges=[Exchange("Hi"), Exchange("Again")])), store_path)
+    keeper.open()
+    session = ChatSession(SETTINGS, keeper)
+    session.use_engine(FakeEngine(replies=[["Hel", "lo"]]))
+
+    job = session.start_reply(0, ReplyVersion(settings=SETTINGS))
+    events: list = []
+    session.run(job, events.append)
+    apply(session, events)
+    session.end_job()
+    with ChatStore(store_path) as store:
+        saved = store.load(keeper.saved.id)
+    assert saved.conversation.exchanges[0].reply.text == "Hello" and saved.model == FakeEngine().info.name
+
+    session.start_reply(1, ReplyVersion(settings=SETTINGS))
+    session.add_steps(TokensGenerated(session.job.job, [FakeEngine().step(0, "Par")]))
+    assert session.stop_and_save() and session.job.stopped.is_set()
+    with ChatStore(store_path) as store:
+        assert store.load(keeper.saved.id).conversation.exchanges[1].reply.text == "Par"
+    keeper.close({})

@@ -1,8 +1,10 @@
 """`ChatSession`: one chat being had, without a UI.
 
-The session owns the chat (`saved`, a `SavedChat` holding the conversation), the sampling
-settings new replies use, the engine once it is loaded, and the reply job being written. A
-screen calls it and shows what changed; nothing of a screen runs on the engine thread.
+The session owns the chat (through its `keeper`, which holds the `SavedChat` and decides when it
+is written), the sampling settings new replies use, the engine once it is loaded, and the reply
+job being written. A screen calls it and shows what changed; nothing of a screen runs on the
+engine thread. Autosave follows the reply: its exchange is marked changed when it starts, saved
+about every second while it streams, and saved when it ends or is stopped.
 
 A reply's life, and which thread does what:
 1. `start_reply` (UI thread) adds the version to its exchange and returns its `ReplyJob`;
@@ -13,9 +15,9 @@ A reply's life, and which thread does what:
 4. `stop` (any thread) is the one way a reply is stopped: it sets the job's `stopped` event,
    which the engine thread checks before every step (and before the turn starts). The reply
    then ends as "cancelled" through the same `finish` as any other;
-5. `end_job` (UI thread) forgets the job; `abandon_job` does so at once for a reply that is
-   still being written when the chat is cleared or replaced (it is kept, marked stopped, and
-   its late events are ignored).
+5. `end_job` (UI thread) saves the reply and forgets the job; `abandon_job` forgets it at once
+   for a reply still being written when the chat is cleared or replaced (it is kept, marked
+   stopped and changed, and its late events are ignored).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Callable
 from chatapp.chat.conversation import Conversation, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.session.chat_engine import ChatEngine
+from chatapp.session.chat_keeper import ChatKeeper
 from chatapp.session.reply_stream import (
     ReplyEvent,
     ReplyJob,
@@ -41,14 +44,14 @@ from chatapp.storage.chat_file import SavedChat
 class ChatSession:
     """The chat on screen, its settings, its engine and the reply being written."""
 
-    def __init__(self, settings: SamplingSettings, saved: SavedChat) -> None:
-        """A session on `saved` (a reopened chat, or a new empty one) with `settings`."""
+    def __init__(self, settings: SamplingSettings, keeper: ChatKeeper) -> None:
+        """A session on `keeper`'s chat (a reopened one, or a new empty one) with `settings`."""
         self.settings = settings
         """Sampling settings for the next reply (flags, /set, a reopened chat's own)."""
-        self.saved = saved
-        """The chat: its id, title, and the conversation."""
+        self.keeper = keeper
+        """The chat, and when and where it is written."""
         self.engine: ChatEngine | None = None
-        """The loaded engine, None while loading (or when loading failed)."""
+        """The loaded engine, None while loading (or when loading failed); see `use_engine`."""
         self.job: ReplyJob | None = None
         """The reply being written, or None."""
         self.version: ReplyVersion | None = None
@@ -58,6 +61,16 @@ class ChatSession:
         self.pacing = StreamPacing()
         """How often the engine thread reports; kept from reply to reply."""
         self._jobs = 0
+
+    @property
+    def saved(self) -> SavedChat:
+        """The chat: its id, title, and the conversation."""
+        return self.keeper.saved
+
+    def use_engine(self, engine: ChatEngine) -> None:
+        """Answer with `engine` from now on (its model is recorded with the chat)."""
+        self.engine = engine
+        self.keeper.model = engine.info.name
 
     @property
     def conversation(self) -> Conversation:
@@ -73,6 +86,7 @@ class ChatSession:
         """Add `version` to exchange `index` and return the job that writes the rest of it
         (`prefix_ids`: the tokens it must start with, a branch's)."""
         self.conversation.exchanges[index].add_version(version)
+        self.keeper.mark_changed(index)
         self._jobs += 1
         self.version, self.live = version, None
         self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
@@ -97,6 +111,13 @@ class ChatSession:
         job.stopped.set()
         return True
 
+    def stop_and_save(self) -> bool:
+        """Stop the reply being written (UI thread) and save what it has so far."""
+        stopped = self.stop()
+        if stopped:
+            self.keeper.autosave()
+        return stopped
+
     def is_current(self, event: ReplyEvent) -> bool:
         """Whether `event` comes from the job being written (not one that ended or was abandoned)."""
         return self.job is not None and self.job.job == event.job
@@ -106,7 +127,9 @@ class ChatSession:
         if not self.is_current(event):
             return None
         self.live = event
-        return self.version.add_steps(event.steps)
+        added = self.version.add_steps(event.steps)
+        self.keeper.autosave_streaming(self.job.exchange)
+        return added
 
     def finish(self, event: TurnFinished) -> bool:
         """Finish the reply with its statistics; False for an older job's event."""
@@ -123,9 +146,11 @@ class ChatSession:
         return True
 
     def end_job(self) -> int:
-        """Forget the ended job; the index of the exchange it wrote."""
+        """Save the ended job's reply and forget the job; the index of the exchange it wrote."""
         index = self.job.exchange
         self.job, self.version, self.live = None, None, None
+        self.keeper.mark_changed(index)
+        self.keeper.autosave()
         return index
 
     def abandon_job(self) -> int | None:
@@ -135,4 +160,7 @@ class ChatSession:
             return None
         if self.version.status == "streaming":
             self.version.status = "stopped"
-        return self.end_job()
+        index = self.job.exchange
+        self.job, self.version, self.live = None, None, None
+        self.keeper.mark_changed(index)
+        return index

@@ -30,9 +30,9 @@ class ConversationActions:
 
     def action_stop(self: "ChatScreen") -> None:
         """Esc: stop the reply (it is kept, marked stopped, once its turn ends), or cancel an edit."""
-        if self.session.stop():
-            self.autosave()
-        elif self.editing:
+        if self.session.stop_and_save():
+            return
+        if self.editing:
             self.editing = False
             self.query_one(PromptInput).clear()
             self.notify("Edit cancelled.")
@@ -79,10 +79,8 @@ class ConversationActions:
 
     async def action_new_chat(self: "ChatScreen") -> None:
         """Save the conversation and start a new one (the system prompt and settings stay)."""
-        cut = self.session.abandon_job()  # the reply so far is kept and saved, as stopped
-        if cut is not None:
-            self.mark_changed(cut)
-        self.new_saved_chat()
+        self.session.abandon_job()  # the reply so far is kept and saved, as stopped
+        self.keeper.start_new()
         self.editing = False
         await self.query_one(ChatLog).clear()
         self.query_one(TopKPanel).view = None
@@ -163,8 +161,8 @@ class ConversationActions:
         if version.steps[-1].is_stop:
             # The forced token ends the reply: nothing more to generate.
             exchange.add_version(version).status = "done"
-            self.mark_changed(cursor.exchange)
-            self.autosave()
+            self.keeper.mark_changed(cursor.exchange)
+            self.keeper.autosave()
             self.query_one(ChatLog).reply_view(cursor.exchange).show_reply()
         else:
             self.start_reply(cursor.exchange, version, tuple(prefix_ids))
@@ -190,8 +188,8 @@ class ConversationActions:
         exchange = self.session.conversation.exchanges[index]
         if not exchange.switch(delta):
             return
-        self.mark_changed(index)
-        self.autosave()
+        self.keeper.mark_changed(index)
+        self.keeper.autosave()
         log = self.query_one(ChatLog)
         log.user_view(index).set_text(exchange.shown_user)  # an edit's version answers its own text
         log.reply_view(index).show_reply()

@@ -116,7 +116,7 @@ class ChatApp(App):
     def _last_words(self) -> None:
         """The exit deadline's, on its own thread: save a snapshot of the chat and put the terminal
         back (its driver's `restore_terminal`), as the regular way out would have."""
-        self.chat.rescue_save()
+        self.chat.keeper.rescue_save()
         restore = getattr(self._driver, "restore_terminal", None)
         if restore is not None:
             restore()
@@ -244,7 +244,7 @@ def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = 
     """Run the TUI until the user quits; return the process exit code (`options`: `make_app`'s)."""
     app = make_app(settings=settings, load_engine=load_engine, top_n=top_n, **options)
     app.run()
-    chat = app.chat
+    chat = app.chat.keeper
     if chat.rescued is not None:
         print(f"chatapp: the chat history could not take this chat ({chat.save_error}); it was written to "
               f"{chat.rescued} (/load reads it)", file=sys.stderr)

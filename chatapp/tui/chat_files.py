@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatapp.chat import commands
-from chatapp.chat.conversation import Conversation
 from chatapp.chat.export_format import ExportError
 from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import ChatFileError, SavedChat, counted, load_chat_file, save_chat_file
@@ -46,28 +45,26 @@ class ChatSwitching:
         if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return False
-        self.autosave()
-        self.session.saved, self._stored, self._dirty_from, self.editing = chat, stored, None, False
-        if not stored:
-            self.mark_changed(0)
+        self.keeper.replace(chat, stored)
+        self.editing = False
         await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()
         if self.session.engine is not None:
             self.reset_engine()
         self.update_status()
-        self.autosave()
+        self.keeper.autosave()
         return True
 
     async def open_saved(self: "ChatScreen", chat_id: str) -> None:
         """Open a chat from the history."""
-        if chat_id == self.session.saved.id or self.store is None:
+        if chat_id == self.session.saved.id or self.keeper.store is None:
             return
         if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return
         try:
-            chat = self.store.load(chat_id)
+            chat = self.keeper.store.load(chat_id)
         except StoreError as error:
             self.notify(str(error), title="History", severity="error", markup=False)
             return
@@ -79,19 +76,13 @@ class ChatSwitching:
             self.notify(f"Opened “{chat.display_title}”" + (f" ({settings.describe()})." if settings else "."),
                         markup=False)
 
-    def new_saved_chat(self: "ChatScreen") -> None:
-        """Save the current chat and start a new one with the same system prompt."""
-        self.autosave()
-        self.session.saved = SavedChat(Conversation(system=self.session.conversation.system))
-        self._stored, self._dirty_from = False, None
-
     def action_history(self: "ChatScreen") -> None:
         """Show the saved chats (open, rename, delete)."""
-        if self.store is None:
+        if self.keeper.store is None:
             self.notify("No chat history: it could not be opened.", severity="warning")
             return
-        self.autosave()
-        history = HistoryScreen(self.store, self.session.saved.id, self._renamed, self._deleted)
+        self.keeper.autosave()
+        history = HistoryScreen(self.keeper.store, self.session.saved.id, self._renamed, self._deleted)
 
         async def chosen(chat_id: str | None) -> None:
             if chat_id is not None:
@@ -106,7 +97,7 @@ class ChatSwitching:
     async def _deleted(self: "ChatScreen", chat_id: str) -> None:
         """The open chat was deleted: show a new, empty one (not saved again)."""
         if chat_id == self.session.saved.id:
-            self._stored, self._dirty_from = False, None
+            self.keeper.forget()
             await self.action_new_chat()
 
     # -- commands ------------------------------------------------------------------------------
@@ -148,7 +139,7 @@ class ChatSwitching:
         except ChatFileError as error:
             self.notify(one_line(error), title="Load", severity="error", markup=False)
             return
-        if self._in_store(chat.id):
+        if self.keeper.in_store(chat.id):
             # A copy of a chat the history holds: keep both rather than overwrite the newer one.
             chat = replace(chat, id=SavedChat(chat.conversation).id)
         if await self.show_chat(chat, stored=False):
@@ -169,9 +160,3 @@ class ChatSwitching:
             self.notify(f"{target}: {error}", title="Not sent", severity="error", markup=False)
             return
         await self.send(text)
-
-    def _in_store(self: "ChatScreen", chat_id: str) -> bool:
-        try:
-            return self.store is not None and any(s.id == chat_id for s in self.store.list_chats())
-        except StoreError:
-            return False

@@ -73,10 +73,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         prompt); `store_path` is the history database (None: the user data folder).
         """
         super().__init__()
-        self.session = ChatSession(settings, chat or SavedChat(Conversation(system=system)))
+        keeper = self.make_keeper(chat or SavedChat(Conversation(system=system)), store_path, stored=chat is not None)
+        self.session = ChatSession(settings, keeper)
         """The chat, its settings, its engine and the reply being written (no Textual)."""
         self.top_n = top_n
-        self.init_keeping(store_path, stored=chat is not None)
         self.editing = False
         self._load_engine = load_engine
         self._update_cpu_at: float | None = None
@@ -109,7 +109,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     async def on_mount(self) -> None:
         """Open the history and show a reopened chat; the prompt is usable right away."""
         self.query_one(TopKPanel).border_title = "Candidates"
-        self.open_store()
+        self.keeper.open()
         await self.query_one(ChatLog).show_exchanges(self.session.conversation.exchanges)
         self.query_one(PromptInput).focus()
         self.update_status("loading…")  # `ChatApp.on_ready` starts loading after the first frame
@@ -147,7 +147,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     @on(EngineLoaded)
     def engine_loaded(self, message: EngineLoaded) -> None:
         """Swap the loading panel for the conversation."""
-        self.session.engine = message.engine
+        self.session.use_engine(message.engine)
         self.query_one(LoadingPanel).remove()
         self.add_class("-ready")
         self.remove_class("-waiting")
@@ -171,7 +171,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self.query_one(LoadingPanel).fail(message.error)
         if self._still_waiting():
             self.session.conversation.exchanges.pop()
-            self.mark_changed(len(self.session.conversation.exchanges))
+            self.keeper.mark_changed(len(self.session.conversation.exchanges))
             await self.query_one(ChatLog).show_exchanges(self.session.conversation.exchanges)
             prompt = self.query_one(PromptInput)
             prompt.set_prompt("\n".join(filter(None, [self._waiting.user, prompt.text])))
@@ -209,7 +209,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             cached=cached,
             prompt=prompt,
             settings=self.session.settings.describe(),
-            warning=self.keeping_warning(),
+            warning=self.keeper.warning(),
         )
 
     # -- sending and commands ------------------------------------------------------------------
@@ -275,7 +275,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         exchange.user = text
         index = len(self.session.conversation.exchanges) - 1
         self.query_one(ChatLog).user_view(index).set_text(text)
-        self.mark_changed(index)
+        self.keeper.mark_changed(index)
         return exchange
 
     async def add_user_message(self, text: str) -> Exchange:
@@ -284,7 +284,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self.session.conversation.exchanges.append(exchange)
         index = len(self.session.conversation.exchanges) - 1
         await self.query_one(ChatLog).add_exchange(exchange, index)
-        self.mark_changed(index)
+        self.keeper.mark_changed(index)
         return exchange
 
     async def run_command(self, text: str, submitted: str) -> None:
@@ -305,7 +305,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             self.update_status()
         elif isinstance(command, commands.SetSystem):
             self.session.conversation.system = command.text
-            self.mark_changed(len(self.session.conversation.exchanges))
+            self.keeper.mark_changed(len(self.session.conversation.exchanges))
             self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
         elif isinstance(command, commands.ClearChat):
             await self.action_new_chat()

@@ -37,7 +37,6 @@ class ReplyStreaming:
     def start_reply(self: "ChatScreen", index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
         """Add `version` to exchange `index` and generate the rest of it on the engine thread."""
         job = self.session.start_reply(index, version, prefix_ids)
-        self.mark_changed(index)
         self._update_cpu_at = None
         self.query_one(ChatLog).reply_view(index).show_reply()
         self.update_status()
@@ -80,16 +79,13 @@ class ReplyStreaming:
             if event.candidates is not None and log.cursor is None:
                 self.show_step(event.candidates, job.settings)
             self.update_status()  # the reply's own speed and context, as it is written
-        self.autosave_streaming(job.exchange)
 
     def show_step(self: "ChatScreen", step: Step, settings: SamplingSettings, cursor: int | None = None) -> None:
         """Show `step` in the candidates panel."""
         self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)
 
     async def _end_job(self: "ChatScreen") -> None:
-        index = self.session.end_job()
-        self.mark_changed(index)
-        self.autosave()
+        index = self.session.end_job()  # saved
         self.query_one(ChatLog).reply_view(index).show_reply()  # one full render ends the stream
         self.update_status()
 

@@ -14,7 +14,7 @@ import pytest
 from chatapp.cli import main as cli
 from chatapp.storage.chat_file import load_chat_file
 from chatapp.storage.store import ChatStore, StoreError
-from chatapp.tui import persistence
+from chatapp.session import chat_keeper
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FakeEngine
 from tests.tui.test_persistence import saved_chat
@@ -82,19 +82,19 @@ def _fill_the_disk(store: ChatStore) -> None:
 
 
 async def test_a_full_disk_warns_until_a_save_works(store_path, monkeypatch):
-    monkeypatch.setattr(persistence, "AUTOSAVE_SECONDS", 0.0)  # a save at every batch: many failures
+    monkeypatch.setattr(chat_keeper, "AUTOSAVE_SECONDS", 0.0)  # a save at every batch: many failures
     engine = FakeEngine(replies=[["Hello"], [f" w{i}" for i in range(40)]], delay=0.005)
     app = app_with(engine, store_path=store_path)
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "first")
-        _fill_the_disk(app.chat.store)
+        _fill_the_disk(app.chat.keeper.store)
         await send(pilot, "x" + secrets.token_hex(20000))  # needs new pages (it does not compress)
         failures = [n for n in app._notifications if "autosave failed" in n.message]
         assert len(failures) == 1  # said once, not once a second
         status = str(app.chat.query_one("StatusBar").render())
         assert "not saved" in status and "full" in status
-        app.chat.store._db.execute("PRAGMA max_page_count = 1000000")  # space again
+        app.chat.keeper.store._db.execute("PRAGMA max_page_count = 1000000")  # space again
         await send(pilot, "third")
         assert "not saved" not in str(app.chat.query_one("StatusBar").render())
     with ChatStore(store_path) as store:
@@ -106,10 +106,10 @@ async def test_exchanges_the_full_disk_kept_out_go_to_a_rescue_file_at_quit(stor
     async with app.run_test() as pilot:
         await ready(pilot)
         await send(pilot, "first")
-        _fill_the_disk(app.chat.store)
+        _fill_the_disk(app.chat.keeper.store)
         await send(pilot, "y" + secrets.token_hex(20000))
-    rescued = app.chat.rescued
-    assert rescued is not None and rescued.parent == persistence.rescue_folder()
+    rescued = app.chat.keeper.rescued
+    assert rescued is not None and rescued.parent == chat_keeper.rescue_folder()
     assert [e.user[:1] if len(e.user) > 9 else e.user for e in load_chat_file(rescued).conversation.exchanges] == ["first", "y"]
 
 

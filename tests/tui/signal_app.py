@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from chatapp.chat.settings import SamplingSettings
-from chatapp.tui import persistence
+from chatapp.session import chat_keeper
 from chatapp.tui.app import make_app
 from tests.tui.fakes import FakeEngine
 
@@ -23,7 +23,7 @@ REPLY_TOKENS = 400
 
 
 def main() -> int:
-    persistence.AUTOSAVE_SECONDS = float("inf")
+    chat_keeper.AUTOSAVE_SECONDS = float("inf")
     engine = FakeEngine(replies=[[f" w{i}" for i in range(REPLY_TOKENS)]], delay=STEP_SECONDS)
     app = make_app(settings=SamplingSettings(), load_engine=lambda report: engine, store_path=Path(sys.argv[1]))
 

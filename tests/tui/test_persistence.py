@@ -12,7 +12,7 @@ from chatapp.chat.settings import SamplingSettings
 from chatapp.storage.chat_file import INTERRUPTED_NOTE, SavedChat, exchange_to_dict, load_chat_file
 from chatapp.storage.store import ChatStore
 from chatapp.session import reply_stream
-from chatapp.tui import persistence
+from chatapp.session import chat_keeper
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import ConfirmScreen
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -56,7 +56,7 @@ async def test_a_finished_turn_is_saved_with_its_steps(store_path):
 
 
 async def test_a_reply_being_written_is_saved_as_it_streams(store_path, monkeypatch):
-    monkeypatch.setattr(persistence, "AUTOSAVE_SECONDS", 0.0)
+    monkeypatch.setattr(chat_keeper, "AUTOSAVE_SECONDS", 0.0)
     monkeypatch.setattr(reply_stream, "MAX_BATCH_SECONDS", reply_stream.MIN_BATCH_SECONDS)  # a steady pace
     gate = threading.Event()
     app = app_with(FakeEngine(gate=gate, gate_after=2, delay=reply_stream.MIN_BATCH_SECONDS + 0.05),
