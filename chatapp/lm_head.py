@@ -4,10 +4,17 @@ The path, one short step each, follows `../shared/seed/000_ea6efaac940ed9f8.txt`
 the last token's context vector -> `model.get_output_embeddings()` -> vocabulary logits ->
 temperature -> top-k -> softmax -> `torch.multinomial` -> decode.
 
-`lm_head` and `get_top_token` keep the seed's signatures; the engine generates through
-`lm_head` (asking it for the logits too, so the panel can show raw probabilities) and through
-`sample_token_ids`, the sampling half of `get_top_token`. `describe_choice` turns one step into
-the plain numbers the UI shows, with a single device-to-host copy.
+`lm_head` and `get_top_token` keep the seed's signatures. `choose_token` is the whole choice of
+one token as the engine makes it, in four steps: `lm_head` (asked for the logits too, so the
+panel can show raw probabilities), the kept ids, `sample_token_ids` (the sampling half of
+`get_top_token`) and `describe_choice`, which turns the step into the plain numbers the UI
+shows with a single device-to-host copy.
+
+The projection is the model's own output embedding, whatever it holds. For an int4 model it is
+`chatapp.runtime.quantize.OutputHead`: a 4-bit pass over every row, then the best
+`EXACT_TOP` rows recomputed from the float32 weights, so the logits of every token that can be
+chosen or shown are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
+moved the decoder onto it.
 
 Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
 transformers' own logits processors (imported only when one is on: importing transformers
@@ -18,10 +25,13 @@ temperature, top-k, top-p, min-p) so each setting means what it means in `model.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from chatapp.chat.settings import SamplingSettings
 
 LN2 = math.log(2.0)
 """Converts nats to bits for the entropy shown to users."""
@@ -55,7 +65,8 @@ def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 logits, `(V,)` or `(B, V)`.
     """
-    # Project d_model -> vocabulary with the model's own output embedding matrix.
+    # Project d_model -> vocabulary with the model's own output embedding matrix (an int4
+    # model's is `OutputHead`: a 4-bit pass, then its best rows exact in float32).
     head = model.get_output_embeddings()
     logits = project(head, hidden)
     config = model.config
@@ -266,3 +277,38 @@ def _to_host(token_id, rank, entropy, top_ids, probabilities, raw) -> tuple[list
     packed = torch.cat([head, ids.to(raw.dtype), probabilities[ids], raw[ids]]).tolist()
     m = len(ids)
     return packed[:2], packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
+
+
+@torch.inference_mode()
+def choose_token(
+    model,
+    hidden: torch.Tensor,
+    settings: "SamplingSettings",
+    generator: Callable[[torch.device], torch.Generator],
+    top_n: int,
+    previous_ids: torch.Tensor | None = None,
+) -> Choice:
+    """Choose the next token from the last position's context vector, as the engine does.
+
+    Args:
+        model: a transformers causal LM (or a plain module tree with its output embeddings).
+        hidden: `(d_model,)` the final block's output at the last position.
+        settings: temperature, top-k, top-p, min-p and repetition penalty.
+        generator: the turn's seeded generator for the device the probabilities land on.
+        top_n: how many candidates to describe.
+        previous_ids: `(T,)` the ids the repetition penalty applies to.
+
+    Returns:
+        the chosen token and the numbers the panel shows.
+    """
+    # The seed's LM head: logits -> penalty -> temperature -> top-k -> top-p -> min-p -> softmax.
+    probs, logits = lm_head(
+        model, hidden, settings.temperature, settings.top_k, return_logits=True, top_p=settings.top_p,
+        min_p=settings.min_p, repetition_penalty=settings.repetition_penalty, previous_ids=previous_ids,
+    )  # (V,), (V,)
+    # The tokens the filters kept: shared by the draw and the candidates.
+    support = kept_ids(probs)  # (S,)
+    # One draw with torch.multinomial from the seeded generator.
+    token = sample_token_ids(probs, 1, generator(probs.device), support)[0]  # ()
+    # The step's numbers, in one copy to the host.
+    return describe_choice(token, probs, logits, top_n, support)

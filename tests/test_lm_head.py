@@ -16,8 +16,10 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from chatapp.chat.settings import SamplingSettings
 from chatapp.lm_head import (
     NonFiniteLogitsError,
+    choose_token,
     describe_choice,
     get_top_token,
     kept_ids,
@@ -212,3 +214,30 @@ def test_candidates_ranked_among_the_kept_tokens_are_the_same(temperature, k, to
         token = sample_token_ids(probs, 1, torch.Generator().manual_seed(trial), support)[0]
         assert token == sample_token_ids(probs, 1, torch.Generator().manual_seed(trial))[0]
         assert describe_choice(token, probs, logits, 10, support) == describe_choice(token, probs, logits, 10)
+
+
+@pytest.mark.parametrize("settings", [
+    SamplingSettings(temperature=0.7, top_k=50),
+    SamplingSettings(temperature=1.3, top_k=0, top_p=0.9, min_p=0.05, repetition_penalty=1.3),
+    SamplingSettings(temperature=0, top_k=5),
+])
+def test_choose_token_is_the_seed_pipeline_step_by_step(settings):
+    """`choose_token` (what the engine calls) is `lm_head`, the kept ids, one seeded draw and
+    `describe_choice`, nothing else: the same choice and numbers for the same seed."""
+    model = TinyHead()
+    previous = torch.tensor([3, 17, 17, 250])
+    for trial in range(6):
+        vec = torch.randn(D_MODEL, generator=torch.Generator().manual_seed(200 + trial))
+        devices = []
+
+        def generator(device):
+            devices.append(device)
+            return torch.Generator(device=device).manual_seed(trial)
+
+        choice = choose_token(model, vec, settings, generator, 8, previous)
+        probs, logits = lm_head(model, vec, settings.temperature, settings.top_k, return_logits=True,
+                                top_p=settings.top_p, min_p=settings.min_p,
+                                repetition_penalty=settings.repetition_penalty, previous_ids=previous)
+        token = sample_token_ids(probs, 1, torch.Generator().manual_seed(trial))[0]
+        assert choice == describe_choice(token, probs, logits, 8)
+        assert devices == [probs.device]

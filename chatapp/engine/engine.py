@@ -33,7 +33,7 @@ from chatapp.chat.prompt import Message, encode_prompt, fit_to_context
 from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
-from chatapp.lm_head import describe_choice, kept_ids, lm_head, sample_token_ids
+from chatapp.lm_head import choose_token
 from chatapp.loading.models import LoadedModel
 from chatapp.runtime.decoder_choice import open_decoder
 
@@ -186,6 +186,14 @@ class Turn:
         self.generated_ids: list[int] = []
         """Tokens chosen by this turn (after any forced prefix)."""
         self._cancelled = threading.Event()
+        self._torch_generator: torch.Generator | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The turn's generator, seeded with `seed`, made on the device the LM head's output
+        lands on at its first draw."""
+        if self._torch_generator is None:
+            self._torch_generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._torch_generator
 
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
@@ -207,7 +215,6 @@ class Turn:
         stats.prefill_tokens = len(ids) - cached
         room = engine.info.context_length - len(ids)
         budget = max(0, min(settings.max_new_tokens, room))
-        generator = None  # made on the device the LM head's output lands on
         detok = ReplyDetokenizer(engine.tokenizer)
         for forced in ids[len(ids) - self.prefix_len :]:
             detok.step(forced)  # the reply's forced start is part of its text
@@ -221,22 +228,7 @@ class Turn:
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
                     break
-                probs, logits = lm_head(
-                    engine.model,
-                    hidden,
-                    settings.temperature,
-                    settings.top_k,
-                    return_logits=True,
-                    top_p=settings.top_p,
-                    min_p=settings.min_p,
-                    repetition_penalty=settings.repetition_penalty,
-                    previous_ids=penalty_ids,
-                )  # (V,), (V,)
-                if generator is None:
-                    generator = torch.Generator(device=probs.device).manual_seed(self.seed)
-                support = kept_ids(probs)  # (S,): shared by the draw and the candidates
-                token = sample_token_ids(probs, 1, generator, support)[0]  # ()
-                choice = describe_choice(token, probs, logits, engine.top_n, support)
+                choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids
@@ -267,7 +259,7 @@ class Turn:
                         break
                 if index + 1 < budget:
                     if penalty_ids is not None:
-                        penalty_ids = torch.cat([penalty_ids, token.reshape(1)])
+                        penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
                     hidden = kv.decode_one(token_id)
         except GeneratorExit:
             stats.finish_reason = "cancelled"
