@@ -4,9 +4,8 @@ On CPU, torch runs its kernels on OpenMP (libgomp). libgomp keeps a pool of work
 every thread that has run a parallel operation, for as long as that thread lives. Textual runs
 its thread workers on a reused pool of threads, so the model could be loaded on one of them and
 decoded on another. Two OpenMP pools are then alive. With more OpenMP threads than cores, libgomp
-cuts its spin-waiting short and every decode step slows down. On this 2-core machine, the same
-engine in the TUI's process decoded 51-56 tokens/s on a fresh thread and 77-78 on the thread that
-loaded it.
+cuts its spin-waiting short and every decode step slows down (by how much: README, Performance,
+"Threads").
 
 So the TUI loads, decodes and resets on this one thread, and `chatapp bench` measures the
 headless engine on it too. A process that does all its model work on one thread (the CLI, the

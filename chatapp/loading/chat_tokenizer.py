@@ -1,7 +1,7 @@
 """A chat tokenizer read straight from a model folder, without importing transformers.
 
 Importing transformers' tokenizer classes pulls in most of transformers and several torch
-subsystems (about 1.5 s here), which is half of a warm start. `ChatTokenizer` offers what
+subsystems, a large share of a warm start (README, Performance, "Start-up"). `ChatTokenizer` offers what
 chatapp uses of a transformers tokenizer, built from the same files with the libraries
 transformers itself uses for them: `tokenizers` for `tokenizer.json` and a sandboxed jinja2
 environment, set up as transformers sets up its own, for the chat template. `load_chat_tokenizer`

@@ -1,7 +1,7 @@
 """A Llama-family model as plain torch modules, for the warm start from the int4 cache.
 
-Importing transformers' model code costs about 2.5 s here (it pulls in torch.distributed and
-torch._dynamo), more than reading the cached int4 weights. But chatapp never calls a
+Importing transformers' model code costs more than reading the cached int4 weights (it pulls in
+torch.distributed and torch._dynamo; README, Performance, "Start-up"). But chatapp never calls a
 transformers forward on such a model: `chatapp.runtime.llama_decoder.LlamaDecoder` runs the layers and
 `chatapp.lm_head` the head. So a warm start builds `PlainLlama`: the same module tree and
 parameter names as transformers' `LlamaForCausalLM` (the cache file loads into either), holding

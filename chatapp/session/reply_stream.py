@@ -32,13 +32,8 @@ Nobody reads candidates faster than this, and each redraw of the panel costs the
 UI_CPU_BUDGET = 0.04
 """Share of the time while a reply is written that the UI thread may spend on its updates.
 
-On a 2-core CPU, what the UI thread spends is taken from the decoder about one for one: in
-128-token replies, decode steps that overlapped the UI's work ran longer by 6.0-6.7% of the
-decode time in all, while the UI worked 6.1-7.6% of it (this project's machine, default model).
-A streamed update (the reply re-rendered, the screen laid out and composited, the panel every
-other time) costs the UI thread 10-40 ms, up to 100 ms when a save of a long reply falls in it.
-At a fixed 0.4 s that was 6-8% of the decode time; with this budget text comes every 0.5-0.65 s
-in a short exchange and every 0.5-0.9 s in a 512-token reply that scrolls (140×40 terminal)."""
+On a small CPU, what the UI thread spends is taken from the decoder about one for one, so the
+pace of updates follows their cost (the measurements: README, Performance, "The TUI's cost")."""
 PACING_SMOOTHING = 0.5
 """Weight of the newest measurement when the text interval is adjusted (the rest is the old one)."""
 MAX_ERROR_CHARS = 300

@@ -51,9 +51,8 @@ from chatapp.support.memory import gc_paused
 SCHEMA_VERSION = history_search.TEXT_SCHEMA_VERSION
 """Stored in `PRAGMA user_version`; a newer database is refused, never altered."""
 ZLIB_LEVEL = 1
-"""Compression of exchange records. A 256-token reply's record (about 127 kB of JSON) shrinks
-2.1× in 3 ms at level 1, and 2.4× in 6.3 ms at level 6: a reply being written is saved every
-second on the UI thread, which a 2-core CPU takes from the model."""
+"""Compression of exchange records: the fastest level, as a reply being written is saved every
+second on the UI thread, whose time a small CPU takes from the model (README, Performance)."""
 READ_ONLY_ERROR = "readonly database"
 """What SQLite's error says when the database cannot be written."""
 BUSY_TIMEOUT_S = 5.0

@@ -1,7 +1,7 @@
 """Reading a file the user named, safely: only a regular file, and only up to a limit.
 
-A name can point at anything: a device without end (`/dev/zero` grew the app by 350 MB/s), a
-pipe that blocks until someone writes, a folder. The file is opened without blocking and then
+A name can point at anything: a device without end (`/dev/zero`, which grew the app without
+bound), a pipe that blocks until someone writes, a folder. The file is opened without blocking and then
 checked (what is checked is what is read), and reading stops one byte past the limit, so a file
 that grows meanwhile is still refused.
 

@@ -35,12 +35,11 @@ def current_rss_mb() -> float:
 def freeze_loaded_objects() -> None:
     """Exempt every object alive now from later garbage collections (`gc.freeze`).
 
-    Call once the model is loaded: torch, transformers, Textual and the model leave about
-    200,000 Python objects that stay alive for the whole session. Every full collection walked
-    them all while holding the interpreter lock, stalling the decoder: in the TUI, a full
-    collection took 100-250 ms in the middle of a reply, and 13-16 ms once they were frozen.
-    There is no collection first: loading the default model leaves about 200 unreachable
-    objects and no memory to free, and a full collection would add some 90 ms to the start.
+    Call once the model is loaded: torch, transformers, Textual and the model leave a great
+    many Python objects that stay alive for the whole session, and every full collection would
+    walk them all while holding the interpreter lock, stalling the decoder (README,
+    Performance). There is no collection first: loading leaves next to nothing unreachable,
+    and a full collection would only lengthen the start.
     """
     gc.freeze()
 

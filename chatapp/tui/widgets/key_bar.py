@@ -1,9 +1,9 @@
 """The key bar: the keys the focused widget and the screen offer, on one line.
 
 It stands in for Textual's `Footer`, which builds one widget per key and rebuilds them all
-whenever the bindings change (a dozen times while the app starts): about 0.15 s of the UI
-thread at start-up, taken from the thread that loads the model, and ten more widgets in every
-layout pass while a reply streams. This is one widget rendering one line of text; a click on a
+whenever the bindings change (a dozen times while the app starts), taking the UI thread from
+the start-up that loads the model, and adds ten widgets to every layout pass while a reply
+streams (README, Performance). This is one widget rendering one line of text; a click on a
 hint presses its key. When the keys do not fit the width, the least important are left out
 first (`IMPORTANCE`) and the others keep their order.
 """
