@@ -282,7 +282,7 @@ def test_a_warm_start_imports_no_transformers_and_still_answers():
         "from chatapp.chat.settings import SamplingSettings\n"
         "engine = Engine(load_model('default', device='cpu', quantize='int4'))\n"
         "turn = engine.start_turn([{'role': 'user', 'content': 'Say hello.'}], SamplingSettings(temperature=0, max_new_tokens=8))\n"
-        "print(len(list(turn)), engine.kv.kind, type(engine.model).__name__, type(engine.tokenizer).__name__)\n"
+        "print(len(list(turn)), engine.decoder.kind, type(engine.model).__name__, type(engine.tokenizer).__name__)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -23,7 +23,7 @@ SLACK_MB = 64.0
 
 
 def _kv_mb(engine: Engine) -> float:
-    return engine.kv.cache_bytes() / 2**20
+    return engine.decoder.cache_bytes() / 2**20
 
 
 @pytest.mark.model
@@ -47,6 +47,6 @@ def test_fifty_turns_keep_memory_flat_beyond_the_kv_cache(configuration, default
     gc.collect()
     growth, kv_growth = current_rss_mb() - baseline, _kv_mb(engine) - kv_baseline
     with capsys.disabled():
-        print(f"\n{configuration}, {engine.kv.kind}: {TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
-              f"({len(engine.kv)} tokens cached)")
+        print(f"\n{configuration}, {engine.decoder.kind}: {TURNS} turns: RSS +{growth:.1f} MiB after warm-up, KV cache +{kv_growth:.1f} MiB "
+              f"({len(engine.decoder)} tokens cached)")
     assert growth <= kv_growth + SLACK_MB

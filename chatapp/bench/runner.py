@@ -210,7 +210,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "runs": runs,
         "machine": _machine(),
         "default_notes": list(default.info.notes),
-        "decoders": {"a": default_engine.kv.kind, "b": plain_engine.kv.kind},
+        "decoders": {"a": default_engine.decoder.kind, "b": plain_engine.decoder.kind},
         "int4_kernel": "loaded" if int4_kernel.loaded() else (int4_kernel.failure() or "not loaded"),
         "configs": s,
         "ratios": {

@@ -1,7 +1,7 @@
 """`chatapp ask`: answer prompts headless, as streamed text or JSON Lines.
 
-Each PROMPT is the next user turn of one conversation, answered in order by one engine, so
-later turns reuse the KV cache of earlier ones. When stdout's reader goes away (`| head`), the
+Each PROMPT is the next user turn of one conversation (`chatapp.chat.conversation`, the model the
+TUI keeps too), answered in order by one engine, so later turns reuse the KV cache of earlier ones. When stdout's reader goes away (`| head`), the
 turn is cancelled and the command ends quietly with `EXIT_BROKEN_PIPE`.
 """
 
@@ -12,6 +12,7 @@ import json
 import sys
 from typing import TextIO
 
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.cli.preflight import EXIT_BROKEN_PIPE, silence_stdout
 
@@ -89,14 +90,17 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
 
     if args.json:
         _json_line(out, engine.info.to_json())
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    conversation = Conversation(system=args.system or None)
     for number, prompt in enumerate(args.prompts, start=1):
-        messages.append({"role": "user", "content": prompt})
+        conversation.exchanges.append(Exchange(prompt))
+        index = len(conversation.exchanges) - 1
+        version = conversation.exchanges[index].add_version(ReplyVersion(settings=settings))
         turn = None
         written = StopHoldBack(settings.stop)
         try:
-            turn = engine.start_turn(messages, settings)
+            turn = engine.start_turn(conversation.messages_before(index), settings)
             for step in turn:
+                version.add_steps([step])
                 if args.json:
                     _json_line(out, {"type": "token", "turn": number, **step.to_json()})
                 else:
@@ -121,5 +125,5 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
             out.write(written.rest(stats.text))
             out.write("\n" if number == len(args.prompts) else "\n\n")
             out.flush()
-        messages.append({"role": "assistant", "content": stats.text})
+        version.finish(stats)
     return 0

@@ -89,7 +89,7 @@ class Engine:
         self.top_n = top_n
         self.stop_ids = stop_token_ids(loaded)
         self.token_texts = TokenTexts(self.tokenizer)
-        self.kv = open_decoder(self.model)
+        self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
         # The logical transcript: what the cache holds plus tokens chosen but not yet run.
         self._transcript_text = ""
@@ -99,7 +99,7 @@ class Engine:
     @property
     def activity(self) -> str | None:
         """What the runtime is busy with beside answering (compiling its kernel), or None."""
-        return getattr(self.kv, "activity", None)
+        return getattr(self.decoder, "activity", None)
 
     def start_turn(
         self,
@@ -134,7 +134,7 @@ class Engine:
     def reset(self) -> None:
         """Forget the cache and transcript (new chat)."""
         with self._lock:
-            self.kv.reset()
+            self.decoder.reset()
             self._transcript_text = ""
             self._transcript_ids = []
 
@@ -205,12 +205,12 @@ class Turn:
             yield from self._run(engine)
 
     def _run(self, engine: Engine) -> Iterator[Step]:
-        kv, settings, stats = engine.kv, self.settings, self.stats
+        decoder, settings, stats = engine.decoder, self.settings, self.stats
         start = time.perf_counter()
         ids = self.prompt_ids
         # Keep at least one token to run: its hidden state is where the reply starts.
-        cached = min(kv.common_prefix(ids), len(ids) - 1)
-        kv.keep(cached)
+        cached = min(decoder.common_prefix(ids), len(ids) - 1)
+        decoder.keep(cached)
         stats.cached_tokens = min(cached, stats.prompt_tokens)
         stats.prefill_tokens = len(ids) - cached
         room = engine.info.context_length - len(ids)
@@ -218,12 +218,12 @@ class Turn:
         detok = ReplyDetokenizer(engine.tokenizer)
         for forced in ids[len(ids) - self.prefix_len :]:
             detok.step(forced)  # the reply's forced start is part of its text
-        penalty_ids = torch.tensor(ids, dtype=torch.long, device=kv.device) if settings.repetition_penalty else None
+        penalty_ids = torch.tensor(ids, dtype=torch.long, device=decoder.device) if settings.repetition_penalty else None
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
         try:
-            hidden = kv.prefill(ids[cached:])  # (d_model,)
+            hidden = decoder.prefill(ids[cached:])  # (d_model,)
             for index in range(budget):
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
@@ -260,13 +260,13 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    hidden = kv.decode_one(token_id)
+                    hidden = decoder.decode_one(token_id)
         except GeneratorExit:
             stats.finish_reason = "cancelled"
             raise
         except Exception:
             # The cache may hold a half-run step: start clean next time, keep nothing unsure.
-            kv.reset()
+            decoder.reset()
             engine._remember("", [])
             stats.finish_reason = "error"
             raise
