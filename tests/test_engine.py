@@ -204,3 +204,46 @@ def test_turn_seeds_are_the_seed_first_then_distinct_and_stable():
     seeds = [turn_seed(7, n) for n in range(1, 50)] + [turn_seed(8, n) for n in range(1, 50)]
     assert len(set(seeds)) == len(seeds) and 7 not in seeds and all(0 <= s <= MAX_SEED for s in seeds)
     assert turn_seed(7, 3) == turn_seed(7, 3)
+
+
+LONG_MESSAGE = " ".join(f"Item {i} is a line of a long pasted list." for i in range(150))
+"""A message of well over `PREFILL_CHUNK` tokens."""
+
+
+def test_a_long_prompt_is_read_in_pieces_that_report_progress_and_change_no_token(default_model, monkeypatch):
+    from chatapp.engine import engine as engine_module
+
+    messages = [{"role": "user", "content": LONG_MESSAGE}]
+    settings = SamplingSettings(temperature=0, max_new_tokens=8)
+    turn = Engine(default_model).start_turn(messages, settings)
+    progress: list[tuple[int, int]] = []
+    turn.on_prefill = lambda done, total: progress.append((done, total))
+    pieces = [step.token_id for step in turn]
+
+    total = turn.stats.prefill_tokens
+    chunk = engine_module.PREFILL_CHUNK
+    assert total > 2 * chunk
+    assert progress == [(0, total)] + [(min(done, total), total) for done in range(chunk, total + chunk, chunk)]
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 10**6)  # the whole prompt in one call
+    whole = Engine(default_model).start_turn(messages, settings)
+    whole_progress: list = []
+    whole.on_prefill = lambda done, total: whole_progress.append(done)
+    assert [step.token_id for step in whole] == pieces and whole_progress == []
+
+
+def test_a_long_prompt_can_be_stopped_between_its_pieces(default_model):
+    engine = Engine(default_model)
+    turn = engine.start_turn([{"role": "user", "content": LONG_MESSAGE}], GREEDY)
+    reads: list[int] = []
+
+    def read(done, total):
+        reads.append(done)
+        if done:
+            turn.cancel()  # as Esc would, while the first piece is read
+
+    turn.on_prefill = read
+    assert list(turn) == [] and turn.stats.finish_reason == "cancelled"
+    assert len(reads) == 2
+    # The next turn still answers from what the cache holds.
+    again = engine.start_turn([{"role": "user", "content": "Hello"}], GREEDY)
+    assert list(again) and again.stats.finish_reason in {"stop", "length"}

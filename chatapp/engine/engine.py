@@ -4,7 +4,9 @@ Contract: `Engine.start_turn(messages, settings)` returns a `Turn`; iterating th
 model and yields one `Step` per generated token, as soon as it is chosen. Nothing is shown here:
 the caller (TUI worker, `chatapp ask`, a test) decides what to do with each step. When the
 iteration ends, `turn.stats` holds the turn's `TurnStats`; `turn.cancel()` (from any thread)
-ends it before the next step with finish_reason "cancelled".
+ends it before the next step with finish_reason "cancelled". A prompt longer than
+`PREFILL_CHUNK` tokens is run in pieces of that size: `turn.on_prefill(done, total)`, when set,
+hears of each (first with 0 done), and a cancel takes effect between them.
 
 One KV cache serves the whole conversation. For each turn, the engine prefills only the tokens
 the cache does not already hold (the previous reply included), and a regenerate or a branch
@@ -25,7 +27,7 @@ import hashlib
 import random
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -39,6 +41,10 @@ from chatapp.runtime.decoder_choice import open_decoder
 
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 """Common end-of-turn tokens, used when present in the vocabulary besides the model's EOS."""
+PREFILL_CHUNK = 512
+"""Most prompt tokens run in one prefill call: a longer prompt reports its progress, and can
+be stopped, between pieces of this size (each piece still reads the weights once for hundreds
+of tokens)."""
 MAX_SEED_DRAW = 2**31 - 1
 """Range of the fresh seed drawn for a turn when the user set none."""
 TURN_SEED_BYTES = 7
@@ -106,6 +112,7 @@ class Engine:
         messages: list[Message],
         settings: SamplingSettings,
         reply_prefix_ids: list[int] | tuple[int, ...] = (),
+        stop: threading.Event | None = None,
     ) -> "Turn":
         """Prepare the assistant's reply to `messages` (whose last message is the user's).
 
@@ -114,6 +121,9 @@ class Engine:
             settings: validated sampling settings.
             reply_prefix_ids: tokens the reply must start with (branching); generation continues
                 after them.
+            stop: the event that stops the turn (`Turn.cancel` sets it): the caller's own, so
+                that setting it from any thread stops the turn, even before it starts or while
+                it reads a long prompt; None for a new one.
 
         Raises:
             ContextOverflowError: the last message alone does not fit the context window.
@@ -129,7 +139,7 @@ class Engine:
             prompt_ids = list(fitted.ids)
         prompt_ids = prompt_ids + prefix
         seed = None if settings.seed is None else turn_seed(settings.seed, turn_index(messages))
-        return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed)
+        return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed, stop)
 
     def reset(self) -> None:
         """Forget the cache and transcript (new chat)."""
@@ -171,8 +181,10 @@ class Turn:
         dropped_turns: int,
         prefix_len: int,
         seed: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Created by `Engine.start_turn`; `seed` is this turn's (`turn_seed`), None to draw one."""
+        """Created by `Engine.start_turn`; `seed` is this turn's (`turn_seed`), None to draw one;
+        `stop` is the event that stops it."""
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.prompt_text = prompt_text
@@ -185,8 +197,11 @@ class Turn:
         self.stats = TurnStats(prompt_tokens=prompt_len, dropped_turns=dropped_turns)
         self.generated_ids: list[int] = []
         """Tokens chosen by this turn (after any forced prefix)."""
-        self._cancelled = threading.Event()
+        self._cancelled = stop if stop is not None else threading.Event()
         self._torch_generator: torch.Generator | None = None
+        self.on_prefill: Callable[[int, int], None] | None = None
+        """Called with (tokens prefilled, tokens to prefill) as a long prompt is read (set it
+        before iterating; it runs on the iterating thread)."""
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The turn's generator, seeded with `seed`, made on the device the LM head's output
@@ -194,6 +209,21 @@ class Turn:
         if self._torch_generator is None:
             self._torch_generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._torch_generator
+
+    def _prefill(self, decoder, todo: list[int]) -> torch.Tensor:
+        """Run `todo` through the model after what the cache holds, in pieces of at most
+        `PREFILL_CHUNK` tokens; the last position's hidden state `(d_model,)`. A cancel between
+        pieces leaves the rest unread (the turn then ends before its first step)."""
+        if len(todo) <= PREFILL_CHUNK:
+            return decoder.prefill(todo)
+        report = self.on_prefill or (lambda done, total: None)
+        report(0, len(todo))
+        for at in range(0, len(todo), PREFILL_CHUNK):
+            hidden = decoder.prefill(todo[at : at + PREFILL_CHUNK])
+            report(min(at + PREFILL_CHUNK, len(todo)), len(todo))
+            if self._cancelled.is_set():
+                break
+        return hidden
 
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
@@ -223,7 +253,7 @@ class Turn:
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
         try:
-            hidden = decoder.prefill(ids[cached:])  # (d_model,)
+            hidden = self._prefill(decoder, ids[cached:])  # (d_model,)
             for index in range(budget):
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"

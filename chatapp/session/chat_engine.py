@@ -3,7 +3,8 @@ tests' `FakeEngine` both implement, so the session and the TUI never depend on t
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+import threading
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from chatapp.chat.records import ModelInfo, Step, TurnStats
 from chatapp.chat.settings import SamplingSettings
@@ -15,6 +16,8 @@ class ChatTurn(Protocol):
 
     stats: TurnStats
     """The turn's figures, complete once iteration ends."""
+    on_prefill: Callable[[int, int], None] | None
+    """Called with (tokens read, tokens to read) while a long prompt is read, if set."""
 
     def __iter__(self) -> Iterator[Step]:
         """One `Step` per token, each chosen through `chatapp.lm_head`."""
@@ -40,8 +43,10 @@ class ChatEngine(Protocol):
         ...
 
     def start_turn(self, messages: list[dict], settings: SamplingSettings,
-                   reply_prefix_ids: list[int] | tuple[int, ...] = ()) -> ChatTurn:
-        """A turn answering `messages`; the reply starts with `reply_prefix_ids` (a branch)."""
+                   reply_prefix_ids: list[int] | tuple[int, ...] = (),
+                   stop: threading.Event | None = None) -> ChatTurn:
+        """A turn answering `messages`; the reply starts with `reply_prefix_ids` (a branch), and
+        ends before its next step, or between the pieces of a long prompt, once `stop` is set."""
         ...
 
     def reset(self) -> None:

@@ -8,13 +8,15 @@ about every second while it streams, and saved when it ends or is stopped.
 
 A reply's life, and which thread does what:
 1. `start_reply` (UI thread) adds the version to its exchange and returns its `ReplyJob`;
-2. `run(job, report)` (engine thread) runs the turn and reports its events; it reads only the
-   job and the engine, never the conversation;
+2. `run(job, report)` (engine thread) runs the turn and reports its events (a long prompt's
+   progress, batches of steps, the end); it reads only the job and the engine, never the
+   conversation;
 3. `add_steps`, `finish` and `fail` (UI thread) apply the events of the current job to its
    version and ignore those of an older one;
 4. `stop` (any thread) is the one way a reply is stopped: it sets the job's `stopped` event,
-   which the engine thread checks before every step (and before the turn starts). The reply
-   then ends as "cancelled" through the same `finish` as any other;
+   which is the turn's own stop signal (the engine checks it before every step and between
+   the pieces of a long prompt). The reply then ends as "cancelled" through the same `finish`
+   as any other;
 5. `end_job` (UI thread) saves the reply and forgets the job; `abandon_job` forgets it at once
    for a reply still being written when the chat is cleared or replaced (it is kept, marked
    stopped and changed, and its late events are ignored).
@@ -29,6 +31,7 @@ from chatapp.chat.settings import SamplingSettings
 from chatapp.session.chat_engine import ChatEngine
 from chatapp.session.chat_keeper import ChatKeeper
 from chatapp.session.reply_stream import (
+    PromptRead,
     ReplyEvent,
     ReplyJob,
     StreamPacing,
@@ -58,6 +61,9 @@ class ChatSession:
         """The version `job` writes (in its exchange's versions)."""
         self.live: TokensGenerated | None = None
         """The latest batch of the reply being written (its speed, prompt and cache figures)."""
+        self.prompt_read: PromptRead | None = None
+        """How far the model has read a long prompt of the reply being written (None for a
+        short one, which is read in one piece)."""
         self.pacing = StreamPacing()
         """How often the engine thread reports; kept from reply to reply."""
         self._jobs = 0
@@ -88,19 +94,19 @@ class ChatSession:
         self.conversation.exchanges[index].add_version(version)
         self.keeper.mark_changed(index)
         self._jobs += 1
-        self.version, self.live = version, None
+        self.version, self.live, self.prompt_read = version, None, None
         self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
         return self.job
 
     def run(self, job: ReplyJob, report: Callable[[ReplyEvent], object]) -> None:
         """On the engine thread: write `job`'s reply, reporting its events through `report`."""
         try:
-            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids))
+            turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids),
+                                          stop=job.stopped)
         except Exception as error:  # e.g. ContextOverflowError: reported, the chat is kept
             report(TurnFailed(job.job, one_line(error)))
             return
-        if job.stopped.is_set():  # stopped while queued: the turn ends at once, as stopped
-            turn.cancel()
+        turn.on_prefill = lambda done, total: report(PromptRead(job.job, done, total, turn.stats.prompt_tokens))
         stream_turn(turn, job.job, report, job.stopped.is_set, pacing=self.pacing)
 
     def stop(self) -> bool:
@@ -121,6 +127,13 @@ class ChatSession:
     def is_current(self, event: ReplyEvent) -> bool:
         """Whether `event` comes from the job being written (not one that ended or was abandoned)."""
         return self.job is not None and self.job.job == event.job
+
+    def read_prompt(self, event: PromptRead) -> bool:
+        """Note how far a long prompt has been read; False for an older job's event."""
+        if not self.is_current(event):
+            return False
+        self.prompt_read = event
+        return True
 
     def add_steps(self, event: TokensGenerated) -> str | None:
         """Add a batch to the reply; the text it added, or None for an older job's batch."""
@@ -148,7 +161,7 @@ class ChatSession:
     def end_job(self) -> int:
         """Save the ended job's reply and forget the job; the index of the exchange it wrote."""
         index = self.job.exchange
-        self.job, self.version, self.live = None, None, None
+        self.job, self.version, self.live, self.prompt_read = None, None, None, None
         self.keeper.mark_changed(index)
         self.keeper.autosave()
         return index
@@ -161,6 +174,6 @@ class ChatSession:
         if self.version.status == "streaming":
             self.version.status = "stopped"
         index = self.job.exchange
-        self.job, self.version, self.live = None, None, None
+        self.job, self.version, self.live, self.prompt_read = None, None, None, None
         self.keeper.mark_changed(index)
         return index

@@ -84,6 +84,22 @@ class TokensGenerated:
     """The turn's prompt length (known from its first step on)."""
     cached_tokens: int | None = None
     """How many of them the KV cache held."""
+    ttft_ms: float | None = None
+    """Milliseconds from the turn's start to its first token (known from the first batch on)."""
+
+
+@dataclass(frozen=True)
+class PromptRead:
+    """How much of a long prompt the model has read, before the reply's first token."""
+
+    job: int
+    """The reply job reading it."""
+    done: int
+    """Prompt tokens run through the model so far (those the cache held not counted)."""
+    total: int
+    """Prompt tokens to run."""
+    prompt_tokens: int = 0
+    """The whole prompt, those the cache held included (the context it fills)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +122,8 @@ class TurnFailed:
     """One-line reason."""
 
 
-ReplyEvent = TokensGenerated | TurnFinished | TurnFailed
-"""What a reply job reports, in order: batches, then one end."""
+ReplyEvent = PromptRead | TokensGenerated | TurnFinished | TurnFailed
+"""What a reply job reports, in order: a long prompt's progress, batches, then one end."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,7 @@ class ReplyJob:
     """Tokens the reply must start with (branching)."""
     stopped: threading.Event = field(default_factory=threading.Event, compare=False)
     """Set (from any thread) to stop the reply before its next step; the only way a reply is
-    stopped, read by the engine thread at every step (`ChatSession.stop`)."""
+    stopped (`ChatSession.stop`), and the turn's own stop signal."""
 
 
 def one_line(error: BaseException) -> str:
@@ -169,7 +185,8 @@ def stream_turn(
         if pending or candidates is not None:
             speed = (steps - 1) / (now - first_at) if steps > 1 and now > first_at else None
             stats = turn.stats
-            post(TokensGenerated(job, pending, candidates, speed, stats.prompt_tokens, stats.cached_tokens))
+            post(TokensGenerated(job, pending, candidates, speed, stats.prompt_tokens, stats.cached_tokens,
+                                 stats.ttft_ms or None))
         pending, last_post = [], now
 
     try:

@@ -190,12 +190,14 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         info = getattr(self.session.engine, "info", None)
         live, version = self.session.live, self.session.version
         if activity is None:
-            activity = f"writing… {counted(len(version.steps), 'token')}" if live else (
-                "writing…" if self.session.generating else "")
+            activity = self._reply_activity()
             runtime = getattr(self.session.engine, "activity", None)  # e.g. the int4 kernel being compiled
             activity = " · ".join(filter(None, [activity, runtime]))
         if live is not None:  # the reply being written, not the last finished one
             speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, version.steps
+        elif self.session.prompt_read is not None:  # a long prompt being read: the context it fills
+            read = self.session.prompt_read
+            speed, prompt, cached, steps = None, read.prompt_tokens, read.prompt_tokens - read.total, []
         elif stats is not None:
             speed, prompt, cached, steps = stats.tok_per_s, stats.prompt_tokens, stats.cached_tokens, finished.steps
         else:
@@ -211,6 +213,18 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             settings=self.session.settings.describe(),
             warning=self.keeper.warning(),
         )
+
+    def _reply_activity(self) -> str:
+        """What the reply being written is doing: a long prompt's reading (tokens read of all),
+        then its tokens (and, after a long prompt, how long the first one took); "" when idle."""
+        session = self.session
+        live, read = session.live, session.prompt_read
+        if live is not None:
+            first = f" · first token after {live.ttft_ms / 1000:.1f} s" if read is not None and live.ttft_ms else ""
+            return f"writing… {counted(len(session.version.steps), 'token')}{first}"
+        if read is not None:
+            return f"reading the prompt… {read.done:,}/{read.total:,} tokens"
+        return "writing…" if session.generating else ""
 
     # -- sending and commands ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from chatapp.chat.conversation import ReplyVersion
 from chatapp.chat.records import Step
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread
-from chatapp.session.reply_stream import ReplyJob, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.session.reply_stream import PromptRead, ReplyJob, TokensGenerated, TurnFailed, TurnFinished
 from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.messages import ReplyReported
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -50,7 +50,10 @@ class ReplyStreaming:
     async def on_reply_reported(self: "ChatScreen", message: ReplyReported) -> None:
         """Route an event of the reply job to its handler."""
         event = message.event
-        if isinstance(event, TokensGenerated):
+        if isinstance(event, PromptRead):
+            if self.session.read_prompt(event):
+                self.update_status()
+        elif isinstance(event, TokensGenerated):
             await self._show_steps(event)
         elif isinstance(event, TurnFinished) and self.session.finish(event):
             if event.stats.dropped_turns and self.session.engine is not None:

@@ -23,6 +23,8 @@ CHOSEN_PROB = 0.6
 ALT_PROBS = (0.2, 0.1, 0.05, 0.03, 0.00002)
 """Sampled probabilities of the alternatives, best first."""
 FAKE_TOK_PER_S = 42.0
+FAKE_TTFT_MS = 2500.0
+"""The time to the first token every fake turn reports."""
 """Speed the fake reports."""
 
 
@@ -71,14 +73,17 @@ class FakeEngine:
     stop_ids: frozenset[int] = frozenset({STOP_ID})
     activity: str | None = None
     """What the runtime is doing (the real engine reports a kernel compiling)."""
+    prompt_pieces: int = 0
+    """Pieces a long prompt is read in before the first step, each reported through the turn's
+    `on_prefill` and each waiting for `gate` when one is set (0: a short prompt, no reports)."""
 
     def reset(self) -> None:
         self.resets += 1
 
-    def start_turn(self, messages, settings, reply_prefix_ids=()) -> "FakeTurn":
+    def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None) -> "FakeTurn":
         self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))
         tokens = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
-        return FakeTurn(self, tokens, list(reply_prefix_ids), messages, settings.max_new_tokens)
+        return FakeTurn(self, tokens, list(reply_prefix_ids), messages, settings.max_new_tokens, stop)
 
     def step(self, index: int, text: str) -> Step:
         """The scripted record for token `text` at `index`."""
@@ -95,7 +100,7 @@ class FakeTurn:
     """Iterates scripted steps; honours `cancel()` like the real `Turn`."""
 
     def __init__(self, engine: FakeEngine, tokens: list[str], prefix_ids: list[int], messages,
-                 max_new_tokens: int) -> None:
+                 max_new_tokens: int, stop: threading.Event | None = None) -> None:
         self.engine = engine
         self.tokens = tokens + [""]  # "" is the stop token
         self.max_new_tokens = max_new_tokens
@@ -104,13 +109,26 @@ class FakeTurn:
         prompt = sum(len(m["content"].split()) + 4 for m in messages)
         self.stats = TurnStats(prompt_tokens=prompt, cached_tokens=prompt // 2, prefill_tokens=prompt - prompt // 2,
                                dropped_turns=engine.dropped_turns)
-        self._cancelled = threading.Event()
+        self._cancelled = stop if stop is not None else threading.Event()
+        self.on_prefill = None
 
     def cancel(self) -> None:
         self._cancelled.set()
 
+    def _read_prompt(self) -> None:
+        engine, total = self.engine, 1000 * self.engine.prompt_pieces
+        for piece in range(engine.prompt_pieces + 1):
+            if piece and engine.gate is not None:
+                engine.gate.wait(timeout=10)
+            if self.on_prefill is not None:
+                self.on_prefill(1000 * piece, total)
+            if self._cancelled.is_set():
+                return
+
     def __iter__(self):
         engine, stats = self.engine, self.stats
+        if engine.prompt_pieces:
+            self._read_prompt()
         start = self.prefix_len
         texts: list[str] = []
         stats.finish_reason = "length"
@@ -128,6 +146,7 @@ class FakeTurn:
             step = engine.step(index, self.tokens[index])
             texts.append(step.text)
             stats.tokens += 1
+            stats.ttft_ms = stats.ttft_ms or FAKE_TTFT_MS
             yield step
             if step.is_stop:
                 stats.finish_reason = "stop"

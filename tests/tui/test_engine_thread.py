@@ -30,9 +30,9 @@ class ThreadRecordingEngine(FakeEngine):
         self._note()
         super().reset()
 
-    def start_turn(self, messages, settings, reply_prefix_ids=()):
+    def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None):
         self._note()
-        return super().start_turn(messages, settings, reply_prefix_ids)
+        return super().start_turn(messages, settings, reply_prefix_ids, stop)
 
     def step(self, index: int, text: str):
         self._note()  # called while the turn is iterated, i.e. where a real engine decodes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
@@ -55,3 +56,46 @@ async def test_the_status_line_says_what_the_runtime_is_busy_with():
         engine.activity = None
         await send(pilot, "again")
         assert "compiling" not in _status(app)
+
+
+async def test_a_long_prompt_shows_how_much_is_read_then_the_time_to_its_first_token():
+    gate = threading.Event()  # holds the reading of the prompt's pieces
+    engine = FakeEngine(replies=[[f" w{i}" for i in range(8)]], prompt_pieces=2, gate=gate, gate_after=99,
+                        delay=0.25)
+    app = app_with(engine)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "a long paste", wait=False)
+        await wait_until(pilot, lambda: "reading the prompt… 0/2,000 tokens" in _status(app), timeout=STREAM_TIMEOUT)
+        assert app.chat.session.prompt_read.total == 2000
+        gate.set()
+        await wait_until(pilot, lambda: "first token after 2.5 s" in _status(app), timeout=STREAM_TIMEOUT)
+        assert "reading" not in _status(app)
+        await wait_until(pilot, lambda: not app.chat.generating, timeout=STREAM_TIMEOUT)
+        assert "first token" not in _status(app) and app.chat.session.prompt_read is None
+
+
+async def test_a_short_prompt_says_nothing_of_its_reading():
+    engine = FakeEngine(replies=[[f" w{i}" for i in range(8)]], delay=0.25)
+    app = app_with(engine)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "short", wait=False)
+        await wait_until(pilot, lambda: re.search(r"writing… [1-9] token", _status(app)), timeout=STREAM_TIMEOUT)
+        assert "first token" not in _status(app) and "reading" not in _status(app)
+
+
+async def test_esc_stops_a_reply_while_its_long_prompt_is_read():
+    gate = threading.Event()
+    engine = FakeEngine(replies=[["never"]], prompt_pieces=3, gate=gate, gate_after=99)
+    app = app_with(engine)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "a long paste", wait=False)
+        await wait_until(pilot, lambda: "reading the prompt" in _status(app), timeout=STREAM_TIMEOUT)
+        await pilot.press("escape")
+        gate.set()  # the piece being read ends; the rest is never read
+        await wait_until(pilot, lambda: not app.chat.generating, timeout=STREAM_TIMEOUT)
+        reply = app.chat.conversation.last.reply
+        assert reply.status == "stopped" and reply.steps == []
+        assert app.chat.session.prompt_read is None and "reading" not in _status(app)

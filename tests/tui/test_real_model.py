@@ -32,14 +32,22 @@ class RecordingEngine:
     def reset(self) -> None:
         self.engine.reset()
 
-    def start_turn(self, messages, settings, reply_prefix_ids=()):
-        turn = self.engine.start_turn(messages, settings, reply_prefix_ids)
+    def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None):
+        turn = self.engine.start_turn(messages, settings, reply_prefix_ids, stop)
         self.turns.append(turn)
         recorder = self
 
         class Recorded:
             def cancel(self):
                 turn.cancel()
+
+            @property
+            def on_prefill(self):
+                return turn.on_prefill
+
+            @on_prefill.setter
+            def on_prefill(self, report):
+                turn.on_prefill = report
 
             @property
             def stats(self):
