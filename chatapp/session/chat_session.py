@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from chatapp.chat.conversation import Conversation, ReplyVersion
+from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.session.chat_engine import ChatEngine
 from chatapp.session.chat_keeper import ChatKeeper
@@ -165,6 +165,17 @@ class ChatSession:
         self.keeper.mark_changed(index)
         self.keeper.autosave()
         return index
+
+    def delete_exchange(self, index: int) -> Exchange:
+        """Remove exchange `index` (the user's message and every version of its reply) and save
+        the chat without it; the exchange, for the caller to report. Not while a reply is being
+        written (`ValueError`): its job points into the exchanges."""
+        if self.generating:
+            raise ValueError("a reply is being written")
+        exchange = self.conversation.exchanges.pop(index)
+        self.keeper.mark_changed(index)
+        self.keeper.autosave()
+        return exchange
 
     def abandon_job(self) -> int | None:
         """Stop the reply being written and forget it now: its tokens so far stay, marked

@@ -10,7 +10,9 @@ import re
 from typing import TYPE_CHECKING
 
 from chatapp.chat.conversation import ReplyVersion, branch_version
-from chatapp.tui.screens import HelpScreen
+from chatapp.storage.chat_file import counted
+from chatapp.tui.formatting import one_line_preview
+from chatapp.tui.screens import ConfirmScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -167,6 +169,33 @@ class ConversationActions:
         else:
             self.start_reply(cursor.exchange, version, tuple(prefix_ids))
         self.query_one(ChatLog).inspect(Cursor(cursor.exchange, cursor.step))
+
+    def on_chat_log_delete_requested(self: "ChatScreen", message: ChatLog.DeleteRequested) -> None:
+        """Delete an exchange once the user confirms (Del in the inspector)."""
+        if self.session.generating:
+            self.notify(BUSY_MESSAGE, severity="warning")
+            return
+        index = message.exchange
+        exchange = self.session.conversation.exchanges[index]
+        replies = counted(len(exchange.versions), "version") + " of its reply" if exchange.versions else "no reply yet"
+        question = f"Delete message {index + 1} (“{one_line_preview(exchange.shown_user)}”) and {replies}?"
+
+        async def answered(yes: bool | None) -> None:
+            if yes and not self.session.generating and index < len(self.session.conversation.exchanges) \
+                    and self.session.conversation.exchanges[index] is exchange:
+                await self.delete_exchange(index)
+
+        self.app.push_screen(ConfirmScreen(question, "Delete"), answered)
+
+    async def delete_exchange(self: "ChatScreen", index: int) -> None:
+        """Remove exchange `index` from the chat and the view (saved at once)."""
+        self.session.delete_exchange(index)
+        log = self.query_one(ChatLog)
+        log.inspect(None)
+        await log.show_exchanges(self.session.conversation.exchanges)
+        self.query_one(TopKPanel).view = None
+        self.update_status()
+        self.notify(f"Deleted message {index + 1} and its replies.", markup=False)
 
     def on_chat_log_version_requested(self: "ChatScreen", message: ChatLog.VersionRequested) -> None:
         """The inspector asks for another version (",", ".")."""

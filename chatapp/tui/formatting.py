@@ -25,6 +25,8 @@ PERCENT_CHARS = 8
 HEAT_STOPS = ((0.0, (190, 40, 40)), (0.3, (200, 140, 0)), (0.7, (70, 150, 60)), (1.0, (40, 110, 160)))
 """Heatmap colour stops (probability, RGB): unlikely tokens red, likely ones green-blue."""
 
+PREVIEW_CHARS = 40
+"""Longest preview of a message in a question or a notice."""
 
 def _control_picture(char: str) -> str:
     code = ord(char)
@@ -103,3 +105,12 @@ def dropped_turns_message(dropped: int, context_length: int) -> str:
         f"The {dropped} oldest {turns} left out so the conversation fits the model's "
         f"{context_length}-token context window (the system prompt is kept)."
     )
+
+
+def one_line_preview(text: str, width: int = PREVIEW_CHARS) -> str:
+    """The start of `text` on one line (its first non-empty line, control characters made
+    visible), cut to `width` characters with "…" when there is more."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = literal_text(lines[0]) if lines else ""
+    more = len(lines) > 1 or len(first) > width
+    return first[: width - 1] + "…" if more and len(first) >= width else first + ("…" if more else "")

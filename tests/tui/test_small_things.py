@@ -223,3 +223,28 @@ async def test_the_history_fits_80_columns_with_every_column(store_path):
         assert [str(c.label) for c in table.columns.values()] == ["Title", "Updated", "Model", "Turns", "ID"]
         assert table.virtual_size.width <= table.size.width  # nothing to scroll sideways: all shown
         assert str(table.get_row_at(0)[0]).endswith("…")  # the title is cut to make room
+
+
+async def test_del_in_the_inspector_deletes_that_exchange_after_a_yes(store_path):
+    from chatapp.tui.screens import ConfirmScreen
+    from tests.tui.test_persistence import stored
+
+    app = app_with(FakeEngine(replies=[["One"], ["Two"], ["Three"], ["Four"]]), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        for text in ["first", "second", "third"]:
+            await send(pilot, text)
+        await pilot.press("ctrl+t", "pageup")  # the second reply
+        assert app.chat.query_one(ChatLog).cursor.exchange == 1
+        await pilot.press("delete")
+        assert isinstance(app.screen, ConfirmScreen) and "second" in str(app.screen.question)
+        await pilot.press("n")  # no: nothing changes
+        assert [e.user for e in app.chat.conversation.exchanges] == ["first", "second", "third"]
+        await pilot.press("delete", "y")
+        await wait_until(pilot, lambda: len(app.chat.conversation.exchanges) == 2)
+        assert [e.user for e in app.chat.conversation.exchanges] == ["first", "third"]
+        assert [e.user for e in stored(store_path)[0].conversation.exchanges] == ["first", "third"]
+        assert app.chat.query_one(ChatLog).cursor is None
+        await send(pilot, "fourth")  # the chat goes on without it
+        messages = app.chat.engine.calls[-1].messages
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["first", "third", "fourth"]

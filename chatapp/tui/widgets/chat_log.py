@@ -75,6 +75,7 @@ class ChatLog(VerticalScroll):
         Binding("comma", "version(-1)", "‹ version"),
         Binding("full_stop", "version(1)", "version ›"),
         Binding("escape", "leave", "Leave inspector"),
+        Binding("delete", "delete", "Delete exchange", show=False),
     ]
     """Inspector keys (active while the log has focus)."""
 
@@ -100,6 +101,13 @@ class ChatLog(VerticalScroll):
         """Index of the reply's exchange."""
         delta: int
         """-1 for the previous version, +1 for the next."""
+
+    @dataclass
+    class DeleteRequested(Message):
+        """Delete an exchange: a user message and every version of its reply."""
+
+        exchange: int
+        """Index of the exchange."""
 
     def __init__(self) -> None:
         """An empty conversation."""
@@ -274,6 +282,11 @@ class ChatLog(VerticalScroll):
         """Show the previous or next version of the inspected reply."""
         if self.cursor:
             self.post_message(self.VersionRequested(self.cursor.exchange, delta))
+
+    def action_delete(self) -> None:
+        """Ask the screen to delete the inspected reply's exchange."""
+        if self.cursor:
+            self.post_message(self.DeleteRequested(self.cursor.exchange))
 
     def action_leave(self) -> None:
         """Close the inspector."""
