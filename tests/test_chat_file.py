@@ -192,3 +192,23 @@ def test_empty_message_and_empty_reply_round_trip():
     empty = ReplyVersion(settings=reply(0, 0).settings, status="done")
     chat.conversation.exchanges.append(Exchange(user="", versions=[empty]))
     assert loads(dumps(chat)) == chat
+
+
+def test_a_chat_file_keeps_the_chat_s_own_settings_and_reads_files_without_them(tmp_path):
+    import json
+
+    from chatapp.chat.settings import SamplingSettings
+
+    chat = rich_chat()
+    chat.settings = SamplingSettings(temperature=0.4, min_p=0.05)
+    save_chat_file(chat, tmp_path / "chat.json")
+    assert load_chat_file(tmp_path / "chat.json").settings == chat.settings
+    data = json.loads((tmp_path / "chat.json").read_text())
+    del data["settings"]  # a file from before chatapp kept them
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = load_chat_file(tmp_path / "old.json")
+    assert old.settings is None and old.going_on_with() == chat.conversation.latest_settings()
+    data["settings"] = {"temperature": -1}
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ChatFileError, match="damaged"):
+        load_chat_file(tmp_path / "bad.json")

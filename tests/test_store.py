@@ -343,3 +343,34 @@ def test_a_read_only_history_lists_and_searches(tmp_path, monkeypatch, version):
         # Schema 1 cannot be migrated read-only: its message texts are not searched.
         assert _ids(store.search(["antarctica"])) == (["versions"] if version == 2 else [])
     assert path.read_bytes() == before  # never migrated in place
+
+
+def test_a_chat_s_own_settings_are_kept_and_an_older_history_still_opens(tmp_path, monkeypatch):
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.storage import store as store_module
+
+    path = tmp_path / "chats.sqlite3"
+    chat, plain = rich_chat(), rich_chat()
+    plain.id = "plain"
+    chat.settings = SamplingSettings(temperature=0.25, top_p=0.9, stop=("END",))
+    with ChatStore(path) as store:
+        store.save(chat)
+        store.save(plain)
+        assert store.load(chat.id).settings == chat.settings
+        assert store.load(plain.id).settings is None  # saved without: its latest reply's stand in
+        assert store.delete(chat.id)
+    with sqlite3.connect(path) as db:  # what a chatapp from before the settings table sees
+        assert db.execute("SELECT count(*) FROM chat_settings").fetchone() == (0,)  # deleted with its chat
+        db.execute("DROP TABLE chat_settings")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "writable", lambda path: False)
+        with ChatStore(path) as store:  # read-only: the table cannot be made, and is not needed
+            assert store.read_only and store.load(plain.id).settings is None
+    with ChatStore(path) as store:  # writable: the table is made again, the schema version kept
+        assert store.load(plain.id).settings is None
+        plain.settings = SamplingSettings(top_k=3)
+        store.save(plain)
+        assert store.load(plain.id).settings.top_k == 3
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version == store_module.SCHEMA_VERSION

@@ -183,7 +183,7 @@ def _reopened_chat(args: argparse.Namespace):
 
     `--resume` reopens the chat that was on screen at the last quit, with its settings
     (`chatapp.storage.open_chats.last_open`), or else the most recently saved one; a reopened chat
-    otherwise gets the settings of its latest reply.
+    otherwise goes on with its own settings (`SavedChat.going_on_with`).
     """
     if not args.resume and args.chat is None:
         return None, None
@@ -208,14 +208,14 @@ def _reopened_chat(args: argparse.Namespace):
 
 
 def _settings_of(chat, remembered: dict | None) -> SamplingSettings | None:
-    """The settings a reopened chat continues with: those remembered at quit, else its latest
-    reply's; None when neither is there or valid."""
+    """The settings a reopened chat continues with: those remembered at quit, else its own,
+    else its latest reply's; None when none is there or valid."""
     try:
         if remembered is not None:
             return SamplingSettings(**remembered).validated()
     except (TypeError, SettingError):
         pass
-    return chat.conversation.latest_settings()
+    return chat.going_on_with()
 
 
 def _export(args: argparse.Namespace) -> int:

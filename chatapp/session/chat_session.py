@@ -49,10 +49,9 @@ class ChatSession:
 
     def __init__(self, settings: SamplingSettings, keeper: ChatKeeper) -> None:
         """A session on `keeper`'s chat (a reopened one, or a new empty one) with `settings`."""
-        self.settings = settings
-        """Sampling settings for the next reply (flags, /set, a reopened chat's own)."""
         self.keeper = keeper
         """The chat, and when and where it is written."""
+        self.settings = settings
         self.engine: ChatEngine | None = None
         """The loaded engine, None while loading (or when loading failed); see `use_engine`."""
         self.job: ReplyJob | None = None
@@ -67,6 +66,35 @@ class ChatSession:
         self.pacing = StreamPacing()
         """How often the engine thread reports; kept from reply to reply."""
         self._jobs = 0
+
+    @property
+    def settings(self) -> SamplingSettings:
+        """Sampling settings for the next reply (flags, /set, a reopened chat's own): the chat's
+        own settings, saved with it."""
+        return self.keeper.saved.settings
+
+    @settings.setter
+    def settings(self, settings: SamplingSettings) -> None:
+        self.keeper.saved.settings = settings
+
+    def change_settings(self, settings: SamplingSettings) -> None:
+        """Use `settings` from the next reply on, and save them with the chat."""
+        self.settings = settings
+        self.keeper.mark_changed(len(self.conversation.exchanges))  # the chat's row, no exchange
+        self.keeper.autosave()
+
+    def open_chat(self, chat: SavedChat, stored: bool) -> None:
+        """Go on with `chat` (`stored`: the history holds it), the current one saved first; its
+        settings are its own, else its latest reply's, else those in use now."""
+        settings = chat.going_on_with() or self.settings
+        self.keeper.replace(chat, stored)
+        self.settings = settings
+
+    def new_chat(self) -> None:
+        """Save the chat and start a new, empty one with the same system prompt and settings."""
+        settings = self.settings
+        self.keeper.start_new()
+        self.settings = settings
 
     @property
     def saved(self) -> SavedChat:

@@ -90,6 +90,13 @@ class SavedChat:
     """When the chat began (UTC)."""
     updated: datetime = field(default_factory=utc_now)
     """When it was last saved (UTC)."""
+    settings: SamplingSettings | None = None
+    """The sampling settings the chat goes on with (its next reply's, as last set in it); None
+    for a chat saved before chatapp kept them (its latest reply's settings stand in)."""
+
+    def going_on_with(self) -> SamplingSettings | None:
+        """The settings the chat goes on with: its own, else its latest reply's (None: neither)."""
+        return self.settings or self.conversation.latest_settings()
 
     @property
     def turns(self) -> int:
@@ -145,6 +152,7 @@ def chat_to_dict(chat: SavedChat) -> dict[str, Any]:
         "created": chat.created.isoformat(),
         "updated": chat.updated.isoformat(),
         "system": chat.conversation.system,
+        "settings": None if chat.settings is None else asdict(chat.settings),
         "messages": shown_messages(chat.conversation),
         "exchanges": [exchange_to_dict(e) for e in chat.conversation.exchanges],
     }
@@ -266,9 +274,16 @@ def chat_from_dict(data: Any, source: str = "chat") -> SavedChat:
                 model=_get(data, "model", str),
                 created=_time(data, "created"),
                 updated=_time(data, "updated"),
+                settings=_chat_settings(data),
             )
     except (ValueError, TypeError) as error:
         raise ChatFileError(f"{source}: damaged chat file ({one_line(error)})") from None
+
+
+def _chat_settings(data: dict) -> SamplingSettings | None:
+    """The document's own settings (absent in files from before chatapp kept them)."""
+    settings = _get(data, "settings", (dict, type(None))) if "settings" in data else None
+    return None if settings is None else SamplingSettings(**settings).validated()
 
 
 def dumps(chat: SavedChat) -> str:

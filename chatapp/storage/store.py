@@ -9,8 +9,9 @@ Why SQLite (standard library, WAL mode) rather than one JSON file per chat:
   written costs one exchange, not a 200-turn chat's megabytes of token records.
 
 Layout: a `chats` row per chat (id, title, model, times, turns, system prompt), an `exchanges`
-row per user message holding the exchange's `chat_file` record as zlib-compressed JSON, and a
-`chat_text` row per exchange with its plain text for search (`history_search`, schema 2).
+row per user message holding the exchange's `chat_file` record as zlib-compressed JSON, a
+`chat_text` row per exchange with its plain text for search (`history_search`, schema 2), and a
+`chat_settings` row per chat with the sampling settings it goes on with.
 Pure Python: no torch, no Textual.
 """
 
@@ -21,12 +22,13 @@ import sqlite3
 import threading
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from chatapp.chat.conversation import Conversation, Exchange
+from chatapp.chat.settings import SamplingSettings
 from chatapp.storage import history_search
 from chatapp.storage.chat_file import (
     FORMAT_VERSION,
@@ -69,6 +71,12 @@ CREATE TABLE IF NOT EXISTS exchanges (
     record BLOB NOT NULL, PRIMARY KEY (chat_id, position));
 """
 """Tables of schema version 1 (`history_search.upgrade` adds version 2's)."""
+SETTINGS_TABLE = """
+CREATE TABLE IF NOT EXISTS chat_settings (
+    chat_id TEXT PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE, settings TEXT NOT NULL)"""
+"""Each chat's own sampling settings (what its next reply uses), as JSON. A table of its own,
+made at every writable open and not counted in the schema version: an older chatapp, which does
+not know it, still opens and saves the history (and leaves the settings as they were)."""
 SUMMARY_COLUMNS = "id, title, preview, model, created, updated, turns"
 """What the history list reads, in `ChatSummary` order (title falls back to preview)."""
 
@@ -180,6 +188,7 @@ class ChatStore:
                         db.execute(statement)
                     history_search.upgrade(db, version)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute(SETTINGS_TABLE)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -266,6 +275,9 @@ class ChatStore:
                            ((chat.id, i, _pack(e)) for i, e in enumerate(exchanges[start:], start)))
             db.executemany("INSERT INTO chat_text VALUES (?, ?, ?)", ((chat.id, i, history_search.exchange_text(e))
                                                                       for i, e in enumerate(exchanges[start:], start)))
+            if chat.settings is not None:
+                db.execute("INSERT OR REPLACE INTO chat_settings VALUES (?, ?)",
+                           (chat.id, json.dumps(asdict(chat.settings))))
 
     def load(self, chat_id: str) -> SavedChat:
         """The chat with this id; a reply saved mid-generation comes back stopped, marked interrupted.
@@ -278,6 +290,7 @@ class ChatStore:
                                    "FROM chats WHERE id = ?", (chat_id,)).fetchone()
             records = self._db.execute("SELECT position, record FROM exchanges WHERE chat_id = ? "
                                        "ORDER BY position", (chat_id,)).fetchall()
+            settings = self._settings(chat_id)
         if row is None:
             raise StoreError(f"no saved chat with id {chat_id!r}")
         title, model, created, updated, turns, system, version = row
@@ -292,7 +305,20 @@ class ChatStore:
         except (ValueError, TypeError, zlib.error) as error:
             raise StoreError(f"chat {chat_id}: damaged record ({one_line(error)})") from None
         return SavedChat(Conversation(system=system, exchanges=exchanges), id=chat_id, title=title, model=model,
-                         created=datetime.fromisoformat(created), updated=datetime.fromisoformat(updated))
+                         created=datetime.fromisoformat(created), updated=datetime.fromisoformat(updated),
+                         settings=settings)
+
+    def _settings(self, chat_id: str) -> SamplingSettings | None:
+        """The chat's own settings; None when it has none (saved before chatapp kept them, or in
+        a history only an older chatapp wrote) or they are not valid settings."""
+        try:
+            row = self._db.execute("SELECT settings FROM chat_settings WHERE chat_id = ?", (chat_id,)).fetchone()
+        except sqlite3.OperationalError:  # a read-only history without the table
+            return None
+        try:
+            return SamplingSettings(**json.loads(row[0])).validated() if row is not None else None
+        except (ValueError, TypeError):
+            return None
 
     def last(self) -> SavedChat | None:
         """The most recently updated chat (for `chatapp --resume`), or None when there is none."""

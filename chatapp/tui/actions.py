@@ -82,7 +82,7 @@ class ConversationActions:
     async def action_new_chat(self: "ChatScreen") -> None:
         """Save the conversation and start a new one (the system prompt and settings stay)."""
         self.session.abandon_job()  # the reply so far is kept and saved, as stopped
-        self.keeper.start_new()
+        self.session.new_chat()
         self.editing = False
         await self.query_one(ChatLog).clear()
         self.query_one(TopKPanel).view = None

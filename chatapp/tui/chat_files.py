@@ -45,7 +45,7 @@ class ChatSwitching:
         if self.session.generating:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return False
-        self.keeper.replace(chat, stored)
+        self.session.open_chat(chat, stored)
         self.editing = False
         await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
         self.query_one(TopKPanel).view = None
@@ -68,13 +68,9 @@ class ChatSwitching:
         except StoreError as error:
             self.notify(str(error), title="History", severity="error", markup=False)
             return
+        own = chat.going_on_with()  # the chat goes on as it was left
         if await self.show_chat(chat, stored=True):
-            settings = chat.conversation.latest_settings()
-            if settings is not None and settings != self.session.settings:  # the chat goes on as it was written
-                self.session.settings = settings
-                self.update_status()
-            self.notify(f"Opened “{chat.display_title}”" + (f" ({settings.describe()})." if settings else "."),
-                        markup=False)
+            self.notify(f"Opened “{chat.display_title}”" + (f" ({own.describe()})." if own else "."), markup=False)
 
     def action_history(self: "ChatScreen") -> None:
         """Show the saved chats (open, rename, delete)."""

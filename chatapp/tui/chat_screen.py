@@ -314,7 +314,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             return
         self.query_one(PromptInput).take(submitted)
         if isinstance(command, commands.ApplySettings):
-            self.session.settings = command.settings
+            self.session.change_settings(command.settings)
             self.notify(command.summary, title="Settings", markup=False)
             self.update_status()
         elif isinstance(command, commands.SetSystem):

@@ -248,3 +248,24 @@ async def test_del_in_the_inspector_deletes_that_exchange_after_a_yes(store_path
         await send(pilot, "fourth")  # the chat goes on without it
         messages = app.chat.engine.calls[-1].messages
         assert [m["content"] for m in messages if m["role"] == "user"] == ["first", "third", "fourth"]
+
+
+async def test_settings_set_in_a_chat_are_saved_with_it_and_come_back_when_it_is_opened(store_path):
+    app = app_with(FakeEngine(), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "first chat")
+        first = app.chat.saved.id
+        await send(pilot, "/set temp=0.3 topk=9")  # after its last reply: no reply records them
+        await pilot.press("ctrl+n")
+        await send(pilot, "/temp 1.1")  # the new chat's own, once it is saved
+        await send(pilot, "second chat")
+        second = app.chat.saved.id
+        await app.chat.open_saved(first)
+        await pilot.pause()
+        assert (app.chat.settings.temperature, app.chat.settings.top_k) == (0.3, 9)
+        await app.chat.open_saved(second)
+        await pilot.pause()
+        assert app.chat.settings.temperature == 1.1
+    with ChatStore(store_path) as store:
+        assert store.load(first).settings.temperature == 0.3 and store.load(second).settings.temperature == 1.1
