@@ -10,7 +10,6 @@ import re
 from typing import TYPE_CHECKING
 
 from chatapp.chat.conversation import ReplyVersion, branch_version
-from chatapp.storage.chat_file import counted
 from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.screens import ConfirmScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
@@ -177,8 +176,9 @@ class ConversationActions:
             return
         index = message.exchange
         exchange = self.session.conversation.exchanges[index]
-        replies = counted(len(exchange.versions), "version") + " of its reply" if exchange.versions else "no reply yet"
-        question = f"Delete message {index + 1} (“{one_line_preview(exchange.shown_user)}”) and {replies}?"
+        versions = len(exchange.versions)
+        replies = {0: "", 1: " and its reply"}.get(versions, f" and the {versions} versions of its reply")
+        question = f"Delete message {index + 1} (“{one_line_preview(exchange.shown_user)}”){replies}?"
 
         async def answered(yes: bool | None) -> None:
             if yes and not self.session.generating and index < len(self.session.conversation.exchanges) \
