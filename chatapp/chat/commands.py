@@ -45,6 +45,7 @@ Slash commands
   /save PATH   save the chat as JSON          /load PATH  open a chat saved with /save
   /export PATH.md  Markdown transcript (or .json)         /history    saved chats
   /file PATH   send a text file's contents as a message (UTF-8, at most 1 MiB)
+  /model SPEC  go on with another model (default, a .gguf file, a folder, ORG/NAME); /model lists them
   /help        this help                      //text      send text starting with "/"
 
 Keys
@@ -132,8 +133,16 @@ class AttachFile:
     """The file to read (UTF-8 text, at most 1 MiB)."""
 
 
+@dataclass(frozen=True)
+class SwitchModel:
+    """Go on with another model (`/model SPEC`), or choose one from those found here (`/model`)."""
+
+    spec: str | None
+    """`default`, a `.gguf` file, a model folder or ORG/NAME; None opens the picker."""
+
+
 Command = (ApplySettings | SetSystem | ClearChat | ShowHelp | ShowHistory | SaveChat | LoadChat | ExportChat
-           | AttachFile)
+           | AttachFile | SwitchModel)
 """Every parsed command."""
 FILE_COMMANDS = {"save": SaveChat, "load": LoadChat, "export": ExportChat, "file": AttachFile}
 """Commands that take a file path."""
@@ -205,6 +214,10 @@ def parse_command(text: str, settings: SamplingSettings) -> Command:
         return ShowHistory()
     if name in FILE_COMMANDS:
         return _file_command(name, argument)
+    if name == "model":
+        if "\n" in argument or "\r" in argument:
+            raise CommandError("/model takes one model on one line: default, a .gguf file, a folder or ORG/NAME")
+        return SwitchModel(argument or None)
     raise CommandError(f"unknown command {shown(COMMAND_PREFIX + name)}; type /help for the list")
 
 

@@ -39,6 +39,9 @@ class ReplyVersion:
     """One-line error when `status` is "error"."""
     user: str | None = None
     """The user message this version answers when an edit changed it; None: the exchange's own."""
+    model: str = ""
+    """The name of the model that wrote this version ("" when not recorded: saved before
+    chatapp recorded it)."""
 
     @property
     def cut_at_limit(self) -> bool:

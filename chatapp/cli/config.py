@@ -9,6 +9,7 @@ and all defaults. Example::
     top_p = 0.95          # "off" switches an optional setting off
     theme = "nord"
     top = 15              # candidates shown per step
+    model_folders = ["~/models", "/data/gguf"]   # where /model looks for models
 
 Pure Python: no torch, no Textual.
 """
@@ -67,6 +68,8 @@ class Config:
     """Textual theme name."""
     top: int = DEFAULT_TOP_N
     """Candidates shown per step."""
+    model_folders: tuple[str, ...] = ("~/models",)
+    """Where the model picker (`/model`) looks for `.gguf` files and model folders."""
 
 
 def _text(key: str, value: Any) -> str:
@@ -94,8 +97,14 @@ def _top(key: str, value: Any) -> int:
     return value
 
 
+def _folders(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise SettingError(f"{key} must be a list of folder names, e.g. [\"~/models\"], got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
 APP_KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "model": _text, "device": _device, "dtype": _dtype, "theme": _text, "top": _top,
+    "model": _text, "device": _device, "dtype": _dtype, "theme": _text, "top": _top, "model_folders": _folders,
 }
 """Non-sampling keys and their checks (each returns the value to use or raises SettingError)."""
 KNOWN_KEYS = (*APP_KEYS, *SETTING_NAMES)

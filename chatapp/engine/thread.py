@@ -40,7 +40,7 @@ async def on_engine_thread(fn: Callable[..., T], *args) -> T:
     """Run `fn(*args)` on the engine thread and wait for its result.
 
     Cancelling the wait does not cancel `fn`: it still runs, in order, and must check for itself
-    whether it is still wanted (a turn checks its worker's `is_cancelled` each step). A queued
+    whether it is still wanted (a turn checks its job's stop event each step). A queued
     reset therefore never goes missing because the worker waiting on it was cancelled.
     """
     waited = asyncio.wrap_future(submit(fn, *args))

@@ -29,6 +29,7 @@ from chatapp.loading.gguf_files import (
     quiet_transformers,
     remove_converted,
 )
+from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME  # noqa: F401 - the loader's API too
 from chatapp.runtime.devices import (
     DTYPES,
     cpu_has_native_bf16,
@@ -45,10 +46,6 @@ __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "default"
-"""The `--model` value naming the bundled SmolLM2-135M-Instruct."""
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-"""Display name of the bundled model."""
 QUANTIZE_CHOICES = ("auto", "none", "int4")
 """`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
 EXACT_FRACTION = 0.99

@@ -119,6 +119,8 @@ class ChatSession:
     def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> ReplyJob:
         """Add `version` to exchange `index` and return the job that writes the rest of it
         (`prefix_ids`: the tokens it must start with, a branch's)."""
+        if self.engine is not None:
+            version.model = self.engine.info.name
         self.conversation.exchanges[index].add_version(version)
         self.keeper.mark_changed(index)
         self._jobs += 1

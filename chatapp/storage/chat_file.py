@@ -125,6 +125,7 @@ def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
     edited = {} if version.user is None else {"user": version.user}
     return {
         **edited,
+        "model": version.model,
         "status": version.status,
         "text": version.text,
         "error": version.error,
@@ -193,6 +194,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
     stats = None if stats_data is None else _stats_from_dict(stats_data)
     branched_at = _get(data, "branched_at", (int, type(None)))
     user = _get(data, "user", str) if "user" in data else None
+    model = _get(data, "model", str) if "model" in data else ""  # absent: saved before it was recorded
     version = ReplyVersion(
         settings=settings,
         steps=columns_to_steps(_get(data, "tokens", dict)),
@@ -202,6 +204,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
         branched_at=branched_at,
         error=_get(data, "error", str),
         user=user,
+        model=model,
     )
     if status == "streaming":
         version.status, version.error = "stopped", INTERRUPTED_NOTE

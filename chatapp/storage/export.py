@@ -52,10 +52,13 @@ def to_markdown(chat: SavedChat) -> str:
     reply are counted in its heading but not shown.
     """
     conversation = chat.conversation
+    models = sorted({e.reply.model for e in conversation.exchanges if e.reply is not None and e.reply.model})
+    several_models = len(models) > 1  # then each reply names the model that wrote it
     lines = [
         f"# {chat.display_title}",
         "",
-        f"*Model: {chat.model or 'unknown'} · started {chat.created.strftime(TIME_FORMAT)} · "
+        f"*Model: {', '.join(models) if several_models else chat.model or 'unknown'} · "
+        f"started {chat.created.strftime(TIME_FORMAT)} · "
         f"updated {chat.updated.strftime(TIME_FORMAT)} · {counted(chat.turns, 'turn')}*",
         "",
     ]
@@ -66,7 +69,10 @@ def to_markdown(chat: SavedChat) -> str:
         reply = exchange.reply
         if reply is None:
             continue
-        lines += [f"## {_reply_heading(reply, exchange.current, len(exchange.versions))}", ""]
+        heading = _reply_heading(reply, exchange.current, len(exchange.versions))
+        if several_models and reply.model:
+            heading += f" ({reply.model})"
+        lines += [f"## {heading}", ""]
         note = reply_note(reply) or ("" if reply.text else EMPTY_NOTE)
         if reply.text:
             lines += [reply.text, ""]

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.storage.chat_file import SavedChat
 from chatapp.storage.history_file import APP_NAME
+from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.exit_deadline import ExitDeadline
 from chatapp.tui.screens import ConfirmQuitScreen
@@ -45,6 +46,7 @@ SETTING_COMMANDS = (
     ("Load chat from JSON…", "/load ", "open a chat saved with /save"),
     ("Export chat…", "/export ", "a Markdown transcript (.md) or the JSON document (.json)"),
     ("Send a file…", "/file ", "a text file's contents as a message (UTF-8, at most 1 MiB)"),
+    ("Switch model…", "/model", "go on with another model: the models found here, or /model PATH"),
 )
 """Palette entries that put a slash command in the prompt for the user to complete."""
 EXIT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -67,11 +69,12 @@ class ChatApp(App):
 
     def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N, *,
                  store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
-                 theme_name: str | None = None, notices: Iterable[str] = ()) -> None:
+                 theme_name: str | None = None, notices: Iterable[str] = (), open_model: ModelOpener | None = None,
+                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> None:
         """An app that loads its engine with `load_engine` once running (arguments: `make_app`)."""
         super().__init__(driver_class=_terminal_driver())
         self.chat = ChatScreen(settings.validated(), load_engine, top_n, store_path=store_path, chat=chat,
-                               system=system)
+                               system=system, open_model=open_model, model_folders=model_folders)
         self.theme_name = theme_name
         self.notices = list(notices)
         """Warnings from before the app started (the config file's), shown once it is on screen."""
@@ -221,7 +224,8 @@ def _terminal_driver():
 
 def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,
              store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
-             theme: str | None = None, notices: Iterable[str] = ()) -> ChatApp:
+             theme: str | None = None, notices: Iterable[str] = (), open_model: ModelOpener | None = None,
+             model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> ChatApp:
     """Build the TUI.
 
     Args:
@@ -234,9 +238,12 @@ def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: in
         system: system prompt of a new chat.
         theme: Textual theme name; an unknown one is reported and the default kept.
         notices: warnings to show once the app is on screen (e.g. the config file's).
+        open_model: loads another model for `/model` on the engine thread (a spec and a progress
+            callback; returns an engine); None: the app cannot switch models.
+        model_folders: where the model picker looks for `.gguf` files and model folders.
     """
     return ChatApp(settings, load_engine, top_n, store_path=store_path, chat=chat, system=system, theme_name=theme,
-                   notices=notices)
+                   notices=notices, open_model=open_model, model_folders=model_folders)
 
 
 def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,

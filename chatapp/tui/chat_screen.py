@@ -32,6 +32,7 @@ from chatapp.storage.chat_file import SavedChat, counted
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
+from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSwitching
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -48,7 +49,7 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 """Shown in the empty prompt."""
 
 
-class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming, Screen):
+class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching, ReplyStreaming, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [
@@ -66,11 +67,15 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 
     def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int, *,
-                 store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None) -> None:
+                 store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
+                 open_model: ModelOpener | None = None,
+                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> None:
         """A chat that will load its engine with `load_engine` once mounted.
 
         `chat` is a reopened chat to show (else a new one starts, with `system` as its system
-        prompt); `store_path` is the history database (None: the user data folder).
+        prompt); `store_path` is the history database (None: the user data folder);
+        `open_model` loads another model for `/model` (None: the app cannot switch), and the
+        picker looks for models under `model_folders`.
         """
         super().__init__()
         keeper = self.make_keeper(chat or SavedChat(Conversation(system=system)), store_path, stored=chat is not None)
@@ -79,6 +84,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         self.top_n = top_n
         self.editing = False
         self._load_engine = load_engine
+        self._open_model = open_model
+        self.model_folders = model_folders
+        """Where the model picker looks for `.gguf` files and model folders."""
+        self.switching: str | None = None
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""
@@ -192,7 +201,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
         if activity is None:
             activity = self._reply_activity()
             runtime = getattr(self.session.engine, "activity", None)  # e.g. the int4 kernel being compiled
-            activity = " · ".join(filter(None, [activity, runtime]))
+            switching = f"loading {self.switching}…" if self.switching else ""
+            activity = " · ".join(filter(None, [activity, switching, runtime]))
         if live is not None:  # the reply being written, not the last finished one
             speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, version.steps
         elif self.session.prompt_read is not None:  # a long prompt being read: the context it fills
@@ -257,6 +267,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             return
         if self.session.generating:
             self.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
+            return
+        if self.switching:
+            self.notify(f"{self.switching} is loading: send once it is ready (your message stays).",
+                        severity="warning", markup=False)
             return
         prompt.take(event.text)
         await self.send(commands.message_text(text))
@@ -323,6 +337,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ReplyStreaming
             self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
         elif isinstance(command, commands.ClearChat):
             await self.action_new_chat()
+        elif isinstance(command, commands.SwitchModel):
+            self.choose_model() if command.spec is None else self.switch_model(command.spec)
         else:
             await self.run_keeping_command(command)
 

@@ -43,3 +43,31 @@ class ReplyReported(Message):
 
     event: ReplyEvent
     """A batch of steps, or how the reply ended."""
+
+
+@dataclass
+class ModelProgress(Message):
+    """A one-line description of what loading another model is doing."""
+
+    text: str
+    """E.g. "converting the GGUF file…"."""
+
+
+@dataclass
+class ModelSwitched(Message):
+    """Another model is loaded, to go on with."""
+
+    spec: str
+    """What was asked for."""
+    engine: object
+    """Its engine."""
+
+
+@dataclass
+class ModelSwitchFailed(Message):
+    """Another model could not be loaded; the chat goes on with the one it had."""
+
+    spec: str
+    """What was asked for."""
+    error: str
+    """One-line reason."""
