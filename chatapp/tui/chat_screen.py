@@ -31,6 +31,7 @@ from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import SavedChat, counted
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
+from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSwitching
 from chatapp.tui.persistence import ChatKeeping
@@ -45,6 +46,8 @@ from chatapp.tui.widgets.topk_panel import TopKPanel
 
 EngineLoader = Callable[[Callable[[str], None]], object]
 """Builds the engine, reporting progress lines; runs on the engine thread."""
+SYSTEM_PREVIEW_CHARS = 24
+"""How much of the system prompt the status line shows."""
 PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
 """Shown in the empty prompt."""
 
@@ -221,6 +224,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
             cached=cached,
             prompt=prompt,
             settings=self.session.settings.describe(),
+            system=one_line_preview(self.session.conversation.system or "", SYSTEM_PREVIEW_CHARS),
             warning=self.keeper.warning(),
         )
 
@@ -334,7 +338,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         elif isinstance(command, commands.SetSystem):
             self.session.conversation.system = command.text
             self.keeper.mark_changed(len(self.session.conversation.exchanges))
-            self.notify("system prompt set" if command.text else "system prompt cleared", markup=False)
+            self.keeper.autosave()
+            self.update_status()
+            self.notify("System prompt set: the model reads it before the whole conversation from the next "
+                        "message on." if command.text else "System prompt cleared.", markup=False)
         elif isinstance(command, commands.ClearChat):
             await self.action_new_chat()
         elif isinstance(command, commands.SwitchModel):

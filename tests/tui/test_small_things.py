@@ -269,3 +269,18 @@ async def test_settings_set_in_a_chat_are_saved_with_it_and_come_back_when_it_is
         assert app.chat.settings.temperature == 1.1
     with ChatStore(store_path) as store:
         assert store.load(first).settings.temperature == 0.3 and store.load(second).settings.temperature == 1.1
+
+
+async def test_the_status_line_shows_a_system_prompt_while_it_is_in_force():
+    app = app_with(FakeEngine())
+    async with app.run_test(size=(160, 24)) as pilot:
+        await ready(pilot)
+        status = lambda: str(app.chat.query_one("StatusBar").render())  # noqa: E731
+        assert "system:" not in status()
+        await send(pilot, "/system You are a pirate who speaks only in rhymes")
+        assert "system: You are a pirate who sp…" in status()  # its first 24 characters
+        await send(pilot, "ahoy")
+        assert app.chat.engine.calls[-1].messages[0] == {
+            "role": "system", "content": "You are a pirate who speaks only in rhymes"}
+        await send(pilot, "/system")
+        assert "system:" not in status()

@@ -18,11 +18,11 @@ SEPARATOR = " │ "
 """Between status fields."""
 WARNING_STYLE = "bold $text-error"
 """How a lasting problem stands out."""
-DROP_ORDER = ("cache", "device", "settings", "speed")
+DROP_ORDER = ("cache", "device", "system", "settings", "speed")
 """The fields left out when the line does not fit, first left out first. The cache hit is a
 detail of one turn's prompt; the device and dtype do not change while the app runs (and show
-while it loads); the sampling settings are the user's own choice and change only when asked;
-the speed is the last to go because it moves while a reply is written. The warning, the model
+while it loads); the system prompt and the sampling settings are the user's own choice and
+change only when asked; the speed is the last to go because it moves while a reply is written. The warning, the model
 name, the context used and the activity are never left out: they say what is wrong, what is
 running, how close the conversation is to its limit, and what is happening now."""
 
@@ -45,6 +45,8 @@ class StatusData:
     """Prompt tokens of the last turn."""
     settings: str = ""
     """Sampling settings, e.g. "T=0.7 k=50 max=512"."""
+    system: str = ""
+    """The start of the system prompt in force, "" when there is none."""
     warning: str = ""
     """A lasting problem, shown first in the error colour until it is over (e.g. "not saved")."""
 
@@ -68,6 +70,8 @@ def status_fields(data: StatusData) -> list[tuple[str, Content]]:
             fields.append(("cache", Content(cache)))
         if data.activity:
             fields.append(("activity", Content(data.activity)))
+    if data.system:
+        fields.append(("system", Content(f"system: {data.system}")))
     if data.settings:
         fields.append(("settings", Content(data.settings)))
     return fields
