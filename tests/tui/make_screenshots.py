@@ -6,6 +6,7 @@ Run: `.venv/bin/python -m tests.tui.make_screenshots` (loads SmolLM2-135M-Instru
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 from chatapp.chat.settings import SamplingSettings
@@ -24,7 +25,9 @@ MODEL_TIMEOUT = 300.0
 
 async def main() -> None:
     settings = SamplingSettings(seed=42, max_new_tokens=60)
-    app = make_app(settings=settings, load_engine=lambda progress: load_engine(progress=progress))
+    scratch = tempfile.mkdtemp(prefix="chatapp-screenshots-")  # never the user's own history
+    app = make_app(settings=settings, load_engine=lambda progress: load_engine(progress=progress),
+                   store_path=Path(scratch) / "chats.sqlite3")
     async with app.run_test(size=SIZE) as pilot:
         prompt = app.chat.query_one(PromptInput)
         prompt.blinks = prompt.cursor_blink = False
