@@ -24,9 +24,9 @@ from textual.screen import Screen
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.storage.chat_file import SavedChat
 from chatapp.storage.history_file import APP_NAME
-from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.exit_deadline import ExitDeadline
+from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener
 from chatapp.tui.screens import ConfirmQuitScreen
 from chatapp.tui.widgets.prompt_input import PromptInput
 

@@ -28,26 +28,24 @@ from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread
 from chatapp.session.chat_session import ChatSession
 from chatapp.session.reply_stream import one_line
-from chatapp.storage.chat_file import SavedChat, counted
+from chatapp.storage.chat_file import SavedChat
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
-from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSwitching
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
+from chatapp.tui.status_line import status_data
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.key_bar import KeyBar
 from chatapp.tui.widgets.loading_panel import LoadingPanel
 from chatapp.tui.widgets.prompt_input import PromptInput
-from chatapp.tui.widgets.status_bar import StatusBar, StatusData
+from chatapp.tui.widgets.status_bar import StatusBar
 from chatapp.tui.widgets.topk_panel import TopKPanel
 
 EngineLoader = Callable[[Callable[[str], None]], object]
 """Builds the engine, reporting progress lines; runs on the engine thread."""
-SYSTEM_PREVIEW_CHARS = 24
-"""How much of the system prompt the status line shows."""
 PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
 """Shown in the empty prompt."""
 
@@ -193,52 +191,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
 
     def update_status(self, activity: str | None = None) -> None:
-        """Refresh the status line from the engine, the last turn and the settings (and the
-        prompt's cursor, steady while a reply is written)."""
+        """Refresh the status line from the session (`activity`: what to say instead of what
+        the reply is doing), and the prompt's cursor, steady while a reply is written."""
         self.query_one(PromptInput).show_writing(self.session.generating)
-        bar = self.query_one(StatusBar)
-        finished = self.session.conversation.last_finished()
-        stats = finished.stats if finished else None
-        info = getattr(self.session.engine, "info", None)
-        live, version = self.session.live, self.session.version
-        if activity is None:
-            activity = self._reply_activity()
-            runtime = getattr(self.session.engine, "activity", None)  # e.g. the int4 kernel being compiled
-            switching = f"loading {self.switching}…" if self.switching else ""
-            activity = " · ".join(filter(None, [activity, switching, runtime]))
-        if live is not None:  # the reply being written, not the last finished one
-            speed, prompt, cached, steps = live.tok_per_s, live.prompt_tokens, live.cached_tokens, version.steps
-        elif self.session.prompt_read is not None:  # a long prompt being read: the context it fills
-            read = self.session.prompt_read
-            speed, prompt, cached, steps = None, read.prompt_tokens, read.prompt_tokens - read.total, []
-        elif stats is not None:
-            speed, prompt, cached, steps = stats.tok_per_s, stats.prompt_tokens, stats.cached_tokens, finished.steps
-        else:
-            speed, prompt, cached, steps = None, 0, None, []
-        bar.data = StatusData(
-            info=info,
-            activity=activity,
-            tok_per_s=speed,
-            # A branch's forced prefix is in the reply's steps but not in stats.tokens.
-            context_used=prompt + len(steps) if prompt else 0,
-            cached=cached,
-            prompt=prompt,
-            settings=self.session.settings.describe(),
-            system=one_line_preview(self.session.conversation.system or "", SYSTEM_PREVIEW_CHARS),
-            warning=self.keeper.warning(),
-        )
-
-    def _reply_activity(self) -> str:
-        """What the reply being written is doing: a long prompt's reading (tokens read of all),
-        then its tokens (and, after a long prompt, how long the first one took); "" when idle."""
-        session = self.session
-        live, read = session.live, session.prompt_read
-        if live is not None:
-            first = f" · first token after {live.ttft_ms / 1000:.1f} s" if read is not None and live.ttft_ms else ""
-            return f"writing… {counted(len(session.version.steps), 'token')}{first}"
-        if read is not None:
-            return f"reading the prompt… {read.done:,}/{read.total:,} tokens"
-        return "writing…" if session.generating else ""
+        self.query_one(StatusBar).data = status_data(self.session, activity, self.switching)
 
     # -- sending and commands ------------------------------------------------------------------
 
