@@ -14,6 +14,9 @@ def test_markdown_shows_roles_shown_versions_and_marks():
     chat = rich_chat()
     chat.conversation.system = "Be brief.\n\nAlways."
     chat.conversation.exchanges[-1].add_version(reply(8, 5, status="streaming"))
+    for exchange in chat.conversation.exchanges:  # the system prompt was in force from the start
+        for version in exchange.versions:
+            version.system = chat.conversation.system
     # Reopening turns the streaming reply into an interrupted one.
     text = to_markdown(loads(dumps(chat)))
     first = chat.conversation.exchanges[0]
@@ -55,3 +58,37 @@ def test_export_format_errors_are_one_line(tmp_path):
         export_format("t.md", "html")
     assert list(tmp_path.iterdir()) == []
     assert export_chat(rich_chat(), tmp_path / "t.txt", "md") == "md"
+
+
+def test_a_system_prompt_set_mid_chat_is_exported_where_it_began_to_apply():
+    from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.storage.chat_file import SavedChat, dumps, loads
+
+    def answered(user, system, recorded=True):
+        version = ReplyVersion(settings=SamplingSettings(), text=f"re: {user}", status="done", system=system,
+                               system_recorded=recorded)
+        return Exchange(user, [version])
+
+    mid = Conversation(system="Be a pirate.", exchanges=[
+        answered("one", None), answered("two", "Be a pirate."), answered("three", "Be a pirate.")])
+    text = to_markdown(SavedChat(mid))
+    assert text.index("re: one") < text.index("## System (from here on)") < text.index("two")
+    assert text.count("Be a pirate.") == 1 and "\n## System\n" not in text
+
+    cleared = Conversation(system=None, exchanges=[answered("one", "Be brief."), answered("two", None)])
+    text = to_markdown(SavedChat(cleared))
+    assert text.index("## System\n") < text.index("## User\n\none") < text.index("## System prompt cleared") \
+        < text.index("## User\n\ntwo")
+
+    later = Conversation(system="Be kind.", exchanges=[answered("one", None)])
+    text = to_markdown(SavedChat(later))
+    assert text.index("re: one") < text.index("## System (set after the last reply)")
+
+    old = Conversation(system="Be old.", exchanges=[answered("one", None, recorded=False)])  # saved before
+    text = to_markdown(SavedChat(old))
+    assert text.index("## System\n") < text.index("## User\n\none")  # as it was exported then: from the start
+
+    round_trip = loads(dumps(SavedChat(mid))).conversation
+    assert [e.reply.system for e in round_trip.exchanges] == [None, "Be a pirate.", "Be a pirate."]
+    assert all(e.reply.system_recorded for e in round_trip.exchanges)

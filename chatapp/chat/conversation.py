@@ -42,6 +42,11 @@ class ReplyVersion:
     model: str = ""
     """The name of the model that wrote this version ("" when not recorded: saved before
     chatapp recorded it)."""
+    system: str | None = None
+    """The system prompt the model read before the conversation when it wrote this version."""
+    system_recorded: bool = True
+    """False for a version saved before chatapp recorded `system` (the chat's own system
+    prompt then stands in for it)."""
 
     @property
     def cut_at_limit(self) -> bool:
@@ -137,6 +142,25 @@ class Conversation:
             if exchange.reply is not None and exchange.reply.stats is not None:
                 return exchange.reply
         return None
+
+    def system_changes(self) -> list[tuple[int, str | None]]:
+        """Where the system prompt the replies were written with changed: (exchange index, the
+        prompt from there on), the first entry at index 0 when the first reply had one. A
+        prompt set after the last reply (read from the next message on) comes last, at
+        `len(exchanges)`."""
+        changes: list[tuple[int, str | None]] = []
+        current: str | None = None
+        for index, exchange in enumerate(self.exchanges):
+            reply = exchange.reply
+            if reply is None:
+                continue
+            system = reply.system if reply.system_recorded else self.system
+            if system != current:
+                changes.append((index, system))
+                current = system
+        if self.system != current:
+            changes.append((len(self.exchanges), self.system))
+        return changes
 
     def messages_before(self, index: int) -> list[dict]:
         """The messages the model sees to write the reply of exchange `index`."""

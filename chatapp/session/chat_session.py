@@ -121,6 +121,7 @@ class ChatSession:
         (`prefix_ids`: the tokens it must start with, a branch's)."""
         if self.engine is not None:
             version.model = self.engine.info.name
+        version.system = self.conversation.system
         self.conversation.exchanges[index].add_version(version)
         self.keeper.mark_changed(index)
         self._jobs += 1

@@ -126,6 +126,7 @@ def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
     return {
         **edited,
         "model": version.model,
+        "system": version.system,
         "status": version.status,
         "text": version.text,
         "error": version.error,
@@ -195,6 +196,8 @@ def version_from_dict(data: Any) -> ReplyVersion:
     branched_at = _get(data, "branched_at", (int, type(None)))
     user = _get(data, "user", str) if "user" in data else None
     model = _get(data, "model", str) if "model" in data else ""  # absent: saved before it was recorded
+    system_recorded = "system" in data
+    system = _get(data, "system", (str, type(None))) if system_recorded else None
     version = ReplyVersion(
         settings=settings,
         steps=columns_to_steps(_get(data, "tokens", dict)),
@@ -205,6 +208,8 @@ def version_from_dict(data: Any) -> ReplyVersion:
         error=_get(data, "error", str),
         user=user,
         model=model,
+        system=system,
+        system_recorded=system_recorded,
     )
     if status == "streaming":
         version.status, version.error = "stopped", INTERRUPTED_NOTE

@@ -62,9 +62,10 @@ def to_markdown(chat: SavedChat) -> str:
         f"updated {chat.updated.strftime(TIME_FORMAT)} · {counted(chat.turns, 'turn')}*",
         "",
     ]
-    if conversation.system:
-        lines += ["## System", "", _quote(conversation.system), ""]
-    for exchange in conversation.exchanges:
+    changes = dict(conversation.system_changes())  # where the system prompt the replies read changed
+    for index, exchange in enumerate(conversation.exchanges):
+        if index in changes:
+            lines += _system_lines(changes[index], index)
         lines += ["## User", "", exchange.shown_user, ""]
         reply = exchange.reply
         if reply is None:
@@ -78,7 +79,18 @@ def to_markdown(chat: SavedChat) -> str:
             lines += [reply.text, ""]
         if note:
             lines += [f"*[{note}]*", ""]
+    if len(conversation.exchanges) in changes:  # set after the last reply (or in an empty chat)
+        lines += _system_lines(changes[len(conversation.exchanges)], -1 if conversation.exchanges else 0)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _system_lines(system: str | None, index: int) -> list[str]:
+    """The system prompt as it changed before exchange `index` (0: the start, -1: after the last
+    reply, read from the next message on)."""
+    if system is None:
+        return ["## System prompt cleared", ""]
+    heading = {0: "## System", -1: "## System (set after the last reply)"}.get(index, "## System (from here on)")
+    return [heading, "", _quote(system), ""]
 
 
 def to_json(chat: SavedChat) -> str:
