@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from chatapp.cli import main as cli
 TOKEN_KEYS = {"type", "turn", "step", "token_id", "text", "prob", "raw_prob", "rank", "entropy", "top"}
 TURN_KEYS = {
     "type", "turn", "text", "tokens", "prompt_tokens", "cached_tokens", "prefill_tokens",
-    "dropped_turns", "ttft_ms", "tok_per_s", "finish_reason",
+    "dropped_turns", "ttft_ms", "tok_per_s", "finish_reason", "confidence",
 }
 MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size"}
 
@@ -128,6 +129,14 @@ def test_ask_json_lines_contract():
         assert turn["text"] == "".join(r["text"] for r in mine)
         assert turn["prefill_tokens"] == turn["prompt_tokens"] - turn["cached_tokens"]
         assert turn["finish_reason"] in {"stop", "length"}
+        # Confidence: recomputed here from the token records' own raw probabilities.
+        surprisals = [-math.log2(r["raw_prob"]) for r in mine]
+        confidence = turn["confidence"]
+        assert confidence["tokens"] == len(mine)
+        assert confidence["mean_surprisal_bits"] == pytest.approx(sum(surprisals) / len(mine), rel=1e-12)
+        assert confidence["perplexity"] == pytest.approx(2 ** confidence["mean_surprisal_bits"], rel=1e-12)
+        least = sorted(mine, key=lambda r: r["raw_prob"])[:3]
+        assert [t["step"] for t in confidence["least_likely"]] == [r["step"] for r in least]
     assert turns[1]["cached_tokens"] >= turns[0]["prompt_tokens"] + turns[0]["tokens"] - 1
 
 

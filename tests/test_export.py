@@ -92,3 +92,14 @@ def test_a_system_prompt_set_mid_chat_is_exported_where_it_began_to_apply():
     round_trip = loads(dumps(SavedChat(mid))).conversation
     assert [e.reply.system for e in round_trip.exchanges] == [None, "Be a pirate.", "Be a pirate."]
     assert all(e.reply.system_recorded for e in round_trip.exchanges)
+
+
+def test_each_finished_reply_carries_its_confidence_line():
+    chat = rich_chat()
+    text = to_markdown(chat)
+    shown = [e.reply for e in chat.conversation.exchanges if e.reply is not None and e.reply.steps]
+    assert text.count("*perplexity ") == len(shown) > 0
+    for reply_version in shown:
+        from chatapp.chat.confidence import reply_confidence
+
+        assert f"perplexity {reply_confidence(reply_version.steps).perplexity:.3g}" in text

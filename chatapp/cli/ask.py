@@ -12,6 +12,7 @@ import json
 import sys
 from typing import TextIO
 
+from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.settings import SamplingSettings
 from chatapp.cli.preflight import EXIT_BROKEN_PIPE, silence_stdout
@@ -120,7 +121,9 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
             raise
         stats = turn.stats
         if args.json:
-            _json_line(out, {"type": "turn", "turn": number, **stats.to_json()})
+            confidence = reply_confidence(version.steps)
+            _json_line(out, {"type": "turn", "turn": number, **stats.to_json(),
+                             "confidence": confidence.to_json() if confidence else None})
         else:
             out.write(written.rest(stats.text))
             out.write("\n" if number == len(args.prompts) else "\n\n")

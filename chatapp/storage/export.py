@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import ReplyVersion
 from chatapp.chat.export_format import export_format
 from chatapp.storage.chat_file import INTERRUPTED_NOTE, SavedChat, counted, dumps
@@ -79,9 +80,17 @@ def to_markdown(chat: SavedChat) -> str:
             lines += [reply.text, ""]
         if note:
             lines += [f"*[{note}]*", ""]
+        confidence = reply_confidence(reply.steps)
+        if confidence is not None:
+            lines += [f"*{_literal(confidence.describe())}*", ""]
     if len(conversation.exchanges) in changes:  # set after the last reply (or in an empty chat)
         lines += _system_lines(changes[len(conversation.exchanges)], -1 if conversation.exchanges else 0)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _literal(text: str) -> str:
+    """`text` with Markdown's emphasis and escape characters escaped, to show as written."""
+    return "".join("\\" + c if c in "\\*_`[]<>" else c for c in text.replace("\n", " "))
 
 
 def _system_lines(system: str | None, index: int) -> list[str]:

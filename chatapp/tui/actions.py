@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import ReplyVersion, branch_version
 from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.screens import ConfirmScreen, HelpScreen
@@ -142,7 +143,9 @@ class ConversationActions:
                 self.show_step(reply.steps[-1], reply.settings)
             return
         reply = self.session.conversation.exchanges[cursor.exchange].reply
-        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row)
+        confidence = reply_confidence(reply.steps) if reply.status != "streaming" else None
+        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row,
+                       tuple(confidence.lines()) if confidence else ())
 
     def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
         """Cut the reply at the cursor, force the picked candidate, and continue from it."""

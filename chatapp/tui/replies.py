@@ -83,9 +83,10 @@ class ReplyStreaming:
                 self.show_step(event.candidates, job.settings)
             self.update_status()  # the reply's own speed and context, as it is written
 
-    def show_step(self: "ChatScreen", step: Step, settings: SamplingSettings, cursor: int | None = None) -> None:
-        """Show `step` in the candidates panel."""
-        self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor)
+    def show_step(self: "ChatScreen", step: Step, settings: SamplingSettings, cursor: int | None = None,
+                  notes: tuple[str, ...] = ()) -> None:
+        """Show `step` in the candidates panel (`notes` below its candidates)."""
+        self.query_one(TopKPanel).view = PanelView(step, settings.temperature, settings.top_k, cursor, notes)
 
     async def _end_job(self: "ChatScreen") -> None:
         index = self.session.end_job()  # saved

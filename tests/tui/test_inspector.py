@@ -146,3 +146,19 @@ async def test_older_exchanges_are_unmounted_and_come_back(monkeypatch):
         assert [v.index for v in log.replies] == [4, 5, 6] and log.first_mounted == 4
         await log.show_exchanges(app.chat.conversation.exchanges)  # a reopened chat
         assert [v.index for v in log.replies] == [4, 5, 6] and "4 earlier" in str(marker.render())
+
+
+async def test_the_inspector_shows_the_reply_s_confidence():
+    from chatapp.tui.widgets.topk_panel import TopKPanel
+
+    app = app_with(FakeEngine(replies=[["Sure", "!", " Yes"]]))
+    async with app.run_test(size=(140, 36)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        panel = app.chat.query_one(TopKPanel)
+        assert "perplexity" not in panel.render().plain  # while chatting: the step's candidates only
+        await pilot.press("ctrl+t")
+        text = panel.render().plain
+        # The fake's raw probability is 0.54 for every token: 0.889 bits, perplexity 1.85.
+        assert "reply perplexity 1.85" in text and "mean surprisal 0.89 bits" in text
+        assert "step 1 “Sure” 54%" in text

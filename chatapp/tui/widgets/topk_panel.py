@@ -43,6 +43,8 @@ class PanelView:
     """Top-k the step was sampled with."""
     cursor: int | None = None
     """Row picked in the inspector for branching, if any."""
+    notes: tuple[str, ...] = ()
+    """Lines shown below the candidates (the inspector's: the reply's confidence)."""
 
 
 class TopKPanel(Widget):
@@ -109,6 +111,8 @@ class TopKPanel(Widget):
             # The sampled token ranked below the list: show it anyway, with its rank.
             label = token_label(step.piece.decode("utf-8", errors="replace"), step.piece)
             lines.append(row(f"▶{step.rank}", label, step.prob, step.raw_prob, styles["sampled"]))
+        if view.notes:
+            lines += [Content(""), *(Content(note).stylize(styles["header"]) for note in view.notes)]
         return Content("\n").join(lines)
 
     def on_click(self, event: events.Click) -> None:
