@@ -221,6 +221,8 @@ class Choice(NamedTuple):
     """Their sampled probabilities."""
     top_raw_probs: list[float]
     """Their raw probabilities."""
+    watched: tuple[tuple[int, float, float, int], ...] = ()
+    """(id, sampled probability, raw probability, raw rank) of each watched token."""
 
 
 def describe_choice(
@@ -287,6 +289,7 @@ def choose_token(
     generator: Callable[[torch.device], torch.Generator],
     top_n: int,
     previous_ids: torch.Tensor | None = None,
+    watch_ids: tuple[int, ...] = (),
 ) -> Choice:
     """Choose the next token from the last position's context vector, as the engine does.
 
@@ -297,6 +300,7 @@ def choose_token(
         generator: the turn's seeded generator for the device the probabilities land on.
         top_n: how many candidates to describe.
         previous_ids: `(T,)` the ids the repetition penalty applies to.
+        watch_ids: tokens whose numbers to report too, wherever they rank.
 
     Returns:
         the chosen token and the numbers the panel shows.
@@ -311,4 +315,16 @@ def choose_token(
     # One draw with torch.multinomial from the seeded generator.
     token = sample_token_ids(probs, 1, generator(probs.device), support)[0]  # ()
     # The step's numbers, in one copy to the host.
-    return describe_choice(token, probs, logits, top_n, support)
+    choice = describe_choice(token, probs, logits, top_n, support)
+    return choice._replace(watched=watched_odds(probs, logits, watch_ids)) if watch_ids else choice
+
+
+def watched_odds(probabilities: torch.Tensor, logits: torch.Tensor,
+                 ids: tuple[int, ...]) -> tuple[tuple[int, float, float, int], ...]:
+    """(id, sampled probability, raw probability, raw rank) of each of `ids` at this step, from
+    the step's own `(V,)` distribution and logits (exact, not guessed from the top candidates)."""
+    index = torch.tensor(ids, dtype=torch.long, device=logits.device)  # (W,)
+    raw = F.softmax(logits, -1)[index]  # (W,)
+    ranks = (logits.unsqueeze(0) > logits[index].unsqueeze(1)).sum(-1) + 1  # (W,)
+    rows = zip(ids, probabilities[index].tolist(), raw.tolist(), ranks.tolist())
+    return tuple((i, p, r, int(k)) for i, p, r, k in rows)

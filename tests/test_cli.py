@@ -185,3 +185,71 @@ def test_json_steps_count_from_1_as_the_panel_does():
     tokens = [json.loads(line) for line in done.stdout.splitlines() if '"type": "token"' in line]
     for turn in (1, 2):
         assert [t["step"] for t in tokens if t["turn"] == turn] == [1, 2, 3, 4]
+
+
+@pytest.mark.model
+def test_ask_watch_adds_the_watched_tokens_numbers_to_every_step():
+    result = chatapp(
+        "ask", "--json", "--temperature", "0", "--max-new-tokens", "8", "--top", "10",
+        "--watch", " Paris", "--watch", "The", "What is the capital of France? Answer in one word.",
+    )
+    assert result.returncode == 0, result.stderr
+    tokens = [r for r in map(json.loads, result.stdout.splitlines()) if r["type"] == "token"]
+    assert tokens
+    for record in tokens:
+        paris, the = record["watch"]
+        assert (paris["text"], the["text"]) == (" Paris", "The") and paris["token_id"] != the["token_id"]
+        for watched in (paris, the):
+            assert watched["rank"] >= 1 and 0 < watched["raw_prob"] < 1
+            if watched["token_id"] == record["token_id"]:  # the chosen token: the step's own numbers
+                assert (watched["raw_prob"], watched["rank"]) == (record["raw_prob"], record["rank"])
+            for candidate in record["top"]:  # listed: exactly the candidate's numbers
+                if candidate["token_id"] == watched["token_id"]:
+                    assert (watched["prob"], watched["raw_prob"]) == (candidate["prob"], candidate["raw_prob"])
+    assert any(r["watch"][0]["rank"] > 10 for r in tokens)  # followed beyond the listed candidates
+
+
+def test_ask_watch_is_refused_in_one_line_unless_it_is_one_token_with_json():
+    several = chatapp("ask", "--json", "--watch", "Parisian", "hi")
+    assert several.returncode == 2 and several.stderr.strip().splitlines() == [
+        "chatapp: error: --watch 'Parisian' is 2 tokens (Paris|ian), not one: watch a single token, "
+        "e.g. its first piece"]
+    plain = chatapp("ask", "--watch", " Paris", "hi")
+    assert plain.returncode == 2 and "--watch needs --json" in plain.stderr
+
+
+@pytest.mark.model
+def test_a_watched_token_s_numbers_equal_a_recompute_at_that_step(default_model):
+    import torch
+
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.engine.engine import Engine
+    from chatapp.lm_head import lm_head
+
+    messages = [{"role": "user", "content": "Name a city in France."}]
+    settings = SamplingSettings(temperature=0.8, top_k=20, seed=3, max_new_tokens=6)
+    engine = Engine(default_model)
+    watched_id = default_model.tokenizer(" Lyon", add_special_tokens=False)["input_ids"][0]
+    engine.watch((watched_id,))
+    try:
+        steps = list(engine.start_turn(messages, settings))
+    finally:
+        engine.watch(())  # the model is shared with other tests
+    # Each step recomputed from the whole prefix, through a fresh cache (prefill, not the decode
+    # step: the two paths round differently, hence the tolerance).
+    fresh = Engine(default_model)
+    for k, step in enumerate(steps):
+        prefix = [s.token_id for s in steps[:k]]
+        turn = fresh.start_turn(messages, settings, reply_prefix_ids=prefix)
+        fresh.reset()
+        ids = turn.prompt_ids
+        hidden = fresh.decoder.prefill(ids)
+        head = default_model.model.get_output_embeddings()
+        head.always_exact = torch.tensor([watched_id])
+        probs, logits = lm_head(default_model.model, hidden, settings.temperature, settings.top_k, return_logits=True)
+        head.always_exact = None
+        raw = torch.softmax(logits, -1)[watched_id].item()
+        rank = int((logits > logits[watched_id]).sum()) + 1
+        [watched] = step.watched
+        assert watched.raw_prob == pytest.approx(raw, rel=2e-3) and abs(watched.rank - rank) <= 1
+        assert watched.prob == pytest.approx(probs[watched_id].item(), abs=1e-6)

@@ -30,6 +30,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class WatchedToken:
+    """A token the user asked to follow (`ask --watch`), as the model saw it at one step."""
+
+    token_id: int
+    """The watched token."""
+    text: str
+    """Its text."""
+    prob: float
+    """Its probability in the distribution sampled from (0 when the filters cut it)."""
+    raw_prob: float
+    """Its probability at temperature 1 before any filter."""
+    rank: int
+    """Its 1-based rank in the raw distribution."""
+
+
+@dataclass(frozen=True)
 class Step:
     """One generated token and everything the LM head knew when choosing it."""
 
@@ -55,6 +71,8 @@ class Step:
     """True when the token was imposed (branching) rather than sampled."""
     piece: bytes = b""
     """Raw bytes of the chosen token."""
+    watched: tuple[WatchedToken, ...] = ()
+    """The watched tokens' numbers at this step (`ask --watch`; not saved with chats)."""
 
     def to_json(self) -> dict:
         """The step as a JSON-ready dict (the `token` line of `chatapp ask --json`); its `step`
@@ -71,6 +89,7 @@ class Step:
                 {"token_id": c.token_id, "text": c.text, "prob": c.prob, "raw_prob": c.raw_prob}
                 for c in self.top
             ],
+            **({"watch": [asdict(w) for w in self.watched]} if self.watched else {}),
         }
 
 

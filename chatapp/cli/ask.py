@@ -21,6 +21,8 @@ EXIT_MODEL = 2
 """Exit code when the model cannot be loaded."""
 EXIT_GENERATION = 1
 """Exit code when a reply fails (e.g. NaN logits, prompt too long)."""
+EXIT_USAGE = 2
+"""Exit code when a flag's value cannot be used with the loaded model (e.g. `--watch`)."""
 
 
 class StopHoldBack:
@@ -50,6 +52,20 @@ class StopHoldBack:
     def rest(self, final: str) -> str:
         """What is left to print of the turn's `final` text (it ends before any stop sequence)."""
         return final[self._written:] if self._stops else ""
+
+
+def watch_ids(tokenizer, texts: list[str]) -> tuple[int, ...]:
+    """The token each of `texts` (`--watch`) is; ValueError (one line) when one is not exactly
+    one token."""
+    ids = []
+    for text in texts:
+        found = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(found) != 1:
+            pieces = "|".join(tokenizer.decode([i], skip_special_tokens=False) for i in found) or "nothing"
+            raise ValueError(f"--watch {text!r} is {len(found)} tokens ({pieces}), not one: watch a single token, "
+                             "e.g. its first piece")
+        ids.append(found[0])
+    return tuple(ids)
 
 
 def _json_line(out: TextIO, record: dict) -> None:
@@ -89,6 +105,11 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
     from chatapp.chat.prompt import ContextOverflowError
     from chatapp.lm_head import NonFiniteLogitsError
 
+    try:
+        engine.watch(watch_ids(engine.tokenizer, getattr(args, "watch", None) or []))
+    except ValueError as error:
+        print(f"chatapp: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         _json_line(out, engine.info.to_json())
     conversation = Conversation(system=args.system or None)

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 from chatapp.chat.settings import SETTING_NAMES, SamplingSettings, SettingError
 from chatapp.cli import log_file
 from chatapp.cli.config import MAX_TOP_N, Config, config_path, load_config
-from chatapp.cli.parser import EXIT_USAGE, MAX_BENCH_RUNS, MAX_BENCH_TOKENS, build_parser
+from chatapp.cli.parser import EXIT_USAGE, MAX_BENCH_RUNS, MAX_BENCH_TOKENS, MAX_WATCH, build_parser
 from chatapp.cli.preflight import (
     EXIT_BROKEN_PIPE,
     InputError,
@@ -124,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
             args.prompts = read_prompts(args.prompts)
         except InputError as error:
             return _fail(str(error))
+        if args.watch and not args.json:
+            return _fail("--watch needs --json: its numbers go in each token's JSON line")
+        if args.watch and len(args.watch) > MAX_WATCH:
+            return _fail(f"--watch: at most {MAX_WATCH} tokens, got {len(args.watch)}")
         from chatapp.cli.ask import run_ask
 
         return run_ask(args, settings)

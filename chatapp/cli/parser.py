@@ -22,6 +22,8 @@ MAX_BENCH_TOKENS = 4096
 """Longest benchmark run."""
 MAX_BENCH_RUNS = 50
 """Most runs per benchmark configuration."""
+MAX_WATCH = 8
+"""Most tokens `ask --watch` follows."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(ask, inherited=True)
     _add_log_flags(ask, inherited=True)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
+    ask.add_argument("--watch", action="append", default=None, metavar="TEXT",
+                     help="with --json, add this token's probabilities and rank at every step, wherever it ranks "
+                     f"(TEXT must be one token, e.g. ' Paris' with its space); repeat for several (at most {MAX_WATCH})")
     ask.add_argument(
         "prompts", nargs="+", metavar="PROMPT",
         help="user turns of one conversation, answered in order; '-' reads one from stdin, @FILE reads one "

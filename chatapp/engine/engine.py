@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 
 from chatapp.chat.prompt import Message, encode_prompt, fit_to_context
-from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats
+from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats, WatchedToken
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
 from chatapp.lm_head import choose_token
@@ -97,10 +97,20 @@ class Engine:
         self.token_texts = TokenTexts(self.tokenizer)
         self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
+        self.watch_ids: tuple[int, ...] = ()
+        """Tokens whose numbers every step also reports (`ask --watch`), wherever they rank."""
         # The logical transcript: what the cache holds plus tokens chosen but not yet run.
         self._transcript_text = ""
         self._transcript_ids: list[int] = []
         self._lock = threading.Lock()
+
+    def watch(self, ids: tuple[int, ...]) -> None:
+        """Report the numbers of these tokens at every step too (`Step.watched`); an int4 LM head
+        computes their logits in float32, as it does its best ones."""
+        self.watch_ids = tuple(ids)
+        head = self.model.get_output_embeddings()
+        if hasattr(head, "always_exact"):
+            head.always_exact = torch.tensor(self.watch_ids, dtype=torch.long) if ids else None
 
     @property
     def activity(self) -> str | None:
@@ -258,7 +268,8 @@ class Turn:
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
                     break
-                choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids)
+                choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
+                                      engine.watch_ids)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids
@@ -278,6 +289,7 @@ class Turn:
                     top=engine.candidates(choice.top_ids, choice.top_probs, choice.top_raw_probs),
                     is_stop=is_stop,
                     piece=engine.token_texts.piece(token_id),
+                    watched=tuple(WatchedToken(i, engine.token_texts.text(i), p, r, k) for i, p, r, k in choice.watched),
                 )
                 if is_stop:
                     stats.finish_reason = "stop"

@@ -105,6 +105,10 @@ class OutputHead(nn.Module):
     """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel
     (`chatapp.runtime.int4_kernel.convert`), once a decoder has taken it up for the model's decode steps."""
 
+    always_exact: torch.Tensor | None = None
+    """`(W,)` ids whose logits are recomputed in float32 too, wherever they rank (the tokens
+    `ask --watch` follows), for one context vector."""
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d_model) -> (..., V) float32
         flat = hidden.reshape(-1, hidden.shape[-1])
         kernel = self.kernel_parts
@@ -116,6 +120,8 @@ class OutputHead(nn.Module):
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]
             best = torch.topk(logits, self.exact_top, sorted=False).indices  # (M,)
+            if self.always_exact is not None:
+                best = torch.cat([best, self.always_exact.to(best.device)])  # (M + W,)
             logits[best] = torch.mv(self.exact_weight[best], hidden.float())
             return logits
         best = torch.topk(logits, self.exact_top, dim=-1, sorted=False).indices  # (B, M)
