@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from typing import Callable, TextIO
 
 from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
@@ -89,7 +89,7 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     try:
         engine = load_engine(args.model, args.device, args.dtype, progress=_say_slow_steps,
                              device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
-                             top_n=args.top, context=getattr(args, "ctx", None))
+                             top_n=args.top, context=getattr(args, "ctx", None), raw=getattr(args, "raw", False))
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_MODEL
@@ -101,10 +101,8 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
 
 
 def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: TextIO) -> int:
-    """Answer every prompt in turn on `out`; `BrokenPipeError` when `out` has lost its reader."""
-    from chatapp.chat.prompt import ContextOverflowError
-    from chatapp.lm_head import NonFiniteLogitsError
-
+    """Answer every prompt in turn on `out` (with `--raw`, continue the one PROMPT as plain
+    text, as one turn); `BrokenPipeError` when `out` has lost its reader."""
     try:
         engine.watch(watch_ids(engine.tokenizer, getattr(args, "watch", None) or []))
     except ValueError as error:
@@ -112,42 +110,60 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
         return EXIT_USAGE
     if args.json:
         _json_line(out, engine.info.to_json())
+    if getattr(args, "raw", False):
+        version = ReplyVersion(settings=settings)
+        code = _write_turn(lambda: engine.start_completion(args.prompts[0], settings), 1, version, args, out)
+        return EXIT_GENERATION if code is None else code
     conversation = Conversation(system=args.system or None)
     for number, prompt in enumerate(args.prompts, start=1):
         conversation.exchanges.append(Exchange(prompt))
         index = len(conversation.exchanges) - 1
         version = conversation.exchanges[index].add_version(ReplyVersion(settings=settings))
-        turn = None
-        written = StopHoldBack(settings.stop)
-        try:
-            turn = engine.start_turn(conversation.messages_before(index), settings)
-            for step in turn:
-                version.add_steps([step])
-                if args.json:
-                    _json_line(out, {"type": "token", "turn": number, **step.to_json()})
-                else:
-                    out.write(written.more(step.text))
-                    out.flush()
-        except (ContextOverflowError, NonFiniteLogitsError) as error:
-            print(f"\nchatapp: error: turn {number}: {error}", file=sys.stderr)
-            return EXIT_GENERATION
-        except KeyboardInterrupt:
-            if turn is not None:
-                turn.cancel()
-            print("\nchatapp: interrupted", file=sys.stderr)
-            return 130
-        except BrokenPipeError:
-            if turn is not None:
-                turn.cancel()
-            raise
-        stats = turn.stats
-        if args.json:
-            confidence = reply_confidence(version.steps)
-            _json_line(out, {"type": "turn", "turn": number, **stats.to_json(),
-                             "confidence": confidence.to_json() if confidence else None})
-        else:
-            out.write(written.rest(stats.text))
-            out.write("\n" if number == len(args.prompts) else "\n\n")
-            out.flush()
-        version.finish(stats)
+        code = _write_turn(lambda: engine.start_turn(conversation.messages_before(index), settings), number,
+                           version, args, out)
+        if code != 0:
+            return EXIT_GENERATION if code is None else code
+    return 0
+
+
+def _write_turn(start: Callable[[], object], number: int, version: ReplyVersion, args: argparse.Namespace,
+                out: TextIO) -> int | None:
+    """Run the turn `start()` makes as turn `number`, writing it on `out` and into `version`: 0
+    when it ended, 130 when interrupted, None when it failed (said on stderr)."""
+    from chatapp.chat.prompt import ContextOverflowError
+    from chatapp.lm_head import NonFiniteLogitsError
+
+    turn = None
+    written = StopHoldBack(version.settings.stop)
+    try:
+        turn = start()
+        for step in turn:
+            version.add_steps([step])
+            if args.json:
+                _json_line(out, {"type": "token", "turn": number, **step.to_json()})
+            else:
+                out.write(written.more(step.text))
+                out.flush()
+    except (ContextOverflowError, NonFiniteLogitsError) as error:
+        print(f"\nchatapp: error: turn {number}: {error}", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:
+        if turn is not None:
+            turn.cancel()
+        print("\nchatapp: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        if turn is not None:
+            turn.cancel()
+        raise
+    stats = turn.stats
+    if args.json:
+        confidence = reply_confidence(version.steps)
+        _json_line(out, {"type": "turn", "turn": number, **stats.to_json(),
+                         "confidence": confidence.to_json() if confidence else None})
+    else:
+        out.write(written.rest(stats.text))
+        out.write("\n" if number == len(args.prompts) else "\n\n")
+        out.flush()
+    version.finish(stats)
     return 0

@@ -124,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
             args.prompts = read_prompts(args.prompts)
         except InputError as error:
             return _fail(str(error))
+        if args.raw and (len(args.prompts) != 1 or args.system is not None):
+            return _fail("--raw continues one text: give one PROMPT and no --system")
         if args.watch and not args.json:
             return _fail("--watch needs --json: its numbers go in each token's JSON line")
         if args.watch and len(args.watch) > MAX_WATCH:

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(ask, inherited=True)
     _add_log_flags(ask, inherited=True)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
+    ask.add_argument("--raw", action="store_true",
+                     help="continue PROMPT as plain text, without the chat template (one PROMPT; a model without "
+                     "a chat template, such as a base model, works too)")
     ask.add_argument("--watch", action="append", default=None, metavar="TEXT",
                      help="with --json, add this token's probabilities and rank at every step, wherever it ranks "
                      f"(TEXT must be one token, e.g. ' Paris' with its space); repeat for several (at most {MAX_WATCH})")

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from chatapp.chat.prompt import Message, encode_prompt, fit_to_context
+from chatapp.chat.prompt import ContextOverflowError, Message, encode_prompt, fit_to_context
 from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats, WatchedToken
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
@@ -150,6 +150,22 @@ class Engine:
         prompt_ids = prompt_ids + prefix
         seed = None if settings.seed is None else turn_seed(settings.seed, turn_index(messages))
         return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed, stop)
+
+    def start_completion(self, text: str, settings: SamplingSettings, stop: threading.Event | None = None) -> "Turn":
+        """Prepare the continuation of plain `text`, without a chat template (`ask --raw`): the
+        model writes on from its last token, through the same LM head, until its end-of-text
+        token or `settings.max_new_tokens`.
+
+        Raises:
+            ContextOverflowError: `text` leaves no room in the context window for the reply.
+        """
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        room = self.info.context_length - settings.max_new_tokens
+        if not ids or len(ids) > room:
+            raise ContextOverflowError(f"the text is {len(ids)} tokens; the context window leaves room for {room} "
+                                       f"with --max-new-tokens {settings.max_new_tokens}" if ids else "the text is empty")
+        seed = None if settings.seed is None else turn_seed(settings.seed, 0)
+        return Turn(self, ids, text, settings, 0, 0, seed, stop)
 
     def reset(self) -> None:
         """Forget the cache and transcript (new chat)."""

@@ -234,8 +234,9 @@ def load_model(
     device_map: str | None = None,
     max_memory: dict | None = None,
     quantize: str = "auto",
+    raw: bool = False,
 ) -> LoadedModel:
-    """Load a model and tokenizer for chatting, offline.
+    """Load a model and tokenizer for chatting (or, with `raw`, for continuing text), offline.
 
     Args:
         spec: "default", a folder, a `.gguf` file, or ORG/NAME from the local cache.
@@ -249,6 +250,7 @@ def load_model(
             bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
             streams int4 weights and recomputes its best logits in float32 (`OutputHead`);
             embeddings and norms keep `dtype`.
+        raw: the model continues plain text (`ask --raw`), so it needs no chat template.
 
     Raises:
         ModelLoadError: with one line saying what was tried and what to do.
@@ -303,8 +305,9 @@ def load_model(
     if not device_map:
         model.to(target_device)
     model.eval()
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ModelLoadError(f"model {spec!r} has no chat template: chatapp needs an instruction-tuned (chat) model")
+    if getattr(tokenizer, "chat_template", None) is None and not raw:
+        raise ModelLoadError(f"model {spec!r} has no chat template, so it cannot chat: `chatapp ask --raw TEXT` "
+                             "continues plain text with it")
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     info = ModelInfo(
