@@ -212,7 +212,7 @@ def test_ask_watch_adds_the_watched_tokens_numbers_to_every_step():
 def test_ask_watch_is_refused_in_one_line_unless_it_is_one_token_with_json():
     several = chatapp("ask", "--json", "--watch", "Parisian", "hi")
     assert several.returncode == 2 and several.stderr.strip().splitlines() == [
-        "chatapp: error: --watch 'Parisian' is 2 tokens (Paris|ian), not one: watch a single token, "
+        "chatapp: error: --watch 'Parisian' is 2 tokens (Paris|ian), not one: look up a single token, "
         "e.g. its first piece"]
     plain = chatapp("ask", "--watch", " Paris", "hi")
     assert plain.returncode == 2 and "--watch needs --json" in plain.stderr

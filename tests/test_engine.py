@@ -247,3 +247,18 @@ def test_a_long_prompt_can_be_stopped_between_its_pieces(default_model):
     # The next turn still answers from what the cache holds.
     again = engine.start_turn([{"role": "user", "content": "Hello"}], GREEDY)
     assert list(again) and again.stats.finish_reason in {"stop", "length"}
+
+
+def test_odds_at_a_step_are_the_model_s_own_numbers_at_that_step(default_model):
+    engine = Engine(default_model)
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    settings = SamplingSettings(temperature=0.9, top_k=30, seed=5, max_new_tokens=8)
+    steps = list(engine.start_turn(messages, settings))
+    for k, step in enumerate(steps):
+        odds = engine.odds_at(messages, [s.token_id for s in steps[:k]], settings, step.token_id)
+        # The step run again from the cache (a prefill, where the reply ran a decode step).
+        assert odds.raw_prob == pytest.approx(step.raw_prob, rel=2e-3) and abs(odds.rank - step.rank) <= 1
+        assert odds.prob == pytest.approx(step.prob, abs=2e-3)
+    assert engine.watch_ids == ()  # the look-up watches only while it runs
+    with pytest.raises(ValueError, match="is 2 tokens"):
+        engine.token_of("Parisian")

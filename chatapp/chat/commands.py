@@ -59,7 +59,7 @@ Keys
 Token inspector
   ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply · ↑/↓ pick a candidate
   Enter branch from the picked candidate · ,/. previous/next version · click a token or a row
-  Del delete the inspected exchange (the message and all its reply's versions), after a yes
+  W look up any token's odds at this step · Del delete the inspected exchange, after a yes
 """
 """What `/help` shows."""
 

@@ -54,18 +54,12 @@ class StopHoldBack:
         return final[self._written:] if self._stops else ""
 
 
-def watch_ids(tokenizer, texts: list[str]) -> tuple[int, ...]:
-    """The token each of `texts` (`--watch`) is; ValueError (one line) when one is not exactly
-    one token."""
-    ids = []
-    for text in texts:
-        found = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(found) != 1:
-            pieces = "|".join(tokenizer.decode([i], skip_special_tokens=False) for i in found) or "nothing"
-            raise ValueError(f"--watch {text!r} is {len(found)} tokens ({pieces}), not one: watch a single token, "
-                             "e.g. its first piece")
-        ids.append(found[0])
-    return tuple(ids)
+def watch_ids(engine, texts: list[str]) -> tuple[int, ...]:
+    """The token each of `texts` (`--watch`) is; ValueError (one line) when one is not one token."""
+    try:
+        return tuple(engine.token_of(text) for text in texts)
+    except ValueError as error:
+        raise ValueError(f"--watch {error}") from None
 
 
 def _json_line(out: TextIO, record: dict) -> None:
@@ -104,7 +98,7 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
     """Answer every prompt in turn on `out` (with `--raw`, continue the one PROMPT as plain
     text, as one turn); `BrokenPipeError` when `out` has lost its reader."""
     try:
-        engine.watch(watch_ids(engine.tokenizer, getattr(args, "watch", None) or []))
+        engine.watch(watch_ids(engine, getattr(args, "watch", None) or []))
     except ValueError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -27,6 +27,7 @@ import hashlib
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import torch
@@ -150,6 +151,30 @@ class Engine:
         prompt_ids = prompt_ids + prefix
         seed = None if settings.seed is None else turn_seed(settings.seed, turn_index(messages))
         return Turn(self, prompt_ids, text, settings, fitted.dropped_turns, len(prefix), seed, stop)
+
+    def token_of(self, text: str) -> int:
+        """The one token `text` is; ValueError (one line, naming its pieces) when it is not one."""
+        found = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(found) != 1:
+            pieces = "|".join(self.token_texts.text(i) for i in found) or "nothing"
+            raise ValueError(f"{text!r} is {len(found)} tokens ({pieces}), not one: look up a single token, "
+                             "e.g. its first piece")
+        return found[0]
+
+    def odds_at(self, messages: list[Message], prefix_ids: list[int], settings: SamplingSettings,
+                token_id: int) -> WatchedToken:
+        """The numbers of `token_id` at the step after `prefix_ids` of the reply to `messages`,
+        computed by the model at that step: the cache is cropped to the shared prefix and that one
+        step is run again (nothing is kept of it but the cache). With the reply's `settings`, its
+        sampled probability is the one that step had."""
+        watching = self.watch_ids
+        self.watch((token_id,))
+        try:
+            step_settings = replace(settings, max_new_tokens=1, stop=())
+            [step] = list(self.start_turn(messages, step_settings, reply_prefix_ids=prefix_ids))
+        finally:
+            self.watch(watching)
+        return step.watched[0]
 
     def start_completion(self, text: str, settings: SamplingSettings, stop: threading.Event | None = None) -> "Turn":
         """Prepare the continuation of plain `text`, without a chat template (`ask --raw`): the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from chatapp.chat.records import ModelInfo, Step, TurnStats
+from chatapp.chat.records import ModelInfo, Step, TurnStats, WatchedToken
 from chatapp.chat.settings import SamplingSettings
 
 
@@ -51,4 +51,14 @@ class ChatEngine(Protocol):
 
     def reset(self) -> None:
         """Forget the KV cache (another conversation follows)."""
+        ...
+
+    def token_of(self, text: str) -> int:
+        """The one token `text` is; ValueError (one line) when it is not one token."""
+        ...
+
+    def odds_at(self, messages: list[dict], prefix_ids: list[int], settings: SamplingSettings,
+                token_id: int) -> WatchedToken:
+        """`token_id`'s numbers at the step after `prefix_ids` of the reply to `messages`, run
+        again by the model (the inspector's look-up)."""
         ...

@@ -9,10 +9,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from textual import work
+
 from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import ReplyVersion, branch_version
+from chatapp.engine.thread import on_engine_thread
+from chatapp.session.reply_stream import one_line
 from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.screens import ConfirmScreen, HelpScreen
+from chatapp.tui.token_lookup import TokenLookup, lookup_line
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -143,9 +148,47 @@ class ConversationActions:
                 self.show_step(reply.steps[-1], reply.settings)
             return
         reply = self.session.conversation.exchanges[cursor.exchange].reply
+        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row, self._inspector_notes(reply, cursor))
+
+    def _inspector_notes(self: "ChatScreen", reply: ReplyVersion, cursor: Cursor) -> tuple[str, ...]:
+        """What the panel shows below the candidates in the inspector: the token looked up at
+        this step (W), then the reply's confidence once it is written."""
+        lookup = self.last_lookup
+        looked = [lookup_line(lookup[2])] if lookup and lookup[0] is reply and lookup[1] == cursor.step else []
         confidence = reply_confidence(reply.steps) if reply.status != "streaming" else None
-        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row,
-                       tuple(confidence.lines()) if confidence else ())
+        return tuple(looked + (confidence.lines() if confidence else []))
+
+    def on_chat_log_look_up_requested(self: "ChatScreen", message: ChatLog.LookUpRequested) -> None:
+        """W in the inspector: ask for a token, then look its odds up at the inspected step."""
+        if not self._ready():
+            return
+        cursor = message.cursor
+
+        def asked(text: str | None) -> None:
+            if text is not None:
+                self.look_up_token(cursor, text)
+
+        self.app.push_screen(TokenLookup(cursor.step + 1), asked)
+
+    @work(exclusive=True, exit_on_error=False, group="lookup")
+    async def look_up_token(self: "ChatScreen", cursor: Cursor, text: str) -> None:
+        """Run the inspected step again on the engine thread with `text`'s token watched (the
+        conversation before it and the reply's own settings), then show its numbers."""
+        session = self.session
+        exchange = session.conversation.exchanges[cursor.exchange]
+        reply = exchange.reply
+        prefix = [step.token_id for step in reply.steps[:cursor.step]]
+        messages = session.conversation.messages_before(cursor.exchange)
+        try:
+            token_id = await on_engine_thread(session.engine.token_of, text)
+            odds = await on_engine_thread(session.engine.odds_at, messages, prefix, reply.settings, token_id)
+        except Exception as error:  # a text of several tokens, a context too full: one line
+            self.notify(one_line(error), title="Look-up", severity="warning", markup=False)
+            return
+        self.last_lookup = (reply, cursor.step, odds)
+        log = self.query_one(ChatLog)
+        if log.cursor is not None and log.cursor.exchange == cursor.exchange and log.cursor.step == cursor.step:
+            self.show_step(reply.steps[cursor.step], reply.settings, log.cursor.row, self._inspector_notes(reply, cursor))
 
     def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
         """Cut the reply at the cursor, force the picked candidate, and continue from it."""

@@ -89,6 +89,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.model_folders = model_folders
         """Where the model picker looks for `.gguf` files and model folders."""
         self.switching: str | None = None
+        self.last_lookup: tuple | None = None
+        """(reply version, step, its `WatchedToken`) of the last look-up in the inspector (W)."""
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats
+from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats, WatchedToken
 
 STOP_ID = 0
 """The fake end-of-turn token."""
@@ -73,12 +73,24 @@ class FakeEngine:
     stop_ids: frozenset[int] = frozenset({STOP_ID})
     activity: str | None = None
     """What the runtime is doing (the real engine reports a kernel compiling)."""
+    lookups: list = field(default_factory=list)
+    """(prefix ids, token id) of every `odds_at` asked."""
     prompt_pieces: int = 0
     """Pieces a long prompt is read in before the first step, each reported through the turn's
     `on_prefill` and each waiting for `gate` when one is set (0: a short prompt, no reports)."""
 
     def reset(self) -> None:
         self.resets += 1
+
+    def token_of(self, text: str) -> int:
+        if len(text.split()) != 1:
+            raise ValueError(f"{text!r} is {len(text.split())} tokens, not one")
+        return self.vocab.id(text)
+
+    def odds_at(self, messages, prefix_ids, settings, token_id) -> WatchedToken:
+        """Scripted numbers that say where they were asked for: the rank is the step's index + 2."""
+        self.lookups.append((list(prefix_ids), token_id))
+        return WatchedToken(token_id, self.vocab.texts[token_id], 0.0, 0.0123, len(prefix_ids) + 2)
 
     def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None) -> "FakeTurn":
         self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))

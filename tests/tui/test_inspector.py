@@ -162,3 +162,30 @@ async def test_the_inspector_shows_the_reply_s_confidence():
         # The fake's raw probability is 0.54 for every token: 0.889 bits, perplexity 1.85.
         assert "reply perplexity 1.85" in text and "mean surprisal 0.89 bits" in text
         assert "step 1 “Sure” 54%" in text
+
+
+async def test_w_looks_up_any_token_at_the_inspected_step():
+    from chatapp.tui.token_lookup import TokenLookup
+
+    engine = FakeEngine(replies=[["Sure", "!", " Yes"]])
+    app = app_with(engine)
+    async with app.run_test(size=(140, 36)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        await pilot.press("ctrl+t", "home", "right")  # step 2 of the reply
+        await pilot.press("w")
+        assert isinstance(app.screen, TokenLookup) and app.screen.step == 2
+        app.screen.query_one("Input").value = "Paris"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: engine.lookups)
+        await wait_until(pilot, lambda: "“Paris” here" in app.chat.query_one(TopKPanel).render().plain)
+        prefix, token_id = engine.lookups[-1]
+        reply = app.chat.conversation.last.reply
+        assert prefix == [reply.steps[0].token_id] and engine.vocab.texts[token_id] == "Paris"
+        assert "“Paris” here: p 0% · raw 1.2% · rank 3" in app.chat.query_one(TopKPanel).render().plain
+        await pilot.press("right")  # another step: the look-up was for step 2 only
+        assert "“Paris” here" not in app.chat.query_one(TopKPanel).render().plain
+        await pilot.press("w")
+        app.screen.query_one("Input").value = "two words"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("2 tokens" in n.message for n in app._notifications))

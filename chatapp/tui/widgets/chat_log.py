@@ -76,6 +76,7 @@ class ChatLog(VerticalScroll):
         Binding("full_stop", "version(1)", "version ›"),
         Binding("escape", "leave", "Leave inspector"),
         Binding("delete", "delete", "Delete exchange", show=False),
+        Binding("w", "look_up", "Look up a token", show=False),
     ]
     """Inspector keys (active while the log has focus)."""
 
@@ -101,6 +102,13 @@ class ChatLog(VerticalScroll):
         """Index of the reply's exchange."""
         delta: int
         """-1 for the previous version, +1 for the next."""
+
+    @dataclass
+    class LookUpRequested(Message):
+        """Look up any token's odds at the cursor's step."""
+
+        cursor: Cursor
+        """The inspected reply and step."""
 
     @dataclass
     class DeleteRequested(Message):
@@ -282,6 +290,11 @@ class ChatLog(VerticalScroll):
         """Show the previous or next version of the inspected reply."""
         if self.cursor:
             self.post_message(self.VersionRequested(self.cursor.exchange, delta))
+
+    def action_look_up(self) -> None:
+        """Ask the screen to look up a token at the cursor's step."""
+        if self.cursor:
+            self.post_message(self.LookUpRequested(self.cursor))
 
     def action_delete(self) -> None:
         """Ask the screen to delete the inspected reply's exchange."""
