@@ -211,7 +211,7 @@ LONG_MESSAGE = " ".join(f"Item {i} is a line of a long pasted list." for i in ra
 
 
 def test_a_long_prompt_is_read_in_pieces_that_report_progress_and_change_no_token(default_model, monkeypatch):
-    from chatapp.engine import engine as engine_module
+    from chatapp.engine import turn as engine_module
 
     messages = [{"role": "user", "content": LONG_MESSAGE}]
     settings = SamplingSettings(temperature=0, max_new_tokens=8)

@@ -12,7 +12,7 @@ from chatapp.chat.commands import ApplySettings, parse_command
 from chatapp.chat.settings import SamplingSettings, SettingError
 from chatapp.cli.ask import StopHoldBack
 from chatapp.cli.main import build_parser, settings_from_args
-from chatapp.engine.engine import find_stop
+from chatapp.engine.turn import find_stop
 from chatapp.storage.chat_file import chat_from_dict, chat_to_dict
 from tests.tui.test_persistence import saved_chat
 

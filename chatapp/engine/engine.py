@@ -1,12 +1,13 @@
 """The chat engine: a conversation in, a stream of `Step` records out.
 
-Contract: `Engine.start_turn(messages, settings)` returns a `Turn`; iterating the turn runs the
-model and yields one `Step` per generated token, as soon as it is chosen. Nothing is shown here:
-the caller (TUI worker, `chatapp ask`, a test) decides what to do with each step. When the
-iteration ends, `turn.stats` holds the turn's `TurnStats`; `turn.cancel()` (from any thread)
-ends it before the next step with finish_reason "cancelled". A prompt longer than
-`PREFILL_CHUNK` tokens is run in pieces of that size: `turn.on_prefill(done, total)`, when set,
-hears of each (first with 0 done), and a cancel takes effect between them.
+Contract: `Engine.start_turn(messages, settings)` returns a `Turn` (`chatapp.engine.turn`);
+iterating the turn runs the model and yields one `Step` per generated token, as soon as it is
+chosen. Nothing is shown here: the caller (TUI worker, `chatapp ask`, a test) decides what to do
+with each step. When the iteration ends, `turn.stats` holds the turn's `TurnStats`;
+`turn.cancel()` (from any thread) ends it before the next step with finish_reason "cancelled".
+A prompt longer than `turn.PREFILL_CHUNK` tokens is run in pieces of that size:
+`turn.on_prefill(done, total)`, when set, hears of each (first with 0 done), and a cancel takes
+effect between them.
 
 One KV cache serves the whole conversation. For each turn, the engine prefills only the tokens
 the cache does not already hold (the previous reply included), and a regenerate or a branch
@@ -24,30 +25,21 @@ a branch continues the same stream from its forced prefix.
 from __future__ import annotations
 
 import hashlib
-import random
 import threading
-import time
 from dataclasses import replace
-from typing import Callable, Iterator
 
 import torch
 
 from chatapp.chat.prompt import ContextOverflowError, Message, encode_prompt, fit_to_context
-from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats, WatchedToken
+from chatapp.chat.records import Candidate, ModelInfo, WatchedToken
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
-from chatapp.engine.detokenizer import ReplyDetokenizer, TokenTexts
-from chatapp.lm_head import choose_token
+from chatapp.engine.detokenizer import TokenTexts
+from chatapp.engine.turn import Turn
 from chatapp.loading.models import LoadedModel
 from chatapp.runtime.decoder_choice import open_decoder
 
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 """Common end-of-turn tokens, used when present in the vocabulary besides the model's EOS."""
-PREFILL_CHUNK = 512
-"""Most prompt tokens run in one prefill call: a longer prompt reports its progress, and can
-be stopped, between pieces of this size (each piece still reads the weights once for hundreds
-of tokens)."""
-MAX_SEED_DRAW = 2**31 - 1
-"""Range of the fresh seed drawn for a turn when the user set none."""
 TURN_SEED_BYTES = 7
 """Size of a derived turn seed: 56 bits, inside torch.Generator's (and the settings') range."""
 
@@ -210,156 +202,3 @@ class Engine:
             Candidate(token_id=i, text=texts.text(i), prob=p, raw_prob=r, piece=texts.piece(i))
             for i, p, r in zip(top_ids, probs, raws)
         )
-
-
-def find_stop(text: str, stops: tuple[str, ...], added: int) -> int | None:
-    """Where the earliest of `stops` begins in `text`, among those the last `added` characters
-    completed (earlier ones were looked for before), or None."""
-    found = [text.find(stop, max(0, len(text) - added - len(stop) + 1)) for stop in stops]
-    found = [at for at in found if at >= 0]
-    return min(found) if found else None
-
-
-class Turn:
-    """One assistant reply in the making: iterate it for `Step`s, then read `stats`."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: list[int],
-        prompt_text: str,
-        settings: SamplingSettings,
-        dropped_turns: int,
-        prefix_len: int,
-        seed: int | None = None,
-        stop: threading.Event | None = None,
-    ) -> None:
-        """Created by `Engine.start_turn`; `seed` is this turn's (`turn_seed`), None to draw one;
-        `stop` is the event that stops it."""
-        self.engine = engine
-        self.prompt_ids = prompt_ids
-        self.prompt_text = prompt_text
-        self.settings = settings
-        self.prefix_len = prefix_len
-        self.seed = seed if seed is not None else random.randint(0, MAX_SEED_DRAW)
-        """The seed this turn samples with: derived from the settings' seed and the turn's
-        index (`turn_seed`), or drawn fresh when the settings have none."""
-        prompt_len = len(prompt_ids) - prefix_len
-        self.stats = TurnStats(prompt_tokens=prompt_len, dropped_turns=dropped_turns)
-        self.generated_ids: list[int] = []
-        """Tokens chosen by this turn (after any forced prefix)."""
-        self._cancelled = stop if stop is not None else threading.Event()
-        self._torch_generator: torch.Generator | None = None
-        self.on_prefill: Callable[[int, int], None] | None = None
-        """Called with (tokens prefilled, tokens to prefill) as a long prompt is read (set it
-        before iterating; it runs on the iterating thread)."""
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """The turn's generator, seeded with `seed`, made on the device the LM head's output
-        lands on at its first draw."""
-        if self._torch_generator is None:
-            self._torch_generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._torch_generator
-
-    def _prefill(self, decoder, todo: list[int]) -> torch.Tensor:
-        """Run `todo` through the model after what the cache holds, in pieces of at most
-        `PREFILL_CHUNK` tokens; the last position's hidden state `(d_model,)`. A cancel between
-        pieces leaves the rest unread (the turn then ends before its first step)."""
-        if len(todo) <= PREFILL_CHUNK:
-            return decoder.prefill(todo)
-        report = self.on_prefill or (lambda done, total: None)
-        report(0, len(todo))
-        for at in range(0, len(todo), PREFILL_CHUNK):
-            hidden = decoder.prefill(todo[at : at + PREFILL_CHUNK])
-            report(min(at + PREFILL_CHUNK, len(todo)), len(todo))
-            if self._cancelled.is_set():
-                break
-        return hidden
-
-    def cancel(self) -> None:
-        """Stop before the next step (safe from any thread)."""
-        self._cancelled.set()
-
-    def __iter__(self) -> Iterator[Step]:
-        engine = self.engine
-        with engine._lock, torch.inference_mode():
-            yield from self._run(engine)
-
-    def _run(self, engine: Engine) -> Iterator[Step]:
-        decoder, settings, stats = engine.decoder, self.settings, self.stats
-        start = time.perf_counter()
-        ids = self.prompt_ids
-        # Keep at least one token to run: its hidden state is where the reply starts.
-        cached = min(decoder.common_prefix(ids), len(ids) - 1)
-        decoder.keep(cached)
-        stats.cached_tokens = min(cached, stats.prompt_tokens)
-        stats.prefill_tokens = len(ids) - cached
-        room = engine.info.context_length - len(ids)
-        budget = max(0, min(settings.max_new_tokens, room))
-        detok = ReplyDetokenizer(engine.tokenizer)
-        for forced in ids[len(ids) - self.prefix_len :]:
-            detok.step(forced)  # the reply's forced start is part of its text
-        penalty_ids = torch.tensor(ids, dtype=torch.long, device=decoder.device) if settings.repetition_penalty else None
-        stats.finish_reason = "length"
-        first_token_at = None
-        stop_at = None  # where a stop sequence begins in the reply's text, once one appears
-        try:
-            hidden = self._prefill(decoder, ids[cached:])  # (d_model,)
-            for index in range(budget):
-                if self._cancelled.is_set():
-                    stats.finish_reason = "cancelled"
-                    break
-                choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
-                                      engine.watch_ids)
-                token_id = choice.token_id
-                self.generated_ids.append(token_id)
-                is_stop = token_id in engine.stop_ids
-                delta = "" if is_stop else detok.step(token_id)
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                    stats.ttft_ms = (first_token_at - start) * 1000.0
-                stats.tokens += 1
-                yield Step(
-                    step=self.prefix_len + index,
-                    token_id=token_id,
-                    text=delta,
-                    prob=choice.prob,
-                    raw_prob=choice.raw_prob,
-                    rank=choice.rank,
-                    entropy=choice.entropy,
-                    top=engine.candidates(choice.top_ids, choice.top_probs, choice.top_raw_probs),
-                    is_stop=is_stop,
-                    piece=engine.token_texts.piece(token_id),
-                    watched=tuple(WatchedToken(i, engine.token_texts.text(i), p, r, k) for i, p, r, k in choice.watched),
-                )
-                if is_stop:
-                    stats.finish_reason = "stop"
-                    break
-                if settings.stop:
-                    stop_at = find_stop(detok.text, settings.stop, len(delta))
-                    if stop_at is not None:  # the text ends before it; its tokens stay recorded
-                        stats.finish_reason = "stop"
-                        break
-                if index + 1 < budget:
-                    if penalty_ids is not None:
-                        penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    hidden = decoder.decode_one(token_id)
-        except GeneratorExit:
-            stats.finish_reason = "cancelled"
-            raise
-        except Exception:
-            # The cache may hold a half-run step: start clean next time, keep nothing unsure.
-            decoder.reset()
-            engine._remember("", [])
-            stats.finish_reason = "error"
-            raise
-        finally:
-            end = time.perf_counter()
-            if first_token_at is not None and stats.tokens > 1:
-                stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)
-            stats.text = detok.text if stop_at is None else detok.text[:stop_at]
-            if stats.finish_reason != "error":
-                engine._remember(
-                    self.prompt_text + engine.tokenizer.decode(self.generated_ids, skip_special_tokens=False),
-                    ids + self.generated_ids,
-                )
