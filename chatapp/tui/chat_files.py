@@ -71,6 +71,7 @@ class ChatSwitching:
         own = chat.going_on_with()  # the chat goes on as it was left
         if await self.show_chat(chat, stored=True):
             self.notify(f"Opened “{chat.display_title}”" + (f" ({own.describe()})." if own else "."), markup=False)
+            self.say_if_written_with_another_model()
 
     def action_history(self: "ChatScreen") -> None:
         """Show the saved chats (open, rename, delete)."""

@@ -164,6 +164,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.add_class("-ready")
         self.remove_class("-waiting")
         self.update_status()
+        self.say_if_written_with_another_model()
         if self._still_waiting():
             self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
         self._waiting = None

@@ -37,6 +37,16 @@ class ModelSwitching:
     switching: str | None
     """The spec being loaded, while a switch is under way."""
 
+    def say_if_written_with_another_model(self: "ChatScreen") -> None:
+        """A reopened chat whose latest reply another model wrote says so, and how to switch
+        (the chat goes on with the model loaded now)."""
+        engine = self.session.engine
+        written = next((e.reply.model for e in reversed(self.session.conversation.exchanges)
+                        if e.reply is not None and e.reply.model), "")
+        if engine is not None and written and written != engine.info.name:
+            self.notify(f"This chat's latest reply was written by {written}; it goes on with {engine.info.name}. "
+                        "/model switches (alone, it lists the models found here).", title="Model", markup=False)
+
     def choose_model(self: "ChatScreen") -> None:
         """Open the picker of the models found here."""
         if self._open_model is None:

@@ -134,3 +134,29 @@ def test_local_models_finds_gguf_files_folders_and_the_hugging_face_cache(tmp_pa
     assert str(folder / "a" / "b" / "c" / "too-deep.gguf") not in specs  # deeper than SCAN_DEPTH
     assert str(folder / "hf-folder") in specs and "org/name" in specs and "org/partial" not in specs
     assert next(c for c in choices if c.spec.endswith("top.gguf")).size_mb == 1.0
+
+
+async def test_a_chat_written_by_another_model_says_so_when_it_is_reopened(store_path):
+    from chatapp.storage.store import ChatStore
+    from tests.tui.test_persistence import saved_chat
+
+    older = saved_chat("older", ["A"])
+    older.conversation.exchanges[0].versions[0].model = "OtherLM-2"
+    same = saved_chat("same", ["B"])
+    same.conversation.exchanges[0].versions[0].model = FAKE_INFO.name
+    with ChatStore(store_path) as store:
+        store.save(older)
+        store.save(same)
+    app = app_with(FakeEngine(), store_path=store_path, chat=older)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        said = lambda: [n.message for n in app._notifications if "was written by" in n.message]  # noqa: E731
+        assert said() == [f"This chat's latest reply was written by OtherLM-2; it goes on with {FAKE_INFO.name}. "
+                          "/model switches (alone, it lists the models found here)."]
+        app.clear_notifications()
+        await app.chat.open_saved(same.id)
+        await pilot.pause()
+        assert said() == []
+        await app.chat.open_saved(older.id)
+        await pilot.pause()
+        assert len(said()) == 1
