@@ -31,6 +31,10 @@ class UnlikelyToken:
     raw_prob: float
     """The model's own probability of it."""
 
+    def named(self) -> str:
+        """E.g. `“Ban” 2.1%` (the end token as `“⏎ end”`)."""
+        return f"“{self.text or '⏎ end'}” {100 * self.raw_prob:.3g}%"
+
 
 @dataclass(frozen=True)
 class Confidence:
@@ -50,12 +54,12 @@ class Confidence:
 
     def describe(self) -> str:
         """One line, e.g. `perplexity 3.2 · 1.68 bits/token · least likely: “Ban” 2.1% (step 7)`."""
-        least = ", ".join(f"“{t.text or '⏎ end'}” {100 * t.raw_prob:.3g}% (step {t.step})" for t in self.least_likely)
+        least = ", ".join(f"{t.named()} (step {t.step})" for t in self.least_likely)
         return f"perplexity {self.perplexity:.3g} · {self.mean_surprisal:.2f} bits/token · least likely: {least}"
 
     def lines(self) -> list[str]:
         """The same, a line per figure (the inspector's panel)."""
-        least = [f"  step {t.step} “{t.text or '⏎ end'}” {100 * t.raw_prob:.3g}%" for t in self.least_likely]
+        least = [f"  step {t.step} {t.named()}" for t in self.least_likely]
         return [f"reply perplexity {self.perplexity:.3g}", f"mean surprisal {self.mean_surprisal:.2f} bits",
                 "least likely:", *least]
 

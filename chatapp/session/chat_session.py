@@ -191,9 +191,7 @@ class ChatSession:
 
     def end_job(self) -> int:
         """Save the ended job's reply and forget the job; the index of the exchange it wrote."""
-        index = self.job.exchange
-        self.job, self.version, self.live, self.prompt_read = None, None, None, None
-        self.keeper.mark_changed(index)
+        index = self._forget_job()
         self.keeper.autosave()
         return index
 
@@ -215,6 +213,10 @@ class ChatSession:
             return None
         if self.version.status == "streaming":
             self.version.status = "stopped"
+        return self._forget_job()
+
+    def _forget_job(self) -> int:
+        """Drop the job and what it was writing (its exchange marked changed); its exchange's index."""
         index = self.job.exchange
         self.job, self.version, self.live, self.prompt_read = None, None, None, None
         self.keeper.mark_changed(index)

@@ -14,7 +14,7 @@ from chatapp.tui.model_picker import ModelPicker
 from chatapp.tui.widgets.status_bar import StatusBar
 from tests.tui.conftest import app_with, ready, send, wait_until
 from tests.tui.fakes import FAKE_INFO, FakeEngine
-from tests.tui.test_persistence import stored
+from tests.tui.test_persistence import errors, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -35,10 +35,6 @@ def opener(engines: dict[str, FakeEngine], opened: list[str], gate: threading.Ev
         return engines[spec]
 
     return open_model
-
-
-def errors(app) -> list[str]:
-    return [n.message for n in app._notifications if n.severity == "error"]
 
 
 async def test_model_switches_the_engine_and_each_reply_records_its_model(tmp_path, store_path):
