@@ -75,7 +75,8 @@ def big_chat(turns: int, tokens: int = 100, top: int = 10, *, chat_id: str = "bi
 
 
 def rich_chat() -> SavedChat:
-    """Every case at once: branches, regenerations, all statuses, odd settings, no-reply exchange."""
+    """Every case at once: branches (one with an exchange put away after it), regenerations, all
+    statuses, odd settings, no-reply exchange."""
     odd = SamplingSettings(temperature=0.0, top_k=0, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
                            seed=2**63 - 1, max_new_tokens=7)
     first = Exchange(user="Hi [b]there[/b]\nsecond line")
@@ -86,6 +87,11 @@ def rich_chat() -> SavedChat:
     branch.status = "done"
     first.add_version(branch)
     first.current = 1
+    put_away = Exchange(user="And on the first branch?")
+    put_away.add_version(reply(6, 4))
+    put_away.add_version(reply(7, 3)).status = "stopped"
+    put_away.versions[0].later = [Exchange(user="deeper")]  # a branch inside a put-away branch
+    first.versions[0].later = [put_away]
     second = Exchange(user="Why?")
     second.add_version(reply(3, 5, status="error"))
     second.add_version(reply(4, 0, top=0))

@@ -138,6 +138,23 @@ def test_regenerate_and_branch_crop_the_cache(default_model):
 
 
 @pytest.mark.model
+def test_a_branch_in_an_earlier_reply_keeps_the_cache_up_to_it(default_model):
+    """Branching the first reply of a two-turn chat crops the cache to the shared prefix: the
+    first prompt and the reply's tokens before the forced one are not read again."""
+    engine = Engine(default_model)
+    first = [{"role": "user", "content": "Name a colour."}]
+    _, steps = _run(engine, first, GREEDY)
+    reply = default_model.tokenizer.decode([s.token_id for s in steps if not s.is_stop])
+    _run(engine, first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And another?"}], GREEDY)
+    prefix = [s.token_id for s in steps[:2]] + [steps[2].top[1].token_id]
+    branch = engine.start_turn(first, GREEDY, reply_prefix_ids=prefix)
+    branch_steps = list(branch)
+    assert branch.stats.cached_tokens == branch.stats.prompt_tokens and branch.stats.prefill_tokens == 1
+    fresh = list(Engine(default_model).start_turn(first, GREEDY, reply_prefix_ids=prefix))
+    assert [s.token_id for s in fresh] == [s.token_id for s in branch_steps]
+
+
+@pytest.mark.model
 def test_context_overflow_drops_oldest_turns_and_keeps_system(tiny_loaded):
     engine = Engine(tiny_loaded)  # context 512 tokens
     messages = [{"role": "system", "content": "SYSTEM-KEEP"}]

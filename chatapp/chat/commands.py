@@ -36,30 +36,34 @@ FILE_EXAMPLES = {"save": "chat.json", "load": "chat.json", "export": "chat.md", 
 """Example paths shown when a file command is missing its path."""
 HELP_TEXT = """\
 Slash commands
-  /temp X      temperature (0 = greedy)       /topk N     keep the N likeliest (0 = all)
-  /topp X      nucleus, or off                /minp X     min-p filter, or off
-  /rep X       repetition penalty, or off     /max N      longest reply in tokens
-  /seed N      fixed seed, or off             /set temp=0.5 topk=40 ...  several at once
-  /stop TEXT   end replies where TEXT appears (\\n is a newline), or off
-  /system TEXT system prompt (empty clears)   /clear      new chat
-  /save PATH   save the chat as JSON          /load PATH  open a chat saved with /save
-  /export PATH.md  Markdown transcript (or .json)         /history    saved chats
-  /file PATH   send a text file's contents as a message (UTF-8, at most 1 MiB)
-  /model SPEC  go on with another model (default, a .gguf file, a folder, ORG/NAME); /model lists them
-  /help        this help                      //text      send text starting with "/"
+  /temp X       temperature (0 = greedy)    /topk N    keep the N best
+  /topp X       nucleus, or off             /minp X    min-p, or off
+  /rep X        repetition penalty, or off  /max N     longest reply
+  /seed N       fixed seed, or off          /set temp=0.5 topk=40 ...
+  /stop TEXT    end replies where TEXT appears (\\n a newline), or off
+  /system TEXT  system prompt (empty clears) /clear    new chat
+  /save PATH    save the chat as JSON       /load PATH open a /save file
+  /export PATH.md  Markdown transcript (or .json)  /history  saved chats
+  /file PATH    send a text file as a message (UTF-8, at most 1 MiB)
+  /model SPEC   go on with another model (default, a .gguf file, a
+                folder, ORG/NAME); /model alone lists them
+  /help         this help                   //text     send "/text"
 
 Keys
-  Enter send · Shift+Enter or Ctrl+J newline · Esc stop the reply / leave the inspector
-  Ctrl+R regenerate · Ctrl+L (or Up in an empty prompt) edit the last message · Ctrl+N new chat
-  Ctrl+T token inspector · Ctrl+O probability heatmap · Ctrl+P command palette · Ctrl+Q quit
-  F2 history of saved chats (every chat is saved as you go): Enter open · r rename · d delete · / search
-  F3 show or hide the candidates panel (the inspector always shows it)
-  F4 copy the inspected (or last) reply; the palette also copies its last code block
+  Enter send · Shift+Enter or Ctrl+J newline · Esc stop, leave inspector
+  Ctrl+R regenerate · Ctrl+L (Up in an empty prompt) edit the message
+  (the inspected one, else the last) · Ctrl+N new chat
+  Ctrl+T token inspector · Ctrl+O heatmap · Ctrl+P palette · Ctrl+Q quit
+  F2 saved chats: Enter open · r rename · d delete · / search
+  F3 show or hide the candidates panel · F4 copy the reply
 
 Token inspector
-  ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply · ↑/↓ pick a candidate
-  Enter branch from the picked candidate · ,/. previous/next version · click a token or a row
-  W look up any token's odds at this step · Del delete the inspected exchange, after a yes
+  ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply
+  ↑/↓ pick a candidate · Enter branch from it, in any reply
+  ,/. previous/next version: the whole branch that followed it
+  R regenerate this reply · E edit its message (both start a branch)
+  W look up any token's odds here · Del delete this exchange (asks)
+  Clicks work too: a token, a candidate row, ‹ ›
 """
 """What `/help` shows."""
 

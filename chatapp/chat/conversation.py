@@ -3,6 +3,12 @@
 A conversation is a list of exchanges; each exchange is one user message and the versions of
 the assistant's reply to it (regenerations, branches and edits of the message add versions;
 "‹ 1/2 ›" switches; nothing is replaced).
+
+The versions make a tree. `Conversation.exchanges` is the branch on screen: each exchange with
+its shown version, and after it the exchanges that followed that version. A version not shown
+keeps the exchanges that followed it in `ReplyVersion.later`, so a new version of an earlier
+reply (a regenerate, a branch at any token, an edited message) starts a branch of its own, and
+switching versions moves between whole branches.
 Widgets render these objects, the screen mutates them, and `messages_before` turns them into
 the `{"role", "content"}` list the engine takes.
 """
@@ -47,6 +53,9 @@ class ReplyVersion:
     system_recorded: bool = True
     """False for a version saved before chatapp recorded `system` (the chat's own system
     prompt then stands in for it)."""
+    later: list[Exchange] = field(default_factory=list)
+    """The exchanges that followed this version, kept here while another version of its
+    exchange is shown; empty for the shown version (the conversation holds its own)."""
 
     @property
     def cut_at_limit(self) -> bool:
@@ -101,13 +110,15 @@ class Exchange:
         return reply.user if reply is not None and reply.user is not None else self.user
 
     def add_version(self, version: ReplyVersion) -> ReplyVersion:
-        """Append a version and show it."""
+        """Append a version and show it (of an exchange with none after it: in a conversation,
+        `Conversation.add_version` keeps the branch that follows)."""
         self.versions.append(version)
         self.current = len(self.versions) - 1
         return version
 
     def switch(self, delta: int) -> bool:
-        """Show the previous (-1) or next (+1) version; False when there is none."""
+        """Show the previous (-1) or next (+1) version; False when there is none (of an
+        exchange with none after it: in a conversation, `Conversation.switch` moves branches)."""
         target = self.current + delta
         if not 0 <= target < len(self.versions):
             return False
@@ -128,6 +139,37 @@ class Conversation:
     def last(self) -> Exchange | None:
         """The most recent exchange."""
         return self.exchanges[-1] if self.exchanges else None
+
+    def add_version(self, index: int, version: ReplyVersion) -> ReplyVersion:
+        """Show `version` as exchange `index`'s reply, starting a branch: the exchanges after
+        it stay with the version shown until now (in its `later`)."""
+        self._put_away_after(index)
+        return self.exchanges[index].add_version(version)
+
+    def switch(self, index: int, delta: int) -> bool:
+        """Show the previous (-1) or next (+1) version of exchange `index` with the exchanges
+        that followed it (its whole branch); False when there is none."""
+        exchange = self.exchanges[index]
+        if not 0 <= exchange.current + delta < len(exchange.versions):
+            return False
+        self._put_away_after(index)
+        exchange.current += delta
+        self.exchanges.extend(exchange.reply.later)
+        exchange.reply.later = []
+        return True
+
+    def _put_away_after(self, index: int) -> None:
+        """Move the exchanges after `index` into its shown version's `later` (an exchange with
+        no reply yet keeps them: there is no version to hold them)."""
+        reply = self.exchanges[index].reply
+        if reply is not None:
+            reply.later = self.exchanges[index + 1:]
+            del self.exchanges[index + 1:]
+
+    @property
+    def branched(self) -> bool:
+        """Whether any exchange, shown or put away, holds a branch that is not shown."""
+        return any(version.later for exchange in walk(self.exchanges) for version in exchange.versions)
 
     def latest_settings(self) -> SamplingSettings | None:
         """The sampling settings of the latest shown reply: what a reopened chat continues with."""
@@ -172,6 +214,14 @@ class Conversation:
                 messages.append({"role": "assistant", "content": reply.text})
         messages.append({"role": "user", "content": self.exchanges[index].shown_user})
         return messages
+
+
+def walk(exchanges: list[Exchange]) -> Iterable[Exchange]:
+    """Every exchange of the tree from `exchanges`: each one, then those its versions put away."""
+    for exchange in exchanges:
+        yield exchange
+        for version in exchange.versions:
+            yield from walk(version.later)
 
 
 def raw_rank(candidates: tuple[Candidate, ...], candidate: Candidate) -> int:

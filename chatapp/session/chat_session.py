@@ -117,12 +117,13 @@ class ChatSession:
         return self.job is not None
 
     def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> ReplyJob:
-        """Add `version` to exchange `index` and return the job that writes the rest of it
-        (`prefix_ids`: the tokens it must start with, a branch's)."""
+        """Add `version` to exchange `index` (of any exchange: the ones after it stay with the
+        version shown until now, a branch of their own) and return the job that writes the rest
+        of it (`prefix_ids`: the tokens it must start with, a branch's)."""
         if self.engine is not None:
             version.model = self.engine.info.name
         version.system = self.conversation.system
-        self.conversation.exchanges[index].add_version(version)
+        self.conversation.add_version(index, version)  # a branch: what followed stays with the old version
         self.keeper.mark_changed(index)
         self._jobs += 1
         self.version, self.live, self.prompt_read = version, None, None
@@ -194,6 +195,29 @@ class ChatSession:
         index = self._forget_job()
         self.keeper.autosave()
         return index
+
+    def add_done_version(self, index: int, version: ReplyVersion) -> None:
+        """Show `version`, already whole (a branch whose forced token ends it), as exchange
+        `index`'s reply, a branch like any other, and save it."""
+        version.status = "done"
+        if self.engine is not None:
+            version.model = self.engine.info.name
+        version.system = self.conversation.system
+        self.conversation.add_version(index, version)
+        self.keeper.mark_changed(index)
+        self.keeper.autosave()
+
+    def switch_version(self, index: int, delta: int) -> bool:
+        """Show the previous (-1) or next (+1) version of exchange `index` with its branch, and
+        save the choice; False when there is none, or when a reply being written is in the
+        branch that would be put away (`ValueError`)."""
+        if self.job is not None and self.job.exchange >= index:
+            raise ValueError("a reply is being written")
+        if not self.conversation.switch(index, delta):
+            return False
+        self.keeper.mark_changed(index)
+        self.keeper.autosave()
+        return True
 
     def delete_exchange(self, index: int) -> Exchange:
         """Remove exchange `index` (the user's message and every version of its reply) and save

@@ -29,8 +29,12 @@ from chatapp.support.memory import gc_paused
 
 FORMAT_NAME = "chatapp-chat"
 """The `format` field that marks a JSON document as ours."""
-FORMAT_VERSION = 1
-"""Version of the document layout; readers refuse newer ones rather than guess."""
+FORMAT_VERSION = 2
+"""The newest version of the document layout this chatapp reads; readers refuse newer ones
+rather than guess. Version 2 adds the branches put away in a version (`"later"`)."""
+PLAIN_FORMAT_VERSION = 1
+"""The version written for a chat without put-away branches: chatapp 1-format readers open it
+as before (only a chat that has branches needs a reader that keeps them)."""
 TITLE_LENGTH = 60
 """Longest default title, taken from the first user message."""
 UNTITLED = "Untitled chat"
@@ -119,12 +123,21 @@ def shown_messages(conversation: Conversation) -> list[dict]:
     return messages
 
 
+def format_version(conversation: Conversation) -> int:
+    """The document version `conversation` needs: `FORMAT_VERSION` when it holds branches put
+    away (a version-1 reader would drop them on its next save), else `PLAIN_FORMAT_VERSION`."""
+    return FORMAT_VERSION if conversation.branched else PLAIN_FORMAT_VERSION
+
+
 def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
     """One reply version as a JSON-ready dict, token records as columns ("user" only for a
-    version that answers an edited message: older readers show the exchange's own)."""
+    version that answers an edited message: older readers show the exchange's own; "later"
+    only for a version with exchanges put away after it)."""
     edited = {} if version.user is None else {"user": version.user}
+    later = {"later": [exchange_to_dict(e) for e in version.later]} if version.later else {}
     return {
         **edited,
+        **later,
         "model": version.model,
         "system": version.system,
         "status": version.status,
@@ -147,7 +160,7 @@ def chat_to_dict(chat: SavedChat) -> dict[str, Any]:
     """The whole saved-chat document, ready for `json.dumps`."""
     return {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": format_version(chat.conversation),
         "id": chat.id,
         "title": chat.title,
         "model": chat.model,
@@ -211,6 +224,8 @@ def version_from_dict(data: Any) -> ReplyVersion:
         system=system,
         system_recorded=system_recorded,
     )
+    if "later" in data:
+        version.later = exchanges_from_dicts(_get(data, "later", list))
     if status == "streaming":
         version.status, version.error = "stopped", INTERRUPTED_NOTE
     return version

@@ -23,6 +23,7 @@ import sqlite3
 import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from chatapp.chat.conversation import walk
 from chatapp.support.memory import gc_paused
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ def search_text(messages: Iterable[str | None]) -> str:
 
 
 def exchange_text(exchange: "Exchange") -> str:
-    """`search_text` of an exchange: its user message, every version's edited message and reply."""
-    return search_text([exchange.user, *(part for v in exchange.versions for part in (v.user, v.text))])
+    """`search_text` of an exchange: its user message, every version's edited message and
+    reply, and those of the exchanges its versions put away (other branches)."""
+    return search_text([part for e in walk([exchange])
+                        for part in (e.user, *(part for v in e.versions for part in (v.user, v.text)))])
 
 
 def record_text(record: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from chatapp.storage.chat_file import (
     default_title,
     exchange_to_dict,
     exchanges_from_dicts,
+    format_version,
     one_line,
     utc_now,
 )
@@ -267,7 +268,7 @@ class ChatStore:
                 "created = excluded.created, updated = excluded.updated, turns = excluded.turns, "
                 "system = excluded.system, format_version = excluded.format_version",
                 (chat.id, chat.title, default_title(chat.conversation), chat.model, _stamp(chat.created),
-                 _stamp(chat.updated), len(exchanges), chat.conversation.system, FORMAT_VERSION),
+                 _stamp(chat.updated), len(exchanges), chat.conversation.system, format_version(chat.conversation)),
             )
             for table in ("exchanges", "chat_text"):
                 db.execute(f"DELETE FROM {table} WHERE chat_id = ? AND position >= ?", (chat.id, start))

@@ -40,7 +40,7 @@ class ConversationActions:
         if self.session.stop_and_save():
             return
         if self.editing:
-            self.editing = False
+            self.edit_index = None
             self.query_one(PromptInput).clear()
             self.notify("Edit cancelled.")
 
@@ -51,44 +51,68 @@ class ConversationActions:
             self.notify(BUSY_MESSAGE, severity="warning")
         return self.session.engine is not None and not self.session.generating
 
-    def action_regenerate(self: "ChatScreen") -> None:
-        """Write a new version of the last reply (the old one stays reachable)."""
+    def _target(self: "ChatScreen") -> int | None:
+        """The exchange an action on "the reply" means: the inspected one, else the last."""
+        cursor = self.query_one(ChatLog).cursor
+        exchanges = self.session.conversation.exchanges
+        return cursor.exchange if cursor is not None else len(exchanges) - 1 if exchanges else None
+
+    async def action_regenerate(self: "ChatScreen", index: int | None = None) -> None:
+        """Write a new version of reply `index` (the inspected one, else the last): for an
+        earlier reply, a branch; what followed stays with the old version (‹ › switches)."""
         if not self._ready():
             return
-        last = self.session.conversation.last
-        if last is None:
+        index = self._target() if index is None else index
+        if index is None:
             self.notify("Nothing to regenerate yet.")
             return
-        edited = last.reply.user if last.reply is not None else None  # answer the message as shown
-        self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings, user=edited))
+        reply = self.session.conversation.exchanges[index].reply
+        edited = reply.user if reply is not None else None  # answer the message as shown
+        await self.start_reply(index, ReplyVersion(settings=self.session.settings, user=edited))
 
     def action_edit_last(self: "ChatScreen") -> None:
-        """Put the last user message in the prompt; Enter sends the edit as a new version of the
-        exchange (the old message and its replies stay reachable)."""
+        """Edit the inspected reply's user message, else the last one (`action_edit`)."""
+        index = self._target()
+        if index is None:
+            self.notify("No message to edit yet.")
+            return
+        self.action_edit(index)
+
+    def action_edit(self: "ChatScreen", index: int) -> None:
+        """Put user message `index` in the prompt; Enter sends the edit as a new version of the
+        exchange, a branch there (the old message, its replies and what followed stay, ‹ ›
+        switches)."""
         if self.session.generating:
             self.notify(BUSY_MESSAGE, severity="warning")
             return
-        last = self.session.conversation.last
-        if last is None:
-            self.notify("No message to edit yet.")
-            return
-        self.editing = True
+        self.edit_index = index
+        self.query_one(ChatLog).inspect(None)
         prompt = self.query_one(PromptInput)
-        prompt.set_prompt(last.shown_user)
+        prompt.set_prompt(self.session.conversation.exchanges[index].shown_user)
         prompt.focus()
-        self.notify("Editing the last message: Enter sends it as a new version (the old one stays, ‹ › "
-                    "switches), Esc cancels.")
+        last = index == len(self.session.conversation.exchanges) - 1
+        which = "the last message" if last else f"message {index + 1}: a new branch from there"
+        self.notify(f"Editing {which}. Enter sends it as a new version (the old one stays, ‹ › switches), "
+                    "Esc cancels.", markup=False)
+
+    def on_chat_log_edit_requested(self: "ChatScreen", message: ChatLog.EditRequested) -> None:
+        """E in the inspector edits the inspected exchange's message."""
+        self.action_edit(message.exchange)
+
+    async def on_chat_log_regenerate_requested(self: "ChatScreen", message: ChatLog.RegenerateRequested) -> None:
+        """R in the inspector writes a new version of the inspected reply."""
+        await self.action_regenerate(message.exchange)
 
     def on_prompt_input_edit_last_requested(self: "ChatScreen", _message: PromptInput.EditLastRequested) -> None:
         """Up in an empty prompt edits the last message."""
         if self.session.conversation.last is not None and not self.session.generating:
-            self.action_edit_last()
+            self.action_edit(len(self.session.conversation.exchanges) - 1)
 
     async def action_new_chat(self: "ChatScreen") -> None:
         """Save the conversation and start a new one (the system prompt and settings stay)."""
         self.session.abandon_job()  # the reply so far is kept and saved, as stopped
         self.session.new_chat()
-        self.editing = False
+        self.edit_index = None
         await self.query_one(ChatLog).clear()
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()
@@ -190,29 +214,23 @@ class ConversationActions:
         if log.cursor is not None and log.cursor.exchange == cursor.exchange and log.cursor.step == cursor.step:
             self.show_step(reply.steps[cursor.step], reply.settings, log.cursor.row, self._inspector_notes(reply, cursor))
 
-    def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
-        """Cut the reply at the cursor, force the picked candidate, and continue from it."""
+    async def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
+        """Cut the inspected reply at the cursor, force the picked candidate, and continue from
+        it: a new version of that reply, with what followed it kept on the old one's branch."""
         cursor = message.cursor
         if not self._ready():
             return
-        if cursor.exchange != len(self.session.conversation.exchanges) - 1:
-            self.notify("Branching works on the last reply.", severity="warning")
-            return
-        exchange = self.session.conversation.exchanges[cursor.exchange]
-        old = exchange.reply
+        old = self.session.conversation.exchanges[cursor.exchange].reply
         step = old.steps[cursor.step]
         row = cursor.row if cursor.row is not None else next(
             (i for i, c in enumerate(step.top) if c.token_id == step.token_id), 0)
         stop_ids = getattr(self.session.engine, "stop_ids", frozenset())
         version, prefix_ids = branch_version(old, cursor.step, step.top[row], self.session.settings, stop_ids)
-        if version.steps[-1].is_stop:
-            # The forced token ends the reply: nothing more to generate.
-            exchange.add_version(version).status = "done"
-            self.keeper.mark_changed(cursor.exchange)
-            self.keeper.autosave()
-            self.query_one(ChatLog).reply_view(cursor.exchange).show_reply()
+        if version.steps[-1].is_stop:  # the forced token ends the reply: nothing more to generate
+            self.session.add_done_version(cursor.exchange, version)
+            await self.show_new_version(cursor.exchange)
         else:
-            self.start_reply(cursor.exchange, version, tuple(prefix_ids))
+            await self.start_reply(cursor.exchange, version, tuple(prefix_ids))
         self.query_one(ChatLog).inspect(Cursor(cursor.exchange, cursor.step))
 
     def on_chat_log_delete_requested(self: "ChatScreen", message: ChatLog.DeleteRequested) -> None:
@@ -236,6 +254,7 @@ class ConversationActions:
     async def delete_exchange(self: "ChatScreen", index: int) -> None:
         """Remove exchange `index` from the chat and the view (saved at once)."""
         self.session.delete_exchange(index)
+        self.edit_index = None  # the indices after it moved
         log = self.query_one(ChatLog)
         log.inspect(None)
         await log.show_exchanges(self.session.conversation.exchanges)
@@ -243,32 +262,40 @@ class ConversationActions:
         self.update_status()
         self.notify(f"Deleted message {index + 1} and its replies.", markup=False)
 
-    def on_chat_log_version_requested(self: "ChatScreen", message: ChatLog.VersionRequested) -> None:
+    async def on_chat_log_version_requested(self: "ChatScreen", message: ChatLog.VersionRequested) -> None:
         """The inspector asks for another version (",", ".")."""
-        self.action_switch_version(message.exchange, message.delta)
+        await self.action_switch_version(message.exchange, message.delta)
 
-    def action_previous_version(self: "ChatScreen", index: int) -> None:
+    async def action_previous_version(self: "ChatScreen", index: int) -> None:
         """Show the previous version of reply `index` (a click on "‹")."""
-        self.action_switch_version(index, -1)
+        await self.action_switch_version(index, -1)
 
-    def action_next_version(self: "ChatScreen", index: int) -> None:
+    async def action_next_version(self: "ChatScreen", index: int) -> None:
         """Show the next version of reply `index` (a click on "›")."""
-        self.action_switch_version(index, 1)
+        await self.action_switch_version(index, 1)
 
-    def action_switch_version(self: "ChatScreen", index: int, delta: int) -> None:
-        """Show another version of reply `index` ("‹ 1/2 ›")."""
-        if self.session.generating and self.session.job.exchange == index:
+    async def action_switch_version(self: "ChatScreen", index: int, delta: int) -> None:
+        """Show another version of reply `index` ("‹ 1/2 ›") with its whole branch."""
+        try:
+            if not self.session.switch_version(index, delta):
+                return
+        except ValueError:  # the reply being written is in the branch that would be put away
             self.notify(BUSY_MESSAGE, severity="warning")
             return
-        exchange = self.session.conversation.exchanges[index]
-        if not exchange.switch(delta):
-            return
-        self.keeper.mark_changed(index)
-        self.keeper.autosave()
         log = self.query_one(ChatLog)
-        log.user_view(index).set_text(exchange.shown_user)  # an edit's version answers its own text
-        log.reply_view(index).show_reply()
-        if log.cursor is not None and log.cursor.exchange == index:
+        cursor = log.cursor
+        await self.show_new_version(index)
+        exchange = self.session.conversation.exchanges[index]
+        if cursor is not None and cursor.exchange == index:
             steps = len(exchange.reply.steps)
-            log.inspect(Cursor(index, min(log.cursor.step, steps - 1)) if steps else None)
+            log.inspect(Cursor(index, min(cursor.step, steps - 1)) if steps else None)
         self.update_status()
+
+    async def show_new_version(self: "ChatScreen", index: int) -> None:
+        """Show exchange `index` as it is now (its message as the shown version answers it, and
+        that version) and the branch after it."""
+        log = self.query_one(ChatLog)
+        exchange = self.session.conversation.exchanges[index]
+        log.user_view(index).set_text(exchange.shown_user)  # an edit's version answers its own text
+        await log.show_branch(index, self.session.conversation.exchanges)
+        log.reply_view(index).show_reply()

@@ -178,10 +178,12 @@ class ChatApp(App):
         yield from super().get_system_commands(screen)
         chat = self.chat
         yield SystemCommand("New chat", "Forget the conversation (/clear)", chat.action_new_chat)
-        yield SystemCommand("Regenerate", "Write a new version of the last reply", chat.action_regenerate)
-        yield SystemCommand("Edit last message", "Change the last message and resend it", chat.action_edit_last)
+        yield SystemCommand("Regenerate", "A new version of the inspected (or last) reply: a branch from there",
+                            chat.action_regenerate)
+        yield SystemCommand("Edit message", "Change the inspected (or last) message and resend it as a branch",
+                            chat.action_edit_last)
         yield SystemCommand("Stop reply", "Stop the reply being written", chat.action_stop)
-        yield SystemCommand("Token inspector", "Move through a reply's tokens and branch", chat.action_inspect)
+        yield SystemCommand("Token inspector", "Any reply's tokens: branch at any of them, look up odds", chat.action_inspect)
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
         yield SystemCommand("Candidates panel", "Show or hide the candidates panel (F3)", chat.action_toggle_panel)
         yield SystemCommand("Copy reply", "The inspected or last reply, to the clipboard (F4)", chat.action_copy_reply)

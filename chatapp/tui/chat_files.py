@@ -46,7 +46,7 @@ class ChatSwitching:
             self.notify(BUSY_OPEN_MESSAGE, severity="warning")
             return False
         self.session.open_chat(chat, stored)
-        self.editing = False
+        self.edit_index = None
         await self.query_one(ChatLog).show_exchanges(chat.conversation.exchanges)
         self.query_one(TopKPanel).view = None
         self.query_one(PromptInput).focus()

@@ -56,7 +56,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+l", "edit_last", "Edit last"),
+        Binding("ctrl+l", "edit_last", "Edit"),
         Binding("ctrl+n", "new_chat", "New chat"),
         Binding("ctrl+t", "inspect", "Inspect"),
         Binding("ctrl+o", "heatmap", "Heatmap"),
@@ -83,7 +83,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.session = ChatSession(settings, keeper)
         """The chat, its settings, its engine and the reply being written (no Textual)."""
         self.top_n = top_n
-        self.editing = False
+        self.edit_index: int | None = None
+        """The exchange whose user message the prompt holds for editing, or None."""
         self._load_engine = load_engine
         self._open_model = open_model
         self.model_folders = model_folders
@@ -157,7 +158,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.update_status(message.text)
 
     @on(EngineLoaded)
-    def engine_loaded(self, message: EngineLoaded) -> None:
+    async def engine_loaded(self, message: EngineLoaded) -> None:
         """Swap the loading panel for the conversation."""
         self.session.use_engine(message.engine)
         self.query_one(LoadingPanel).remove()
@@ -166,7 +167,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.update_status()
         self.say_if_written_with_another_model()
         if self._still_waiting():
-            self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
+            await self.start_reply(len(self.session.conversation.exchanges) - 1,
+                                   ReplyVersion(settings=self.session.settings))
         self._waiting = None
 
     def _still_waiting(self) -> bool:
@@ -238,33 +240,38 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         prompt.take(event.text)
         await self.send(commands.message_text(text))
 
+    @property
+    def editing(self) -> bool:
+        """Whether the prompt holds a user message being edited (`edit_index`)."""
+        return self.edit_index is not None
+
     async def send(self, text: str) -> None:
-        """Add the user's message and generate the reply. An edit of the last message, once
-        answered, becomes a new version of its exchange: the old message and its replies stay
-        (‹ › switches between them)."""
+        """Add the user's message and generate the reply. An edit of a message, once answered,
+        becomes a new version of its exchange, a branch there: the old message, its replies
+        and what followed stay (‹ › switches between them)."""
         if self.editing and self._editing_answered():
-            self.editing = False
-            index = len(self.session.conversation.exchanges) - 1
+            index, self.edit_index = self.edit_index, None
             self.query_one(ChatLog).user_view(index).set_text(text)
-            self.start_reply(index, ReplyVersion(settings=self.session.settings, user=text))
+            await self.start_reply(index, ReplyVersion(settings=self.session.settings, user=text))
             return
         await self.put_user_message(text)
-        self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
+        await self.start_reply(len(self.session.conversation.exchanges) - 1, ReplyVersion(settings=self.session.settings))
 
     def _editing_answered(self) -> bool:
         """Whether the message being edited has a reply (so the edit must not replace it)."""
-        last = self.session.conversation.last
-        return last is not None and bool(last.versions)
+        exchanges = self.session.conversation.exchanges
+        return self.edit_index is not None and self.edit_index < len(exchanges) \
+            and bool(exchanges[self.edit_index].versions)
 
     async def put_user_message(self, text: str) -> Exchange:
         """Add the user's message, or when editing a message still waiting for the model (no
         reply to lose), change it."""
-        if not (self.editing and self.session.conversation.last is not None and not self._editing_answered()):
+        index, self.edit_index = self.edit_index, None
+        exchanges = self.session.conversation.exchanges
+        if index is None or index >= len(exchanges) or exchanges[index].versions:
             return await self.add_user_message(text)
-        self.editing = False
-        exchange = self.session.conversation.last
+        exchange = exchanges[index]
         exchange.user = text
-        index = len(self.session.conversation.exchanges) - 1
         self.query_one(ChatLog).user_view(index).set_text(text)
         self.keeper.mark_changed(index)
         return exchange

@@ -34,11 +34,14 @@ class ReplyStreaming:
     _update_cpu_at: float | None
     """UI-thread CPU time when the reply's last batch arrived (None before its first)."""
 
-    def start_reply(self: "ChatScreen", index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> None:
-        """Add `version` to exchange `index` and generate the rest of it on the engine thread."""
+    async def start_reply(self: "ChatScreen", index: int, version: ReplyVersion,
+                          prefix_ids: tuple[int, ...] = ()) -> None:
+        """Add `version` to exchange `index` (a branch there when others follow it: they leave
+        the view with the version they followed) and generate the rest of it on the engine
+        thread."""
         job = self.session.start_reply(index, version, prefix_ids)
         self._update_cpu_at = None
-        self.query_one(ChatLog).reply_view(index).show_reply()
+        await self.show_new_version(index)
         self.update_status()
         self.generate(job)
 

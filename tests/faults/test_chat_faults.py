@@ -96,10 +96,10 @@ async def test_editing_the_last_message_keeps_the_old_one_and_its_replies(store_
         assert engine.calls[-1].messages[-1]["content"] == "second"
         log = app.chat.query_one(ChatLog)
         assert "second" in str(log.user_view(1).render())
-        app.chat.action_switch_version(1, -1)  # back to the message as first written
+        await app.chat.action_switch_version(1, -1)  # back to the message as first written
         await pilot.pause()
         assert "secnd" in str(log.user_view(1).render()) and exchange.reply.text == "C"
-        app.chat.action_switch_version(1, 1)
+        await app.chat.action_switch_version(1, 1)
         await pilot.press("ctrl+r")  # regenerating the edit answers the edit
         await wait_until(pilot, lambda: not app.chat.generating)
         assert engine.calls[-1].messages[-1]["content"] == "second"

@@ -122,7 +122,7 @@ async def test_regenerate_adds_a_version():
         assert app.chat.conversation.last.reply.text == "Two"
         assert engine.calls[1].messages == engine.calls[0].messages
         assert "‹ 2/2 ›" in str(last_reply(app).header())
-        app.chat.action_switch_version(0, -1)
+        await app.chat.action_switch_version(0, -1)
         assert app.chat.conversation.last.reply.text == "One"
         assert "‹ 1/2 ›" in str(last_reply(app).header())
 
@@ -327,4 +327,4 @@ async def test_palette_lists_the_chat_actions():
     async with app.run_test() as pilot:
         await ready(pilot)
         titles = {command.title for command in app.get_system_commands(app.screen)}
-        assert {"New chat", "Regenerate", "Edit last message", "Token inspector", "Heatmap", "Set temperature…"} <= titles
+        assert {"New chat", "Regenerate", "Edit message", "Token inspector", "Heatmap", "Set temperature…"} <= titles

@@ -50,7 +50,7 @@ async def test_a_click_on_a_hint_presses_its_key():
 CHAT_KEYS = (
     ("escape", "stop", "Stop"),
     ("ctrl+r", "regenerate", "Regenerate"),
-    ("ctrl+l", "edit_last", "Edit last"),
+    ("ctrl+l", "edit_last", "Edit"),
     ("ctrl+n", "new_chat", "New chat"),
     ("ctrl+t", "inspect", "Inspect"),
     ("f3", "toggle_panel", "Panel"),

@@ -27,3 +27,19 @@ async def test_resizing_while_a_reply_streams():
         assert app.chat.conversation.last.reply.text == "word " * 40
         await pilot.press("ctrl+t", "home", "right")  # the inspector still works after it all
         assert app.is_running
+
+
+@pytest.mark.parametrize("size", [(80, 24), (140, 40)])
+async def test_help_fits_the_width_and_scrolls_only_down(size):
+    from chatapp.tui.screens import HelpScreen
+
+    app = app_with(FakeEngine())
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot)
+        await pilot.press("f1")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        box = app.screen.query_one("#help-box")
+        await pilot.pause()
+        assert box.max_scroll_x == 0  # every line fits: nothing is cut at the right or scrolled sideways
+        assert box.outer_size.width <= size[0]
+        assert (box.max_scroll_y > 0) == (size[1] < 40)  # 80×24 scrolls down to the rest

@@ -77,6 +77,8 @@ class ChatLog(VerticalScroll):
         Binding("escape", "leave", "Leave inspector"),
         Binding("delete", "delete", "Delete exchange", show=False),
         Binding("w", "look_up", "Look up a token", show=False),
+        Binding("e", "edit", "Edit message", show=False),
+        Binding("r", "regenerate", "Regenerate", show=False),
     ]
     """Inspector keys (active while the log has focus)."""
 
@@ -109,6 +111,20 @@ class ChatLog(VerticalScroll):
 
         cursor: Cursor
         """The inspected reply and step."""
+
+    @dataclass
+    class EditRequested(Message):
+        """Edit an exchange's user message (sent, it starts a branch there)."""
+
+        exchange: int
+        """Index of the exchange."""
+
+    @dataclass
+    class RegenerateRequested(Message):
+        """Write a new version of an exchange's reply (a branch there)."""
+
+        exchange: int
+        """Index of the exchange."""
 
     @dataclass
     class DeleteRequested(Message):
@@ -210,6 +226,25 @@ class ChatLog(VerticalScroll):
         self._mounted_as_now(replies)
         self.scroll_end(animate=False)
 
+    async def show_branch(self, index: int, exchanges: list[Exchange]) -> None:
+        """Show `exchanges`, the conversation after a switch or a new version at exchange
+        `index`: the views after it are replaced by the branch now shown (exchange `index` and
+        those before it stay as they are, scrolled where they were)."""
+        if index < self.first_mounted:
+            await self.show_exchanges(exchanges)
+            return
+        if self.cursor is not None and self.cursor.exchange > index:
+            self.inspect(None)
+        kept = index + 1 - self.first_mounted
+        stale = [*list(self.query(UserMessage))[kept:], *self.replies[kept:]]
+        if stale:
+            await self.remove_children(stale)
+        self.exchanges = list(exchanges)
+        replies, widgets = self._views(index + 1, len(exchanges))
+        if widgets:
+            await self.mount_all(widgets)
+        self._mounted_as_now(replies)
+
     def set_heatmap(self, on: bool) -> None:
         """Colour every reply by probability, or not."""
         self.heatmap = on
@@ -295,6 +330,16 @@ class ChatLog(VerticalScroll):
         """Ask the screen to look up a token at the cursor's step."""
         if self.cursor:
             self.post_message(self.LookUpRequested(self.cursor))
+
+    def action_edit(self) -> None:
+        """Ask the screen to edit the inspected reply's user message."""
+        if self.cursor:
+            self.post_message(self.EditRequested(self.cursor.exchange))
+
+    def action_regenerate(self) -> None:
+        """Ask the screen for a new version of the inspected reply."""
+        if self.cursor:
+            self.post_message(self.RegenerateRequested(self.cursor.exchange))
 
     def action_delete(self) -> None:
         """Ask the screen to delete the inspected reply's exchange."""
