@@ -209,6 +209,24 @@ def test_ask_watch_adds_the_watched_tokens_numbers_to_every_step():
     assert any(r["watch"][0]["rank"] > 10 for r in tokens)  # followed beyond the listed candidates
 
 
+@pytest.mark.model
+def test_ask_lens_adds_every_layer_s_top_token_and_its_last_is_the_step_s_own():
+    result = chatapp("ask", "--json", "--lens", "--temperature", "0", "--max-new-tokens", "5", "The capital of France is",
+                     "--raw")
+    assert result.returncode == 0, result.stderr
+    tokens = [r for r in map(json.loads, result.stdout.splitlines()) if r["type"] == "token"]
+    assert len(tokens) == 5
+    for record in tokens:
+        lens = record["lens"]
+        assert [entry["layer"] for entry in lens] == list(range(1, 31))  # SmolLM2-135M's 30 layers
+        assert set(lens[0]) == {"layer", "token_id", "text", "prob"}
+        # Greedy, no penalty: the step's top candidate is its raw best, the lens's last layer.
+        assert (lens[-1]["token_id"], lens[-1]["prob"]) == (record["top"][0]["token_id"], record["top"][0]["raw_prob"])
+    plain = chatapp("ask", "--lens", "hi")
+    assert plain.returncode == 2 and plain.stderr.strip() == "chatapp: error: --lens needs --json: its layers go in " \
+        "each token's JSON line"
+
+
 def test_ask_watch_is_refused_in_one_line_unless_it_is_one_token_with_json():
     several = chatapp("ask", "--json", "--watch", "Parisian", "hi")
     assert several.returncode == 2 and several.stderr.strip().splitlines() == [

@@ -62,7 +62,9 @@ Token inspector
   ↑/↓ pick a candidate · Enter branch from it, in any reply
   ,/. previous/next version: the whole branch that followed it
   R regenerate this reply · E edit its message (both start a branch)
-  W look up any token's odds here · Del delete this exchange (asks)
+  W look up any token's odds here · S what-if: the step under other
+  settings (Enter then branches with them) · L logit lens: each layer's
+  top token (L again: back) · Del delete this exchange (asks)
   Clicks work too: a token, a candidate row, ‹ ›
 """
 """What `/help` shows."""
@@ -192,6 +194,12 @@ def _parse_set(argument: str, settings: SamplingSettings) -> ApplySettings:
     if not pairs:
         raise CommandError("/set takes name=value pairs, e.g. /set temp=0.5 topk=40")
     return _apply(settings, pairs)
+
+
+def settings_from(argument: str, settings: SamplingSettings) -> SamplingSettings:
+    """`settings` changed by `/set`-style pairs (`temp=1.2 topk=10`); CommandError (one line)
+    for a pair `/set` would refuse."""
+    return _parse_set(argument, settings).settings
 
 
 def parse_command(text: str, settings: SamplingSettings) -> Command:

@@ -46,6 +46,21 @@ class WatchedToken:
 
 
 @dataclass(frozen=True)
+class LensEntry:
+    """The logit lens at one layer: the LM head applied to that layer's output (through the final
+    norm, as the head sees the last layer's), at one step."""
+
+    layer: int
+    """1-based decoder layer; the last one is the step's own distribution."""
+    token_id: int
+    """The token the head ranks first from this layer."""
+    text: str
+    """Its text."""
+    prob: float
+    """Its probability at temperature 1, before any filter."""
+
+
+@dataclass(frozen=True)
 class Step:
     """One generated token and everything the LM head knew when choosing it."""
 
@@ -73,6 +88,8 @@ class Step:
     """Raw bytes of the chosen token."""
     watched: tuple[WatchedToken, ...] = ()
     """The watched tokens' numbers at this step (`ask --watch`; not saved with chats)."""
+    lens: tuple[LensEntry, ...] = ()
+    """The logit lens at this step, one entry per layer (`ask --lens`; not saved with chats)."""
 
     def to_json(self) -> dict:
         """The step as a JSON-ready dict (the `token` line of `chatapp ask --json`); its `step`
@@ -90,7 +107,32 @@ class Step:
                 for c in self.top
             ],
             **({"watch": [asdict(w) for w in self.watched]} if self.watched else {}),
+            **({"lens": [asdict(entry) for entry in self.lens]} if self.lens else {}),
         }
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """One step's distribution recomputed with other sampling settings (the reply unchanged)."""
+
+    chosen: Candidate
+    """The reply's token at that step, with its probability under the new settings."""
+    chosen_before: float
+    """Its probability under the reply's own settings."""
+    top: tuple[Candidate, ...]
+    """The best candidates under the new settings, best first."""
+    kept_before: int
+    """How many tokens the reply's settings could sample."""
+    kept_after: int
+    """How many the new settings could."""
+    entered: tuple[Candidate, ...]
+    """The likeliest of the tokens only the new settings keep (their new probabilities)."""
+    dropped: tuple[Candidate, ...]
+    """The likeliest of the tokens only the reply's settings kept (their old probabilities)."""
+    entered_count: int = 0
+    """How many tokens only the new settings keep."""
+    dropped_count: int = 0
+    """How many only the reply's settings kept."""
 
 
 @dataclass

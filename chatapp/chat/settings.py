@@ -86,8 +86,8 @@ class SamplingSettings:
             raise SettingError(f"unknown setting {shown(name)}; known: {', '.join(SETTING_NAMES)}")
         return replace(self, **{name: _PARSERS[name](name, text)}).validated()
 
-    def describe(self) -> str:
-        """A compact one-line summary for status lines, e.g. "T=0.7 k=50 p=0.9"."""
+    def describe_sampling(self) -> str:
+        """What shapes one step's distribution, e.g. "T=0.7 k=50 p=0.9"."""
         parts = [f"T={self.temperature:g}", f"k={self.top_k}"]
         if self.top_p is not None:
             parts.append(f"p={self.top_p:g}")
@@ -95,6 +95,19 @@ class SamplingSettings:
             parts.append(f"min-p={self.min_p:g}")
         if self.repetition_penalty is not None:
             parts.append(f"rep={self.repetition_penalty:g}")
+        return " ".join(parts)
+
+    def sampling_arguments(self) -> str:
+        """The same as `/set` arguments, e.g. "temp=0.7 topk=50 topp=off minp=off rep=off"."""
+        def value(v: float | None) -> str:
+            return "off" if v is None else f"{v:g}"
+
+        return (f"temp={self.temperature:g} topk={self.top_k} topp={value(self.top_p)} minp={value(self.min_p)} "
+                f"rep={value(self.repetition_penalty)}")
+
+    def describe(self) -> str:
+        """A compact one-line summary for status lines, e.g. "T=0.7 k=50 p=0.9"."""
+        parts = [self.describe_sampling()]
         if self.seed is not None:
             parts.append(f"seed={self.seed}")
         parts.append(f"max={self.max_new_tokens}")

@@ -99,6 +99,7 @@ def _answer(engine, args: argparse.Namespace, settings: SamplingSettings, out: T
     text, as one turn); `BrokenPipeError` when `out` has lost its reader."""
     try:
         engine.watch(watch_ids(engine, getattr(args, "watch", None) or []))
+        engine.lens = getattr(args, "lens", False)
     except ValueError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_USAGE

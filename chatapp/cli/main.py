@@ -128,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
             return _fail("--raw continues one text: give one PROMPT and no --system")
         if args.watch and not args.json:
             return _fail("--watch needs --json: its numbers go in each token's JSON line")
+        if args.lens and not args.json:
+            return _fail("--lens needs --json: its layers go in each token's JSON line")
         if args.watch and len(args.watch) > MAX_WATCH:
             return _fail(f"--watch: at most {MAX_WATCH} tokens, got {len(args.watch)}")
         from chatapp.cli.ask import run_ask

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--watch", action="append", default=None, metavar="TEXT",
                      help="with --json, add this token's probabilities and rank at every step, wherever it ranks "
                      f"(TEXT must be one token, e.g. ' Paris' with its space); repeat for several (at most {MAX_WATCH})")
+    ask.add_argument("--lens", action="store_true",
+                     help="with --json, add the logit lens to every step: each layer's top token and its raw "
+                     "probability, read by the LM head through the final norm (the last layer is the step's own)")
     ask.add_argument(
         "prompts", nargs="+", metavar="PROMPT",
         help="user turns of one conversation, answered in order; '-' reads one from stdin, @FILE reads one "

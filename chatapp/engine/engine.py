@@ -31,10 +31,12 @@ from dataclasses import replace
 import torch
 
 from chatapp.chat.prompt import ContextOverflowError, Message, encode_prompt, fit_to_context
-from chatapp.chat.records import Candidate, ModelInfo, WatchedToken
+from chatapp.chat.records import Candidate, LensEntry, ModelInfo, WatchedToken, WhatIf
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import TokenTexts
+from chatapp.engine.step_probes import logit_lens, what_if
 from chatapp.engine.turn import Turn
+from chatapp.lm_head import output_logits
 from chatapp.loading.models import LoadedModel
 from chatapp.runtime.decoder_choice import open_decoder
 
@@ -92,6 +94,9 @@ class Engine:
         """The conversation's KV cache and the decoder that fills it."""
         self.watch_ids: tuple[int, ...] = ()
         """Tokens whose numbers every step also reports (`ask --watch`), wherever they rank."""
+        self.lens = False
+        """Whether every step also reports its logit lens (`ask --lens`): the layers then run one
+        at a time, keeping each one's output."""
         # The logical transcript: what the cache holds plus tokens chosen but not yet run.
         self._transcript_text = ""
         self._transcript_ids: list[int] = []
@@ -168,6 +173,48 @@ class Engine:
             self.watch(watching)
         return step.watched[0]
 
+    def lens_at(self, messages: list[Message], prefix_ids: list[int], settings: SamplingSettings
+                ) -> tuple[LensEntry, ...]:
+        """The logit lens at the step after `prefix_ids` of the reply to `messages`: that step run
+        again from the cache, its layers one at a time (`Step.lens`)."""
+        lens, self.lens = self.lens, True
+        try:
+            [step] = list(self.start_turn(messages, replace(settings, max_new_tokens=1, stop=()),
+                                          reply_prefix_ids=prefix_ids))
+        finally:
+            self.lens = lens
+        return step.lens
+
+    def what_if_at(self, messages: list[Message], prefix_ids: list[int], settings: SamplingSettings,
+                   other: SamplingSettings, chosen_id: int) -> WhatIf:
+        """The step after `prefix_ids` of the reply to `messages` (sampled with `settings`, where
+        `chosen_id` was chosen) as `other` settings would have sampled it: the step is run again
+        from the cache and both distributions come from its logits."""
+        turn = self.start_turn(messages, replace(settings, max_new_tokens=1, stop=()), reply_prefix_ids=prefix_ids)
+        list(turn)
+        with self._lock, torch.inference_mode():
+            logits = output_logits(self.model, turn.context_vector)  # (V,)
+            previous = torch.tensor(turn.prompt_ids, dtype=torch.long, device=logits.device)
+            numbers = what_if(logits, previous, settings, other, chosen_id, self.top_n)
+        listed = self.listed
+        return WhatIf(
+            chosen=listed([numbers.chosen])[0],
+            chosen_before=numbers.chosen_before,
+            top=listed(numbers.top),
+            kept_before=numbers.kept_before,
+            kept_after=numbers.kept_after,
+            entered=listed(numbers.entered),
+            dropped=listed(numbers.dropped),
+            entered_count=numbers.entered_count,
+            dropped_count=numbers.dropped_count,
+        )
+
+    def lens_entries(self, layer_states: torch.Tensor) -> tuple[LensEntry, ...]:
+        """The logit lens of one step from its layers' context vectors `(layers, d_model)`."""
+        texts = self.token_texts
+        return tuple(LensEntry(layer + 1, token, texts.text(token), prob)
+                     for layer, (token, prob) in enumerate(logit_lens(self.model, layer_states)))
+
     def start_completion(self, text: str, settings: SamplingSettings, stop: threading.Event | None = None) -> "Turn":
         """Prepare the continuation of plain `text`, without a chat template (`ask --raw`): the
         model writes on from its last token, through the same LM head, until its end-of-text
@@ -194,6 +241,10 @@ class Engine:
     def _remember(self, text: str, ids: list[int]) -> None:
         self._transcript_text = text
         self._transcript_ids = ids
+
+    def listed(self, rows: list[tuple[int, float, float]]) -> tuple[Candidate, ...]:
+        """Candidate records for (id, probability, raw probability) rows."""
+        return self.candidates([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
     def candidates(self, top_ids: list[int], probs: list[float], raws: list[float]) -> tuple[Candidate, ...]:
         """Candidate records for token ids with their probabilities."""

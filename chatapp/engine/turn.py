@@ -72,6 +72,8 @@ class Turn:
         self.on_prefill: Callable[[int, int], None] | None = None
         """Called with (tokens prefilled, tokens to prefill) as a long prompt is read (set it
         before iterating; it runs on the iterating thread)."""
+        self.context_vector: torch.Tensor | None = None
+        """`(d_model,)` the final block's output from which the latest step was chosen."""
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The turn's generator, seeded with `seed`, made on the device the LM head's output
@@ -94,6 +96,16 @@ class Turn:
             if self._cancelled.is_set():
                 break
         return hidden
+
+    def _read_prompt(self, decoder, todo: list[int], lens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt's last context vector, and with `lens` every layer's `(layers, d_model)`
+        (its last token then runs on its own, keeping each layer's output)."""
+        if not lens:
+            return self._prefill(decoder, todo), None
+        if len(todo) > 1:
+            self._prefill(decoder, todo[:-1])
+        layers = decoder.decode_one_layers(todo[-1])
+        return layers[-1], layers
 
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
@@ -123,11 +135,12 @@ class Turn:
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
         try:
-            hidden = self._prefill(decoder, ids[cached:])  # (d_model,)
+            hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             for index in range(budget):
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
                     break
+                self.context_vector = hidden
                 choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
                                       engine.watch_ids)
                 token_id = choice.token_id
@@ -150,6 +163,7 @@ class Turn:
                     is_stop=is_stop,
                     piece=engine.token_texts.piece(token_id),
                     watched=tuple(WatchedToken(i, engine.token_texts.text(i), p, r, k) for i, p, r, k in choice.watched),
+                    lens=engine.lens_entries(layers) if layers is not None else (),
                 )
                 if is_stop:
                     stats.finish_reason = "stop"
@@ -162,7 +176,11 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    hidden = decoder.decode_one(token_id)
+                    if layers is None:
+                        hidden = decoder.decode_one(token_id)
+                    else:
+                        layers = decoder.decode_one_layers(token_id)
+                        hidden = layers[-1]
         except GeneratorExit:
             stats.finish_reason = "cancelled"
             raise

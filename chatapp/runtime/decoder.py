@@ -4,7 +4,7 @@ A `Decoder` keeps a KV cache and the ids whose keys and values it holds, side by
 engine can reuse any prefix of the conversation (a new turn, a regenerate, a branch) by
 cropping (`keep`) instead of recomputing. Only the final block's hidden state of the last
 position comes back: the LM head (`chatapp.lm_head`) projects that one vector, never the whole
-prompt. The variants live in their own modules and `chatapp.runtime.decoder_choice` picks one.
+prompt (`decode_one_layers` returns every layer's, for the logit lens). The variants live in their own modules and `chatapp.runtime.decoder_choice` picks one.
 """
 
 from __future__ import annotations
@@ -62,5 +62,16 @@ class Decoder:
         input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
         return self._forward(input_ids, [token_id])
 
+    @torch.inference_mode()
+    def decode_one_layers(self, token_id: int) -> torch.Tensor:
+        """Run one token, as `decode_one` does, and return the logit lens's inputs `(layers,
+        d_model)`: each decoder layer's output at it through the model's final norm, as the LM
+        head sees the last layer's. The last row is the context vector of this step."""
+        input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
+        return self._forward_layers(input_ids, [token_id])
+
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_layers(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         raise NotImplementedError

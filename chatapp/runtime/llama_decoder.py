@@ -45,7 +45,8 @@ INT4_ROW_BLOCK = 64
 """torch's CPU int4 packing interleaves rows in blocks of 64: only whole blocks can be joined."""
 MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
-
+KERNEL_TENSORS = 12
+"""Tensors of one layer in the kernel's weights: three for each of its four projections."""
 
 def config_unsupported_reason(config) -> str | None:
     """Why a model with this config (transformers' or `chatapp.loading.plain_llama`'s) is not one whose
@@ -252,6 +253,33 @@ class LlamaDecoder(Decoder):
         cos_table[:, :rotated] = self.cos[start : start + count].unsqueeze(1)
         sin_table[:, :rotated] = self.sin[start : start + count].unsqueeze(1)
         return cos_table, sin_table
+
+    def _forward_layers(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """One token through the layers one at a time, on the kernel when decode steps run there
+        (each call the same code as a whole step's, for one layer), keeping each layer's output."""
+        start = len(self.token_ids)
+        self._reserve(start + 1)
+        x = F.embedding(input_ids[0], self.embed_weight)  # (1, d_model)
+        step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
+        cos, sin = self._rotary_tables(start, 1)
+        outputs = []
+        for layer in range(len(self.layer_caches)):
+            norms = self.norms[2 * layer : 2 * layer + 2]
+            if step_weights is not None:
+                torch.ops.chatapp.decode_layers(
+                    x, self.cos[start], self.sin[start], norms, step_weights[KERNEL_TENSORS * layer : KERNEL_TENSORS * (layer + 1)],
+                    self.cache[layer : layer + 1], start, self.heads, self.kv_heads, self.eps,
+                )
+            else:
+                x = self.run_layers(
+                    x, cos, sin, self.rotation, norms, self.qkv_parts[layer : layer + 1], self.o_parts[layer : layer + 1],
+                    self.gate_up_parts[layer : layer + 1], self.down_parts[layer : layer + 1],
+                    self.layer_caches[layer : layer + 1], start, self.heads, self.kv_heads, self.eps, None, False,
+                )
+            outputs.append(x[-1].clone())
+        self.token_ids.extend(ids)
+        states = torch.stack(outputs)  # (layers, d_model)
+        return F.rms_norm(states, (states.shape[-1],), self.norm_weight, self.eps)
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         start, count = len(self.token_ids), len(ids)

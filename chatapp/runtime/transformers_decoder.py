@@ -49,6 +49,24 @@ class TransformersDecoder(Decoder):
                     total += tensor.numel() * tensor.element_size()
         return total
 
+    def _forward_layers(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        layers, final_norm = lens_modules(self.backbone)
+        outputs: list[torch.Tensor] = []
+
+        def keep(module, args, output) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output  # (1, T, d_model)
+            outputs.append(hidden[0, -1])
+
+        hooks = [layer.register_forward_hook(keep) for layer in layers]
+        try:
+            last = self._forward(input_ids, ids)  # (d_model,)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # The last layer's row is the backbone's own output: the step's context vector, exactly.
+        earlier = final_norm(torch.stack(outputs[:-1])) if len(outputs) > 1 else last.new_zeros(0, last.shape[-1])
+        return torch.cat([earlier.to(last.dtype), last.unsqueeze(0)])  # (layers, d_model)
+
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         start = len(self.token_ids)
         positions = torch.arange(start, start + len(ids), device=self.device)  # (T,)
@@ -60,3 +78,20 @@ class TransformersDecoder(Decoder):
         )
         self.token_ids.extend(ids)
         return out.last_hidden_state[0, -1]  # (d_model,)
+
+
+LAYER_LISTS = ("layers", "h", "blocks")
+"""Where transformers' backbones keep their decoder layers (GPT-2's are `h`)."""
+FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
+"""What they call the norm after the last layer."""
+
+
+def lens_modules(backbone) -> tuple[torch.nn.ModuleList, torch.nn.Module]:
+    """The decoder layers of `backbone` and its final norm, for the logit lens; ValueError (one
+    line) for an architecture that keeps them under other names."""
+    for module in [backbone, *backbone.children()]:  # OPT-style backbones nest them one level down
+        layers = next((getattr(module, n) for n in LAYER_LISTS if isinstance(getattr(module, n, None), torch.nn.ModuleList)), None)
+        norm = next((getattr(module, n) for n in FINAL_NORMS if isinstance(getattr(module, n, None), torch.nn.Module)), None)
+        if layers is not None and norm is not None:
+            return layers, norm
+    raise ValueError(f"the logit lens does not know where {type(backbone).__name__} keeps its layers and final norm")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from chatapp.chat.records import ModelInfo, Step, TurnStats, WatchedToken
+from chatapp.chat.records import LensEntry, ModelInfo, Step, TurnStats, WatchedToken, WhatIf
 from chatapp.chat.settings import SamplingSettings
 
 
@@ -61,4 +61,16 @@ class ChatEngine(Protocol):
                 token_id: int) -> WatchedToken:
         """`token_id`'s numbers at the step after `prefix_ids` of the reply to `messages`, run
         again by the model (the inspector's look-up)."""
+        ...
+
+    def lens_at(self, messages: list[dict], prefix_ids: list[int], settings: SamplingSettings
+                ) -> tuple[LensEntry, ...]:
+        """The logit lens at the step after `prefix_ids` of the reply to `messages`: each layer's
+        top token through the LM head, the last being the step's own top candidate."""
+        ...
+
+    def what_if_at(self, messages: list[dict], prefix_ids: list[int], settings: SamplingSettings,
+                   other: SamplingSettings, chosen_id: int) -> WhatIf:
+        """That step (sampled with `settings`, where `chosen_id` was chosen) as `other` settings
+        would have sampled it, run again by the model."""
         ...

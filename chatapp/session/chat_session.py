@@ -119,7 +119,8 @@ class ChatSession:
     def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> ReplyJob:
         """Add `version` to exchange `index` (of any exchange: the ones after it stay with the
         version shown until now, a branch of their own) and return the job that writes the rest
-        of it (`prefix_ids`: the tokens it must start with, a branch's)."""
+        of it with the version's own settings (`prefix_ids`: the tokens it must start with, a
+        branch's)."""
         if self.engine is not None:
             version.model = self.engine.info.name
         version.system = self.conversation.system
@@ -127,7 +128,7 @@ class ChatSession:
         self.keeper.mark_changed(index)
         self._jobs += 1
         self.version, self.live, self.prompt_read = version, None, None
-        self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), self.settings, prefix_ids)
+        self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), version.settings, prefix_ids)
         return self.job
 
     def run(self, job: ReplyJob, report: Callable[[ReplyEvent], object]) -> None:

@@ -7,17 +7,11 @@ naming convention (`on_chat_log_inspected`) because `@on` is only collected on w
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from textual import work
-
-from chatapp.chat.confidence import reply_confidence
 from chatapp.chat.conversation import ReplyVersion, branch_version
-from chatapp.engine.thread import on_engine_thread
-from chatapp.session.reply_stream import one_line
 from chatapp.tui.formatting import one_line_preview
 from chatapp.tui.screens import ConfirmScreen, HelpScreen
-from chatapp.tui.token_lookup import TokenLookup, lookup_line
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -132,6 +126,15 @@ class ConversationActions:
         elif not log.open_inspector():
             self.notify("No reply to inspect yet.")
 
+    def action_probe_step(self: "ChatScreen", probe: Literal["look_up", "what_if", "lens"]) -> None:
+        """W, S or L from the palette: at the inspected step, else at the last reply's last one
+        (the inspector opens there)."""
+        log = self.query_one(ChatLog)
+        if log.cursor is None and not log.open_inspector():
+            self.notify("No reply to inspect yet.")
+            return
+        log.action_probe(probe)
+
     def action_toggle_panel(self: "ChatScreen") -> None:
         """Show or hide the candidates panel (the conversation takes its width)."""
         self.panel_shown = not self.panel_shown
@@ -161,59 +164,6 @@ class ConversationActions:
         log.set_heatmap(not log.heatmap)
         self.query_one(HeatLegend).display = log.heatmap
 
-    def on_chat_log_inspected(self: "ChatScreen", message: ChatLog.Inspected) -> None:
-        """Show the inspected step's candidates; on close, return to the prompt."""
-        cursor = message.cursor
-        self.place_panel()
-        if cursor is None:
-            self.query_one(PromptInput).focus()
-            reply = self.session.conversation.last.reply if self.session.conversation.last else None
-            if reply is not None and reply.steps:
-                self.show_step(reply.steps[-1], reply.settings)
-            return
-        reply = self.session.conversation.exchanges[cursor.exchange].reply
-        self.show_step(reply.steps[cursor.step], reply.settings, cursor.row, self._inspector_notes(reply, cursor))
-
-    def _inspector_notes(self: "ChatScreen", reply: ReplyVersion, cursor: Cursor) -> tuple[str, ...]:
-        """What the panel shows below the candidates in the inspector: the token looked up at
-        this step (W), then the reply's confidence once it is written."""
-        lookup = self.last_lookup
-        looked = [lookup_line(lookup[2])] if lookup and lookup[0] is reply and lookup[1] == cursor.step else []
-        confidence = reply_confidence(reply.steps) if reply.status != "streaming" else None
-        return tuple(looked + (confidence.lines() if confidence else []))
-
-    def on_chat_log_look_up_requested(self: "ChatScreen", message: ChatLog.LookUpRequested) -> None:
-        """W in the inspector: ask for a token, then look its odds up at the inspected step."""
-        if not self._ready():
-            return
-        cursor = message.cursor
-
-        def asked(text: str | None) -> None:
-            if text is not None:
-                self.look_up_token(cursor, text)
-
-        self.app.push_screen(TokenLookup(cursor.step + 1), asked)
-
-    @work(exclusive=True, exit_on_error=False, group="lookup")
-    async def look_up_token(self: "ChatScreen", cursor: Cursor, text: str) -> None:
-        """Run the inspected step again on the engine thread with `text`'s token watched (the
-        conversation before it and the reply's own settings), then show its numbers."""
-        session = self.session
-        exchange = session.conversation.exchanges[cursor.exchange]
-        reply = exchange.reply
-        prefix = [step.token_id for step in reply.steps[:cursor.step]]
-        messages = session.conversation.messages_before(cursor.exchange)
-        try:
-            token_id = await on_engine_thread(session.engine.token_of, text)
-            odds = await on_engine_thread(session.engine.odds_at, messages, prefix, reply.settings, token_id)
-        except Exception as error:  # a text of several tokens, a context too full: one line
-            self.notify(one_line(error), title="Look-up", severity="warning", markup=False)
-            return
-        self.last_lookup = (reply, cursor.step, odds)
-        log = self.query_one(ChatLog)
-        if log.cursor is not None and log.cursor.exchange == cursor.exchange and log.cursor.step == cursor.step:
-            self.show_step(reply.steps[cursor.step], reply.settings, log.cursor.row, self._inspector_notes(reply, cursor))
-
     async def on_chat_log_branch_requested(self: "ChatScreen", message: ChatLog.BranchRequested) -> None:
         """Cut the inspected reply at the cursor, force the picked candidate, and continue from
         it: a new version of that reply, with what followed it kept on the old one's branch."""
@@ -222,10 +172,13 @@ class ConversationActions:
             return
         old = self.session.conversation.exchanges[cursor.exchange].reply
         step = old.steps[cursor.step]
-        row = cursor.row if cursor.row is not None else next(
-            (i for i, c in enumerate(step.top) if c.token_id == step.token_id), 0)
+        what_if = self.what_if_at(cursor)  # a what-if shown there: branch with its settings, from its rows
+        settings = what_if.settings if what_if else self.session.settings
+        rows = what_if.answer.top if what_if else step.top
+        row = min(cursor.row, len(rows) - 1) if cursor.row is not None else next(
+            (i for i, c in enumerate(rows) if c.token_id == step.token_id), 0)
         stop_ids = getattr(self.session.engine, "stop_ids", frozenset())
-        version, prefix_ids = branch_version(old, cursor.step, step.top[row], self.session.settings, stop_ids)
+        version, prefix_ids = branch_version(old, cursor.step, rows[row], settings, stop_ids)
         if version.steps[-1].is_stop:  # the forced token ends the reply: nothing more to generate
             self.session.add_done_version(cursor.exchange, version)
             await self.show_new_version(cursor.exchange)

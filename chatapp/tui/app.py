@@ -183,7 +183,13 @@ class ChatApp(App):
         yield SystemCommand("Edit message", "Change the inspected (or last) message and resend it as a branch",
                             chat.action_edit_last)
         yield SystemCommand("Stop reply", "Stop the reply being written", chat.action_stop)
-        yield SystemCommand("Token inspector", "Any reply's tokens: branch at any of them, look up odds", chat.action_inspect)
+        yield SystemCommand("Token inspector", "Any reply's tokens: branch at any, odds, what-if, lens", chat.action_inspect)
+        yield SystemCommand("Look up a token's odds", "At the inspected (or last) step, whatever its rank (W)",
+                            lambda: chat.action_probe_step("look_up"))
+        yield SystemCommand("What if", "The inspected (or last) step under other sampling settings (S)",
+                            lambda: chat.action_probe_step("what_if"))
+        yield SystemCommand("Logit lens", "Each layer's top token at the inspected (or last) step (L)",
+                            lambda: chat.action_probe_step("lens"))
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
         yield SystemCommand("Candidates panel", "Show or hide the candidates panel (F3)", chat.action_toggle_panel)
         yield SystemCommand("Copy reply", "The inspected or last reply, to the clipboard (F4)", chat.action_copy_reply)

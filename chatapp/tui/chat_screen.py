@@ -31,6 +31,7 @@ from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import SavedChat
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
+from chatapp.tui.inspector import InspectorPanel, StepAnswer
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSwitching
 from chatapp.tui.persistence import ChatKeeping
@@ -50,7 +51,8 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 """Shown in the empty prompt."""
 
 
-class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching, ReplyStreaming, Screen):
+class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel, ModelSwitching, ReplyStreaming,
+                 Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [
@@ -90,8 +92,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, ModelSwitching
         self.model_folders = model_folders
         """Where the model picker looks for `.gguf` files and model folders."""
         self.switching: str | None = None
-        self.last_lookup: tuple | None = None
-        """(reply version, step, its `WatchedToken`) of the last look-up in the inspector (W)."""
+        self.step_answer: StepAnswer | None = None
+        """The answer to the last question asked in the inspector (W, S or L), with its step."""
         self._update_cpu_at: float | None = None
         self._waiting: Exchange | None = None
         """A message sent while the model was loading; its reply starts once the model is ready."""

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from chatapp.cli import main as cli
+from chatapp.session import chat_keeper
 from chatapp.storage.chat_file import load_chat_file
 from chatapp.storage.store import ChatStore, StoreError
-from chatapp.session import chat_keeper
-from tests.tui.conftest import app_with, ready, send, wait_until
+from tests.tui.conftest import app_with, ready, send
 from tests.tui.fakes import FakeEngine
 from tests.tui.test_persistence import saved_chat
 

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from chatapp.chat.records import Candidate, ModelInfo, Step, TurnStats, WatchedToken
+from chatapp.chat.records import Candidate, LensEntry, ModelInfo, Step, TurnStats, WatchedToken, WhatIf
 
 STOP_ID = 0
 """The fake end-of-turn token."""
@@ -75,6 +75,8 @@ class FakeEngine:
     """What the runtime is doing (the real engine reports a kernel compiling)."""
     lookups: list = field(default_factory=list)
     """(prefix ids, token id) of every `odds_at` asked."""
+    probes: list = field(default_factory=list)
+    """(kind, prefix ids, settings tried) of every `lens_at` and `what_if_at` asked."""
     prompt_pieces: int = 0
     """Pieces a long prompt is read in before the first step, each reported through the turn's
     `on_prefill` and each waiting for `gate` when one is set (0: a short prompt, no reports)."""
@@ -91,6 +93,25 @@ class FakeEngine:
         """Scripted numbers that say where they were asked for: the rank is the step's index + 2."""
         self.lookups.append((list(prefix_ids), token_id))
         return WatchedToken(token_id, self.vocab.texts[token_id], 0.0, 0.0123, len(prefix_ids) + 2)
+
+    def lens_at(self, messages, prefix_ids, settings) -> tuple[LensEntry, ...]:
+        """Three scripted layers; the last names the token the reply chose there, as the real lens
+        names the step's own top candidate."""
+        self.probes.append(("lens", list(prefix_ids), settings))
+        step = len(prefix_ids)
+        return (LensEntry(0, self.vocab.id(" the"), " the", 0.01), LensEntry(1, self.vocab.id(f" L1#{step}"),
+                f" L1#{step}", 0.2), LensEntry(2, self.vocab.id("?"), "?", CHOSEN_PROB * 0.9))
+
+    def what_if_at(self, messages, prefix_ids, settings, other, chosen_id) -> WhatIf:
+        """Scripted: the chosen token's probability is divided by the temperature tried, one
+        alternative drops out and one enters."""
+        self.probes.append(("what_if", list(prefix_ids), other))
+        text = self.vocab.texts[chosen_id]
+        chosen = Candidate(chosen_id, text, CHOSEN_PROB / other.temperature, CHOSEN_PROB * 0.9, text.encode())
+        entered = Candidate(self.vocab.id(" new"), " new", 0.07, 0.01, b" new")
+        dropped = Candidate(self.vocab.id(" the"), " the", 0.2, 0.18, b" the")
+        return WhatIf(chosen=chosen, chosen_before=CHOSEN_PROB, top=(chosen, entered), kept_before=6, kept_after=2,
+                      entered=(entered,), dropped=(dropped,), entered_count=1, dropped_count=5)
 
     def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None) -> "FakeTurn":
         self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))

@@ -165,7 +165,7 @@ async def test_the_inspector_shows_the_reply_s_confidence():
 
 
 async def test_w_looks_up_any_token_at_the_inspected_step():
-    from chatapp.tui.token_lookup import TokenLookup
+    from chatapp.tui.step_questions import StepQuestion
 
     engine = FakeEngine(replies=[["Sure", "!", " Yes"]])
     app = app_with(engine)
@@ -174,7 +174,7 @@ async def test_w_looks_up_any_token_at_the_inspected_step():
         await send(pilot, "hi")
         await pilot.press("ctrl+t", "home", "right")  # step 2 of the reply
         await pilot.press("w")
-        assert isinstance(app.screen, TokenLookup) and app.screen.step == 2
+        assert isinstance(app.screen, StepQuestion) and app.screen.step == 2
         app.screen.query_one("Input").value = "Paris"
         await pilot.press("enter")
         await wait_until(pilot, lambda: engine.lookups)
@@ -189,3 +189,85 @@ async def test_w_looks_up_any_token_at_the_inspected_step():
         app.screen.query_one("Input").value = "two words"
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("2 tokens" in n.message for n in app._notifications))
+
+
+async def test_s_recomputes_the_step_under_other_settings_and_enter_branches_with_them():
+    from chatapp.tui.step_questions import StepQuestion
+
+    engine = FakeEngine(replies=[["Sure", "!", " Yes"], ["Sure", " new", " one"]])
+    app = app_with(engine)
+    async with app.run_test(size=(140, 36)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        old = app.chat.conversation.last.reply
+        await pilot.press("ctrl+t", "home", "right")  # step 2 of the reply
+        await pilot.press("s")
+        assert isinstance(app.screen, StepQuestion) and app.screen.step == 2
+        assert app.screen.query_one("Input").value == old.settings.sampling_arguments()  # starts from the reply's
+        app.screen.query_one("Input").value = "temp=1.5 topk=2"
+        await pilot.press("enter")
+        panel = app.chat.query_one(TopKPanel)
+        await wait_until(pilot, lambda: "What if" in panel.render().plain)
+        kind, prefix, tried = engine.probes[-1]
+        assert kind == "what_if" and prefix == [old.steps[0].token_id]
+        assert tried.temperature == 1.5 and tried.top_k == 2
+        text = panel.render().plain
+        assert panel.border_title.startswith("what-if 2 · T=1.5 k=2")
+        assert "What if T=1.5 k=2 (the reply's: T=0.7 k=50)" in text and "tokens kept 6 → 2" in text
+        assert "“!” 60.0% → 40.0%" in text and "\n ▶1 !                  40.0%" in text
+        assert "enter: “␣new” 7.0%" in text and "drop: “␣the” 20.0% +2 more" in text
+        assert old.steps[1].text == "!"  # the reply itself is unchanged
+        await pilot.press("down", "enter")  # the second what-if row, " new": a branch with the tried settings
+        await wait_until(pilot, lambda: len(app.chat.conversation.last.versions) == 2 and not app.chat.generating)
+        new = app.chat.conversation.last.reply
+        assert new.steps[1].text == " new" and new.steps[1].forced
+        assert new.settings.temperature == 1.5 and new.settings.top_k == 2
+        assert engine.calls[-1].settings.temperature == 1.5
+        assert app.chat.session.settings.temperature != 1.5  # the chat's own settings stay
+        await pilot.press("s")
+        app.screen.query_one("Input").value = "temp=banana"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("temp" in n.message for n in app._notifications))
+
+
+async def test_l_shows_each_layer_s_top_token_and_l_again_the_candidates():
+    engine = FakeEngine(replies=[["Sure", "!", " Yes"]])
+    app = app_with(engine)
+    async with app.run_test(size=(140, 36)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        reply = app.chat.conversation.last.reply
+        await pilot.press("ctrl+t", "home", "right", "right")  # step 3
+        await pilot.press("l")
+        panel = app.chat.query_one(TopKPanel)
+        await wait_until(pilot, lambda: panel.view.lens)
+        kind, prefix, _ = engine.probes[-1]
+        assert kind == "lens" and prefix == [s.token_id for s in reply.steps[:2]]
+        text = panel.render().plain
+        assert panel.border_title.startswith("lens 3 ·") and panel.border_subtitle == "3 layers, raw p"
+        assert "␣L1#2" in text and "\n  2 ?                           54.0%" in text and "L again" in text
+        await pilot.press("l")
+        assert not panel.view.lens and "␣L1#2" not in panel.render().plain
+        await pilot.press("l")
+        await wait_until(pilot, lambda: panel.view.lens)
+        await pilot.press("left")  # another step: its candidates, not the lens
+        assert not panel.view.lens
+
+
+async def test_the_palette_and_help_reach_w_s_and_l():
+    from chatapp.chat.commands import HELP_TEXT
+
+    assert "W look up" in HELP_TEXT and "S what-if" in HELP_TEXT and "L logit lens" in HELP_TEXT
+    engine = FakeEngine(replies=[["Sure", "!", " Yes"]])
+    app = app_with(engine)
+    async with app.run_test(size=(140, 36)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        commands = {command.title: command for command in app.get_system_commands(app.screen)}
+        assert {"Look up a token's odds", "What if", "Logit lens"} <= set(commands)
+        commands["Logit lens"].callback()  # no inspector open: it opens at the last step
+        panel = app.chat.query_one(TopKPanel)
+        await wait_until(pilot, lambda: panel.view.lens)
+        reply = app.chat.conversation.last.reply
+        assert app.chat.query_one(ChatLog).cursor.step == len(reply.steps) - 1
+        assert engine.probes[-1][1] == [s.token_id for s in reply.steps[:-1]]

@@ -9,10 +9,9 @@ import pytest
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
 from chatapp.chat.records import TurnStats
 from chatapp.chat.settings import SamplingSettings
+from chatapp.session import chat_keeper, reply_stream
 from chatapp.storage.chat_file import INTERRUPTED_NOTE, SavedChat, exchange_to_dict, load_chat_file
 from chatapp.storage.store import ChatStore
-from chatapp.session import reply_stream
-from chatapp.session import chat_keeper
 from chatapp.tui.history_screen import HistoryScreen
 from chatapp.tui.screens import ConfirmScreen
 from chatapp.tui.widgets.chat_log import ChatLog

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from chatapp.chat import commands
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion, branch_version
 from chatapp.chat.settings import SamplingSettings
-from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
 from chatapp.session.reply_stream import (
     MAX_BATCH_SECONDS,
     MIN_BATCH_SECONDS,
@@ -21,6 +20,7 @@ from chatapp.session.reply_stream import (
     TurnFinished,
     stream_turn,
 )
+from chatapp.tui.formatting import PERCENT_CHARS, format_percent, literal_text, prob_bar, token_label, visible_token
 from tests.tui.fakes import FakeEngine
 
 

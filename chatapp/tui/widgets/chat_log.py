@@ -10,6 +10,7 @@ again when clicked, or when the inspector pages up past the oldest mounted reply
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from textual import on
 from textual.app import ComposeResult
@@ -76,7 +77,9 @@ class ChatLog(VerticalScroll):
         Binding("full_stop", "version(1)", "version ›"),
         Binding("escape", "leave", "Leave inspector"),
         Binding("delete", "delete", "Delete exchange", show=False),
-        Binding("w", "look_up", "Look up a token", show=False),
+        Binding("w", "probe('look_up')", "Look up a token", show=False),
+        Binding("s", "probe('what_if')", "What if", show=False),
+        Binding("l", "probe('lens')", "Logit lens", show=False),
         Binding("e", "edit", "Edit message", show=False),
         Binding("r", "regenerate", "Regenerate", show=False),
     ]
@@ -106,11 +109,13 @@ class ChatLog(VerticalScroll):
         """-1 for the previous version, +1 for the next."""
 
     @dataclass
-    class LookUpRequested(Message):
-        """Look up any token's odds at the cursor's step."""
+    class ProbeRequested(Message):
+        """Ask more of the cursor's step: a token's odds (W), other settings (S), the lens (L)."""
 
         cursor: Cursor
         """The inspected reply and step."""
+        probe: Literal["look_up", "what_if", "lens"]
+        """What to ask."""
 
     @dataclass
     class EditRequested(Message):
@@ -326,10 +331,10 @@ class ChatLog(VerticalScroll):
         if self.cursor:
             self.post_message(self.VersionRequested(self.cursor.exchange, delta))
 
-    def action_look_up(self) -> None:
-        """Ask the screen to look up a token at the cursor's step."""
+    def action_probe(self, probe: Literal["look_up", "what_if", "lens"]) -> None:
+        """Ask the screen for more of the cursor's step (`ProbeRequested`)."""
         if self.cursor:
-            self.post_message(self.LookUpRequested(self.cursor))
+            self.post_message(self.ProbeRequested(self.cursor, probe))
 
     def action_edit(self) -> None:
         """Ask the screen to edit the inspected reply's user message."""

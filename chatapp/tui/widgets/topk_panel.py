@@ -12,7 +12,7 @@ from textual.reactive import reactive
 from textual.style import Style
 from textual.widget import Widget
 
-from chatapp.chat.records import Step
+from chatapp.chat.records import LensEntry, Step
 from chatapp.tui.formatting import PERCENT_CHARS, format_percent, prob_bar, token_label
 
 BAR_WIDTH = 8
@@ -45,6 +45,10 @@ class PanelView:
     """Row picked in the inspector for branching, if any."""
     notes: tuple[str, ...] = ()
     """Lines shown below the candidates (the inspector's: the reply's confidence)."""
+    label: str = ""
+    """What the title calls the step ("what-if 3"), when it is not the step as sampled."""
+    lens: tuple[LensEntry, ...] = ()
+    """The step's logit lens, shown instead of the candidates when there is one."""
 
 
 class TopKPanel(Widget):
@@ -72,9 +76,9 @@ class TopKPanel(Widget):
             self.border_subtitle = ""
             return
         step = view.step
-        kind = "forced" if step.forced else "step"
+        kind = view.label or ("forced" if step.forced else "step")
         self.border_title = f"{kind} {step.step + 1} · T={view.temperature:g} k={view.top_k} · H={step.entropy:.2f} bits"
-        self.border_subtitle = f"chosen: raw rank {step.rank}"
+        self.border_subtitle = f"{len(view.lens)} layers, raw p" if view.lens else f"chosen: raw rank {step.rank}"
 
     def render(self) -> Content:
         """The candidate rows for `view` (pure function of it and the panel width)."""
@@ -97,6 +101,8 @@ class TopKPanel(Widget):
             # Under the bar's own colour, so the highlighted row keeps its bar visible.
             return line.stylize_before(style) if style else line
 
+        if view.lens:
+            return self._lens_rows(view, width, styles)
         header = (f"{'#':>{RANK_WIDTH}} {set_cell_size('token', token_width)} {'p':>{PERCENT_WIDTH}} "
                   f"{'':{bar_width}} {'raw':>{PERCENT_WIDTH}}")
         lines = [Content(header).stylize(styles["header"])]
@@ -115,10 +121,39 @@ class TopKPanel(Widget):
             lines += [Content(""), *(Content(note).stylize(styles["header"]) for note in view.notes)]
         return Content("\n").join(lines)
 
+    def _lens_rows(self, view: PanelView, width: int, styles: dict[str, Style]) -> Content:
+        """The lens table: layer, its top token, that token's raw probability (bar and %); evenly
+        spaced layers, the last always among them, when the panel is too short for all."""
+        bar_width = BAR_WIDTH if width >= NARROW_PANEL else NARROW_BAR_WIDTH
+        token_width = width - RANK_WIDTH - bar_width - PERCENT_WIDTH - 3
+        room = max(2, self.content_size.height - HEADER_ROWS - (len(view.notes) + 1 if view.notes else 0))
+        entries = lens_rows_to_show(view.lens, room)
+        header = f"{'L':>{RANK_WIDTH}} {set_cell_size('top token', token_width)} {'raw':>{PERCENT_WIDTH}}"
+        lines = [Content(header).stylize(styles["header"])]
+        for entry in entries:
+            label = token_label(entry.text, entry.text.encode())
+            line = Content.assemble(
+                f"{entry.layer:>{RANK_WIDTH}} {set_cell_size(label, token_width)} {format_percent(entry.prob):>{PERCENT_WIDTH}} ",
+                (prob_bar(entry.prob, bar_width), styles["bar"]),
+            )
+            lines.append(line.stylize_before(styles["sampled"]) if entry.token_id == view.step.token_id else line)
+        if view.notes:
+            lines += [Content(""), *(Content(note).stylize(styles["header"]) for note in view.notes)]
+        return Content("\n").join(lines)
+
     def on_click(self, event: events.Click) -> None:
         """Report which candidate row was clicked."""
         if self.view is None:
             return
         row = event.y - HEADER_ROWS - self.styles.gutter.top
-        if 0 <= row < len(self.view.step.top):
+        if not self.view.lens and 0 <= row < len(self.view.step.top):
             self.post_message(self.RowClicked(row))
+
+
+def lens_rows_to_show(lens: tuple[LensEntry, ...], room: int) -> tuple[LensEntry, ...]:
+    """All of `lens` when `room` rows hold it, else `room` evenly spaced entries ending with the last."""
+    if len(lens) <= room:
+        return lens
+    last = len(lens) - 1
+    picks = sorted({round(i * last / (room - 1)) for i in range(room)})
+    return tuple(lens[i] for i in picks)
