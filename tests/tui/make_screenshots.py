@@ -13,6 +13,7 @@ from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.loader import load_engine
 from chatapp.tui.app import make_app
 from chatapp.tui.widgets.prompt_input import PromptInput
+from chatapp.tui.widgets.topk_panel import TopKPanel
 from tests.tui.conftest import send, wait_until
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -48,6 +49,25 @@ async def main() -> None:
         app.clear_notifications()
         await pilot.pause(0.5)
         app.save_screenshot("branch-heatmap.svg", str(ASSETS))
+        # A branch in the first reply: the exchange after it stays with the old version.
+        await pilot.press("ctrl+o", "ctrl+t", "pageup", "home", "right", "down", "enter")
+        first = app.chat.conversation.exchanges[0]
+        await wait_until(pilot, lambda: not app.chat.generating and len(first.versions) == 2, MODEL_TIMEOUT)
+        app.clear_notifications()
+        await pilot.pause(0.5)
+        app.save_screenshot("branch-tree.svg", str(ASSETS))
+        # What-if at the same step, then its logit lens.
+        panel = app.chat.query_one(TopKPanel)
+        await pilot.press("s")
+        app.screen.query_one("Input").value = "temp=1.3 topk=8 minp=0.02"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: panel.view.label == "what-if", MODEL_TIMEOUT)
+        await pilot.pause(0.5)
+        app.save_screenshot("what-if.svg", str(ASSETS))
+        await pilot.press("l")
+        await wait_until(pilot, lambda: panel.view.lens, MODEL_TIMEOUT)
+        await pilot.pause(0.5)
+        app.save_screenshot("lens.svg", str(ASSETS))
 
 
 if __name__ == "__main__":
