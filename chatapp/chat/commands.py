@@ -56,6 +56,8 @@ Keys
   Ctrl+T token inspector · Ctrl+O heatmap · Ctrl+P palette · Ctrl+Q quit
   F2 saved chats: Enter open · r rename · d delete · / search
   F3 show or hide the candidates panel · F4 copy the reply
+  F5 step mode: you pick each token (Enter the model's draw, ↑/↓ or
+  1–9 another, F5 again: the model finishes, Esc stops)
 
 Token inspector
   ←/→ token · Home/End first/last · PgUp/PgDn previous/next reply

@@ -41,6 +41,7 @@ from chatapp.session.reply_stream import (
     one_line,
     stream_turn,
 )
+from chatapp.session.step_mode import StepPicks, run_step_mode
 from chatapp.storage.chat_file import SavedChat
 
 
@@ -116,11 +117,12 @@ class ChatSession:
         """True while a reply is being written."""
         return self.job is not None
 
-    def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = ()) -> ReplyJob:
+    def start_reply(self, index: int, version: ReplyVersion, prefix_ids: tuple[int, ...] = (),
+                    step_mode: bool = False) -> ReplyJob:
         """Add `version` to exchange `index` (of any exchange: the ones after it stay with the
         version shown until now, a branch of their own) and return the job that writes the rest
         of it with the version's own settings (`prefix_ids`: the tokens it must start with, a
-        branch's)."""
+        branch's); in `step_mode`, the user picks each token through the job's `picks`."""
         if self.engine is not None:
             version.model = self.engine.info.name
         version.system = self.conversation.system
@@ -128,11 +130,18 @@ class ChatSession:
         self.keeper.mark_changed(index)
         self._jobs += 1
         self.version, self.live, self.prompt_read = version, None, None
-        self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), version.settings, prefix_ids)
+        self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), version.settings, prefix_ids,
+                             picks=StepPicks() if step_mode else None)
         return self.job
 
     def run(self, job: ReplyJob, report: Callable[[ReplyEvent], object]) -> None:
         """On the engine thread: write `job`'s reply, reporting its events through `report`."""
+        if job.picks is not None:
+            try:
+                run_step_mode(self.engine, job, job.picks, report, pacing=self.pacing)
+            except Exception as error:  # as below: reported, the chat is kept
+                report(TurnFailed(job.job, one_line(error)))
+            return
         try:
             turn = self.engine.start_turn(job.messages, job.settings, reply_prefix_ids=list(job.prefix_ids),
                                           stop=job.stopped)
@@ -148,6 +157,8 @@ class ChatSession:
         if job is None:
             return False
         job.stopped.set()
+        if job.picks is not None:
+            job.picks.stop()  # a step waiting for the user's pick
         return True
 
     def stop_and_save(self) -> bool:

@@ -143,6 +143,8 @@ class ReplyJob:
     stopped: threading.Event = field(default_factory=threading.Event, compare=False)
     """Set (from any thread) to stop the reply before its next step; the only way a reply is
     stopped (`ChatSession.stop`), and the turn's own stop signal."""
+    picks: object = field(default=None, compare=False)
+    """Step mode's `StepPicks` (the user picks each token), or None for a reply the model writes."""
 
 
 def one_line(error: BaseException) -> str:

@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 
 from chatapp.chat import commands
 from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion
+from chatapp.chat.records import Step
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread
 from chatapp.session.chat_session import ChatSession
@@ -37,6 +38,7 @@ from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSw
 from chatapp.tui.persistence import ChatKeeping
 from chatapp.tui.replies import ReplyStreaming
 from chatapp.tui.status_line import status_data
+from chatapp.tui.step_picking import StepPicking
 from chatapp.tui.widgets.chat_log import ChatLog
 from chatapp.tui.widgets.heat_legend import HeatLegend
 from chatapp.tui.widgets.key_bar import KeyBar
@@ -52,7 +54,7 @@ PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help
 
 
 class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel, ModelSwitching, ReplyStreaming,
-                 Screen):
+                 StepPicking, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
     BINDINGS = [
@@ -66,6 +68,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         Binding("f2", "history", "History"),  # not Ctrl+H: some terminals send it for Backspace
         Binding("f3", "toggle_panel", "Panel"),
         Binding("f4", "copy_reply", "Copy", show=False),  # Ctrl+Y is the prompt's redo
+        Binding("f5", "step_mode", "Step mode", show=False),
     ]
     """Chat keys (the inspector's own keys live on `ChatLog`)."""
 
@@ -92,6 +95,10 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         self.model_folders = model_folders
         """Where the model picker looks for `.gguf` files and model folders."""
         self.switching: str | None = None
+        self.step_mode = False
+        """Whether the next replies are written in step mode (F5): the user picks each token."""
+        self.proposal: Step | None = None
+        """The step-mode proposal waiting for the user's pick, if any."""
         self.step_answer: StepAnswer | None = None
         """The answer to the last question asked in the inspector (W, S or L), with its step."""
         self._update_cpu_at: float | None = None
@@ -321,5 +328,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
 
     @on(TopKPanel.RowClicked)
     def panel_row_clicked(self, message: TopKPanel.RowClicked) -> None:
-        """A click on a candidate picks it for branching (inspector only)."""
-        self.query_one(ChatLog).pick_row(message.row)
+        """A click on a candidate takes it in step mode, else picks it for branching (inspector only)."""
+        if self.proposal is not None:
+            self.take_row(message.row)
+        else:
+            self.query_one(ChatLog).pick_row(message.row)

@@ -19,6 +19,7 @@ from chatapp.chat.records import Step
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread
 from chatapp.session.reply_stream import PromptRead, ReplyJob, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.session.step_mode import StepProposed
 from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.messages import ReplyReported
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -39,7 +40,7 @@ class ReplyStreaming:
         """Add `version` to exchange `index` (a branch there when others follow it: they leave
         the view with the version they followed) and generate the rest of it on the engine
         thread."""
-        job = self.session.start_reply(index, version, prefix_ids)
+        job = self.session.start_reply(index, version, prefix_ids, step_mode=self.step_mode)
         self._update_cpu_at = None
         await self.show_new_version(index)
         self.update_status()
@@ -53,7 +54,9 @@ class ReplyStreaming:
     async def on_reply_reported(self: "ChatScreen", message: ReplyReported) -> None:
         """Route an event of the reply job to its handler."""
         event = message.event
-        if isinstance(event, PromptRead):
+        if isinstance(event, StepProposed):
+            self.show_proposal(event)
+        elif isinstance(event, PromptRead):
             if self.session.read_prompt(event):
                 self.update_status()
         elif isinstance(event, TokensGenerated):
@@ -93,6 +96,7 @@ class ReplyStreaming:
 
     async def _end_job(self: "ChatScreen") -> None:
         index = self.session.end_job()  # saved
+        self.leave_proposal()
         self.query_one(ChatLog).reply_view(index).show_reply()  # one full render ends the stream
         self.update_status()
 

@@ -68,6 +68,19 @@ async def main() -> None:
         await wait_until(pilot, lambda: panel.view.lens, MODEL_TIMEOUT)
         await pilot.pause(0.5)
         app.save_screenshot("lens.svg", str(ASSETS))
+        # Step mode: the user takes the model's draw, then its second candidate, then sees the third step.
+        await pilot.press("escape", "f5")
+        await send(pilot, "Name a fruit.", wait=False)
+        for step, key in ((0, "enter"), (1, "2")):
+            await wait_until(pilot, lambda: app.chat.proposal is not None and app.chat.proposal.step == step,
+                             MODEL_TIMEOUT)
+            await pilot.press(key)
+        await wait_until(pilot, lambda: app.chat.proposal is not None and app.chat.proposal.step == 2, MODEL_TIMEOUT)
+        app.clear_notifications()
+        await pilot.pause(0.5)
+        app.save_screenshot("step-mode.svg", str(ASSETS))
+        await pilot.press("f5")
+        await wait_until(pilot, lambda: not app.chat.generating, MODEL_TIMEOUT)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.cells import set_cell_size
 from textual import events
+from textual.binding import Binding
 from textual.content import Content
 from textual.message import Message
 from textual.reactive import reactive
@@ -57,10 +58,42 @@ class TopKPanel(Widget):
     COMPONENT_CLASSES = {"topk-panel--sampled", "topk-panel--cursor", "topk-panel--header", "topk-panel--bar"}
     """Row and cell styles, set in app.tcss."""
 
+    can_focus = False
+    """Focusable only while a step-mode proposal waits (`StepPicking`)."""
+
     view: reactive[PanelView | None] = reactive(None)
     """What to show; None before the first token."""
     placeholder: reactive[str] = reactive("Candidates appear here as the model writes.")
     """Text shown when there is no step."""
+
+    BINDINGS = [
+        Binding("up", "move_row(-1)", "Up", show=False),
+        Binding("down", "move_row(1)", "Down", show=False),
+        Binding("enter", "take", "Take"),
+        *(Binding(str(digit), f"take({digit - 1})", str(digit), show=False) for digit in range(1, 10)),
+    ]
+    """Step mode's keys, live while the panel has focus (only while a proposal waits for a pick)."""
+
+    @dataclass
+    class Taken(Message):
+        """Step mode: a row was taken as the next token (Enter on the highlighted row, or a digit)."""
+
+        row: int | None
+        """0-based index into the step's candidates; None: the step's own draw (not listed)."""
+
+    def action_move_row(self, delta: int) -> None:
+        """Move the highlighted row."""
+        view = self.view
+        if view is not None and view.step.top:
+            row = view.cursor if view.cursor is not None else 0
+            self.view = replace(view, cursor=max(0, min(len(view.step.top) - 1, row + delta)))
+
+    def action_take(self, row: int | None = None) -> None:
+        """Take row `row` (the highlighted one when None) as the next token."""
+        view = self.view
+        row = view.cursor if row is None and view is not None else row
+        if view is not None and (row is None or 0 <= row < len(view.step.top)):
+            self.post_message(self.Taken(row))
 
     @dataclass
     class RowClicked(Message):
