@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +75,42 @@ def tiny_loaded(default_model) -> LoadedModel:
         name="tiny-llama", device="cpu", dtype="float32", context_length=512, vocab_size=TINY_VOCAB
     )
     return LoadedModel(model=model, tokenizer=default_model.tokenizer, info=info)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A random 2-layer GPT-2 folder whose tokenizer has no chat template."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
+    from chatapp.loading.models import load_model
+
+    load_model()  # the default model's converted folder holds the tokenizer files
+    tokenizer_folder = converted_dir(default_gguf_path())
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=49152, n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    shutil.copy(tokenizer_folder / "tokenizer.json", folder)
+    settings = json.loads((tokenizer_folder / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)  # a base model's tokenizer: no chat template
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def base_gguf(tmp_path_factory) -> Path:
+    """A base model's GGUF file: the default file without its chat template, written by the gguf
+    package's own `gguf-new-metadata` (its converted copy is keyed by content, so every run
+    reuses one)."""
+    import subprocess
+    import sys
+
+    from chatapp.loading.gguf_files import default_gguf_path
+
+    out = tmp_path_factory.mktemp("base-gguf") / "SmolLM2-135M-base.gguf"
+    tool = Path(sys.executable).parent / "gguf-new-metadata"
+    subprocess.run([str(tool), "--force", "--remove-metadata", "tokenizer.chat_template", str(default_gguf_path()), str(out)],
+                   check=True, capture_output=True)
+    return out

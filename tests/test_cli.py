@@ -17,7 +17,7 @@ TURN_KEYS = {
     "type", "turn", "text", "tokens", "prompt_tokens", "cached_tokens", "prefill_tokens",
     "dropped_turns", "ttft_ms", "tok_per_s", "finish_reason", "confidence",
 }
-MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size"}
+MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size", "mode"}
 
 
 def chatapp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -113,6 +113,7 @@ def test_ask_json_lines_contract():
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert set(records[0]) == MODEL_KEYS and records[0]["type"] == "model"
     assert records[0]["name"] == "SmolLM2-135M-Instruct" and records[0]["vocab_size"] == 49152
+    assert records[0]["mode"] == "chat"
     turns = [r for r in records if r["type"] == "turn"]
     tokens = [r for r in records if r["type"] == "token"]
     assert [t["turn"] for t in turns] == [1, 2]

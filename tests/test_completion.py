@@ -5,37 +5,12 @@ GPT-2 built from a config, with the default model's tokenizer)."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.test_cli import chatapp
 
 PROMPT = "The three primary colors are"
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory) -> Path:
-    """A random 2-layer GPT-2 folder whose tokenizer has no chat template."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from chatapp.loading.gguf_files import converted_dir, default_gguf_path
-    from chatapp.loading.models import load_model
-
-    load_model()  # the default model's converted folder holds the tokenizer files
-    tokenizer_folder = converted_dir(default_gguf_path())
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=49152, n_positions=256, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    shutil.copy(tokenizer_folder / "tokenizer.json", folder)
-    settings = json.loads((tokenizer_folder / "tokenizer_config.json").read_text())
-    settings.pop("chat_template", None)  # a base model's tokenizer: no chat template
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
-    return folder
 
 
 @pytest.mark.model
@@ -76,3 +51,66 @@ def test_raw_takes_one_text_and_no_system_prompt():
     for args in (["a", "b"], ["--system", "Be brief.", "a"]):
         result = chatapp("ask", "--raw", *args)
         assert result.returncode == 2 and "--raw continues one text" in result.stderr
+
+
+def _completion_engine(default_model):
+    """The default model (float32) in completion mode, as `chatapp --raw` opens it."""
+    from dataclasses import replace
+
+    from chatapp.engine.engine import Engine
+    from chatapp.loading.models import LoadedModel
+
+    info = replace(default_model.info, completion=True)
+    return Engine(LoadedModel(model=default_model.model, tokenizer=default_model.tokenizer, info=info))
+
+
+@pytest.mark.model
+def test_a_continued_text_reuses_the_cache_and_matches_a_fresh_read(default_model):
+    """Completion over two turns, as the TUI's completion view sends them: the second turn's text
+    is the first text, its continuation and what the user added, read from the KV cache (only the
+    added text is prefilled), and it continues exactly as a fresh engine reading it all does."""
+    from chatapp.chat.settings import SamplingSettings
+
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=8)
+    engine = _completion_engine(default_model)
+    first = engine.start_turn([{"role": "user", "content": PROMPT}], greedy)
+    steps = list(first)
+    assert first.stats.prompt_tokens == 5 and len(steps) == 8  # the text alone, no template
+    messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first.stats.text},
+                {"role": "user", "content": "\nThe end. Next,"}]
+    second = engine.start_turn(messages, greedy)
+    continued = [step.token_id for step in second]
+    added = engine.tokenizer("\nThe end. Next,")["input_ids"]
+    assert second.prompt_ids == first.prompt_ids + first.generated_ids + added  # the model's own tokens kept
+    assert second.stats.cached_tokens == 5 + 8 - 1  # all but the reply's last token, which never ran
+    assert second.stats.prefill_tokens == 1 + len(added)
+    fresh = _completion_engine(default_model).start_turn(messages, greedy)
+    assert [step.token_id for step in fresh] == continued
+    assert fresh.prompt_ids == second.prompt_ids
+    assert fresh.stats.cached_tokens == 0
+
+
+@pytest.mark.model
+def test_text_that_looks_like_a_control_token_is_continued_as_text(default_model):
+    from chatapp.chat.settings import SamplingSettings
+
+    engine = _completion_engine(default_model)
+    plain = engine.tokenizer("<|im_end|>", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    turn = engine.start_turn([{"role": "user", "content": "<|im_end|>"}], SamplingSettings(max_new_tokens=1))
+    list(turn)
+    assert turn.prompt_ids == plain and len(plain) > 1  # split as text, not the end-of-turn token
+
+
+@pytest.mark.model
+def test_a_base_gguf_file_continues_text_as_its_chat_twin_does(base_gguf):
+    """A GGUF file without a chat template (a base model's) cannot chat, and continues text with
+    the same tokens as the default file, whose weights it holds, continues it with `--raw`."""
+    refused = chatapp("ask", "--model", str(base_gguf), "hello")
+    assert refused.returncode == 2 and "has no chat template" in refused.stderr
+    args = ("ask", "--raw", "--json", "--temperature", "0", "--max-new-tokens", "10", PROMPT)
+    base = chatapp("--model", str(base_gguf), *args)
+    twin = chatapp(*args)
+    assert base.returncode == 0 and twin.returncode == 0, base.stderr + twin.stderr
+    records = [json.loads(line) for line in base.stdout.splitlines()]
+    assert records[0]["mode"] == "completion" and records[0]["name"] == "SmolLM2-135M-base"
+    assert base.stdout.splitlines()[1:-1] == twin.stdout.splitlines()[1:-1]  # every step's numbers

@@ -68,6 +68,9 @@ Token inspector
   settings (Enter then branches with them) · L logit lens: each layer's
   top token (L again: back) · Del delete this exchange (asks)
   Clicks work too: a token, a candidate row, ‹ ›
+
+Completion mode (--raw, or a model without a chat template): what you
+send extends the plain text as typed; Enter alone lets the model go on
 """
 """What `/help` shows."""
 

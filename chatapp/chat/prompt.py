@@ -8,6 +8,10 @@ template once more with a unique marker in place of each content) and `encode_pr
 the text with special tokens parsed only outside those spans. For ordinary messages the ids are
 exactly those of tokenizing the whole templated text.
 
+Completion mode renders a conversation as plain text instead (`render_plain`): the contents one
+after another, each piece the user wrote followed by the model's continuation of it, behind the
+tokenizer's own leading special token (BOS), as `tokenizer(text)` would start it.
+
 Also fits a conversation into the context window: the oldest turns go first, a leading system
 message always stays, and a single message too large for the window is refused with numbers.
 """
@@ -66,6 +70,27 @@ class FittedPrompt:
 def render(tokenizer, messages: list[Message]) -> str:
     """The chat template applied to `messages`, ready for the assistant to answer."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_plain(tokenizer, messages: list[Message]) -> RenderedPrompt:
+    """Completion mode: the messages' contents one after another (a system message has no
+    place in plain text and is left out), behind the tokenizer's leading BOS token if it adds
+    one; every content is a content span, so nothing typed or written is read as a control
+    token."""
+    text = tokenizer.decode(_leading_special_ids(tokenizer), skip_special_tokens=False)
+    spans: list[Span] = []
+    for message in messages:
+        if message["role"] != "system":
+            spans.append((len(text), len(text) + len(message["content"])))
+            text += message["content"]
+    return RenderedPrompt(text, tuple(spans))
+
+
+def _leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens (BOS) the tokenizer puts before a text it encodes, if any."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return full[: full.index(bare[0])] if bare and bare[0] in full else []
 
 
 def _as_rendered(content: str, text: str, at: int, after: str) -> str | None:
@@ -211,18 +236,22 @@ def _turn_starts(messages: list[Message]) -> list[int]:
     return [i for i, m in enumerate(messages) if m["role"] == "user"]
 
 
-def fit_to_context(tokenizer, messages: list[Message], context_length: int, reply_budget: int) -> FittedPrompt:
+def fit_to_context(tokenizer, messages: list[Message], context_length: int, reply_budget: int,
+                   plain: bool = False) -> FittedPrompt:
     """Drop the oldest turns until the prompt plus `reply_budget` fits in `context_length`.
 
     The system message (if first) is kept. When only the last turn is left and the prompt alone
-    still fills the window, `ContextOverflowError` says by how much.
+    still fills the window, `ContextOverflowError` says by how much. With `plain`, the
+    conversation is rendered as plain text (`render_plain`, completion mode), not by the chat
+    template.
     """
+    rendered = render_plain if plain else render_prompt
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     body = messages[len(system) :]
     dropped = 0
     while True:
         kept = system + body
-        prompt = render_prompt(tokenizer, kept)
+        prompt = rendered(tokenizer, kept)
         ids = tuple(encode_prompt(tokenizer, prompt.text, prompt.content_spans))
         n = len(ids)
         fitted = FittedPrompt(kept, prompt.text, dropped, prompt.content_spans, ids)
@@ -233,7 +262,7 @@ def fit_to_context(tokenizer, messages: list[Message], context_length: int, repl
             if n < context_length:  # fits, with less room to reply than asked for
                 return fitted
             raise ContextOverflowError(
-                f"the message is too long: the prompt needs {n} tokens but the model's context window"
+                f"the {'text' if plain else 'message'} is too long: the prompt needs {n} tokens but the model's context window"
                 f" is {context_length} tokens"
             )
         body = body[starts[1] :]

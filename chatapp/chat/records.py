@@ -185,6 +185,9 @@ class ModelInfo:
     """Quality-relevant facts, e.g. "weights dequantized from Q4_1"."""
     quantization: str = ""
     """Weight quantization that changes outputs, e.g. "int4"; empty when none."""
+    completion: bool = False
+    """Completion mode: the model continues plain text (the conversation's pieces one after
+    another, no chat template): `--raw`, or a model without a chat template."""
 
     def to_json(self) -> dict:
         """The `model` line of `chatapp ask --json`."""
@@ -195,4 +198,5 @@ class ModelInfo:
             "dtype": self.dtype,
             "context_length": self.context_length,
             "vocab_size": self.vocab_size,
+            "mode": "completion" if self.completion else "chat",
         }

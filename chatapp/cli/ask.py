@@ -83,7 +83,8 @@ def run_ask(args: argparse.Namespace, settings: SamplingSettings, out: TextIO | 
     try:
         engine = load_engine(args.model, args.device, args.dtype, progress=_say_slow_steps,
                              device_map=args.device_map, max_memory=args.max_memory, quantize=args.quantize,
-                             top_n=args.top, context=getattr(args, "ctx", None), raw=getattr(args, "raw", False))
+                             top_n=args.top, context=getattr(args, "ctx", None),
+                             mode="completion" if getattr(args, "raw", False) else "chat")
     except ModelLoadError as error:
         print(f"chatapp: error: {error}", file=sys.stderr)
         return EXIT_MODEL

@@ -149,6 +149,8 @@ def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notic
     if left_with is not None:  # the chat's own settings, with the flags given now on top
         with contextlib.suppress(SettingError):
             settings = settings_from_args(args, left_with)
+    if args.raw and args.system is not None:
+        return _fail("--raw continues plain text, which has no system prompt: give no --system")
     problem = terminal_problem()  # without one, Textual would spin on an endless end of input
     if problem:
         return _fail(problem)
@@ -285,7 +287,8 @@ def _model_opener(args: argparse.Namespace):
         from chatapp.engine.loader import load_engine
 
         return load_engine(spec, args.device, args.dtype, progress=progress, device_map=args.device_map,
-                           max_memory=args.max_memory, quantize=args.quantize, top_n=args.top, context=args.ctx)
+                           max_memory=args.max_memory, quantize=args.quantize, top_n=args.top, context=args.ctx,
+                           mode="completion" if args.raw else "auto")
 
     return open_model
 

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"chatapp {__version__}")
     _add_model_flags(parser)
+    parser.add_argument("--raw", action="store_true",
+                        help="completion mode: the model continues plain text, without the chat template (a model "
+                        "without a chat template, such as a base model, always opens this way)")
     _add_sampling_flags(parser)
     _add_log_flags(parser)
     history = parser.add_argument_group("history").add_mutually_exclusive_group()
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(ask, inherited=True)
     _add_log_flags(ask, inherited=True)
     ask.add_argument("--json", action="store_true", help="print JSON Lines: model, one line per token, one per turn")
-    ask.add_argument("--raw", action="store_true",
+    ask.add_argument("--raw", action="store_true", default=argparse.SUPPRESS,
                      help="continue PROMPT as plain text, without the chat template (one PROMPT; a model without "
                      "a chat template, such as a base model, works too)")
     ask.add_argument("--watch", action="append", default=None, metavar="TEXT",

@@ -121,8 +121,10 @@ class Engine:
         settings: SamplingSettings,
         reply_prefix_ids: list[int] | tuple[int, ...] = (),
         stop: threading.Event | None = None,
+        plain: bool | None = None,
     ) -> "Turn":
-        """Prepare the assistant's reply to `messages` (whose last message is the user's).
+        """Prepare the assistant's reply to `messages` (whose last message is the user's); in
+        completion mode, the continuation of their contents as one plain text.
 
         Args:
             messages: the conversation so far.
@@ -132,11 +134,14 @@ class Engine:
             stop: the event that stops the turn (`Turn.cancel` sets it): the caller's own, so
                 that setting it from any thread stops the turn, even before it starts or while
                 it reads a long prompt; None for a new one.
+            plain: render `messages` as plain text (`chatapp.chat.prompt.render_plain`) instead of
+                with the chat template; None: as the model was loaded (`ModelInfo.completion`).
 
         Raises:
             ContextOverflowError: the last message alone does not fit the context window.
         """
-        fitted = fit_to_context(self.tokenizer, messages, self.info.context_length, settings.max_new_tokens)
+        plain = self.info.completion if plain is None else plain
+        fitted = fit_to_context(self.tokenizer, messages, self.info.context_length, settings.max_new_tokens, plain)
         prefix = list(reply_prefix_ids)
         text = fitted.text + self.tokenizer.decode(prefix, skip_special_tokens=False) if prefix else fitted.text
         if self._transcript_text and fitted.text.startswith(self._transcript_text):
@@ -221,15 +226,11 @@ class Engine:
         token or `settings.max_new_tokens`.
 
         Raises:
-            ContextOverflowError: `text` leaves no room in the context window for the reply.
+            ContextOverflowError: `text` is empty, or fills the context window.
         """
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        room = self.info.context_length - settings.max_new_tokens
-        if not ids or len(ids) > room:
-            raise ContextOverflowError(f"the text is {len(ids)} tokens; the context window leaves room for {room} "
-                                       f"with --max-new-tokens {settings.max_new_tokens}" if ids else "the text is empty")
-        seed = None if settings.seed is None else turn_seed(settings.seed, 0)
-        return Turn(self, ids, text, settings, 0, 0, seed, stop)
+        if not text:
+            raise ContextOverflowError("the text is empty")
+        return self.start_turn([{"role": "user", "content": text}], settings, stop=stop, plain=True)
 
     def reset(self) -> None:
         """Forget the cache and transcript (new chat)."""

@@ -39,11 +39,11 @@ def load_engine(
     quantize: str = "auto",
     top_n: int | None = None,
     context: int | None = None,
-    raw: bool = False,
+    mode: str = "chat",
 ) -> Engine:
     """Load `model` (arguments as for `load_model`) into an engine keeping `top_n` candidates a
     step (None: the engine's default), with its context window cut to `context` tokens (None:
-    the model's own), as every process that then chats does: with the garbage
+    the model's own), used as `mode` says (`chatapp.loading.models.MODES`), as every process that then chats does: with the garbage
     collector paused meanwhile (`gc_paused`), and what the load left alive frozen out of later
     collections (`freeze_loaded_objects`)."""
     with gc_paused():
@@ -51,7 +51,7 @@ def load_engine(
         from chatapp.loading.models import load_model
 
         loaded = load_model(model, device, dtype, progress=progress, device_map=device_map,
-                            max_memory=max_memory, quantize=quantize, raw=raw)
+                            max_memory=max_memory, quantize=quantize, mode=mode)
         if context is not None:
             loaded.info = limited_context(loaded.info, context)
         engine = Engine(loaded) if top_n is None else Engine(loaded, top_n=top_n)

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("auto", "none", "int4")
 """`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
+MODES = ("chat", "completion", "auto")
+"""How a model is used (`load_model`'s `mode`): chat only, plain-text completion, or whichever
+the model can do (completion when it has no chat template)."""
 EXACT_FRACTION = 0.99
 """Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
@@ -234,9 +237,9 @@ def load_model(
     device_map: str | None = None,
     max_memory: dict | None = None,
     quantize: str = "auto",
-    raw: bool = False,
+    mode: str = "chat",
 ) -> LoadedModel:
-    """Load a model and tokenizer for chatting (or, with `raw`, for continuing text), offline.
+    """Load a model and tokenizer for chatting (or for continuing plain text), offline.
 
     Args:
         spec: "default", a folder, a `.gguf` file, or ORG/NAME from the local cache.
@@ -250,7 +253,9 @@ def load_model(
             bfloat16 scales) on a CPU with native bfloat16; "none" never. With int4, the LM head
             streams int4 weights and recomputes its best logits in float32 (`OutputHead`);
             embeddings and norms keep `dtype`.
-        raw: the model continues plain text (`ask --raw`), so it needs no chat template.
+        mode: one of `MODES`: "chat" refuses a model without a chat template, "completion"
+            continues plain text with any model (`--raw`), "auto" (the TUI) chats with a model
+            that has a chat template and continues plain text with one that has none.
 
     Raises:
         ModelLoadError: with one line saying what was tried and what to do.
@@ -260,6 +265,8 @@ def load_model(
 
     progress = progress or (lambda message: None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
+    if mode not in MODES:
+        raise ModelLoadError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     if quantize not in QUANTIZE_CHOICES:
         raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
     target_device = pick_device(device)
@@ -305,7 +312,8 @@ def load_model(
     if not device_map:
         model.to(target_device)
     model.eval()
-    if getattr(tokenizer, "chat_template", None) is None and not raw:
+    templated = getattr(tokenizer, "chat_template", None) is not None
+    if not templated and mode == "chat":
         raise ModelLoadError(f"model {spec!r} has no chat template, so it cannot chat: `chatapp ask --raw TEXT` "
                              "continues plain text with it")
     config = model.config
@@ -318,6 +326,7 @@ def load_model(
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
         notes=tuple(notes),
         quantization="int4" if use_int4 else "",
+        completion=mode == "completion" or not templated,
     )
     log.info("loaded %s from %s on %s (%s%s)", name, source.location, info.device, info.dtype,
              ", " + ", ".join(notes) if notes else "")

@@ -51,6 +51,8 @@ EngineLoader = Callable[[Callable[[str], None]], object]
 """Builds the engine, reporting progress lines; runs on the engine thread."""
 PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
 """Shown in the empty prompt."""
+COMPLETION_PLACEHOLDER = "Text for the model to continue (Enter send · Shift+Enter/Ctrl+J newline · /help)"
+"""Shown in the empty prompt in completion mode."""
 
 
 class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel, ModelSwitching, ReplyStreaming,
@@ -170,6 +172,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
     async def engine_loaded(self, message: EngineLoaded) -> None:
         """Swap the loading panel for the conversation."""
         self.session.use_engine(message.engine)
+        self.show_mode()
         self.query_one(LoadingPanel).remove()
         self.add_class("-ready")
         self.remove_class("-waiting")
@@ -204,6 +207,25 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         self.update_status("model failed to load")
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
 
+    @property
+    def completion(self) -> bool:
+        """Whether the model continues plain text (completion mode: `--raw`, or a model without a
+        chat template) rather than chatting."""
+        engine = self.session.engine
+        return engine is not None and engine.info.completion
+
+    def show_mode(self) -> None:
+        """Show the conversation as the loaded model takes it: a chat, or plain text it continues
+        (said once, when a model opens in completion mode)."""
+        completion = self.completion
+        log = self.query_one(ChatLog)
+        if completion and not log.completion:
+            self.notify(f"{self.session.engine.info.name} continues plain text (completion mode, no chat template): "
+                        "what you send is added to the text, and the model writes on from there.",
+                        title="Completion mode", markup=False)
+        log.set_completion(completion)
+        self.query_one(PromptInput).placeholder = COMPLETION_PLACEHOLDER if completion else PROMPT_PLACEHOLDER
+
     def update_status(self, activity: str | None = None) -> None:
         """Refresh the status line from the session (`activity`: what to say instead of what
         the reply is doing), and the prompt's cursor, steady while a reply is written."""
@@ -218,6 +240,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         prompt = self.query_one(PromptInput)
         text = event.text.strip()
         if not text:
+            if not event.text and self._can_continue():
+                await self.send("")  # completion mode: Enter alone lets the model write on
             return
         if commands.is_command(text):
             await self.run_command(text, event.text)
@@ -247,7 +271,15 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
                         severity="warning", markup=False)
             return
         prompt.take(event.text)
-        await self.send(commands.message_text(text))
+        # Plain text is continued exactly as typed: a leading space or a trailing newline counts.
+        await self.send(commands.message_text(event.text if self.completion else text))
+
+    def _can_continue(self) -> bool:
+        """Whether an empty Enter continues the text: in completion mode, once the model has
+        written, while nothing else is going on."""
+        exchanges = self.session.conversation.exchanges
+        return (self.completion and not self.session.generating and not self.switching and not self.editing
+                and bool(exchanges) and bool(exchanges[-1].versions))
 
     @property
     def editing(self) -> bool:
@@ -301,6 +333,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         """
         try:
             command = commands.parse_command(text, self.session.settings)
+            if isinstance(command, commands.SetSystem) and command.text and self.completion:
+                raise commands.CommandError("completion mode continues plain text, which has no system prompt")
         except commands.CommandError as error:
             self.notify(str(error), title="Command", severity="error", markup=False)
             self.query_one(PromptInput).select_all()  # kept to mend, and replaced by whatever is typed next

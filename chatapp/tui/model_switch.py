@@ -100,6 +100,7 @@ class ModelSwitching:
         self.switching = None
         old = self.session.engine
         self.session.use_engine(message.engine)
+        self.show_mode()
         self.load_error = None
         self.add_class("-ready")
         self.keeper.mark_changed(len(self.session.conversation.exchanges))  # the chat's model

@@ -1,11 +1,13 @@
 """Write the README's screenshots: the real app on the default model, saved by the app itself.
 
-Run: `.venv/bin/python -m tests.tui.make_screenshots` (loads SmolLM2-135M-Instruct; ~1 minute).
+Run: `.venv/bin/python -m tests.tui.make_screenshots` (loads SmolLM2-135M-Instruct; ~1 minute);
+`... make_screenshots completion` writes only the completion view's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,15 +26,25 @@ MODEL_TIMEOUT = 300.0
 """Seconds allowed for loading and for each reply."""
 
 
+def _app(settings: SamplingSettings, mode: str = "chat"):
+    """The app on the default model (`mode` as `load_engine` takes it), its history in a scratch
+    folder, never the user's own."""
+    scratch = tempfile.mkdtemp(prefix="chatapp-screenshots-")
+    return make_app(settings=settings, store_path=Path(scratch) / "chats.sqlite3",
+                    load_engine=lambda progress: load_engine(progress=progress, mode=mode))
+
+
+async def _ready(pilot, app) -> None:
+    """A steady cursor (no blink in the pictures), and the model loaded."""
+    prompt = app.chat.query_one(PromptInput)
+    prompt.blinks = prompt.cursor_blink = False
+    await wait_until(pilot, lambda: app.chat.engine is not None, MODEL_TIMEOUT)
+
+
 async def main() -> None:
-    settings = SamplingSettings(seed=42, max_new_tokens=60)
-    scratch = tempfile.mkdtemp(prefix="chatapp-screenshots-")  # never the user's own history
-    app = make_app(settings=settings, load_engine=lambda progress: load_engine(progress=progress),
-                   store_path=Path(scratch) / "chats.sqlite3")
+    app = _app(SamplingSettings(seed=42, max_new_tokens=60))
     async with app.run_test(size=SIZE) as pilot:
-        prompt = app.chat.query_one(PromptInput)
-        prompt.blinks = prompt.cursor_blink = False
-        await wait_until(pilot, lambda: app.chat.engine is not None, MODEL_TIMEOUT)
+        await _ready(pilot, app)
         for text in ("What is the capital of France?", "Give me three tips for learning French, as a list."):
             await send(pilot, text, wait=False)
             await wait_until(pilot, lambda: not app.chat.generating, MODEL_TIMEOUT)
@@ -83,5 +95,20 @@ async def main() -> None:
         await wait_until(pilot, lambda: not app.chat.generating, MODEL_TIMEOUT)
 
 
+async def completion() -> None:
+    """Completion mode (`chatapp --raw`): the model continues a text, a piece added, the
+    inspector on a token of the second continuation."""
+    app = _app(SamplingSettings(seed=7, max_new_tokens=40), mode="completion")
+    async with app.run_test(size=SIZE) as pilot:
+        await _ready(pilot, app)
+        for text in ("The lighthouse keeper opened the door and", "\n\nThe next morning,"):
+            await send(pilot, text, wait=False)
+            await wait_until(pilot, lambda: not app.chat.generating, MODEL_TIMEOUT)
+        await pilot.press("ctrl+t", "home", "right", "right", "right")
+        app.clear_notifications()
+        await pilot.pause(0.5)
+        app.save_screenshot("completion.svg", str(ASSETS))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(completion() if sys.argv[1:] == ["completion"] else main())

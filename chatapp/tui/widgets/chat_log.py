@@ -147,6 +147,8 @@ class ChatLog(VerticalScroll):
         """Every exchange shown, mounted or not (index = exchange index)."""
         self.first_mounted = 0
         """Index of the oldest mounted exchange."""
+        self.completion = False
+        """Whether replies continue plain text (completion mode): shown as plain text."""
 
     def compose(self) -> ComposeResult:
         """The (hidden until needed) line for unmounted exchanges."""
@@ -175,7 +177,7 @@ class ChatLog(VerticalScroll):
         return list(self.query(UserMessage))[self._offset(index)]
 
     def _views(self, start: int, end: int) -> tuple[list[AssistantMessage], list]:
-        replies = [AssistantMessage(self.exchanges[i], i) for i in range(start, end)]
+        replies = [AssistantMessage(self.exchanges[i], i, self.completion) for i in range(start, end)]
         widgets = [w for view in replies for w in (UserMessage(view.exchange.shown_user), view)]
         return replies, widgets
 
@@ -249,6 +251,15 @@ class ChatLog(VerticalScroll):
         if widgets:
             await self.mount_all(widgets)
         self._mounted_as_now(replies)
+
+    def set_completion(self, on: bool) -> None:
+        """Show the replies as continuations of plain text (completion mode), or as chat replies."""
+        self.completion = on
+        self.set_class(on, "-completion")
+        for view in self.replies:
+            view.completion = on
+            view.refresh_header()
+        self._show_cursor()
 
     def set_heatmap(self, on: bool) -> None:
         """Colour every reply by probability, or not."""

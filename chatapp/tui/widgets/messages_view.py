@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual import events
 from textual.app import ComposeResult
@@ -50,6 +50,7 @@ class UserMessage(Static):
         return self.text.count("\n") >= COLLAPSED_LINES
 
     def _content(self) -> Content:
+        self.display = bool(self.text)  # completion mode's "write on" sends nothing of its own
         if not self.collapsible or self.expanded:
             shown = self.text
             note = "\n(click to collapse)" if self.collapsible else ""
@@ -73,13 +74,17 @@ class UserMessage(Static):
 
 
 class AssistantMessage(OneLayoutPass, Vertical):
-    """The shown version of a reply: Markdown normally, token spans in the inspector or heatmap."""
+    """The shown version of a reply: Markdown normally, token spans in the inspector or heatmap;
+    in completion mode, the continuation as the plain text it is (token spans always)."""
 
-    def __init__(self, exchange: Exchange, index: int) -> None:
-        """View the reply of `exchange`, which is number `index` in the conversation."""
+    def __init__(self, exchange: Exchange, index: int, completion: bool = False) -> None:
+        """View the reply of `exchange`, which is number `index` in the conversation
+        (`completion`: a continuation of plain text, not a chat reply)."""
         super().__init__()
         self.exchange = exchange
         self.index = index
+        self.completion = completion
+        """Whether the reply continues plain text (completion mode): shown as plain text."""
 
     def compose(self) -> ComposeResult:
         """Header line, Markdown body, token view."""
@@ -94,7 +99,7 @@ class AssistantMessage(OneLayoutPass, Vertical):
     def header(self) -> Content:
         """"assistant ‹ 1/2 › · stopped" with clickable arrows; error text stays literal."""
         reply = self.exchange.reply
-        parts = [Content("assistant")]
+        parts = [Content("continuation" if self.completion else "assistant")]
         count = len(self.exchange.versions)
         if count > 1:
             i = self.index
@@ -124,7 +129,7 @@ class AssistantMessage(OneLayoutPass, Vertical):
         self.refresh_header()
         self.query_one(ReplyMarkdown).update(literal_text(text))
         view = self.query_one(TokenView)
-        view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
+        view.data = replace(view.data, steps=tuple(reply.steps) if reply else ())
 
     async def append(self, text: str) -> None:
         """Add new reply text to the Markdown body (and the token view, when it shows).
@@ -137,19 +142,21 @@ class AssistantMessage(OneLayoutPass, Vertical):
         if self.has_class("-tokens"):
             view = self.query_one(TokenView)
             reply = self.exchange.reply
-            view.data = TokenViewData(tuple(reply.steps) if reply else (), view.data.cursor, view.data.heatmap)
-        if text:
+            view.data = replace(view.data, steps=tuple(reply.steps) if reply else ())
+        if text and not self.completion:
             await self.query_one(ReplyMarkdown).append(literal_text(text))
 
     def set_token_mode(self, show_tokens: bool, heatmap: bool, cursor: int | None) -> None:
-        """Show token spans (inspector or heatmap) instead of Markdown, or go back."""
+        """Show token spans (inspector or heatmap) instead of Markdown, or go back; in completion
+        mode the spans always show, as plain text outside the inspector and heatmap."""
         reply = self.exchange.reply
-        self.query_one(TokenView).data = TokenViewData(tuple(reply.steps) if reply else (), cursor, heatmap)
-        self.set_class(show_tokens, "-tokens")
+        plain = self.completion and not show_tokens
+        self.query_one(TokenView).data = TokenViewData(tuple(reply.steps) if reply else (), cursor, heatmap, plain)
+        self.set_class(show_tokens or self.completion, "-tokens")
 
     def on_click(self, event: events.Click) -> None:
-        """A click on the Markdown body asks to inspect this reply."""
-        if not self.has_class("-tokens"):
+        """A click on the Markdown body (or a continuation's plain text) asks to inspect this reply."""
+        if not self.has_class("-tokens") or self.query_one(TokenView).data.plain:
             self.post_message(self.Clicked(self.index))
 
     @dataclass

@@ -61,7 +61,7 @@ def status_fields(data: StatusData) -> list[tuple[str, Content]]:
     else:
         info = data.info
         weights = f" {info.quantization} weights" if info.quantization else ""
-        fields.append(("model", Content(info.name)))
+        fields.append(("model", Content(f"{info.name} (completion)" if info.completion else info.name)))
         fields.append(("device", Content(f"{info.device} {info.dtype}{weights}")))
         fields.append(("speed", Content(f"{data.tok_per_s:.1f} tok/s" if data.tok_per_s else "– tok/s")))
         fields.append(("context", Content(f"ctx {data.context_used}/{info.context_length}")))

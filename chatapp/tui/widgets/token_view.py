@@ -32,6 +32,9 @@ class TokenViewData:
     """Index of the inspected step, if any."""
     heatmap: bool = False
     """Colour tokens by the probability they were sampled with."""
+    plain: bool = False
+    """Show the text as it reads (completion mode outside the inspector): newlines as they are,
+    no mark for a token without text."""
 
 
 class TokenView(Widget):
@@ -62,7 +65,9 @@ class TokenView(Widget):
         for index, step in enumerate(data.steps):
             text = literal_text(step.text)
             style = Style.from_meta({META_KEY: index})
-            if not text:
+            if data.plain:
+                pass
+            elif not text:
                 text, style = EMPTY_TOKEN_MARK, style + mark_style
             else:
                 text = text.replace("\n", NEWLINE_MARK + "\n")
