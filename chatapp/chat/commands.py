@@ -69,8 +69,8 @@ Token inspector
   top token (L again: back) · Del delete this exchange (asks)
   Clicks work too: a token, a candidate row, ‹ ›
 
-Completion mode (--raw, or a model without a chat template): what you
-send extends the plain text as typed; Enter alone lets the model go on
+Completion mode (--raw, the palette, or a model with no chat template):
+what you send extends the plain text; Enter alone lets the model go on
 """
 """What `/help` shows."""
 

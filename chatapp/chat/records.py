@@ -188,6 +188,8 @@ class ModelInfo:
     completion: bool = False
     """Completion mode: the model continues plain text (the conversation's pieces one after
     another, no chat template): `--raw`, or a model without a chat template."""
+    can_chat: bool = True
+    """Whether the model has a chat template (without one, it can only continue text)."""
 
     def to_json(self) -> dict:
         """The `model` line of `chatapp ask --json`."""

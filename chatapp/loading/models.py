@@ -327,6 +327,7 @@ def load_model(
         notes=tuple(notes),
         quantization="int4" if use_int4 else "",
         completion=mode == "completion" or not templated,
+        can_chat=templated,
     )
     log.info("loaded %s from %s on %s (%s%s)", name, source.location, info.device, info.dtype,
              ", " + ", ".join(notes) if notes else "")

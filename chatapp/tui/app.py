@@ -192,6 +192,8 @@ class ChatApp(App):
                             lambda: chat.action_probe_step("lens"))
         yield SystemCommand("Step mode", "Pick each token of the next replies yourself; during one, let the model finish (F5)",
                             chat.action_step_mode)
+        yield SystemCommand("Completion mode", "Continue plain text instead of chatting, or chat again (--raw)",
+                            chat.action_completion_mode)
         yield SystemCommand("Heatmap", "Colour reply tokens by probability", chat.action_heatmap)
         yield SystemCommand("Candidates panel", "Show or hide the candidates panel (F3)", chat.action_toggle_panel)
         yield SystemCommand("Copy reply", "The inspected or last reply, to the clipboard (F4)", chat.action_copy_reply)

@@ -6,7 +6,8 @@ widgets that view the plain conversation (`chatapp.chat.conversation`). The mode
 the UI thread, and nothing of the screen runs on the engine thread (`chatapp.engine.thread`):
 loading and `ChatSession.run` run there, waited on by Textual workers, and report only through
 the small messages of `chatapp.tui.messages`. The screen's parts: the reply's views in
-`chatapp.tui.replies`, the actions in `chatapp.tui.actions`, saving the chat in
+`chatapp.tui.replies`, completion mode in `chatapp.tui.completion_mode`, the actions in
+`chatapp.tui.actions`, saving the chat in
 `chatapp.tui.persistence`, switching chats and chat files in `chatapp.tui.chat_files`.
 """
 
@@ -32,6 +33,7 @@ from chatapp.session.reply_stream import one_line
 from chatapp.storage.chat_file import SavedChat
 from chatapp.tui.actions import ConversationActions
 from chatapp.tui.chat_files import ChatSwitching
+from chatapp.tui.completion_mode import PROMPT_PLACEHOLDER, CompletionMode
 from chatapp.tui.inspector import InspectorPanel, StepAnswer
 from chatapp.tui.messages import EngineLoaded, LoadFailed, LoadProgress
 from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener, ModelSwitching
@@ -49,13 +51,9 @@ from chatapp.tui.widgets.topk_panel import TopKPanel
 
 EngineLoader = Callable[[Callable[[str], None]], object]
 """Builds the engine, reporting progress lines; runs on the engine thread."""
-PROMPT_PLACEHOLDER = "Message (Enter send · Shift+Enter/Ctrl+J newline · /help)"
-"""Shown in the empty prompt."""
-COMPLETION_PLACEHOLDER = "Text for the model to continue (Enter send · Shift+Enter/Ctrl+J newline · /help)"
-"""Shown in the empty prompt in completion mode."""
 
 
-class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel, ModelSwitching, ReplyStreaming,
+class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions, InspectorPanel, ModelSwitching, ReplyStreaming,
                  StepPicking, Screen):
     """Conversation, candidates panel, prompt, status line and footer."""
 
@@ -206,25 +204,6 @@ class ChatScreen(ChatKeeping, ChatSwitching, ConversationActions, InspectorPanel
         self.remove_class("-waiting")
         self.update_status("model failed to load")
         self.notify(message.error, title="Model not loaded", severity="error", markup=False)
-
-    @property
-    def completion(self) -> bool:
-        """Whether the model continues plain text (completion mode: `--raw`, or a model without a
-        chat template) rather than chatting."""
-        engine = self.session.engine
-        return engine is not None and engine.info.completion
-
-    def show_mode(self) -> None:
-        """Show the conversation as the loaded model takes it: a chat, or plain text it continues
-        (said once, when a model opens in completion mode)."""
-        completion = self.completion
-        log = self.query_one(ChatLog)
-        if completion and not log.completion:
-            self.notify(f"{self.session.engine.info.name} continues plain text (completion mode, no chat template): "
-                        "what you send is added to the text, and the model writes on from there.",
-                        title="Completion mode", markup=False)
-        log.set_completion(completion)
-        self.query_one(PromptInput).placeholder = COMPLETION_PLACEHOLDER if completion else PROMPT_PLACEHOLDER
 
     def update_status(self, activity: str | None = None) -> None:
         """Refresh the status line from the session (`activity`: what to say instead of what

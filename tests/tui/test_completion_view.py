@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from chatapp.tui.chat_screen import COMPLETION_PLACEHOLDER, PROMPT_PLACEHOLDER
+from chatapp.tui.completion_mode import COMPLETION_PLACEHOLDER, PROMPT_PLACEHOLDER
 from chatapp.tui.widgets.chat_log import ChatLog, Cursor
 from chatapp.tui.widgets.messages_view import AssistantMessage
 from chatapp.tui.widgets.prompt_input import PromptInput
@@ -164,3 +164,29 @@ async def test_a_base_gguf_file_opens_in_completion_mode(base_gguf):
         await wait_until(pilot, lambda: not app.chat.generating and app.chat.conversation.exchanges[0].reply,
                          timeout=60, what="the continuation")
         assert len(app.chat.conversation.exchanges[0].reply.steps) == 5
+
+
+async def test_the_palette_turns_completion_mode_on_and_off_where_the_model_can_chat():
+    engine = FakeEngine(replies=[[" upon"], ["Hi"]])
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        app.chat.action_completion_mode()
+        await pilot.pause()
+        assert engine.info.completion and app.chat.query_one(ChatLog).completion
+        await send(pilot, "Once")
+        assert str(app.chat.query_one(ChatLog).replies[0].header()) == "continuation"
+        app.chat.action_completion_mode()
+        await pilot.pause()
+        assert not engine.info.completion
+        assert str(app.chat.query_one(ChatLog).replies[0].header()) == "assistant"
+        assert app.chat.query_one(PromptInput).placeholder == PROMPT_PLACEHOLDER
+    base = completion_engine()
+    base.info = replace(base.info, can_chat=False)
+    app = app_with(base)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        app.chat.action_completion_mode()
+        await pilot.pause()
+        assert base.info.completion  # no chat template: it stays in completion mode
+        assert any("can only continue text" in str(n.message) for n in app._notifications)
