@@ -8,7 +8,11 @@ STAMP := $(VENV)/.chatapp-installed
 # The CPU build of torch 2.13.0 keeps installs small; any torch >= 2.6 works (transformers 5 needs it).
 TORCH ?= torch==2.13.0
 
-.PHONY: run test setup bench clean
+# llama.cpp's Python binding for `chatapp bench` to measure beside chatapp (not needed to chat).
+PEER_VENV ?= $(HOME)/.cache/chatapp-peers/llama-cpp
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+
+.PHONY: run test setup bench clean llama-cpp
 
 setup: $(STAMP)
 
@@ -29,6 +33,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/chatapp bench $(ARGS)
+
+# Built from source into a venv of its own (about 5 minutes on 2 cores). An explicit AVX2/AVX512
+# build: the default native build enables AMX where the CPU reports it, and that build crashes in
+# its first decode on some Xeon VMs.
+llama-cpp:
+	$(PYTHON) -m venv $(PEER_VENV)
+	flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"; \
+	for f in avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI avx_vnni:AVX_VNNI; do \
+		grep -qw "$${f%%:*}" /proc/cpuinfo && flags="$$flags -DGGML_$${f#*:}=ON"; \
+	done; \
+	CMAKE_ARGS="$$flags" $(PEER_VENV)/bin/pip install --quiet --no-cache-dir "$(LLAMA_CPP)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

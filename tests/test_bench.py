@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from chatapp.bench.llama_cpp import peer_python
 from chatapp.runtime import int4_kernel
 
 
@@ -19,7 +20,8 @@ def test_bench_json_has_every_figure():
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["configs"]) == {"a", "b", "c", "d"}
+    peer = peer_python()  # llama.cpp's binding, where install-llama-cpp.sh has built it
+    assert set(report["configs"]) == {"a", "b", "c", "d"} | ({"l"} if peer else set())
     for figures in report["configs"].values():
         assert figures["tok_per_s"] > 0 and figures["ttft_ms"] > 0 and figures["tokens"] >= 2
     assert report["configs"]["d"]["dtype"] == "float32"
@@ -39,6 +41,29 @@ def test_bench_json_has_every_figure():
     assert tui["pairs"] == len(tui["pair_ratios"]) >= 40
     low, high = tui["tui_over_headless_ci95"]
     assert low <= tui["tui_over_headless"] <= high and {low, high} <= set(tui["pair_ratios"])
+    llama = report["llama_cpp"]
+    if peer is None:
+        assert llama is None and "not installed" in report["llama_cpp_absent"]
+        return
+    a, l = report["configs"]["a"]["tok_per_s"], report["configs"]["l"]["tok_per_s"]
+    assert llama["a_over_llama"] == pytest.approx(a / l) and llama["pair_ratios"]
+    assert llama["prompt_tokens"] > 20  # chatapp's templated prompt, read by both
+    assert llama["llama_peak_rss_mb"] > 50 and llama["chatapp_answering_peak_rss_mb"] > 50
+
+
+def test_bench_says_why_llama_cpp_is_not_beside(tmp_path):
+    """Without llama.cpp's binding, or for a model that is not a GGUF file, the report says why."""
+    from chatapp.bench.report import llama_cpp_lines
+    from chatapp.bench.runner import _start_peer
+
+    env_python = tmp_path / "python"  # not an interpreter with llama_cpp
+    env_python.write_text("")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHATAPP_LLAMA_CPP_PYTHON", str(env_python))
+        peer, why = _start_peer("default", None, lambda message: None)
+    assert peer is None and "not installed" in why
+    assert _start_peer(str(tmp_path), None, lambda message: None) == (None, "not a GGUF file")
+    assert llama_cpp_lines({"llama_cpp": None, "llama_cpp_absent": why}) == [f"llama.cpp: not measured ({why})"]
 
 
 @pytest.mark.parametrize("args", [["--tokens", "1"], ["--runs", "0"], ["--json", "--markdown"]])

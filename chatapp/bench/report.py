@@ -11,6 +11,25 @@ def _interval(tui: dict) -> str:
     return f"{basis}, 95% interval {low_high[0]:.2f} to {low_high[1]:.2f}" if low_high else basis
 
 
+def llama_cpp_lines(report: dict, bold: str = "") -> list[str]:
+    """What the report says of llama.cpp beside chatapp (`bold`: "**" in Markdown): the decode
+    and first-token ratios of (a) over (l), and both processes' peak memory; or why it was not
+    measured."""
+    llama = report.get("llama_cpp")
+    if not llama:
+        return [f"llama.cpp: not measured ({report.get('llama_cpp_absent') or 'not in this report'})"]
+    a, l = report["configs"]["a"], report["configs"]["l"]
+    rss_a, rss_l = llama["chatapp_answering_peak_rss_mb"], llama["llama_peak_rss_mb"]
+    return [
+        f"(a)/(l), chatapp's default over llama.cpp {llama['version']} on the same GGUF file: decode "
+        f"{bold}{llama['a_over_llama']:.2f}×{bold} ({a['tok_per_s']:.1f} vs {l['tok_per_s']:.1f} tok/s), "
+        f"time to first token {bold}{llama['ttft_a_over_llama']:.2f}×{bold} ({a['ttft_ms']:.0f} vs {l['ttft_ms']:.0f} ms; "
+        f"{llama['prompt_tokens']} prompt tokens)",
+        f"peak RSS, one process each that loads the model and answers: chatapp {rss_a:.0f} MiB, llama.cpp "
+        f"{rss_l:.0f} MiB ({bold}{rss_a / rss_l:.2f}×{bold})" if rss_l else "peak RSS of llama.cpp: not reported",
+    ]
+
+
 def format_report(report: dict) -> str:
     """The human-readable table."""
     lines = [
@@ -33,6 +52,7 @@ def format_report(report: dict) -> str:
         f"(its prompt takes input after {report['warm_start']['tui_prompt_s']:.1f} s), "
         f"{report['warm_start']['ready_s']:.1f} s for the bare engine  (fresh process; target <= 3 s)",
         f"peak RSS {report['memory']['peak_rss_mb']:.0f} MiB",
+        *llama_cpp_lines(report),
     ]
     return "\n".join(lines)
 
@@ -65,5 +85,6 @@ def format_markdown(report: dict) -> str:
         f"{report['warm_start']['tui_prompt_s']:.1f} s), {report['warm_start']['ready_s']:.1f} s for the bare engine "
         f"(target ≤ 3 s)",
         f"- peak RSS {report['memory']['peak_rss_mb']:.0f} MiB (all four configurations loaded in one process)",
+        *(f"- {line}" for line in llama_cpp_lines(report, "**")),
     ]
     return "\n".join(lines)

@@ -4,7 +4,11 @@ Configurations, measured in alternation so that machine noise hits all of them a
   (a) chatapp's engine in its default configuration, with the candidate records on;
   (b) the engine at the same dtype as (c);
   (c) `model.generate` with the same model, dtype, prompt and sampling settings, eager;
-  (d) `model.generate` in float32, eager (what straightforward transformers code gets).
+  (d) `model.generate` in float32, eager (what straightforward transformers code gets);
+  (l) llama.cpp on the same GGUF file, when its Python binding is installed
+      (`chatapp.bench.llama_cpp`): the same prompt tokens, new tokens, temperature, top-k and
+      threads, in a process of its own, with the peak RSS of that process against chatapp's own
+      in a fresh process that answers once.
 Plus a multi-turn engine run that reports time to first token of turn 1 and turn 8.
 Figures are medians over the runs.
 """
@@ -18,11 +22,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from chatapp.bench.llama_cpp import LlamaCpp, peer_python
 from chatapp.bench.report import format_markdown, format_report
 from chatapp.bench.stats import median_interval
-from chatapp.bench.warm_start import warm_starts
+from chatapp.bench.warm_start import answering_peak_rss_mib, warm_starts
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.engine import Engine
+from chatapp.loading.model_specs import gguf_file_of
 from chatapp.loading.models import LoadedModel, load_model
 from chatapp.runtime import int4_kernel
 from chatapp.support.memory import current_rss_mb, peak_rss_mb
@@ -137,6 +143,32 @@ def _run_generate(loaded: LoadedModel, settings: SamplingSettings, tokens: int, 
     figures.tokens.append(n)
 
 
+def _run_peer(peer: LlamaCpp, prompt_ids: list[int], settings: SamplingSettings, figures: RunFigures) -> None:
+    run = peer.run(prompt_ids, settings.max_new_tokens, settings.temperature, settings.top_k)
+    figures.tok_per_s.append(run.tok_per_s)
+    figures.ttft_ms.append(run.ttft_ms)
+    figures.tokens.append(run.tokens)
+
+
+def _start_peer(model: str, device: str | None, progress) -> tuple[LlamaCpp | None, str]:
+    """llama.cpp's worker on `model`'s GGUF file, or None and why it does not run beside."""
+    import torch
+
+    gguf = gguf_file_of(model)
+    if gguf is None:
+        return None, "not a GGUF file"
+    if device not in (None, "cpu"):
+        return None, "the bench runs llama.cpp's CPU build only"
+    python = peer_python()
+    if python is None:
+        return None, "llama.cpp's Python binding is not installed (install-llama-cpp.sh)"
+    progress(f"starting llama.cpp on {gguf.name}")
+    try:
+        return LlamaCpp(python, gguf, torch.get_num_threads()), ""
+    except RuntimeError as error:
+        return None, str(error)
+
+
 def _multi_turn(engine: Engine, tokens: int) -> list[float]:
     """Time to first token of each of eight turns of one conversation."""
     engine.reset()
@@ -182,26 +214,54 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
         "d": RunFigures("(d) model.generate, float32, eager", "float32"),
     }
     plain_engine = Engine(plain)  # our decoder, without int4
-    # Warm-up: one short run each, so one-time costs don't land in the first measurement.
-    warm = SamplingSettings(seed=BENCH_SEED, max_new_tokens=8)
-    _run_engine(default_engine, warm, RunFigures("warm", ""))
-    _run_engine(plain_engine, warm, RunFigures("warm", ""))
-    _run_generate(plain, warm, 8, RunFigures("warm", ""))
-    _run_generate(fp32, warm, 8, RunFigures("warm", ""))
-    for run in range(runs):
-        progress(f"run {run + 1}/{runs}")
-        _run_engine(default_engine, settings, configs["a"])
-        _run_engine(plain_engine, settings, configs["b"])
-        _run_generate(plain, settings, tokens, configs["c"])
-        _run_generate(fp32, settings, tokens, configs["d"])
-        gc.collect()
+    peer, peer_absent = _start_peer(model, device, progress)
+    prompt_ids = default_engine.start_turn(_messages(), settings).prompt_ids  # what (a) reads, for (l)
+    if peer is not None:
+        configs["l"] = RunFigures(f"(l) llama.cpp {peer.version}, same GGUF file, prompt tokens, sampling, threads",
+                                  "gguf")
+    try:
+        # Warm-up: one short run each, so one-time costs don't land in the first measurement.
+        warm = SamplingSettings(seed=BENCH_SEED, max_new_tokens=8)
+        _run_engine(default_engine, warm, RunFigures("warm", ""))
+        _run_engine(plain_engine, warm, RunFigures("warm", ""))
+        _run_generate(plain, warm, 8, RunFigures("warm", ""))
+        _run_generate(fp32, warm, 8, RunFigures("warm", ""))
+        if peer is not None:
+            _run_peer(peer, prompt_ids, warm, RunFigures("warm", ""))
+        for run in range(runs):
+            progress(f"run {run + 1}/{runs}")
+            _run_engine(default_engine, settings, configs["a"])
+            if peer is not None:  # right after (a): the pair meets the same machine
+                _run_peer(peer, prompt_ids, settings, configs["l"])
+            _run_engine(plain_engine, settings, configs["b"])
+            _run_generate(plain, settings, tokens, configs["c"])
+            _run_generate(fp32, settings, tokens, configs["d"])
+            gc.collect()
+    finally:
+        if peer is not None:
+            peer.close()
     for figures in configs.values():
         figures.rss_mb = current_rss_mb()
+    if peer is not None:
+        configs["l"].rss_mb = peer.peak_rss_mb or 0.0
     progress("multi-turn runs (8 turns each)")
     passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
     ttfts = [statistics.median(turn) for turn in zip(*passes)]
     tui_ratios = [t / h for t, h in tui_pairs]
     s = {key: figures.summary() for key, figures in configs.items()}
+    llama = None
+    if peer is not None:
+        progress("chatapp's peak RSS in a fresh process that answers once")
+        answering_rss = answering_peak_rss_mib(model, device, BENCH_PROMPT, tokens)
+        llama = {
+            "version": peer.version,
+            "a_over_llama": s["a"]["tok_per_s"] / s["l"]["tok_per_s"],
+            "ttft_a_over_llama": s["a"]["ttft_ms"] / s["l"]["ttft_ms"],
+            "pair_ratios": [a / l for a, l in zip(configs["a"].tok_per_s, configs["l"].tok_per_s)],
+            "chatapp_answering_peak_rss_mb": round(answering_rss, 1),
+            "llama_peak_rss_mb": round(peer.peak_rss_mib or 0.0, 1),
+            "prompt_tokens": len(prompt_ids),
+        }
     return {
         "type": "bench",
         "model": default.info.name,
@@ -241,6 +301,8 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
             "tui_prompt_runs_s": prompt_starts,
         },
         "memory": {"rss_start_mb": round(rss_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1)},
+        "llama_cpp": llama,
+        "llama_cpp_absent": peer_absent or None,
     }
 
 

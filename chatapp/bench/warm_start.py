@@ -1,4 +1,5 @@
-"""Warm starts for `chatapp bench`: seconds from a fresh Python process to a model ready to answer.
+"""Warm starts for `chatapp bench`: seconds from a fresh Python process to a model ready to answer
+(and the peak memory of a fresh process that answers once, `answering_peak_rss_mib`).
 
 Two children, alternating: the bare engine (imports, load, engine: what `chatapp ask` does before
 it can answer) and the TUI, run headless with a fresh chat store until its model is ready (what
@@ -87,3 +88,27 @@ def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float],
         tui.append(seen[READY_LINE])
         prompt.append(seen[PROMPT_LINE])
     return engine, tui, prompt
+
+
+ANSWERING_CODE = (
+    "import resource\n"
+    "from chatapp.chat.settings import SamplingSettings\n"
+    "from chatapp.engine.loader import load_engine\n"
+    "engine = load_engine({model!r}, {device!r})\n"
+    "for _ in engine.start_turn([{{'role': 'user', 'content': {prompt!r}}}], SamplingSettings(max_new_tokens={tokens})):\n"
+    "    pass\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)\n"
+)
+"""The answering child: the app's engine, one reply, then its peak RSS in MiB."""
+
+
+def answering_peak_rss_mib(model: str, device: str | None, prompt: str, tokens: int) -> float:
+    """Peak resident memory of a fresh process that loads the engine as the app does and writes
+    one reply of `tokens` tokens to `prompt`: chatapp's memory as a user's process has it (the
+    bench's own process holds four configurations at once)."""
+    code = ANSWERING_CODE.format(model=model, device=device, prompt=prompt, tokens=tokens)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WARM_START_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"the answering process failed (exit status {done.returncode})")
+    return float(done.stdout.split()[-1])
+

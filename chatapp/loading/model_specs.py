@@ -45,6 +45,15 @@ class ModelChoice:
     """Size on disk of a single file (a `.gguf`), None for a folder."""
 
 
+def gguf_file_of(spec: str) -> Path | None:
+    """The GGUF file a model spec loads (`default`: the bundled one), or None for a model folder
+    or an ORG/NAME."""
+    if spec == DEFAULT_MODEL:
+        return default_gguf_path()
+    path = Path(spec).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
 def check_model_spec(spec: str) -> None:
     """Refuse a `--model` value that cannot load, the way `chatapp.loading.models` would, in milliseconds.
 
