@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from chatapp.bench.llama_cpp import peer_python
+from chatapp.bench.llama_cpp_peer import peer_python
 from chatapp.runtime import int4_kernel
 
 

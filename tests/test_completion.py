@@ -105,8 +105,18 @@ def test_text_that_looks_like_a_control_token_is_continued_as_text(default_model
 def test_a_base_gguf_file_continues_text_as_its_chat_twin_does(base_gguf):
     """A GGUF file without a chat template (a base model's) cannot chat, and continues text with
     the same tokens as the default file, whose weights it holds, continues it with `--raw`."""
-    refused = chatapp("ask", "--model", str(base_gguf), "hello")
-    assert refused.returncode == 2 and "has no chat template" in refused.stderr
+    import os
+    import subprocess
+    import sys
+
+    cache = base_gguf.parent / "empty-cache"  # nothing converted yet: the refusal comes first
+    refused = subprocess.run([sys.executable, "-m", "chatapp", "ask", "--model", str(base_gguf), "hello"],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"chatapp: error: model {str(base_gguf)!r} has no chat template, so it cannot chat: "
+        "`chatapp ask --raw TEXT` continues plain text with it"]
+    converted = [p for p in (cache / "chatapp" / "models").iterdir() if p.is_dir()]
+    assert converted == []  # the file's header was read, nothing converted
     args = ("ask", "--raw", "--json", "--temperature", "0", "--max-new-tokens", "10", PROMPT)
     base = chatapp("--model", str(base_gguf), *args)
     twin = chatapp(*args)

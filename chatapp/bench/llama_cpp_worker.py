@@ -1,6 +1,6 @@
 """llama.cpp's side of `chatapp bench`: one GGUF file, measured reply by reply, on request.
 
-Run by `chatapp.bench.llama_cpp` with the Python of llama.cpp's own virtual environment (its
+Run by `chatapp.bench.llama_cpp_peer` with the Python of llama.cpp's own virtual environment (its
 binding, `llama_cpp`, is not one of chatapp's dependencies), so this script imports nothing of
 chatapp. Usage: `PYTHON llama_cpp_worker.py MODEL.gguf --threads N --n-ctx N`. It prints one JSON
 line when the model is loaded, then answers each JSON line on stdin,
@@ -13,9 +13,13 @@ penalty), as chatapp samples by default. On end of input it prints its peak RSS 
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
+
+# This folder is first on sys.path when the script runs: nothing in it may stand in for llama_cpp.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ Configurations, measured in alternation so that machine noise hits all of them a
   (c) `model.generate` with the same model, dtype, prompt and sampling settings, eager;
   (d) `model.generate` in float32, eager (what straightforward transformers code gets);
   (l) llama.cpp on the same GGUF file, when its Python binding is installed
-      (`chatapp.bench.llama_cpp`): the same prompt tokens, new tokens, temperature, top-k and
+      (`chatapp.bench.llama_cpp_peer`): the same prompt tokens, new tokens, temperature, top-k and
       threads, in a process of its own, with the peak RSS of that process against chatapp's own
       in a fresh process that answers once.
 Plus a multi-turn engine run that reports time to first token of turn 1 and turn 8.
@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from chatapp.bench.llama_cpp import LlamaCpp, peer_python
+from chatapp.bench.llama_cpp_peer import LlamaCpp, peer_python
 from chatapp.bench.report import format_markdown, format_report
 from chatapp.bench.stats import median_interval
 from chatapp.bench.warm_start import answering_peak_rss_mib, warm_starts
@@ -243,7 +243,7 @@ def run_bench(model: str, device: str | None, tokens: int, runs: int, progress=N
     for figures in configs.values():
         figures.rss_mb = current_rss_mb()
     if peer is not None:
-        configs["l"].rss_mb = peer.peak_rss_mb or 0.0
+        configs["l"].rss_mb = peer.peak_rss_mib or 0.0
     progress("multi-turn runs (8 turns each)")
     passes = [_multi_turn(default_engine, MULTI_TURN_TOKENS) for _ in range(runs)]
     ttfts = [statistics.median(turn) for turn in zip(*passes)]

@@ -63,23 +63,35 @@ def default_gguf_path() -> Path:
     return files[0]
 
 
-def gguf_is_4bit(path: Path) -> bool:
-    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1).
+def gguf_facts(path: Path) -> dict:
+    """What chatapp needs to know of a GGUF file before converting it: `block_types`, the block
+    types of its transformer weights, and `chat_template`, whether it carries one.
 
     Reading a GGUF index takes seconds, so the answer is kept beside the converted copies.
     """
-    memo = cache_root() / f"{converted_dir(path).name}.gguf-types.json"
+    memo = cache_root() / f"{converted_dir(path).name}.gguf-facts.json"
     try:
-        types = set(json.loads(memo.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        from gguf import GGUFReader
+        facts = json.loads(memo.read_text(encoding="utf-8"))
+        if isinstance(facts.get("block_types"), list) and isinstance(facts.get("chat_template"), bool):
+            return facts
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    from gguf import GGUFReader
 
-        types = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.")}
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(json.dumps(sorted(types)), encoding="utf-8")
-        except OSError:
-            pass  # a read-only cache only costs time
+    reader = GGUFReader(str(path))
+    facts = {"block_types": sorted({t.tensor_type.name for t in reader.tensors if t.name.startswith("blk.")}),
+             "chat_template": reader.get_field("tokenizer.chat_template") is not None}
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps(facts), encoding="utf-8")
+    except OSError:
+        pass  # a read-only cache only costs time
+    return facts
+
+
+def gguf_is_4bit(path: Path) -> bool:
+    """Whether the GGUF file's transformer weights are 4-bit blocks (Q4_0/Q4_1)."""
+    types = set(gguf_facts(path)["block_types"])
     return bool(types) and types <= FOUR_BIT_GGUF_TYPES | {"F32", "F16"}
 
 

@@ -25,11 +25,12 @@ from chatapp.loading.gguf_files import (
     converted_dir,
     converted_intact,
     default_gguf_path,
+    gguf_facts,
     gguf_is_4bit,
     quiet_transformers,
     remove_converted,
 )
-from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME  # noqa: F401 - the loader's API too
+from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME, gguf_file_of  # noqa: F401 - the loader's API too
 from chatapp.runtime.devices import (
     DTYPES,
     cpu_has_native_bf16,
@@ -229,6 +230,11 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
     return tokenizer, model
 
 
+def _no_chat_template(spec: str) -> ModelLoadError:
+    return ModelLoadError(f"model {spec!r} has no chat template, so it cannot chat: `chatapp ask --raw TEXT` "
+                          "continues plain text with it")
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -271,6 +277,9 @@ def load_model(
         raise ModelLoadError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}")
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
+    gguf = gguf_file_of(spec)
+    if mode == "chat" and gguf is not None and not gguf_facts(gguf)["chat_template"]:
+        raise _no_chat_template(spec)  # told before the file is converted and loaded
     source = None
     try:
         source = _resolve(spec, progress)
@@ -314,8 +323,7 @@ def load_model(
     model.eval()
     templated = getattr(tokenizer, "chat_template", None) is not None
     if not templated and mode == "chat":
-        raise ModelLoadError(f"model {spec!r} has no chat template, so it cannot chat: `chatapp ask --raw TEXT` "
-                             "continues plain text with it")
+        raise _no_chat_template(spec)
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     info = ModelInfo(
