@@ -3,6 +3,7 @@
 - `models`: `load_model`, the only `from_pretrained` (the default GGUF, folders, `.gguf` files,
   the local Hugging Face cache);
 - `gguf_files`: GGUF files and their converted copies in the user cache;
+- `gguf_blocks`: a GGUF tensor's raw blocks read exactly into `chatapp.runtime.block_weights`;
 - `int4_file_cache`: the packed int4 model kept on disk for warm starts, loaded into
   `plain_llama`'s plain torch modules with `chat_tokenizer`'s tokenizer (no transformers import).
 

@@ -7,7 +7,8 @@ and says why:
 - `transformers_decoder`: any other model, through transformers' modules.
 Under them: `quantize` (int4 linears and the int4 LM head), `int4_kernel` (chatapp's own C++
 kernel, compiled at run time from `kernels/`), `kernel_switch` (when a decoder moves onto it),
-and `devices` (device, dtype and placement).
+and `devices` (device, dtype and placement). `block_weights` holds weights in GGUF's own block
+quantization, in two layouts exact for every common block type (not yet used by a decoder).
 
 May import: torch, transformers, accelerate, `chatapp.chat` and `chatapp.support`.
 """

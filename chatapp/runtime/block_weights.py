@@ -1,0 +1,88 @@
+"""Weights kept in GGUF's own block quantization: two layouts that every common block type maps
+onto exactly.
+
+A weight matrix `(N, K)` is cut along K into blocks of `block` weights (32, or 16 for Q6_K), and
+the blocks into super-blocks of `blocks_per_super` (one for the plain types, 8 or 16 for the
+K-quants). Weight `k` of a block is
+
+    w = code[k] * (d * sc) + dmin * m
+
+with `d` and `dmin` the super-block's float16 numbers (the file's own, never rounded to
+bfloat16) and `sc`, `m` the block's small integers. `d * sc` and `dmin * m` are exact in float32
+(11 significant bits times at most 8), and so is `code * (d * sc)` wherever GGUF's own
+arithmetic (the `gguf` package's `dequantize`, which follows ggml) computes it exactly; where
+GGUF rounds a product (Q6_K's 6-bit signed codes), the code is stored signed so that the one
+rounding is the same. `dequantize` therefore reproduces `gguf.quants.dequantize` bit for bit.
+
+The two layouts (`bits`):
+- 4: codes 0..15, two a byte (Q4_0, Q4_1, Q4_K): in each block of 32, byte j holds code j in its
+  low nibble and code j + 16 in its high one (Q4_0's own order);
+- 8: one signed byte a code (Q5_0, Q5_1, Q5_K: 0..31; Q6_K: -32..31; Q8_0: -128..127).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NIBBLE_BLOCK = 32
+"""Weights per block in the 4-bit layout."""
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """A weight matrix `(N, K)` in GGUF block quantization (see the module's formula)."""
+
+    shape: tuple[int, int]
+    """`(N, K)`: output rows, input columns."""
+    bits: int
+    """4 (two codes a byte) or 8 (one signed code a byte)."""
+    block: int
+    """Weights per block: one `sc` and one `m` each."""
+    blocks_per_super: int
+    """Blocks per super-block: one `d` and one `dmin` each."""
+    codes: torch.Tensor
+    """`(N, K / 2)` uint8 for 4 bits, `(N, K)` int8 for 8 bits."""
+    d: torch.Tensor
+    """`(N, K / super-block)` float16: the super-block's scale, as the file has it."""
+    dmin: torch.Tensor
+    """`(N, K / super-block)` float16: the super-block's scale of minimums (a plain type's own
+    minimum or scale; 0 where there is none)."""
+    sc: torch.Tensor
+    """`(N, K / block)` int8: the block's scale, in units of `d`."""
+    m: torch.Tensor
+    """`(N, K / block)` int8: the block's minimum, in units of `dmin` (negative: subtracted)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory."""
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.d, self.dmin, self.sc, self.m))
+
+    def code_values(self) -> torch.Tensor:
+        """`(N, K / block, block)` the codes as integers (int16)."""
+        n, k = self.shape
+        if self.bits == 8:
+            return self.codes.to(torch.int16).view(n, k // self.block, self.block)
+        packed = self.codes.view(n, k // NIBBLE_BLOCK, NIBBLE_BLOCK // 2)
+        low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
+        return torch.cat([low, high], dim=-1).view(n, k // self.block, self.block)
+
+    def block_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, K / block)` float32 each: every block's scale `d * sc` and minimum `dmin * m`
+        (both exact)."""
+        d = self.d.float().repeat_interleave(self.blocks_per_super, dim=-1)
+        dmin = self.dmin.float().repeat_interleave(self.blocks_per_super, dim=-1)
+        return d * self.sc.float(), dmin * self.m.float()
+
+    def dequantize(self) -> torch.Tensor:
+        """`(N, K)` float32: the weights, as `gguf.quants.dequantize` gives them."""
+        scale, low = self.block_scales()
+        products = self.code_values().float() * scale.unsqueeze(-1)  # exact where GGUF's are
+        return (products + low.unsqueeze(-1)).view(self.shape)
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """`(..., K)` codes 0..15 to the 4-bit layout `(..., K / 2)` uint8."""
+    blocks = codes.to(torch.uint8).view(*codes.shape[:-1], -1, 2, NIBBLE_BLOCK // 2)
+    return (blocks[..., 0, :] | (blocks[..., 1, :] << 4)).reshape(*codes.shape[:-1], -1)
