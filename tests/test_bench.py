@@ -70,3 +70,17 @@ def test_bench_says_why_llama_cpp_is_not_beside(tmp_path):
 def test_bench_bad_flags_exit_2(args):
     result = subprocess.run([sys.executable, "-m", "chatapp", "bench", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_child_s_peak_memory_is_its_own_not_its_parent_s():
+    """`peak_rss_mb` in a process started by a large one (the bench's answering child, llama.cpp's
+    worker) reports the child's own peak: `ru_maxrss` would report the parent's."""
+    import resource
+
+    ballast = bytearray(600 * 1024 * 1024)  # this process now holds 600 MiB more
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touched, so resident
+    parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = subprocess.run([sys.executable, "-c", "from chatapp.support.memory import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, timeout=60)
+    del ballast
+    assert parent > 600 and float(child.stdout) < 200, (parent, child.stdout)

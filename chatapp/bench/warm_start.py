@@ -91,13 +91,13 @@ def warm_starts(model: str, device: str | None, runs: int) -> tuple[list[float],
 
 
 ANSWERING_CODE = (
-    "import resource\n"
     "from chatapp.chat.settings import SamplingSettings\n"
     "from chatapp.engine.loader import load_engine\n"
+    "from chatapp.support.memory import peak_rss_mb\n"
     "engine = load_engine({model!r}, {device!r})\n"
     "for _ in engine.start_turn([{{'role': 'user', 'content': {prompt!r}}}], SamplingSettings(max_new_tokens={tokens})):\n"
     "    pass\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)\n"
+    "print(peak_rss_mb(), flush=True)\n"
 )
 """The answering child: the app's engine, one reply, then its peak RSS in MiB."""
 

@@ -15,7 +15,18 @@ MIB = 1024 * 1024
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux, the high-water mark of the process's own memory (`VmHWM`): `ru_maxrss` also keeps,
+    across `exec`, the peak of the process it was forked from, so a child started by a large
+    process would report its parent's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     import resource  # Unix only: the chat files that import this module work everywhere
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
