@@ -48,6 +48,8 @@ class ReplyVersion:
     model: str = ""
     """The name of the model that wrote this version ("" when not recorded: saved before
     chatapp recorded it)."""
+    model_spec: str = ""
+    """The `--model` spec that loads the model that wrote this version ("" when not recorded)."""
     system: str | None = None
     """The system prompt the model read before the conversation when it wrote this version."""
     system_recorded: bool = True

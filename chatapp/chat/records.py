@@ -190,6 +190,9 @@ class ModelInfo:
     another, no chat template): `--raw`, or a model without a chat template."""
     can_chat: bool = True
     """Whether the model has a chat template (without one, it can only continue text)."""
+    spec: str = ""
+    """The `--model` spec it was loaded from, a file or folder as an absolute path ("" when
+    unknown): what `/model` takes to load it again."""
 
     def to_json(self) -> dict:
         """The `model` line of `chatapp ask --json`."""

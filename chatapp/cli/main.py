@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         except BrokenPipeError:  # stdout's reader has gone (`| head`): end quietly
             silence_stdout()
             return EXIT_BROKEN_PIPE
+    model_given = args.model is not None  # before the config file's model fills it in
     config, warnings = load_config()
     if args.command is not None:  # behind the full-screen TUI they would go unseen: it shows them itself
         for warning in warnings:
@@ -135,11 +136,11 @@ def _run(args: argparse.Namespace) -> int:
         from chatapp.cli.ask import run_ask
 
         return run_ask(args, settings)
-    return _tui(args, settings, config.theme, warnings, config.model_folders)
+    return _tui(args, settings, config.theme, warnings, config.model_folders, follow_model=not model_given)
 
 
 def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notices: list[str],
-         model_folders: tuple[str, ...]) -> int:
+         model_folders: tuple[str, ...], follow_model: bool = True) -> int:
     from chatapp.storage.chat_file import ChatFileError
 
     try:
@@ -158,7 +159,7 @@ def _tui(args: argparse.Namespace, settings: SamplingSettings, theme: str, notic
 
     return run_tui(settings=settings, load_engine=_engine_loader(args), top_n=args.top, chat=chat,
                    system=args.system, theme=theme, notices=notices, open_model=_model_opener(args),
-                   model_folders=model_folders)
+                   model_folders=model_folders, follow_model_at_start=follow_model)
 
 
 class _OneLineLogHandler(logging.Handler):

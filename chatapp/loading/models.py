@@ -230,6 +230,13 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
     return tokenizer, model
 
 
+def _absolute_spec(spec: str) -> str:
+    """`spec` with a file or folder path made absolute, so it names the same model from any
+    working directory."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec != DEFAULT_MODEL and path.exists() else spec
+
+
 def _no_chat_template(spec: str) -> ModelLoadError:
     return ModelLoadError(f"model {spec!r} has no chat template, so it cannot chat: `chatapp ask --raw TEXT` "
                           "continues plain text with it")
@@ -336,6 +343,7 @@ def load_model(
         quantization="int4" if use_int4 else "",
         completion=mode == "completion" or not templated,
         can_chat=templated,
+        spec=_absolute_spec(spec),
     )
     log.info("loaded %s from %s on %s (%s%s)", name, source.location, info.device, info.dtype,
              ", " + ", ".join(notes) if notes else "")

@@ -123,9 +123,7 @@ class ChatSession:
         version shown until now, a branch of their own) and return the job that writes the rest
         of it with the version's own settings (`prefix_ids`: the tokens it must start with, a
         branch's); in `step_mode`, the user picks each token through the job's `picks`."""
-        if self.engine is not None:
-            version.model = self.engine.info.name
-        version.system = self.conversation.system
+        self._stamp(version)
         self.conversation.add_version(index, version)  # a branch: what followed stays with the old version
         self.keeper.mark_changed(index)
         self._jobs += 1
@@ -212,12 +210,26 @@ class ChatSession:
         """Show `version`, already whole (a branch whose forced token ends it), as exchange
         `index`'s reply, a branch like any other, and save it."""
         version.status = "done"
-        if self.engine is not None:
-            version.model = self.engine.info.name
-        version.system = self.conversation.system
+        self._stamp(version)
         self.conversation.add_version(index, version)
         self.keeper.mark_changed(index)
         self.keeper.autosave()
+
+    def _stamp(self, version: ReplyVersion) -> None:
+        """Record in `version` the model that writes it and the system prompt it reads."""
+        if self.engine is not None:
+            version.model = self.engine.info.name
+            version.model_spec = self.engine.info.spec
+        version.system = self.conversation.system
+
+    def written_with(self) -> tuple[str, str]:
+        """The name and spec of the model that wrote the chat's latest reply ("" each when
+        none is recorded)."""
+        for exchange in reversed(self.conversation.exchanges):
+            reply = exchange.reply
+            if reply is not None and reply.model:
+                return reply.model, reply.model_spec
+        return "", ""
 
     def switch_version(self, index: int, delta: int) -> bool:
         """Show the previous (-1) or next (+1) version of exchange `index` with its branch, and

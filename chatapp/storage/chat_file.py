@@ -139,6 +139,7 @@ def version_to_dict(version: ReplyVersion) -> dict[str, Any]:
         **edited,
         **later,
         "model": version.model,
+        **({"model_spec": version.model_spec} if version.model_spec else {}),
         "system": version.system,
         "status": version.status,
         "text": version.text,
@@ -209,6 +210,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
     branched_at = _get(data, "branched_at", (int, type(None)))
     user = _get(data, "user", str) if "user" in data else None
     model = _get(data, "model", str) if "model" in data else ""  # absent: saved before it was recorded
+    model_spec = _get(data, "model_spec", str) if "model_spec" in data else ""
     system_recorded = "system" in data
     system = _get(data, "system", (str, type(None))) if system_recorded else None
     version = ReplyVersion(
@@ -221,6 +223,7 @@ def version_from_dict(data: Any) -> ReplyVersion:
         error=_get(data, "error", str),
         user=user,
         model=model,
+        model_spec=model_spec,
         system=system,
         system_recorded=system_recorded,
     )

@@ -70,11 +70,12 @@ class ChatApp(App):
     def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N, *,
                  store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
                  theme_name: str | None = None, notices: Iterable[str] = (), open_model: ModelOpener | None = None,
-                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> None:
+                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS, follow_model_at_start: bool = True) -> None:
         """An app that loads its engine with `load_engine` once running (arguments: `make_app`)."""
         super().__init__(driver_class=_terminal_driver())
         self.chat = ChatScreen(settings.validated(), load_engine, top_n, store_path=store_path, chat=chat,
-                               system=system, open_model=open_model, model_folders=model_folders)
+                               system=system, open_model=open_model, model_folders=model_folders,
+                               follow_model_at_start=follow_model_at_start)
         self.theme_name = theme_name
         self.notices = list(notices)
         """Warnings from before the app started (the config file's), shown once it is on screen."""
@@ -237,7 +238,7 @@ def _terminal_driver():
 def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,
              store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
              theme: str | None = None, notices: Iterable[str] = (), open_model: ModelOpener | None = None,
-             model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> ChatApp:
+             model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS, follow_model_at_start: bool = True) -> ChatApp:
     """Build the TUI.
 
     Args:
@@ -253,9 +254,12 @@ def make_app(*, settings: SamplingSettings, load_engine: EngineLoader, top_n: in
         open_model: loads another model for `/model` on the engine thread (a spec and a progress
             callback; returns an engine); None: the app cannot switch models.
         model_folders: where the model picker looks for `.gguf` files and model folders.
+        follow_model_at_start: a reopened `chat` switches to the model that wrote its latest
+            reply once the first model is loaded (off when `--model` was given).
     """
     return ChatApp(settings, load_engine, top_n, store_path=store_path, chat=chat, system=system, theme_name=theme,
-                   notices=notices, open_model=open_model, model_folders=model_folders)
+                   notices=notices, open_model=open_model, model_folders=model_folders,
+                   follow_model_at_start=follow_model_at_start)
 
 
 def run_tui(settings: SamplingSettings, load_engine: EngineLoader, top_n: int = DEFAULT_TOP_N,

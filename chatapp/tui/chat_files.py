@@ -71,7 +71,7 @@ class ChatSwitching:
         own = chat.going_on_with()  # the chat goes on as it was left
         if await self.show_chat(chat, stored=True):
             self.notify(f"Opened “{chat.display_title}”" + (f" ({own.describe()})." if own else "."), markup=False)
-            self.say_if_written_with_another_model()
+            self.follow_chat_model()
 
     def action_history(self: "ChatScreen") -> None:
         """Show the saved chats (open, rename, delete)."""
@@ -141,6 +141,7 @@ class ChatSwitching:
             chat = replace(chat, id=SavedChat(chat.conversation).id)
         if await self.show_chat(chat, stored=False):
             self.notify(f"Loaded “{chat.display_title}” ({counted(chat.turns, 'message')}).", markup=False)
+            self.follow_chat_model()
 
     async def attach_file(self: "ChatScreen", path: str) -> None:
         """Send the text of the file at `path` as a message; a file that is not text, too large,

@@ -75,13 +75,15 @@ class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions
     def __init__(self, settings: SamplingSettings, load_engine: EngineLoader, top_n: int, *,
                  store_path: Path | None = None, chat: SavedChat | None = None, system: str | None = None,
                  open_model: ModelOpener | None = None,
-                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS) -> None:
+                 model_folders: tuple[str, ...] = DEFAULT_MODEL_FOLDERS, follow_model_at_start: bool = True) -> None:
         """A chat that will load its engine with `load_engine` once mounted.
 
         `chat` is a reopened chat to show (else a new one starts, with `system` as its system
         prompt); `store_path` is the history database (None: the user data folder);
         `open_model` loads another model for `/model` (None: the app cannot switch), and the
-        picker looks for models under `model_folders`.
+        picker looks for models under `model_folders`. A reopened `chat` goes on with the model
+        that wrote its latest reply, switched to once the first model is loaded, unless
+        `follow_model_at_start` is off (`--model` given).
         """
         super().__init__()
         keeper = self.make_keeper(chat or SavedChat(Conversation(system=system)), store_path, stored=chat is not None)
@@ -94,6 +96,8 @@ class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions
         self._open_model = open_model
         self.model_folders = model_folders
         """Where the model picker looks for `.gguf` files and model folders."""
+        self.follow_model_at_start = follow_model_at_start
+        """Whether the chat reopened at start switches to the model that wrote it."""
         self.switching: str | None = None
         self.step_mode = False
         """Whether the next replies are written in step mode (F5): the user picks each token."""
@@ -175,7 +179,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions
         self.add_class("-ready")
         self.remove_class("-waiting")
         self.update_status()
-        self.say_if_written_with_another_model()
+        self.follow_chat_model(at_start=True)
         if self._still_waiting():
             await self.start_reply(len(self.session.conversation.exchanges) - 1,
                                    ReplyVersion(settings=self.session.settings))

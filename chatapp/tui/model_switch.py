@@ -37,15 +37,28 @@ class ModelSwitching:
     switching: str | None
     """The spec being loaded, while a switch is under way."""
 
-    def say_if_written_with_another_model(self: "ChatScreen") -> None:
-        """A reopened chat whose latest reply another model wrote says so, and how to switch
-        (the chat goes on with the model loaded now)."""
+    def follow_chat_model(self: "ChatScreen", at_start: bool = False) -> None:
+        """A reopened chat goes on with the model that wrote its latest reply: switched to when
+        its spec is recorded and can be loaded here (at start, only when `--model` was not given:
+        `follow_model_at_start`); otherwise the chat says which model wrote it, and goes on with
+        the one loaded now."""
         engine = self.session.engine
-        written = next((e.reply.model for e in reversed(self.session.conversation.exchanges)
-                        if e.reply is not None and e.reply.model), "")
-        if engine is not None and written and written != engine.info.name:
-            self.notify(f"This chat's latest reply was written by {written}; it goes on with {engine.info.name}. "
-                        "/model switches (alone, it lists the models found here).", title="Model", markup=False)
+        name, spec = self.session.written_with()
+        if engine is None or not name or (spec == engine.info.spec if spec else name == engine.info.name):
+            return
+        why = ""
+        if spec and self._open_model is not None and (self.follow_model_at_start or not at_start):
+            try:
+                check_model_spec(spec)
+            except ModelLoadError as error:
+                why = f" ({error})"
+            else:
+                self.notify(f"This chat's latest reply was written by {name}: going on with it "
+                            f"(/model switches).", title="Model", markup=False)
+                self.switch_model(spec)
+                return
+        self.notify(f"This chat's latest reply was written by {name}{why}; it goes on with {engine.info.name}. "
+                    "/model switches (alone, it lists the models found here).", title="Model", markup=False)
 
     def choose_model(self: "ChatScreen") -> None:
         """Open the picker of the models found here."""

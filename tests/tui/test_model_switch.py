@@ -156,3 +156,53 @@ async def test_a_chat_written_by_another_model_says_so_when_it_is_reopened(store
         await app.chat.open_saved(older.id)
         await pilot.pause()
         assert len(said()) == 1
+
+
+async def test_a_reopened_chat_goes_on_with_the_model_that_wrote_it(tmp_path, store_path):
+    """Each reply records the spec of its model; reopening the chat (at start, or from F2)
+    switches to it, unless `--model` was given for this start; a spec that no longer loads is
+    named, and the chat goes on with the loaded model."""
+    from chatapp.storage.store import ChatStore
+
+    gguf = tmp_path / "other.gguf"
+    gguf.write_bytes(b"GGUF")
+    other = FakeEngine(replies=[["Other"]], info=replace(OTHER_INFO, spec=str(gguf)))
+    app = app_with(FakeEngine(), store_path=store_path, open_model=opener({str(gguf): other}, []))
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, f"/model {gguf}")
+        await wait_until(pilot, lambda: app.chat.engine is other)
+        await send(pilot, "hi")
+        written = app.chat.saved.id
+    [chat] = stored(store_path)
+    assert chat.conversation.exchanges[0].reply.model_spec == str(gguf)  # saved with the reply
+
+    opened: list[str] = []
+    app = app_with(FakeEngine(), store_path=store_path, chat=chat, open_model=opener({str(gguf): other}, opened))
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.chat.engine is other, what="the switch to the chat's model")
+        assert opened == [str(gguf)]
+        assert any("written by OtherLM-2: going on with it" in n.message for n in app._notifications)
+
+    opened.clear()
+    app = app_with(FakeEngine(), store_path=store_path, chat=chat, open_model=opener({str(gguf): other}, opened),
+                   follow_model_at_start=False)  # `chatapp --model X --chat ID`: X it is
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        assert opened == [] and app.chat.engine is not other
+        await app.chat.open_saved(app.chat.saved.id)  # no-op: the chat on screen
+        await app.chat.action_new_chat()
+        await app.chat.open_saved(written)  # chosen in F2: it follows its model
+        await wait_until(pilot, lambda: app.chat.engine is other)
+
+    gguf.unlink()  # the file has gone since
+    app = app_with(FakeEngine(), store_path=store_path, chat=chat, open_model=opener({}, []))
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        [said] = [n.message for n in app._notifications if "was written by" in n.message]
+        assert said.startswith("This chat's latest reply was written by OtherLM-2 (no GGUF file at")
+        assert f"it goes on with {FAKE_INFO.name}" in said and app.chat.engine.info.name == FAKE_INFO.name
+    with ChatStore(store_path) as store:
+        assert store.load(written).conversation.exchanges[0].reply.model_spec == str(gguf)
