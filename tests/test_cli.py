@@ -17,7 +17,7 @@ TURN_KEYS = {
     "type", "turn", "text", "tokens", "prompt_tokens", "cached_tokens", "prefill_tokens",
     "dropped_turns", "ttft_ms", "tok_per_s", "finish_reason", "confidence",
 }
-MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size", "mode"}
+MODEL_KEYS = {"type", "name", "device", "dtype", "context_length", "vocab_size", "mode", "weights", "notes"}
 
 
 def chatapp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

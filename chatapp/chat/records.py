@@ -184,7 +184,8 @@ class ModelInfo:
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Quality-relevant facts, e.g. "weights dequantized from Q4_1"."""
     quantization: str = ""
-    """Weight quantization that changes outputs, e.g. "int4"; empty when none."""
+    """How the weights are held when not plainly in `dtype`: "int4" (repacked, changes outputs
+    slightly) or "gguf" (the GGUF file's own blocks, exact); empty when none."""
     completion: bool = False
     """Completion mode: the model continues plain text (the conversation's pieces one after
     another, no chat template): `--raw`, or a model without a chat template."""
@@ -204,4 +205,6 @@ class ModelInfo:
             "context_length": self.context_length,
             "vocab_size": self.vocab_size,
             "mode": "completion" if self.completion else "chat",
+            "weights": self.quantization or self.dtype,
+            "notes": list(self.notes),
         }

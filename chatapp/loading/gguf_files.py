@@ -36,6 +36,8 @@ FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1"}
 """GGUF block types whose 4-bit codes map exactly onto torch's int4 kernels."""
 MANIFEST_NAME = "chatapp-manifest.json"
 """In a converted folder: the size of every file the conversion wrote."""
+HEADER_SUFFIX = "-header"
+"""`header_dir`: a converted folder's name plus this holds only the config and tokenizer."""
 STAGING_PREFIX = ".converting-"
 """A conversion writes into a folder named this, its process id and a dash, then renames it."""
 
@@ -76,11 +78,14 @@ def gguf_facts(path: Path) -> dict:
             return facts
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    from gguf import GGUFReader
+    from chatapp.loading.gguf_index import read_index
 
-    reader = GGUFReader(str(path))
-    facts = {"block_types": sorted({t.tensor_type.name for t in reader.tensors if t.name.startswith("blk.")}),
-             "chat_template": reader.get_field("tokenizer.chat_template") is not None}
+    try:
+        index = read_index(path)
+    except (OSError, ValueError) as error:  # GGUFFormatError included
+        raise ModelLoadError(f"cannot read {path.name} as a GGUF file: {error}") from None
+    facts = {"block_types": sorted({t.type_name for t in index.tensors if t.name.startswith("blk.")}),
+             "chat_template": "tokenizer.chat_template" in index.fields}
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(json.dumps(facts), encoding="utf-8")
@@ -146,24 +151,43 @@ def _no_tensor_progress_bar():
         reader.tqdm = original
 
 
-def convert_gguf(gguf: Path, target: Path, progress: Progress) -> None:
-    """Dequantize a GGUF file once and save it as a transformers folder, atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def header_dir(gguf: Path) -> Path:
+    """Where the config and tokenizer of `gguf` are kept for loading its weights natively
+    (`convert_gguf` with `weights=False`)."""
+    folder = converted_dir(gguf)
+    return folder.with_name(folder.name + HEADER_SUFFIX)
 
-    progress(f"converting {gguf.name} (first run only, about half a minute)")
+
+def convert_gguf(gguf: Path, target: Path, progress: Progress, weights: bool = True) -> None:
+    """Save a GGUF file's config and tokenizer, and with `weights` its dequantized weights, as a
+    transformers folder, atomically. Without weights it takes transformers' reading of the
+    file's metadata (about 20 s for a 262,144-token vocabulary), once."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if weights:
+        progress(f"converting {gguf.name} (first run only, about half a minute)")
+    else:
+        progress(f"reading the tokenizer and config of {gguf.name} (first run only)")
     with _no_tensor_progress_bar():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantizer marker.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            config = model.config
+        else:
+            model, config = None, AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    if model is not None:  # a GGUF-loaded model refuses save_pretrained while it carries the quantizer marker
+        model.hf_quantizer = None
+        model.is_quantized = False
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target.parent, STAGING_PREFIX)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
+        if model is not None:
+            model.save_pretrained(staging)
+        else:
+            config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
         _write_manifest(staging)

@@ -27,6 +27,7 @@ from chatapp.loading.gguf_files import (
     default_gguf_path,
     gguf_facts,
     gguf_is_4bit,
+    header_dir,
     quiet_transformers,
     remove_converted,
 )
@@ -47,8 +48,9 @@ __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("auto", "none", "int4")
-"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already."""
+QUANTIZE_CHOICES = ("auto", "none", "int4", "gguf")
+"""`--quantize` values: auto uses int4 on CPU when the weights are 4-bit GGUF blocks already
+(and a CPU with native bfloat16), and keeps any other GGUF file's own blocks on CPU ("gguf")."""
 MODES = ("chat", "completion", "auto")
 """How a model is used (`load_model`'s `mode`): chat only, plain-text completion, or whichever
 the model can do (completion when it has no chat template)."""
@@ -85,18 +87,22 @@ class _Source:
     """Display name."""
     gguf: Path | None = None
     """The GGUF file the weights come from, if any."""
+    native: bool = False
+    """Whether the weights are read straight from `gguf`, kept in its blocks (`location` then
+    holds only the config and tokenizer)."""
 
 
-def _resolve(spec: str, progress: Progress) -> _Source:
-    """Map a `--model` value to where and how to load it."""
+def _resolve(spec: str, progress: Progress, native: bool = False) -> _Source:
+    """Map a `--model` value to where and how to load it; a GGUF file's weights are read
+    natively with `native`, else from its converted copy."""
     if spec == DEFAULT_MODEL:
         gguf = default_gguf_path()
-        return _Source(str(_converted(gguf, progress)), DEFAULT_MODEL_NAME, gguf)
+        return _Source(str(_converted(gguf, progress, native)), DEFAULT_MODEL_NAME, gguf, native)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        return _Source(str(_converted(path, progress)), path.stem, path)  # converted once, like the default
+        return _Source(str(_converted(path, progress, native)), path.stem, path, native)  # converted once
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
@@ -108,16 +114,17 @@ def _resolve(spec: str, progress: Progress) -> _Source:
     )
 
 
-def _converted(gguf: Path, progress: Progress) -> Path:
-    """The converted copy of `gguf`, converting it first when it is missing or damaged (its
-    manifest missing or a file's size changed: `converted_intact`)."""
-    target = converted_dir(gguf)
+def _converted(gguf: Path, progress: Progress, header_only: bool = False) -> Path:
+    """The converted copy of `gguf` (with `header_only`, its config and tokenizer alone),
+    converting it first when it is missing or damaged (its manifest missing or a file's size
+    changed: `converted_intact`)."""
+    target = header_dir(gguf) if header_only else converted_dir(gguf)
     remove_stale_staging(target.parent, STAGING_PREFIX)
     if target.exists() and not converted_intact(target):
         _discard_converted(gguf, target, progress)
     if not target.exists():
         quiet_transformers()
-        convert_gguf(gguf, target, progress)
+        convert_gguf(gguf, target, progress, weights=not header_only)
     return target
 
 
@@ -128,12 +135,21 @@ def _discard_converted(gguf: Path, target: Path, progress: Progress) -> None:
     remove_converted(target)
 
 
+def _wants_native(quantize: str, gguf: Path | None, device: str, device_map: str | None, use_int4: bool) -> bool:
+    """Whether a GGUF file's weights are read natively, kept in its blocks: on the CPU, unless
+    int4 packing is chosen or `--quantize none` asks for the converted float copy."""
+    import torch
+
+    return (gguf is not None and not use_int4 and quantize in ("auto", "gguf") and not device_map
+            and torch.device(device).type == "cpu")
+
+
 def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: str | None) -> bool:
     import torch
 
     from chatapp.runtime.quantize import int4_supported
 
-    if quantize == "none" or device_map:
+    if quantize in ("none", "gguf") or device_map:
         return False
     on_cpu = torch.device(device).type == "cpu"
     if quantize == "int4":
@@ -197,11 +213,22 @@ def _pack_int4(model, dtype) -> float:
 
 
 def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
-    """The int4 cache's `(model, exact_blocks)` (or None), the tokenizer and the model from `source`.
+    """The int4 cache's `(model, exact_blocks)` (or None; for a native GGUF load, `(model,
+    what load_native did)`), the tokenizer and the model from `source`.
 
     A warm start of an int4 GGUF model reads the packed copy and needs no transformers import;
     anything still missing is loaded with transformers.
     """
+    if source.native:
+        from transformers import AutoConfig
+
+        from chatapp.loading.gguf_native import load_native
+
+        tokenizer = load_chat_tokenizer(source.location)
+        if tokenizer is None:
+            tokenizer, _ = _transformers_load(source, None, False, dtype, False, None, None)
+        model, done = load_native(source.gguf, AutoConfig.from_pretrained(source.location, local_files_only=True))
+        return (model, done), tokenizer, model
     cached = _cached_int4(source, dtype) if use_int4 else None
     model = cached[0] if cached is not None else None
     tokenizer = load_chat_tokenizer(source.location) if use_int4 else None  # None: transformers loads it
@@ -219,7 +246,7 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
     common = dict(local_files_only=True, trust_remote_code=False)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-    if model is None:
+    if model is None:  # (False: the caller wants only the tokenizer)
         placement = {}
         if device_map:
             offload = cache_root().parent / "offload"
@@ -228,6 +255,22 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
         load_dtype = torch.float32 if use_int4 else dtype
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
     return tokenizer, model
+
+
+def _vocab_rows(head) -> int:
+    """The LM head's output rows (a float weight's, or a block linear's)."""
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
+
+
+def _native_note(done: dict) -> str:
+    """What a native GGUF load kept and how it computes, in one line."""
+    from chatapp.runtime import block_kernel
+
+    kept = ", ".join(f"{name} x{count}" for name, count in sorted(done["blocks"].items()))
+    converted = ", ".join(f"{name} x{count}" for name, count in sorted(done["dequantized"].items()))
+    build = block_kernel.build_for_cpu()
+    engine = f"block kernel ({build})" if block_kernel.ops() is not None else "plain torch (no block kernel)"
+    return f"GGUF blocks kept ({kept or 'none'}) on {engine}" + (f"; dequantized: {converted}" if converted else "")
 
 
 def _absolute_spec(spec: str) -> str:
@@ -289,9 +332,12 @@ def load_model(
         raise _no_chat_template(spec)  # told before the file is converted and loaded
     source = None
     try:
-        source = _resolve(spec, progress)
+        use_int4 = _wants_int4(quantize, _Source("", "", gguf), target_device, torch_dtype, device_map)
+        native = _wants_native(quantize, gguf, target_device, device_map, use_int4)
+        if native:
+            torch_dtype = torch.float32  # the block kernel computes in float32
+        source = _resolve(spec, progress, native)
         name = source.name
-        use_int4 = _wants_int4(quantize, source, target_device, torch_dtype, device_map)
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
         read = (torch_dtype, use_int4, device_map, max_memory)
         try:
@@ -300,9 +346,9 @@ def load_model(
             if source.gguf is None:  # not our copy: say what failed (below)
                 raise
             _discard_converted(source.gguf, Path(source.location), progress)  # ours: convert again
-            source = _resolve(spec, progress)
+            source = _resolve(spec, progress, native)
             cached, tokenizer, model = _read(source, *read)
-        exact_blocks = cached[1] if cached is not None else 0.0
+        exact_blocks = cached[1] if cached is not None and not native else 0.0
     except ModelLoadError:
         raise
     except (MemoryError, torch.OutOfMemoryError) as error:
@@ -312,7 +358,9 @@ def load_model(
             raise ModelLoadError(out_of_memory_message(spec, source, target_device, torch_dtype)) from None
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelLoadError(f"could not load model {spec!r}: {first_line[:300]}") from None
-    notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf else []
+    notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf and not native else []
+    if native:
+        notes.append(_native_note(cached[1]))
     if use_int4:
         if cached is None:
             progress("packing weights to int4")
@@ -338,9 +386,9 @@ def load_model(
         device=placement_of(model),
         dtype=str(model.dtype).removeprefix("torch."),
         context_length=int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH),
-        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+        vocab_size=_vocab_rows(model.get_output_embeddings()),
         notes=tuple(notes),
-        quantization="int4" if use_int4 else "",
+        quantization="int4" if use_int4 else "gguf" if native else "",
         completion=mode == "completion" or not templated,
         can_chat=templated,
         spec=_absolute_spec(spec),

@@ -59,6 +59,24 @@ class BlockWeights:
         """Bytes held in memory."""
         return sum(t.numel() * t.element_size() for t in (self.codes, self.d, self.dmin, self.sc, self.m))
 
+    def map(self, fn) -> "BlockWeights":
+        """The same weight with `fn` applied to each of its tensors (codes, d, dmin, sc, m)."""
+        return BlockWeights(self.shape, self.bits, self.block, self.blocks_per_super,
+                            *(fn(t) for t in (self.codes, self.d, self.dmin, self.sc, self.m)))
+
+    def rows(self, start: int, stop: int) -> "BlockWeights":
+        """Output rows `start:stop` (views, no copy)."""
+        part = self.map(lambda t: t[start:stop])
+        return BlockWeights((part.codes.shape[0], self.shape[1]), self.bits, self.block, self.blocks_per_super,
+                            part.codes, part.d, part.dmin, part.sc, part.m)
+
+    def select_rows(self, index: torch.Tensor) -> "BlockWeights":
+        """Output rows `index` (a 1-D tensor of row numbers), in that order: a row permutation
+        (as GGUF's q/k layouts need undoing) or an embedding lookup."""
+        part = self.map(lambda t: t.index_select(0, index))
+        return BlockWeights((index.numel(), self.shape[1]), self.bits, self.block, self.blocks_per_super,
+                            part.codes, part.d, part.dmin, part.sc, part.m)
+
     def code_values(self) -> torch.Tensor:
         """`(N, K / block, block)` the codes as integers (int16)."""
         n, k = self.shape

@@ -81,7 +81,8 @@ def input_device(model):
     """Where input ids must go: the device of the input embedding (CPU if it is offloaded)."""
     import torch
 
-    device = model.get_input_embeddings().weight.device
+    weight = getattr(model.get_input_embeddings(), "weight", None)  # none: GGUF blocks, on the CPU
+    device = weight.device if weight is not None else torch.device("cpu")
     return torch.device("cpu") if device.type == "meta" else device
 
 

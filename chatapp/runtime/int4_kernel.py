@@ -94,13 +94,17 @@ def _cpu_lines() -> tuple[str, ...]:
     return tuple(line for line in first if line.startswith(("model name", "flags")))
 
 
-def cpu_supported() -> bool:
-    """Whether this CPU has the instructions the kernel uses (read from /proc/cpuinfo)."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags, as /proc/cpuinfo names them (none where it cannot be read)."""
     for line in _cpu_lines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return all(flag in flags for flag in CPU_FLAGS)
-    return False
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_supported() -> bool:
+    """Whether this CPU has the instructions the kernel uses (read from /proc/cpuinfo)."""
+    return all(flag in cpu_flags() for flag in CPU_FLAGS)
 
 
 def _library_path() -> Path:

@@ -1,0 +1,131 @@
+"""A model built straight from a GGUF file, its weights kept in the file's own block quantization.
+
+transformers builds the model's skeleton from the config (its parameters on the meta device:
+nothing allocated) and names the file's tensors (`get_gguf_hf_weights_map`, with the
+architecture's tensor processor, which undoes what llama.cpp's converter changed: Llama's q/k
+row order, Gemma's norm offsets). Then each tensor goes where transformers would put it:
+
+- the weight of a linear layer or of the token embedding, in a block type with an exact layout
+  (`chatapp.loading.gguf_blocks.EXACT_TYPES`), becomes a `BlockLinear` / `BlockEmbedding` over
+  the file's own blocks, its rows reordered where the processor reorders rows;
+- everything else (norms, biases, F32/F16/BF16 tensors, rarer block types) is dequantized by the
+  `gguf` package and processed as transformers processes it, in float32.
+
+A tied LM head shares the embedding's blocks. The model then runs through transformers' own
+modules (`chatapp.runtime.transformers_decoder`) for any architecture transformers reads from
+GGUF, in about the file's size of memory instead of four times it in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
+from chatapp.loading.gguf_index import read_index
+from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear
+from chatapp.support.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def _row_order(processor, name: str, rows: int, context: dict) -> np.ndarray | None:
+    """The row order the tensor processor gives tensor `name` of `rows` rows (its q/k
+    un-permutation), or None when it does more than reorder rows (then the tensor is dequantized
+    and processed as a float tensor)."""
+    probe = np.repeat(np.arange(rows, dtype=np.float64)[:, None], 2, axis=1)
+    result = processor.process(weights=probe, name=name, **context)
+    out = np.asarray(result.weights)
+    if result.name != name or out.shape != probe.shape or not np.array_equal(out[:, 0], out[:, 1]):
+        return None
+    order = out[:, 0].astype(np.int64)
+    return order if np.array_equal(np.sort(order), np.arange(rows)) else None
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put `value` where the parameter or buffer `name` is."""
+    path, _, attribute = name.rpartition(".")
+    module = model.get_submodule(path)
+    if attribute in module._parameters or isinstance(module, BlockLinear):
+        module._parameters[attribute] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[attribute] = value
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
+
+
+def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
+    """The causal LM of `config` with the weights of `gguf` (see the module docstring), and what
+    was done: `{"blocks": {type: count}, "dequantized": {type: count}}`.
+
+    Raises:
+        ModelLoadError: the file lacks a tensor the model needs.
+    """
+    from accelerate import init_empty_weights
+    from gguf import dequantize
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta; rotary tables real
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    index = read_index(gguf)
+    processor = TENSOR_PROCESSORS.get(index.architecture, TensorProcessor)(config=config.to_dict())
+    names = get_gguf_hf_weights_map(model, processor)
+    context = {"tensor_key_mapping": names, "parsed_parameters": {"tensors": {}, "config": config.to_dict()}}
+    done = {"blocks": {}, "dequantized": {}}
+    embedding_blocks = None
+    for tensor in index.tensors:
+        hf_name = names.get(tensor.name)
+        if hf_name is None:
+            continue
+        type_name, shape = tensor.type_name, tensor.shape
+        path, _, attribute = hf_name.rpartition(".")
+        module = model.get_submodule(path)
+        order = None
+        if attribute == "weight" and type_name in EXACT_TYPES and isinstance(module, (nn.Linear, nn.Embedding)):
+            order = _row_order(processor, tensor.name, shape[0], context)
+        if order is not None:
+            weights = block_weights(tensor.data, type_name, shape)
+            if not np.array_equal(order, np.arange(shape[0])):
+                weights = weights.select_rows(torch.from_numpy(order))
+            if isinstance(module, nn.Embedding):
+                scale = getattr(module, "embed_scale", None)
+                _replace(model, path, BlockEmbedding(weights, None if scale is None else float(scale)))
+                embedding_blocks = weights
+            else:
+                bias = module.bias if module.bias is not None and not module.bias.is_meta else None
+                _replace(model, path, BlockLinear(weights, bias))
+            done["blocks"][type_name] = done["blocks"].get(type_name, 0) + 1
+            continue
+        values = dequantize(tensor.data, tensor.type)
+        values = processor.process(weights=values, name=tensor.name, **context).weights
+        _set_tensor(model, hf_name, torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(
+            getattr(module, attribute).shape))
+        if type_name not in ("F32", "F16", "BF16") or attribute == "weight" and len(shape) == 2:
+            done["dequantized"][type_name] = done["dequantized"].get(type_name, 0) + 1
+    _tie_head(model, config, embedding_blocks)
+    missing = [name for name, value in [*model.named_parameters(), *model.named_buffers()] if value.is_meta]
+    if missing:
+        raise ModelLoadError(f"{gguf.name} lacks the tensor {missing[0]} ({len(missing)} missing): it does not "
+                             "match its own architecture's layout")
+    model.eval()
+    return model, done
+
+
+def _tie_head(model: nn.Module, config, embedding_blocks) -> None:
+    """Give a model whose file has no output weight its tied LM head: the embedding's blocks, or
+    its float weight."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or not head.weight.is_meta:
+        return
+    if embedding_blocks is not None:
+        model.set_output_embeddings(BlockLinear(embedding_blocks))
+    else:
+        head.weight = model.get_input_embeddings().weight

@@ -1,0 +1,120 @@
+"""chatapp's block kernel: linear layers straight from GGUF's block quantization, built per CPU.
+
+`kernels/block_linear.cpp` is one source of plain fixed-length loops; the compiler vectorizes
+them for the instruction set each build targets (`BUILDS`): AVX512 (this machine), AVX2 (most
+x86 laptops), or none (any other CPU, ARM included, where the compiler still uses what it is
+allowed). `build_for_cpu` picks the widest this CPU runs. Builds go through
+`torch.utils.cpp_extension.load` (with ninja, a dependency), which keeps them in its own build
+folder under `kernels_dir()` and rebuilds only when the source or the flags change; each build's
+operators live under their own namespace (`torch.ops.chatapp_blocks_<build>`), so a process can
+hold two (the tests hold AVX2 to AVX512).
+
+Without a compiler, `ops()` is None and `chatapp.runtime.block_linear` computes in plain torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from chatapp.runtime.int4_kernel import cpu_flags, kernels_dir
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "block_linear.cpp"
+BUILDS = {
+    "avx512": (("avx512f", "avx512bw", "avx512vl", "fma", "f16c"),
+               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", "-mprefer-vector-width=512"]),
+    "avx2": (("avx2", "fma", "f16c"), ["-mavx2", "-mfma", "-mf16c"]),
+    "generic": ((), []),
+}
+"""Each build's CPU flags (from /proc/cpuinfo) and compiler flags, widest first."""
+COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp", "-w"]
+"""-ffp-contract=fast: products and sums fuse into FMA instructions (ISO C++ mode forbids it);
+-fopenmp: `at::parallel_for` runs on torch's threads (without it, on one)."""
+
+
+def runnable_builds() -> list[str]:
+    """The builds this CPU can run, widest first (`generic` runs everywhere)."""
+    flags = cpu_flags()
+    return [name for name, (needed, _) in BUILDS.items() if all(flag in flags for flag in needed)]
+
+
+def build_for_cpu() -> str:
+    """The build this CPU runs best (`CHATAPP_BLOCK_BUILD` names another)."""
+    chosen = os.environ.get("CHATAPP_BLOCK_BUILD")
+    runnable = runnable_builds()
+    return chosen if chosen in runnable else runnable[0]
+
+
+class _State:
+    lock = threading.Lock()
+    failures: dict[str, str] = {}
+
+
+@functools.cache
+def _namespace(build: str):
+    return getattr(torch.ops, f"chatapp_blocks_{build}")
+
+
+def load(build: str) -> object | None:
+    """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`), compiled
+    first when needed (about 20 s, once), or None when it cannot be built here."""
+    with _State.lock:
+        if build in _State.failures:
+            return None
+        namespace = f"chatapp_blocks_{build}"
+        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "block_linear"):
+            return _namespace(build)
+        try:
+            _compile(build, namespace)
+        except Exception as error:  # noqa: BLE001 - any failure means: compute in plain torch
+            message = str(error).strip().splitlines()
+            _State.failures[build] = message[-1][:300] if message else type(error).__name__
+            log.info("block kernel %s not available: %s", build, _State.failures[build])
+            return None
+        return _namespace(build)
+
+
+def _compile(build: str, namespace: str) -> None:
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    folder = kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=namespace, sources=[str(SOURCE)], build_directory=str(folder), is_python_module=False,
+        extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}"], extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+    log.info("block kernel %s loaded from %s", build, folder)
+
+
+def _ninja_on_path() -> None:
+    """Put the `ninja` package's program on PATH (an unactivated virtual environment's bin
+    folder is not there, and cpp_extension runs `ninja` by name)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    folder = getattr(ninja, "BIN_DIR", None)
+    if folder and folder not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+
+
+def failure(build: str) -> str | None:
+    """Why `build` could not be loaded, once tried."""
+    return _State.failures.get(build)
+
+
+def ops() -> object | None:
+    """The operators of this CPU's build, or None (turned off by `CHATAPP_BLOCK_KERNEL=0`, or
+    no compiler)."""
+    if os.environ.get("CHATAPP_BLOCK_KERNEL", "1") == "0":
+        return None
+    return load(build_for_cpu())
