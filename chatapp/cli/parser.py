@@ -71,7 +71,11 @@ def _add_model_flags(parser: argparse.ArgumentParser, inherited: bool = False) -
         "auto does so only for 4-bit GGUF weights, e.g. the default model, on a CPU with native "
         "bfloat16, keeping the file's own 4-bit codes; where the CPU has AVX512-VNNI and a C++ compiler "
         "is found, decode steps then run on chatapp's own int4 kernel, built once in the background "
-        "(CHATAPP_INT4_KERNEL=0 turns it off) (default: auto)",
+        "(CHATAPP_INT4_KERNEL=0 turns it off); gguf keeps a GGUF file's own blocks (Q4_0, Q4_1, Q5_0, "
+        "Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) in memory and computes from them in float32 on chatapp's block "
+        "kernel (AVX512, AVX2 or plain C++, built once with a C++ compiler; plain torch without one): "
+        "the model's own numbers at about the file's size, which auto picks on CPU for every GGUF file "
+        "int4 does not take; none converts a GGUF file to float once and loads that (default: auto)",
     )
     group.add(
         "--device-map",

@@ -106,8 +106,8 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
             continue
         values = dequantize(tensor.data, tensor.type)
         values = processor.process(weights=values, name=tensor.name, **context).weights
-        _set_tensor(model, hf_name, torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(
-            getattr(module, attribute).shape))
+        target = (module.out_features,) if isinstance(module, BlockLinear) else getattr(module, attribute).shape
+        _set_tensor(model, hf_name, torch.from_numpy(np.array(values, dtype=np.float32)).reshape(target))  # a copy
         if type_name not in ("F32", "F16", "BF16") or attribute == "weight" and len(shape) == 2:
             done["dequantized"][type_name] = done["dequantized"].get(type_name, 0) + 1
     _tie_head(model, config, embedding_blocks)

@@ -55,7 +55,7 @@ class BlockLinear(nn.Module):
         super().__init__()
         self.weights = weights
         self.out_features, self.in_features = weights.shape
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
         self.kernel = block_kernel.ops()
 
     @property

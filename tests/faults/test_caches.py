@@ -45,7 +45,7 @@ from chatapp.loading import models as loading
 INTACT = Path(sys.argv.pop(1))
 
 
-def convert(gguf, target, progress):  # the real conversion takes half a minute to two
+def convert(gguf, target, progress, weights=True):  # the real conversion takes half a minute to two
     progress(f"converting {gguf.name} (a copy of an intact conversion)")
     shutil.copytree(INTACT, target, ignore=shutil.ignore_patterns("chatapp-int4-*"))
 
@@ -263,7 +263,7 @@ def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     conversions = []
 
-    def fake_convert(gguf: Path, target: Path, progress) -> None:
+    def fake_convert(gguf: Path, target: Path, progress, weights: bool = True) -> None:
         conversions.append(target)
         progress(f"converting {gguf.name}")
         shutil.copytree(real[0], target, ignore=shutil.ignore_patterns(INT4_CACHE))

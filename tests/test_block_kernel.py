@@ -1,0 +1,117 @@
+"""chatapp's block kernel (`chatapp.runtime.block_kernel`, `chatapp.runtime.block_linear`): every
+build this CPU runs (AVX512, AVX2, generic C++) and the plain-torch path compute a float32
+product with the exactly dequantized weights, on random blocks of every supported type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+
+from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
+from chatapp.runtime import block_kernel
+from chatapp.runtime.block_linear import MATMUL_FROM, BlockEmbedding, BlockLinear, block_matmul
+from tests.test_gguf_blocks import FLOAT16_FIELDS
+
+ROWS, COLUMNS = 40, 512
+RELATIVE_TOLERANCE = 1e-5
+"""Largest difference from a float64 product, relative to the largest output: float32 sums."""
+BUILDS = block_kernel.runnable_builds()
+
+
+def random_blocks(name: str, seed: int) -> np.ndarray:
+    """Random raw blocks of type `name` with finite float16 fields of moderate size."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+    raw = rng.integers(0, 256, (ROWS, COLUMNS // block, size), dtype=np.uint8)
+    for at in FLOAT16_FIELDS[name]:
+        numbers = rng.uniform(-1, 1, (ROWS, COLUMNS // block)) * 1e-2
+        raw[..., at:at + 2] = numbers.astype(np.float16)[..., None].view(np.uint8)
+    return raw.reshape(ROWS, -1)
+
+
+def _case(name: str, seed: int = 0):
+    raw = random_blocks(name, seed)
+    weights = block_weights(raw, name, (ROWS, COLUMNS))
+    exact = torch.from_numpy(dequantize(raw, GGMLQuantizationType[name])).double()
+    return weights, exact
+
+
+def _close(out: torch.Tensor, expected: torch.Tensor) -> bool:
+    return bool((out.double() - expected).abs().max() <= RELATIVE_TOLERANCE * expected.abs().max())
+
+
+@pytest.fixture(scope="module", params=BUILDS)
+def kernel(request):
+    ops = block_kernel.load(request.param)
+    if ops is None:
+        pytest.skip(f"the {request.param} build cannot be compiled here: {block_kernel.failure(request.param)}")
+    return ops
+
+
+def test_this_cpu_runs_the_generic_build_and_picks_the_widest():
+    assert BUILDS[-1] == "generic"
+    assert block_kernel.build_for_cpu() == BUILDS[0]
+    flags = block_kernel.cpu_flags()
+    assert ("avx2" in BUILDS) == all(flag in flags for flag in ("avx2", "fma", "f16c"))
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_TYPES))
+@pytest.mark.parametrize("inputs", [1, 3, MATMUL_FROM + 4])
+def test_kernel_matches_the_float_product(kernel, name, inputs):
+    weights, exact = _case(name)
+    x = torch.randn(inputs, COLUMNS, generator=torch.Generator().manual_seed(inputs))
+    assert _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_TYPES))
+def test_kernel_dequantizes_and_looks_up_rows_exactly(kernel, name):
+    weights, exact = _case(name, seed=1)
+    args = (weights.codes, weights.d, weights.dmin, weights.sc, weights.m, weights.bits, weights.block,
+            weights.blocks_per_super)
+    assert torch.equal(kernel.block_dequantize(*args).double(), exact)
+    ids = torch.tensor([[3, 0], [39, 3]])
+    assert torch.equal(kernel.block_rows(ids, *args).double(), exact[ids.reshape(-1)])
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernel.block_rows(torch.tensor([ROWS]), *args)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_TYPES))
+def test_plain_torch_path_matches_the_float_product(name):
+    weights, exact = _case(name, seed=2)
+    x = torch.randn(2, COLUMNS, generator=torch.Generator().manual_seed(5))
+    assert _close(block_matmul(x, weights, None), x.double() @ exact.T)
+
+
+@pytest.mark.skipif(len(BUILDS) < 3, reason="needs two vector builds")
+def test_avx2_and_avx512_builds_agree():
+    wide, narrow = block_kernel.load(BUILDS[0]), block_kernel.load("avx2")
+    weights, _ = _case("Q4_K", seed=3)
+    x = torch.randn(1, COLUMNS)
+    assert _close(block_matmul(x, weights, wide), block_matmul(x, weights, narrow).double())
+
+
+def test_modules_without_the_kernel_give_the_kernel_s_numbers(monkeypatch):
+    weights, exact = _case("Q6_K", seed=4)
+    fast_linear, fast_embedding = BlockLinear(weights), BlockEmbedding(weights, scale=2.0)
+    monkeypatch.setenv("CHATAPP_BLOCK_KERNEL", "0")
+    slow_linear, slow_embedding = BlockLinear(weights), BlockEmbedding(weights, scale=2.0)
+    assert slow_linear.kernel is None
+    x = torch.randn(3, COLUMNS)
+    assert _close(fast_linear(x), slow_linear(x).double())
+    ids = torch.tensor([0, 7, 39])
+    assert torch.equal(fast_embedding(ids), slow_embedding(ids))
+    assert torch.equal(slow_embedding(ids).double(), exact[ids] * 2)
+    with pytest.raises(IndexError):
+        slow_embedding(torch.tensor([ROWS]))
+
+
+def test_a_wrong_scale_is_seen(kernel):
+    weights, exact = _case("Q8_0", seed=6)
+    weights.d[5, 2] = weights.d[5, 2] * 2 + 1e-3
+    x = torch.randn(1, COLUMNS)
+    assert not _close(block_matmul(x, weights, kernel), x.double() @ exact.T)

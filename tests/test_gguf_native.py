@@ -1,0 +1,105 @@
+"""GGUF files read natively (`chatapp.loading.gguf_native`): for every supported architecture, a
+tiny model in mixed block types gives the same greedy tokens and logits as transformers' own
+GGUF loading of the same file (float32), over two turns with the cache reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.lm_head import lm_head
+from chatapp.loading.gguf_native import load_native
+from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear
+from chatapp.runtime.decoder_choice import open_decoder
+from tests.tiny_gguf import ARCHITECTURES, UNTIED, write_tiny_gguf
+
+STEPS = 6
+LOGIT_TOLERANCE = 1e-4
+"""Largest difference of a logit from transformers' (float32 sums in another order)."""
+
+
+def _reference(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
+@torch.inference_mode()
+def _reference_greedy(model, ids: list[int]) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens by full recomputation at every step (no cache), and their logits."""
+    ids, chosen, logits = list(ids), [], []
+    for _ in range(STEPS):
+        step = model(torch.tensor([ids])).logits[0, -1].float()
+        token = int(step.argmax())
+        chosen.append(token)
+        logits.append(step)
+        ids.append(token)
+    return chosen, logits
+
+
+@torch.inference_mode()
+def _native_greedy(model, decoder, ids: list[int]) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens through the decoder's cache (only what it lacks is prefilled) and the seed's
+    LM head at temperature 0."""
+    held = decoder.common_prefix(ids)
+    decoder.keep(min(held, len(ids) - 1))
+    hidden = decoder.prefill(ids[len(decoder):])
+    chosen, logits = [], []
+    for _ in range(STEPS):
+        probabilities, step = lm_head(model, hidden, temperature=0, return_logits=True)
+        token = int(probabilities.argmax())
+        chosen.append(token)
+        logits.append(step)
+        hidden = decoder.decode_one(token)
+    return chosen, logits
+
+
+@pytest.fixture(scope="module")
+def gguf_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-gguf")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_native_load_matches_transformers_over_two_turns(arch, gguf_folder):
+    from transformers import AutoConfig
+
+    path, types = write_tiny_gguf(arch, gguf_folder)
+    assert len(set(types.values())) >= 5  # a mix of block types
+    reference = _reference(path)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    model, done = load_native(path, config)
+    assert sum(done["blocks"].values()) == len(types) and not done["dequantized"]  # every weight kept in its blocks
+    assert isinstance(model.get_input_embeddings(), BlockEmbedding)
+    head = model.get_output_embeddings()
+    assert isinstance(head, BlockLinear)
+    if arch not in UNTIED:
+        assert head.weights is model.get_input_embeddings().weights  # tied: one copy of the blocks
+    decoder = open_decoder(model)
+    first = [5, 17, 99, 240, 3, 77, 150, 9]
+    ours, our_logits = _native_greedy(model, decoder, first)
+    theirs, their_logits = _reference_greedy(reference, first)
+    assert ours == theirs
+    second = first + ours + [11, 310, 42, 8, 201]  # turn 2: the reply and a new message
+    prefilled_from = decoder.common_prefix(second)
+    assert prefilled_from >= len(first) + STEPS - 1  # the first turn stays in the cache
+    ours2, our_logits2 = _native_greedy(model, decoder, second)
+    theirs2, their_logits2 = _reference_greedy(reference, second)
+    assert ours2 == theirs2
+    for mine, expected in zip(our_logits + our_logits2, their_logits + their_logits2):
+        assert torch.allclose(mine, expected, atol=LOGIT_TOLERANCE, rtol=0), (mine - expected).abs().max()
+
+
+def test_a_wrong_logit_would_be_seen(gguf_folder):
+    """The comparison can fail: one block's scale changed moves the logits past the tolerance."""
+    from transformers import AutoConfig
+
+    path, _ = write_tiny_gguf("llama", gguf_folder, seed=1)
+    model, _ = load_native(path, AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+    reference = _reference(path)
+    weights = model.model.layers[1].mlp.down_proj.weights
+    _, before = _native_greedy(model, open_decoder(model), [5, 17, 99])
+    weights.d[:, 0] *= 2
+    _, after = _native_greedy(model, open_decoder(model), [5, 17, 99])
+    _, expected = _reference_greedy(reference, [5, 17, 99])
+    assert (before[0] - expected[0]).abs().max() <= LOGIT_TOLERANCE
+    assert (after[0] - expected[0]).abs().max() > LOGIT_TOLERANCE
