@@ -12,7 +12,7 @@ from gguf.quants import dequantize
 
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.runtime import block_kernel
-from chatapp.runtime.block_linear import MATMUL_FROM, BlockEmbedding, BlockLinear, block_matmul
+from chatapp.runtime.block_linear import MATMUL_FROM, BlockEmbedding, BlockLinear, ScaledBlocks, block_matmul
 from tests.test_gguf_blocks import FLOAT16_FIELDS
 
 ROWS, COLUMNS = 40, 512
@@ -36,7 +36,7 @@ def random_blocks(name: str, seed: int) -> np.ndarray:
 
 def _case(name: str, seed: int = 0):
     raw = random_blocks(name, seed)
-    weights = block_weights(raw, name, (ROWS, COLUMNS))
+    weights = ScaledBlocks.of(block_weights(raw, name, (ROWS, COLUMNS)))
     exact = torch.from_numpy(dequantize(raw, GGMLQuantizationType[name])).double()
     return weights, exact
 
@@ -71,8 +71,7 @@ def test_kernel_matches_the_float_product(kernel, name, inputs):
 @pytest.mark.parametrize("name", sorted(EXACT_TYPES))
 def test_kernel_dequantizes_and_looks_up_rows_exactly(kernel, name):
     weights, exact = _case(name, seed=1)
-    args = (weights.codes, weights.d, weights.dmin, weights.sc, weights.m, weights.bits, weights.block,
-            weights.blocks_per_super)
+    args = weights.kernel_args()
     assert torch.equal(kernel.block_dequantize(*args).double(), exact)
     ids = torch.tensor([[3, 0], [39, 3]])
     assert torch.equal(kernel.block_rows(ids, *args).double(), exact[ids.reshape(-1)])
@@ -95,6 +94,13 @@ def test_avx2_and_avx512_builds_agree():
     assert _close(block_matmul(x, weights, wide), block_matmul(x, weights, narrow).double())
 
 
+def test_scaled_blocks_dequantize_exactly_and_drop_zero_minimums():
+    for name in sorted(EXACT_TYPES):
+        weights, exact = _case(name, seed=8)
+        assert torch.equal(weights.dequantize().double(), exact)
+        assert (weights.low.numel() == 0) == (name in ("Q8_0", "Q6_K"))
+
+
 def test_modules_without_the_kernel_give_the_kernel_s_numbers(monkeypatch):
     weights, exact = _case("Q6_K", seed=4)
     fast_linear, fast_embedding = BlockLinear(weights), BlockEmbedding(weights, scale=2.0)
@@ -112,6 +118,6 @@ def test_modules_without_the_kernel_give_the_kernel_s_numbers(monkeypatch):
 
 def test_a_wrong_scale_is_seen(kernel):
     weights, exact = _case("Q8_0", seed=6)
-    weights.d[5, 2] = weights.d[5, 2] * 2 + 1e-3
+    weights.scale[5, 2] = weights.scale[5, 2] * 2 + 1e-3
     x = torch.randn(1, COLUMNS)
     assert not _close(block_matmul(x, weights, kernel), x.double() @ exact.T)

@@ -11,6 +11,7 @@ from chatapp.lm_head import lm_head
 from chatapp.loading.gguf_native import load_native
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear
 from chatapp.runtime.decoder_choice import open_decoder
+from chatapp.runtime.layered_decoder import LayeredDecoder
 from tests.tiny_gguf import ARCHITECTURES, UNTIED, write_tiny_gguf
 
 STEPS = 6
@@ -75,6 +76,7 @@ def test_native_load_matches_transformers_over_two_turns(arch, gguf_folder):
     if arch not in UNTIED:
         assert head.weights is model.get_input_embeddings().weights  # tied: one copy of the blocks
     decoder = open_decoder(model)
+    assert isinstance(decoder, LayeredDecoder)  # chatapp's own decoder, from the layer plans
     first = [5, 17, 99, 240, 3, 77, 150, 9]
     ours, our_logits = _native_greedy(model, decoder, first)
     theirs, their_logits = _reference_greedy(reference, first)
@@ -98,7 +100,7 @@ def test_a_wrong_logit_would_be_seen(gguf_folder):
     reference = _reference(path)
     weights = model.model.layers[1].mlp.down_proj.weights
     _, before = _native_greedy(model, open_decoder(model), [5, 17, 99])
-    weights.d[:, 0] *= 2
+    weights.scale[:, 0] *= 2
     _, after = _native_greedy(model, open_decoder(model), [5, 17, 99])
     _, expected = _reference_greedy(reference, [5, 17, 99])
     assert (before[0] - expected[0]).abs().max() <= LOGIT_TOLERANCE

@@ -9,6 +9,7 @@ from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.engine import Engine
 from chatapp.lm_head import output_logits
 from chatapp.runtime.decoder_choice import open_decoder
+from chatapp.runtime.layered_decoder import LayeredDecoder
 from chatapp.runtime.llama_decoder import LlamaDecoder
 from chatapp.runtime.transformers_decoder import TransformersDecoder
 from tests.conftest import tiny_llama
@@ -61,7 +62,7 @@ def test_lm_head_logits_equal_model_logits_with_final_softcapping():
     assert not torch.allclose(plain, theirs), "softcapping must matter for this test to mean anything"
 
 
-DECODERS = [TransformersDecoder, LlamaDecoder]
+DECODERS = [TransformersDecoder, LlamaDecoder, LayeredDecoder]
 """Both ways of running the model: transformers' modules and our own decoder."""
 
 
@@ -115,16 +116,39 @@ def test_our_decoder_leaves_the_model_itself_unchanged():
     assert torch.equal(before, after)
 
 
-def test_models_our_decoder_does_not_cover_run_through_transformers():
+def tiny_gemma2():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     config = Gemma2Config(
         vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
     )
-    assert isinstance(open_decoder(Gemma2ForCausalLM(config).eval()), TransformersDecoder)
-    assert isinstance(open_decoder(tiny_llama(attention_bias=True)), TransformersDecoder)
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(config).eval()
+
+
+def test_each_model_gets_the_decoder_that_covers_it():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=1, n_head=2)).eval()
     assert isinstance(open_decoder(tiny_llama()), LlamaDecoder)
+    assert isinstance(open_decoder(tiny_gemma2()), LayeredDecoder)  # sandwich norms, soft-capping, windows
+    assert isinstance(open_decoder(tiny_llama(attention_bias=True)), LayeredDecoder)  # biases: the modules' own
+    assert isinstance(open_decoder(gpt2), TransformersDecoder)  # no layer plan for GPT-2
+
+
+def test_layered_decoder_equals_full_recompute_across_windows_with_soft_capping():
+    """Gemma 2 in float32 (the tiny GGUF tests hold the other architectures): soft-capped
+    attention, windows of 8 crossed by a 20-token prefill and by decode steps after it."""
+    model = tiny_gemma2()
+    ids = torch.randint(0, 300, (26,), generator=torch.Generator().manual_seed(5)).tolist()
+    kv = LayeredDecoder(model)
+    kv.prefill(ids[:20])
+    for at in range(20, 26):
+        hidden = kv.decode_one(ids[at])
+        with torch.no_grad():
+            full = model(input_ids=torch.tensor([ids[: at + 1]])).logits[0, -1]
+        torch.testing.assert_close(output_logits(model, hidden), full, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -157,3 +181,15 @@ def test_greedy_reply_equals_model_generate(default_model, prompt):
     theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert len(ours) == GREEDY_TOKENS, "the prompt should produce a long reply"
     assert ours == theirs
+
+
+def test_layered_decoder_s_lens_ends_in_its_step():
+    """The logit lens's last layer is the step's own context vector (the lens's contract)."""
+    model = tiny_gemma2()
+    ids = [3, 14, 15, 92, 65]
+    one, every = LayeredDecoder(model), LayeredDecoder(model)
+    one.prefill(ids)
+    every.prefill(ids)
+    hidden, layers = one.decode_one(35), every.decode_one_layers(35)
+    assert layers.shape == (model.config.num_hidden_layers, model.config.hidden_size)
+    torch.testing.assert_close(layers[-1], hidden, rtol=0, atol=1e-6)

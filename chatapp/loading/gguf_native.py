@@ -27,7 +27,7 @@ from torch import nn
 
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.loading.gguf_index import read_index
-from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear
+from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, ScaledBlocks
 from chatapp.support.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,11 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
         if attribute == "weight" and type_name in EXACT_TYPES and isinstance(module, (nn.Linear, nn.Embedding)):
             order = _row_order(processor, tensor.name, shape[0], context)
         if order is not None:
-            weights = block_weights(tensor.data, type_name, shape)
+            exact = block_weights(tensor.data, type_name, shape)
             if not np.array_equal(order, np.arange(shape[0])):
-                weights = weights.select_rows(torch.from_numpy(order))
+                exact = exact.select_rows(torch.from_numpy(order))
+            weights = ScaledBlocks.of(exact)
+            del exact
             if isinstance(module, nn.Embedding):
                 scale = getattr(module, "embed_scale", None)
                 _replace(model, path, BlockEmbedding(weights, None if scale is None else float(scale)))

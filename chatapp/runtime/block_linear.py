@@ -1,20 +1,23 @@
 """Linear layers and embeddings whose weights stay in GGUF's block quantization.
 
-`BlockLinear` and `BlockEmbedding` hold a `chatapp.runtime.block_weights.BlockWeights` (the
-file's own codes and float16 scales, about the file's size in memory) and compute in float32:
-on chatapp's block kernel (`chatapp.runtime.block_kernel`) where it is built, else in plain torch,
-dequantizing a slice of rows at a time so that memory never holds the float32 matrix. Either way
-the numbers are those of a float32 product with the exactly dequantized weights, up to the order
-of the sums. A tied LM head and embedding share one `BlockWeights`.
+`BlockLinear` and `BlockEmbedding` hold `ScaledBlocks`: a `chatapp.runtime.block_weights.BlockWeights`'s
+codes with each block's scale and minimum as float32 numbers, the exact products of the file's
+float16 scales and the block's small integers (about the file's size in memory). They compute
+in float32: on chatapp's block kernel (`chatapp.runtime.block_kernel`) where it is built, else in
+plain torch, dequantizing a slice of rows at a time so that memory never holds the float32
+matrix. Either way the numbers are those of a float32 product with the exactly dequantized
+weights, up to the order of the sums. A tied LM head and embedding share one `ScaledBlocks`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from chatapp.runtime import block_kernel
-from chatapp.runtime.block_weights import BlockWeights
+from chatapp.runtime.block_weights import BlockWeights, code_values
 
 DEQUANTIZED_ROWS = 1 << 14
 """Rows the plain-torch path dequantizes at a time (64 MB of float32 at K = 1024)."""
@@ -24,43 +27,79 @@ through torch's matrix product, one slice of rows at a time, which reuses each w
 better than the kernel's row-by-row products."""
 
 
-def _tensors(weights: BlockWeights) -> tuple:
-    return (weights.codes, weights.d, weights.dmin, weights.sc, weights.m,
-            weights.bits, weights.block, weights.blocks_per_super)
+@dataclass(frozen=True)
+class ScaledBlocks:
+    """A weight `(N, K)` as the block kernel reads it: weight k of block b of a row is
+    `code[k] * scale[b] + low[b]`."""
+
+    shape: tuple[int, int]
+    bits: int
+    """4 (two codes a byte) or 8 (one signed code a byte), as in `BlockWeights`."""
+    block: int
+    """Weights per block."""
+    codes: torch.Tensor
+    """`(N, K / 2)` uint8 or `(N, K)` int8, `BlockWeights.codes`."""
+    scale: torch.Tensor
+    """`(N, K / block)` float32: `d * sc`, exact."""
+    low: torch.Tensor
+    """`(N, K / block)` float32: `dmin * m`, exact; empty where every minimum is zero (Q8_0, Q6_K)."""
+
+    @classmethod
+    def of(cls, weights: BlockWeights) -> "ScaledBlocks":
+        scale, low = weights.block_scales()
+        low = low.contiguous() if bool(low.any()) else torch.empty(0)
+        return cls(weights.shape, weights.bits, weights.block, weights.codes, scale.contiguous(), low)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scale, self.low))
+
+    def kernel_args(self) -> tuple:
+        return self.codes, self.scale, self.low, self.bits, self.block
+
+    def rows(self, start: int, stop: int) -> "ScaledBlocks":
+        """Output rows `start:stop` (views)."""
+        low = self.low[start:stop] if self.low.numel() else self.low
+        return ScaledBlocks((stop - start, self.shape[1]), self.bits, self.block, self.codes[start:stop],
+                            self.scale[start:stop], low)
+
+    def dequantize(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """`(N, K)` float32 (the rows `ids` only, when given): exactly `BlockWeights.dequantize`'s
+        numbers, the same products and sums."""
+        codes, scale, low = self.codes, self.scale, self.low
+        if ids is not None:
+            codes, scale = codes.index_select(0, ids), scale.index_select(0, ids)
+            low = low.index_select(0, ids) if low.numel() else low
+        rows = codes.shape[0]
+        products = code_values(codes, self.bits, self.block, (rows, self.shape[1])).float() * scale.unsqueeze(-1)
+        if low.numel():
+            products = products + low.unsqueeze(-1)
+        return products.view(rows, self.shape[1])
 
 
-def _dequantized_rows(weights: BlockWeights, start: int, stop: int, kernel) -> torch.Tensor:
-    """Rows `start:stop` of the weight in float32."""
-    if kernel is not None:
-        part = BlockWeights((stop - start, weights.shape[1]), weights.bits, weights.block, weights.blocks_per_super,
-                            *(t[start:stop] for t in (weights.codes, weights.d, weights.dmin, weights.sc, weights.m)))
-        return kernel.block_dequantize(*_tensors(part))
-    return weights.rows(start, stop).dequantize()
-
-
-def block_matmul(x: torch.Tensor, weights: BlockWeights, kernel=None) -> torch.Tensor:
+def block_matmul(x: torch.Tensor, weights: ScaledBlocks, kernel=None) -> torch.Tensor:
     """`x @ W.T` for x `(M, K)` float32 and the block weight W `(N, K)`: `(M, N)` float32."""
     if kernel is not None and x.shape[0] < MATMUL_FROM:
-        return kernel.block_linear(x, *_tensors(weights))
+        return kernel.block_linear(x, *weights.kernel_args())
     n = weights.shape[0]
     step = max(1, min(n, DEQUANTIZED_ROWS))
-    parts = [x @ _dequantized_rows(weights, start, min(n, start + step), kernel).T for start in range(0, n, step)]
+    parts = []
+    for start in range(0, n, step):
+        part = weights.rows(start, min(n, start + step))
+        dense = kernel.block_dequantize(*part.kernel_args()) if kernel is not None else part.dequantize()
+        parts.append(x @ dense.T)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 class BlockLinear(nn.Module):
-    """A bias-free (or float-biased) linear layer computed from a `BlockWeights`."""
+    """A bias-free (or float-biased) linear layer computed from `ScaledBlocks`."""
 
-    def __init__(self, weights: BlockWeights, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weights: ScaledBlocks, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weights = weights
         self.out_features, self.in_features = weights.shape
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias, requires_grad=False))
         self.kernel = block_kernel.ops()
-
-    @property
-    def nbytes(self) -> int:
-        return self.weights.nbytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         flat = x.reshape(-1, self.in_features).float()
@@ -75,11 +114,11 @@ class BlockLinear(nn.Module):
 
 
 class BlockEmbedding(nn.Module):
-    """An embedding lookup reading only the looked-up rows of a `BlockWeights`, times
-    `scale` where the model scales its embeddings (Gemma: the square root of d_model, as a
-    float32 number rounded to the model's dtype, as transformers does)."""
+    """An embedding lookup reading only the looked-up rows of `ScaledBlocks`, times `scale`
+    where the model scales its embeddings (Gemma: the square root of d_model, as a float32
+    number rounded to the model's dtype, as transformers does)."""
 
-    def __init__(self, weights: BlockWeights, scale: float | None = None, dtype=torch.float32) -> None:
+    def __init__(self, weights: ScaledBlocks, scale: float | None = None, dtype=torch.float32) -> None:
         super().__init__()
         self.weights = weights
         self.num_embeddings, self.embedding_dim = weights.shape
@@ -89,12 +128,12 @@ class BlockEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (...) -> (..., d_model)
         if self.kernel is not None:
-            rows = self.kernel.block_rows(ids, *_tensors(self.weights))
+            rows = self.kernel.block_rows(ids, *self.weights.kernel_args())
         else:
             flat = ids.reshape(-1)
             if bool((flat < 0).any() or (flat >= self.num_embeddings).any()):
                 raise IndexError("token id out of the embedding's range")
-            rows = self.weights.select_rows(flat).dequantize()
+            rows = self.weights.dequantize(flat)
         rows = rows.to(self.dtype)
         if self.scale is not None:
             rows = rows * torch.tensor(self.scale, dtype=self.dtype)

@@ -79,12 +79,7 @@ class BlockWeights:
 
     def code_values(self) -> torch.Tensor:
         """`(N, K / block, block)` the codes as integers (int16)."""
-        n, k = self.shape
-        if self.bits == 8:
-            return self.codes.to(torch.int16).view(n, k // self.block, self.block)
-        packed = self.codes.view(n, k // NIBBLE_BLOCK, NIBBLE_BLOCK // 2)
-        low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
-        return torch.cat([low, high], dim=-1).view(n, k // self.block, self.block)
+        return code_values(self.codes, self.bits, self.block, self.shape)
 
     def block_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`(N, K / block)` float32 each: every block's scale `d * sc` and minimum `dmin * m`
@@ -98,6 +93,16 @@ class BlockWeights:
         scale, low = self.block_scales()
         products = self.code_values().float() * scale.unsqueeze(-1)  # exact where GGUF's are
         return (products + low.unsqueeze(-1)).view(self.shape)
+
+
+def code_values(codes: torch.Tensor, bits: int, block: int, shape: tuple[int, int]) -> torch.Tensor:
+    """`(N, K / block, block)` int16: the codes of a weight of `shape` in the `bits` layout."""
+    n, k = shape
+    if bits == 8:
+        return codes.to(torch.int16).view(n, k // block, block)
+    packed = codes.view(n, k // NIBBLE_BLOCK, NIBBLE_BLOCK // 2)
+    low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
+    return torch.cat([low, high], dim=-1).view(n, k // block, block)
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:

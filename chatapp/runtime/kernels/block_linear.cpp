@@ -1,10 +1,11 @@
 // chatapp's block kernel: a linear layer computed straight from GGUF's block quantization.
 //
-// The weight is held as `chatapp.runtime.block_weights.BlockWeights` lays it out: codes (4-bit,
-// two a byte, or one signed byte each), per super-block float16 `d` and `dmin`, per block int8
-// `sc` and `m`, and weight k of a block is `code[k] * (d * sc) + dmin * m`. Every product and
-// sum is float32, so the outputs are those of a float32 matrix product with the exactly
-// dequantized weights, but for the order in which the sums are rounded.
+// The weight is held as `chatapp.runtime.block_linear.ScaledBlocks` lays it out: codes (4-bit,
+// two a byte, or one signed byte each) and each block's float32 scale and minimum (the exact
+// products `d * sc` and `dmin * m` of the file's float16 numbers and small integers; no
+// minimums where all are zero), and weight k of a block is `code[k] * scale + minimum`. Every
+// product and sum is float32, so the outputs are those of a float32 matrix product with the
+// exactly dequantized weights, but for the order in which the sums are rounded.
 //
 // Written as plain loops of fixed length that the compiler vectorizes for whatever it is told
 // to target (`-mavx512f`, `-mavx2`, NEON, or none): one source, one build per instruction set,
@@ -34,13 +35,10 @@ constexpr int64_t PREFETCH_ROWS = 4;  // rows ahead whose bytes are asked for
 
 struct Layout {
   const uint8_t* codes;
-  const at::Half* d;
-  const at::Half* dmin;
-  const int8_t* sc;
-  const int8_t* m;
+  const float* scale;  // (N, blocks)
+  const float* low;    // (N, blocks), or null: every minimum is zero
   int64_t k;           // weights a row
   int64_t blocks;      // blocks a row
-  int64_t per_super;   // blocks a super-block
   int64_t row_bytes;   // code bytes a row
 };
 
@@ -59,14 +57,6 @@ inline void decode_block(const uint8_t* codes, float scale, float* __restrict w)
 
 template <int BITS, int B>
 constexpr int64_t block_bytes() { return BITS == 4 ? B / 2 : B; }
-
-inline float half_to_float(at::Half h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h.x);
-#else
-  return float(h);
-#endif
-}
 
 // codes . x over one block, with the codes as integers (the block's scale is applied after).
 template <int BITS, int B>
@@ -146,56 +136,38 @@ inline float block_dot(const uint8_t* codes, const float* __restrict x) {
   return total;
 }
 
-// One output of one input row: sum over blocks of scale * (codes . x) + minimum * sum(x).
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n);
+
+// One output of one input row: sum over blocks of scale * (codes . x), plus minimum * sum(x).
 template <int BITS, int B>
 float row_dot(const Layout& l, int64_t row, const float* __restrict x, const float* __restrict xsum) {
   const uint8_t* codes = l.codes + row * l.row_bytes;
-  const int64_t supers = l.blocks / l.per_super;
-  const at::Half* d = l.d + row * supers;
-  const at::Half* dmin = l.dmin + row * supers;
-  const int8_t* sc = l.sc + row * l.blocks;
-  const int8_t* m = l.m + row * l.blocks;
-  float low = 0.f;
+  const float* scale = l.scale + row * l.blocks;
 #if defined(HAVE_VEC)
   Vec acc = vzero();
+  for (int64_t b = 0; b < l.blocks; ++b)
+    acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
+  float total = hsum(acc);
 #else
   float total = 0.f;
+  for (int64_t b = 0; b < l.blocks; ++b)
+    total += scale[b] * block_dot<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B);
 #endif
-  for (int64_t s = 0; s < supers; ++s) {
-    const float ds = half_to_float(d[s]), dm = half_to_float(dmin[s]);
-    for (int64_t b = s * l.per_super; b < (s + 1) * l.per_super; ++b) {
-      const uint8_t* block = codes + b * block_bytes<BITS, B>();
-#if defined(HAVE_VEC)
-      acc = vfma_scalar(block_dot_vec<BITS, B>(block, x + b * B), ds * float(sc[b]), acc);
-#else
-      total += ds * float(sc[b]) * block_dot<BITS, B>(block, x + b * B);
-#endif
-      low += dm * float(m[b]) * xsum[b];
-    }
-  }
-#if defined(HAVE_VEC)
-  return hsum(acc) + low;
-#else
-  return total + low;
-#endif
+  return l.low == nullptr ? total : total + dot(l.low + row * l.blocks, xsum, l.blocks);
 }
 
 // The whole row's weights (with their minimums) into `w` (K floats).
 template <int BITS, int B>
 void decode_row(const Layout& l, int64_t row, float* __restrict w) {
   const uint8_t* codes = l.codes + row * l.row_bytes;
-  const int64_t supers = l.blocks / l.per_super;
-  const at::Half* d = l.d + row * supers;
-  const at::Half* dmin = l.dmin + row * supers;
-  const int8_t* sc = l.sc + row * l.blocks;
-  const int8_t* m = l.m + row * l.blocks;
-  for (int64_t s = 0; s < supers; ++s) {
-    const float ds = half_to_float(d[s]), dm = half_to_float(dmin[s]);
-    for (int64_t b = s * l.per_super; b < (s + 1) * l.per_super; ++b) {
-      float* wb = w + b * B;
-      decode_block<BITS, B>(codes + b * block_bytes<BITS, B>(), ds * float(sc[b]), wb);
-      const float low = dm * float(m[b]);
-      for (int j = 0; j < B; ++j) wb[j] += low;
+  const float* scale = l.scale + row * l.blocks;
+  const float* low = l.low == nullptr ? nullptr : l.low + row * l.blocks;
+  for (int64_t b = 0; b < l.blocks; ++b) {
+    float* wb = w + b * B;
+    decode_block<BITS, B>(codes + b * block_bytes<BITS, B>(), scale[b], wb);
+    if (low != nullptr) {
+      const float minimum = low[b];
+      for (int j = 0; j < B; ++j) wb[j] += minimum;
     }
   }
 }
@@ -211,29 +183,26 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   return total;
 }
 
-Layout layout_of(const at::Tensor& codes, const at::Tensor& d, const at::Tensor& dmin, const at::Tensor& sc,
-                 const at::Tensor& m, int64_t k, int64_t per_super) {
-  TORCH_CHECK(codes.is_contiguous() && d.is_contiguous() && dmin.is_contiguous() && sc.is_contiguous() &&
-              m.is_contiguous(), "block weights must be contiguous");
-  TORCH_CHECK(d.scalar_type() == at::kHalf && dmin.scalar_type() == at::kHalf, "d and dmin must be float16");
-  TORCH_CHECK(sc.scalar_type() == at::kChar && m.scalar_type() == at::kChar, "sc and m must be int8");
+Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block) {
+  TORCH_CHECK(codes.is_contiguous() && scale.is_contiguous() && low.is_contiguous(), "block weights must be contiguous");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && low.scalar_type() == at::kFloat, "scale and low must be float32");
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one scale a block of each row");
+  TORCH_CHECK(low.numel() == 0 || low.sizes() == scale.sizes(), "one minimum a block of each row, or none");
   const int64_t n = codes.size(0);
-  return Layout{static_cast<const uint8_t*>(codes.data_ptr()), d.data_ptr<at::Half>(), dmin.data_ptr<at::Half>(),
-                sc.data_ptr<int8_t>(), m.data_ptr<int8_t>(), k, sc.size(1), per_super, codes.numel() / n};
+  return Layout{static_cast<const uint8_t*>(codes.data_ptr()), scale.data_ptr<float>(),
+                low.numel() == 0 ? nullptr : low.data_ptr<float>(), scale.size(1) * block, scale.size(1),
+                codes.numel() / n};
 }
 
 // Ask for a later row's codes and scales ahead of time: the hardware prefetcher alone keeps
-// too few of a row's five streams in flight (measured: the head of a 262,144-token vocabulary
+// too few of a row's streams in flight (measured: the head of a 262,144-token vocabulary
 // took 43 ms on one thread without, %s with).
 inline void prefetch_row(const Layout& l, int64_t row) {
 #if defined(__x86_64__)
   const char* codes = reinterpret_cast<const char*>(l.codes + row * l.row_bytes);
   for (int64_t at = 0; at < l.row_bytes; at += 64) _mm_prefetch(codes + at, _MM_HINT_T0);
-  const int64_t supers = l.blocks / l.per_super;
-  _mm_prefetch(reinterpret_cast<const char*>(l.d + row * supers), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(l.dmin + row * supers), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(l.sc + row * l.blocks), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(l.m + row * l.blocks), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(l.scale + row * l.blocks), _MM_HINT_T0);
+  if (l.low != nullptr) _mm_prefetch(reinterpret_cast<const char*>(l.low + row * l.blocks), _MM_HINT_T0);
 #endif
 }
 
@@ -271,36 +240,37 @@ void run_dequantize(const Layout& l, float* out, int64_t n) {
   else if (bits == 8 && block == 16) { constexpr int BITS = 8, B = 16; __VA_ARGS__; }   \
   else TORCH_CHECK(false, "no block kernel for ", bits, "-bit codes in blocks of ", block);
 
-at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& d, const at::Tensor& dmin,
-                        const at::Tensor& sc, const at::Tensor& m, int64_t bits, int64_t block, int64_t per_super) {
+at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low,
+                        int64_t bits, int64_t block) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   const at::Tensor xc = x.contiguous();
   const int64_t rows_x = xc.size(0), k = xc.size(1), n = codes.size(0);
-  TORCH_CHECK(sc.size(1) * block == k, "x has ", k, " columns, the weight ", sc.size(1) * block);
-  const Layout l = layout_of(codes, d, dmin, sc, m, k, per_super);
-  const at::Tensor xsum = xc.view({rows_x, k / block, block}).sum(-1);  // (M, K / block)
+  const Layout l = layout_of(codes, scale, low, block);
+  TORCH_CHECK(l.k == k, "x has ", k, " columns, the weight ", l.k);
+  const at::Tensor xsum = l.low == nullptr ? at::empty({0}, xc.options())
+                                           : xc.view({rows_x, k / block, block}).sum(-1);  // (M, K / block)
   at::Tensor y = at::empty({rows_x, n}, xc.options());
   const float* xp = xc.data_ptr<float>();
+  const float* sp = xsum.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  DISPATCH(bits, block, run_linear<BITS, B>(l, xp, xsum.data_ptr<float>(), yp, rows_x, n))
+  DISPATCH(bits, block, run_linear<BITS, B>(l, xp, sp, yp, rows_x, n))
   return y;
 }
 
-at::Tensor block_dequantize(const at::Tensor& codes, const at::Tensor& d, const at::Tensor& dmin,
-                            const at::Tensor& sc, const at::Tensor& m, int64_t bits, int64_t block,
-                            int64_t per_super) {
-  const int64_t n = codes.size(0), k = sc.size(1) * block;
-  const Layout l = layout_of(codes, d, dmin, sc, m, k, per_super);
-  at::Tensor out = at::empty({n, k}, at::TensorOptions().dtype(at::kFloat));
+at::Tensor block_dequantize(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t bits,
+                            int64_t block) {
+  const Layout l = layout_of(codes, scale, low, block);
+  const int64_t n = codes.size(0);
+  at::Tensor out = at::empty({n, l.k}, at::TensorOptions().dtype(at::kFloat));
   DISPATCH(bits, block, run_dequantize<BITS, B>(l, out.data_ptr<float>(), n))
   return out;
 }
 
-at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::Tensor& d, const at::Tensor& dmin,
-                      const at::Tensor& sc, const at::Tensor& m, int64_t bits, int64_t block, int64_t per_super) {
+at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low,
+                      int64_t bits, int64_t block) {
   // The rows `ids` of the dequantized weight (an embedding lookup), without the rest.
-  const int64_t k = sc.size(1) * block, count = ids.numel();
-  const Layout l = layout_of(codes, d, dmin, sc, m, k, per_super);
+  const Layout l = layout_of(codes, scale, low, block);
+  const int64_t count = ids.numel(), k = l.k;
   const at::Tensor flat = ids.reshape({-1}).to(at::kLong).contiguous();
   const int64_t* idp = flat.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i)
@@ -314,10 +284,8 @@ at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::
 }  // namespace
 
 TORCH_LIBRARY(BLOCKS_NAMESPACE, lib) {
-  lib.def("block_linear(Tensor x, Tensor codes, Tensor d, Tensor dmin, Tensor sc, Tensor m, int bits, int block, "
-          "int per_super) -> Tensor", &block_linear);
-  lib.def("block_dequantize(Tensor codes, Tensor d, Tensor dmin, Tensor sc, Tensor m, int bits, int block, "
-          "int per_super) -> Tensor", &block_dequantize);
-  lib.def("block_rows(Tensor ids, Tensor codes, Tensor d, Tensor dmin, Tensor sc, Tensor m, int bits, int block, "
-          "int per_super) -> Tensor", &block_rows);
+  lib.def("block_linear(Tensor x, Tensor codes, Tensor scale, Tensor low, int bits, int block) -> Tensor",
+          &block_linear);
+  lib.def("block_dequantize(Tensor codes, Tensor scale, Tensor low, int bits, int block) -> Tensor", &block_dequantize);
+  lib.def("block_rows(Tensor ids, Tensor codes, Tensor scale, Tensor low, int bits, int block) -> Tensor", &block_rows);
 }
