@@ -151,3 +151,43 @@ def test_prompt_ids_equal_transformers_with_content_as_text(both, conversation):
     # TEXTS[5], an assistant message here, types both tokens: they stay text.
     turns = len(conversation) + (conversation[0]["role"] != "system")  # the template's default system turn
     assert (ids[0].count(im_start), ids[0].count(im_end)) == (turns + 1, turns)
+
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\\n' + message['content'] | trim"
+    " + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def test_a_class_of_its_own_saved_by_chatapp_is_read_as_transformers_reads_it(tmp_path):
+    """A tokenizer class with behaviour of its own (Gemma's rebuilds its pipeline in code) is read
+    from its tokenizer.json when chatapp itself saved the folder from that class (a GGUF file's
+    config and tokenizer): that file is the pipeline transformers built. One copy in memory
+    instead of transformers' two (Gemma 3's 262,144 tokens: about 300 MB instead of 600)."""
+    from transformers import AutoTokenizer
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+    from chatapp.loading.gguf_files import SOURCE_NOTE
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+    pieces = sorted({c for text in TEXTS for c in text.replace(" ", "\u2581")} | {"\u2581t", "he", "\u2581the"})
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(specials + bytes_ + pieces))}
+    merges = [("\u2581", "t"), ("h", "e"), ("\u2581t", "he")]
+    GemmaTokenizer(vocab=vocab, merges=merges, chat_template=GEMMA_TEMPLATE).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "GemmaTokenizer"
+    assert load_chat_tokenizer(tmp_path) is None  # not chatapp's own folder: transformers reads it
+    (tmp_path / SOURCE_NOTE).write_text("a GGUF file\n", encoding="utf-8")
+    ours, theirs = load_chat_tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert ours is not None
+    for text in TEXTS + ["<start_of_turn>user\nthe <bos> text<end_of_turn>"]:
+        for special in (False, True):
+            ids = theirs(text, add_special_tokens=special)["input_ids"]
+            assert ours(text, add_special_tokens=special)["input_ids"] == ids
+            assert ours.decode(ids) == theirs.decode(ids)
+            assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+    for conversation in CONVERSATIONS:
+        for prompt in (True, False):
+            assert ours.apply_chat_template(conversation, add_generation_prompt=prompt) == theirs.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=prompt)
+    assert ours.eos_token_id == theirs.eos_token_id and ours.all_special_tokens == theirs.all_special_tokens

@@ -19,6 +19,8 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from chatapp.loading.gguf_files import SOURCE_NOTE
+
 GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 """`tokenizer_class` values that mean "just tokenizer.json", with no class-specific behaviour."""
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -153,13 +155,18 @@ def _jinja_is_trusted() -> bool:
 
 
 def load_chat_tokenizer(folder: str | Path) -> ChatTokenizer | None:
-    """The tokenizer of the model in `folder`, or None when only transformers can load it exactly."""
+    """The tokenizer of the model in `folder`, or None when only transformers can load it exactly.
+
+    A class with behaviour of its own (Gemma's rebuilds its pipeline in code) counts as plain in
+    chatapp's own converted folders (`SOURCE_NOTE`): their tokenizer.json is what transformers
+    wrote from the class it had built, so reading it gives that pipeline.
+    """
     folder = Path(folder)
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
         template = _chat_template(folder, config)
         if (
-            config.get("tokenizer_class") not in GENERIC_CLASSES
+            (config.get("tokenizer_class") not in GENERIC_CLASSES and not (folder / SOURCE_NOTE).is_file())
             or config.get("clean_up_tokenization_spaces")
             or set(config) - KNOWN_CONFIG_KEYS
             or (folder / "special_tokens_map.json").exists()  # transformers merges it in

@@ -38,6 +38,9 @@ MANIFEST_NAME = "chatapp-manifest.json"
 """In a converted folder: the size of every file the conversion wrote."""
 HEADER_SUFFIX = "-header"
 """`header_dir`: a converted folder's name plus this holds only the config and tokenizer."""
+SOURCE_NOTE = "chatapp-source.txt"
+"""In a converted folder: the GGUF file it was written from (and the mark of chatapp's own
+folders, whose tokenizer.json transformers wrote from the class it loaded)."""
 STAGING_PREFIX = ".converting-"
 """A conversion writes into a folder named this, its process id and a dash, then renames it."""
 
@@ -189,7 +192,7 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress, weights: bool = T
         else:
             config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "chatapp-source.txt").write_text(f"{gguf}\n", encoding="utf-8")
+        (staging / SOURCE_NOTE).write_text(f"{gguf}\n", encoding="utf-8")
         _write_manifest(staging)
         try:
             os.replace(staging, target)  # atomic: a half-written copy is never read

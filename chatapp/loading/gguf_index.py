@@ -9,6 +9,8 @@ for, and the tensors are read as views of one memory map of the file.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +51,27 @@ class GGUFIndex:
     """Metadata: scalars and strings as values, arrays as lists where asked for, else their
     length (an int) under the key plus ".length"."""
     tensors: list[TensorEntry]
+    mapping: mmap.mmap | None = field(default=None, repr=False)
+    """The file's memory map, which the tensors' data are views of."""
 
     @property
     def architecture(self) -> str:
         return self.fields.get("general.architecture", "")
+
+    def release(self, tensor: TensorEntry) -> None:
+        """Drop the file's pages under `tensor` from this process's memory once it has been
+        copied: they count in its resident size (and its peak) while mapped, and a loader that
+        reads a whole file would otherwise hold all of it at once. Reading it again re-reads
+        the file."""
+        madvise = getattr(self.mapping, "madvise", None)
+        if madvise is None or not hasattr(mmap, "MADV_DONTNEED") or tensor.data.size == 0:
+            return
+        start = tensor.data.ctypes.data - np.frombuffer(self.mapping, dtype=np.uint8, count=1).ctypes.data
+        begin = start - start % mmap.PAGESIZE
+        try:
+            madvise(mmap.MADV_DONTNEED, begin, start + tensor.data.size - begin)
+        except (OSError, ValueError):
+            pass  # only memory is at stake
 
 
 class _Cursor:
@@ -103,7 +122,11 @@ def read_index(path: Path, arrays: tuple[str, ...] = ()) -> GGUFIndex:
         GGUFFormatError: not a GGUF file, a version before 2, or a damaged header.
         OSError: the file cannot be read.
     """
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise GGUFFormatError(f"{path.name} is empty")
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = np.frombuffer(mapping, dtype=np.uint8)
     cursor = _Cursor(mapped)
     if cursor.take(4) != MAGIC:
         raise GGUFFormatError(f"{path.name} is not a GGUF file")
@@ -135,4 +158,4 @@ def read_index(path: Path, arrays: tuple[str, ...] = ()) -> GGUFIndex:
         if begin + rows * row_bytes > len(mapped):
             raise GGUFFormatError(f"{path.name} ends inside tensor {name}: the file is truncated")
         tensors.append(TensorEntry(name, kind, shape, mapped[begin:begin + rows * row_bytes].reshape(rows, row_bytes)))
-    return GGUFIndex(fields, tensors)
+    return GGUFIndex(fields, tensors, mapping)

@@ -105,11 +105,13 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
                 bias = module.bias if module.bias is not None and not module.bias.is_meta else None
                 _replace(model, path, BlockLinear(weights, bias))
             done["blocks"][type_name] = done["blocks"].get(type_name, 0) + 1
+            index.release(tensor)
             continue
         values = dequantize(tensor.data, tensor.type)
         values = processor.process(weights=values, name=tensor.name, **context).weights
         target = (module.out_features,) if isinstance(module, BlockLinear) else getattr(module, attribute).shape
         _set_tensor(model, hf_name, torch.from_numpy(np.array(values, dtype=np.float32)).reshape(target))  # a copy
+        index.release(tensor)
         if type_name not in ("F32", "F16", "BF16") or attribute == "weight" and len(shape) == 2:
             done["dequantized"][type_name] = done["dequantized"].get(type_name, 0) + 1
     _tie_head(model, config, embedding_blocks)
