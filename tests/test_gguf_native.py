@@ -61,13 +61,18 @@ def gguf_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_native_load_matches_transformers_over_two_turns(arch, gguf_folder):
-    from transformers import AutoConfig
+def test_native_load_matches_transformers_over_two_turns(arch, gguf_folder, monkeypatch):
+    from transformers import AutoConfig, modeling_gguf_pytorch_utils
 
     path, types = write_tiny_gguf(arch, gguf_folder)
     assert len(set(types.values())) >= 5  # a mix of block types
     reference = _reference(path)
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+
+    def slow_walk(*args, **kwargs):
+        raise AssertionError("the file's tensors should be named from one table")
+
+    monkeypatch.setattr(modeling_gguf_pytorch_utils, "get_gguf_hf_weights_map", slow_walk)
     model, done = load_native(path, config)
     assert sum(done["blocks"].values()) == len(types) and not done["dequantized"]  # every weight kept in its blocks
     assert isinstance(model.get_input_embeddings(), BlockEmbedding)

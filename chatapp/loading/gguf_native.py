@@ -32,6 +32,11 @@ from chatapp.support.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
+GGUF_ARCH_NAMES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "cohere": "command-r"}
+"""transformers' model types whose GGUF architecture is named otherwise (as transformers maps them)."""
+UNUSED_TENSORS = {"rope_freqs.weight"}
+"""Tensors some GGUF files carry that no transformers parameter holds (transformers skips them)."""
+
 
 def _row_order(processor, name: str, rows: int, context: dict) -> np.ndarray | None:
     """The row order the tensor processor gives tensor `name` of `rows` rows (its q/k
@@ -44,6 +49,29 @@ def _row_order(processor, name: str, rows: int, context: dict) -> np.ndarray | N
         return None
     order = out[:, 0].astype(np.int64)
     return order if np.array_equal(np.sort(order), np.arange(rows)) else None
+
+
+def _tensor_names(model: nn.Module, index, full_map) -> dict[str, str]:
+    """GGUF tensor name -> transformers parameter name for `model`, from one name table of the
+    gguf package, as transformers maps the top-level names; `full_map()` (transformers' own
+    walk, which builds that table again for each of a model's ~300 modules: 3 s) where that
+    leaves one of the file's tensors unnamed."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+
+    arch_name = GGUF_ARCH_NAMES.get(model.config.model_type, model.config.model_type)
+    arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == arch_name), None)
+    if arch is None:
+        return full_map()
+    table = get_tensor_name_map(arch, model.config.num_hidden_layers)
+    names = {}
+    for hf_name in model.state_dict():
+        base, dot, suffix = hf_name.rpartition(".")
+        gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
+        if gguf_name is not None:
+            names[f"{gguf_name}.{suffix}"] = hf_name
+    if any(tensor.name not in names for tensor in index.tensors if tensor.name not in UNUSED_TENSORS):
+        return full_map()
+    return names
 
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -77,7 +105,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     index = read_index(gguf)
     processor = TENSOR_PROCESSORS.get(index.architecture, TensorProcessor)(config=config.to_dict())
-    names = get_gguf_hf_weights_map(model, processor)
+    names = _tensor_names(model, index, lambda: get_gguf_hf_weights_map(model, processor))
     context = {"tensor_key_mapping": names, "parsed_parameters": {"tensors": {}, "config": config.to_dict()}}
     done = {"blocks": {}, "dequantized": {}}
     embedding_blocks = None
