@@ -110,3 +110,17 @@ def test_a_wrong_logit_would_be_seen(gguf_folder):
     _, expected = _reference_greedy(reference, [5, 17, 99])
     assert (before[0] - expected[0]).abs().max() <= LOGIT_TOLERANCE
     assert (after[0] - expected[0]).abs().max() > LOGIT_TOLERANCE
+
+
+def test_a_type_without_an_exact_layout_is_dequantized_and_said(gguf_folder):
+    """Q2_K (no exact layout here) is dequantized to float32 as transformers does, and the load
+    says so; the model still gives transformers' tokens."""
+    from transformers import AutoConfig
+
+    path, types = write_tiny_gguf("llama", gguf_folder, block_types=["Q4_K", "Q2_K", "Q8_0"])
+    model, done = load_native(path, AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+    assert done["dequantized"] == {"Q2_K": sum(1 for name in types.values() if name == "Q2_K")}
+    assert set(done["blocks"]) == {"Q4_K", "Q8_0"}
+    first = [5, 17, 99, 240, 3]
+    ours, _ = _native_greedy(model, open_decoder(model), first)
+    assert ours == _reference_greedy(_reference(path), first)[0]

@@ -31,10 +31,11 @@ UNTIED = {"qwen2", "phi3"}
 """Architectures written with an output weight of their own (the others tie it to the embedding)."""
 BLOCK_TYPES = ["Q4_K", "Q5_0", "Q8_0", "Q6_K", "Q4_0", "Q5_K", "Q4_1", "Q5_1"]
 """The block types the weights cycle through, so every file mixes them."""
-K_SCALE = {"Q4_K": (0.02 / (63 * 15), 0.02 / 63), "Q5_K": (0.02 / (63 * 31), 0.02 / 63), "Q6_K": (0.02 / (127 * 32), 0)}
+K_SCALE = {"Q4_K": (0.02 / (63 * 15), 0.02 / 63), "Q5_K": (0.02 / (63 * 31), 0.02 / 63), "Q6_K": (0.02 / (127 * 32), 0),
+           "Q2_K": (0.02 / (15 * 3), 0.02 / 15)}
 """d and dmin magnitudes that keep random K-quant weights near 0.02 (the gguf package cannot
 quantize K types, so their blocks are random bytes with these scales)."""
-K_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
+K_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None), "Q2_K": (80, 82)}
 
 
 def _random_k_blocks(name: str, shape: tuple[int, int], rng) -> np.ndarray:
@@ -55,9 +56,11 @@ def _llama_permute(weights: np.ndarray, heads: int) -> np.ndarray:
     return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def write_tiny_gguf(arch: str, folder: Path, seed: int = 0) -> tuple[Path, dict]:
-    """Write the tiny `arch` model's GGUF file in `folder`; the file and the block type of each
-    tensor written quantized."""
+def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[str] | None = None) -> tuple[Path, dict]:
+    """Write the tiny `arch` model's GGUF file in `folder`, its weights cycling through
+    `block_types` (default `BLOCK_TYPES`); the file and the block type of each tensor written
+    quantized."""
+    block_types = block_types or BLOCK_TYPES
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, dims, extra = ARCHITECTURES[arch]
@@ -71,7 +74,7 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0) -> tuple[Path, dict]
     arch_id = next(key for key, value in MODEL_ARCH_NAMES.items() if value == arch)
     names = get_tensor_name_map(arch_id, LAYERS)
     rng = np.random.default_rng(seed)
-    path = folder / f"tiny-{arch}.gguf"
+    path = folder / f"tiny-{arch}{'' if block_types is BLOCK_TYPES else '-' + '-'.join(block_types)}.gguf"
     writer = GGUFWriter(str(path), arch)
     writer.add_context_length(512)
     writer.add_embedding_length(HIDDEN)
@@ -111,7 +114,7 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0) -> tuple[Path, dict]
         if arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = dims["num_attention_heads"] if "attn_q" in gguf_name else dims["num_key_value_heads"]
             values = _llama_permute(values, heads)
-        name = BLOCK_TYPES[index % len(BLOCK_TYPES)]
+        name = block_types[index % len(block_types)]
         index += 1
         kind = GGMLQuantizationType[name]
         raw = _random_k_blocks(name, shape, rng) if name in K_SCALE else quantize(values, kind)

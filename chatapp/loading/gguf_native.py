@@ -140,7 +140,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
         target = (module.out_features,) if isinstance(module, BlockLinear) else getattr(module, attribute).shape
         _set_tensor(model, hf_name, torch.from_numpy(np.array(values, dtype=np.float32)).reshape(target))  # a copy
         index.release(tensor)
-        if type_name not in ("F32", "F16", "BF16") or attribute == "weight" and len(shape) == 2:
+        if type_name not in ("F32", "F16", "BF16"):  # a block type without an exact layout
             done["dequantized"][type_name] = done["dequantized"].get(type_name, 0) + 1
     _tie_head(model, config, embedding_blocks)
     missing = [name for name, value in [*model.named_parameters(), *model.named_buffers()] if value.is_meta]

@@ -361,6 +361,10 @@ def load_model(
     notes = [f"weights dequantized from {source.gguf.name}"] if source.gguf and not native else []
     if native:
         notes.append(_native_note(cached[1]))
+        converted = cached[1]["dequantized"]
+        if converted:  # the one-line notice for block types without an exact layout
+            kinds = ", ".join(f"{count} {name}" for name, count in sorted(converted.items()))
+            progress(f"{kinds} tensor(s) have no exact block layout here: dequantized to float32")
     if use_int4:
         if cached is None:
             progress("packing weights to int4")
