@@ -86,6 +86,9 @@ inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
 using Vec = __m512;
 inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm512_fmadd_ps(v, _mm512_set1_ps(s), acc); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm512_fmadd_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b), acc); }
+constexpr int64_t VLEN = 16;
 #define HAVE_VEC 1
 #elif defined(__AVX2__) && defined(__FMA__)
 inline float hsum(__m256 v) {
@@ -121,6 +124,9 @@ inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
 using Vec = __m256;
 inline Vec vzero() { return _mm256_setzero_ps(); }
 inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm256_fmadd_ps(v, _mm256_set1_ps(s), acc); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm256_fmadd_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b), acc); }
+constexpr int64_t VLEN = 8;
 #define HAVE_VEC 1
 #endif
 
@@ -144,16 +150,29 @@ float row_dot(const Layout& l, int64_t row, const float* __restrict x, const flo
   const uint8_t* codes = l.codes + row * l.row_bytes;
   const float* scale = l.scale + row * l.blocks;
 #if defined(HAVE_VEC)
-  Vec acc = vzero();
-  for (int64_t b = 0; b < l.blocks; ++b)
+  Vec acc = vzero(), other = vzero();  // two chains of sums, so consecutive blocks overlap
+  int64_t b = 0;
+  for (; b + 2 <= l.blocks; b += 2) {
     acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
-  float total = hsum(acc);
+    other = vfma_scalar(block_dot_vec<BITS, B>(codes + (b + 1) * block_bytes<BITS, B>(), x + (b + 1) * B),
+                        scale[b + 1], other);
+  }
+  if (b < l.blocks)
+    acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
+  float rest = 0.f;
+  if (l.low != nullptr) {  // the minimums' share: low . xsum, in the same vectors
+    const float* low = l.low + row * l.blocks;
+    int64_t c = 0;
+    for (; c + VLEN <= l.blocks; c += VLEN) other = vmuladd(low + c, xsum + c, other);
+    for (; c < l.blocks; ++c) rest += low[c] * xsum[c];
+  }
+  return hsum(vadd(acc, other)) + rest;
 #else
   float total = 0.f;
   for (int64_t b = 0; b < l.blocks; ++b)
     total += scale[b] * block_dot<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B);
-#endif
   return l.low == nullptr ? total : total + dot(l.low + row * l.blocks, xsum, l.blocks);
+#endif
 }
 
 // The whole row's weights (with their minimums) into `w` (K floats).
@@ -247,11 +266,15 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::
   const int64_t rows_x = xc.size(0), k = xc.size(1), n = codes.size(0);
   const Layout l = layout_of(codes, scale, low, block);
   TORCH_CHECK(l.k == k, "x has ", k, " columns, the weight ", l.k);
-  const at::Tensor xsum = l.low == nullptr ? at::empty({0}, xc.options())
-                                           : xc.view({rows_x, k / block, block}).sum(-1);  // (M, K / block)
-  at::Tensor y = at::empty({rows_x, n}, xc.options());
   const float* xp = xc.data_ptr<float>();
-  const float* sp = xsum.data_ptr<float>();
+  std::vector<float> xsum(l.low == nullptr ? 0 : rows_x * l.blocks);  // (M, K / block): each block's sum of x
+  for (int64_t at = 0; at < static_cast<int64_t>(xsum.size()); ++at) {
+    float total = 0.f;
+    for (int64_t j = 0; j < block; ++j) total += xp[at * block + j];
+    xsum[at] = total;
+  }
+  at::Tensor y = at::empty({rows_x, n}, xc.options());
+  const float* sp = xsum.data();
   float* yp = y.data_ptr<float>();
   DISPATCH(bits, block, run_linear<BITS, B>(l, xp, sp, yp, rows_x, n))
   return y;
