@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from chatapp.runtime.decoder import Decoder
+from chatapp.runtime.llama_decoder import rotation_matrix
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 """Architectures whose layers `LayerPlan` describes (Mistral's GGUF files are `llama`)."""
@@ -159,6 +160,7 @@ class LayeredDecoder(Decoder):
         self.kv_heads = config.num_key_value_heads
         self.head_dim = int(getattr(first, "head_dim", None) or config.hidden_size // self.heads)
         self.apply_rotary = sys.modules[type(first).__module__].apply_rotary_pos_emb
+        self.rotation = rotation_matrix(self.head_dim, next(p for p in model.parameters()).dtype, self.device)
         self.max_length = getattr(config, "max_position_embeddings", None) or MIN_CAPACITY
         self.dtype = next(p for p in model.parameters()).dtype
         self.reset()
@@ -233,7 +235,7 @@ class LayeredDecoder(Decoder):
         v = v.view(1, count, self.kv_heads, self.head_dim).transpose(1, 2)
         if plan.qk_norm:
             q, k = norms["q_norm"](q), norms["k_norm"](k)
-        q, k = self.apply_rotary(q, k, *table)
+        q, k = self._rotate(q, k, *table)
         cache[0, :, start:end] = k[0]
         cache[1, :, start:end] = v[0]
         first = 0 if plan.window is None else max(0, start - plan.window + 1)
@@ -246,6 +248,17 @@ class LayeredDecoder(Decoder):
             return x + norms["post_feedforward_layernorm"](layer.mlp(norms["pre_feedforward_layernorm"](x)))
         x = x + out
         return x + layer.mlp(norms["post_attention_layernorm"](x))
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """The rotary embedding on q and k: the model's own formula, `x * cos + rotate_half(x) *
+        sin`, for q and k together with `rotate_half` as one product (three operations instead
+        of about twenty); a partial rotary embedding (Phi-3's kind) goes to the model's own
+        function."""
+        if cos.shape[-1] != self.head_dim:
+            return self.apply_rotary(q, k, cos, sin)
+        both = torch.cat([q, k], dim=1)  # (1, H + KVH, T, hd)
+        both = torch.addcmul(both * cos.unsqueeze(1), both @ self.rotation, sin.unsqueeze(1))
+        return both[:, :self.heads], both[:, self.heads:]
 
     def _mask(self, start: int, end: int, first: int, window: int | None) -> torch.Tensor:
         """`(T, S)` True where query position `start + i` may attend to key position `first + j`:

@@ -125,7 +125,7 @@ def _doubled(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([weight.detach(), weight.detach()])
 
 
-def _rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
+def rotation_matrix(head_dim: int, dtype, device) -> torch.Tensor:
     """`R` with `x @ R == cat(-x[half:], x[:half])`: transformers' `rotate_half` as one product."""
     half = head_dim // 2
     rotation = torch.zeros(head_dim, head_dim, dtype=dtype, device=device)
@@ -160,7 +160,7 @@ class LlamaDecoder(Decoder):
         self.dtype = self.embed_weight.dtype
         self.norm_weight = body.norm.weight
         self.rotary = body.rotary_emb
-        self.rotation = _rotation_matrix(self.head_dim, self.dtype, self.device)
+        self.rotation = rotation_matrix(self.head_dim, self.dtype, self.device)
         self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts = [], [], [], [], []
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
