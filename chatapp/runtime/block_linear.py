@@ -138,3 +138,29 @@ class BlockEmbedding(nn.Module):
         if self.scale is not None:
             rows = rows * torch.tensor(self.scale, dtype=self.dtype)
         return rows.reshape(*ids.shape, self.embedding_dim)
+
+
+def fuse_block_linears(linears: list[nn.Module]) -> BlockLinear | None:
+    """One `BlockLinear` computing `cat([l(x) for l in linears], -1)`, when all are block
+    linears of one layout and width (the originals are repointed at row slices of it, so nothing
+    is stored twice), else None. A missing minimum or bias becomes zeros in the fused one."""
+    if not linears or not all(type(layer) is BlockLinear for layer in linears):
+        return None
+    first = linears[0].weights
+    parts = [layer.weights for layer in linears]
+    if any((w.bits, w.block, w.shape[1]) != (first.bits, first.block, first.shape[1]) for w in parts):
+        return None
+    lows = [w.low if w.low.numel() else torch.zeros_like(w.scale) for w in parts] if any(w.low.numel() for w in parts) else []
+    rows = sum(w.shape[0] for w in parts)
+    fused = ScaledBlocks((rows, first.shape[1]), first.bits, first.block, torch.cat([w.codes for w in parts]),
+                         torch.cat([w.scale for w in parts]), torch.cat(lows) if lows else torch.empty(0))
+    biases = [layer.bias for layer in linears]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.detach() if b is not None else torch.zeros(layer.out_features)
+                          for b, layer in zip(biases, linears)])
+    start = 0
+    for layer in linears:
+        layer.weights = fused.rows(start, start + layer.out_features)
+        start += layer.out_features
+    return BlockLinear(fused, bias)

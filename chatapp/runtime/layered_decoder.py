@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chatapp.runtime.block_linear import fuse_block_linears
 from chatapp.runtime.decoder import Decoder
 from chatapp.runtime.llama_decoder import rotation_matrix
 
@@ -98,6 +99,25 @@ def fuse_norm(module):
     return module
 
 
+@torch.inference_mode()
+def fuse_mlp(mlp):
+    """gate and up of a gated MLP as one block product, when the MLP computes `down(act(gate(x)) *
+    up(x))` (checked on a probe) and both are block linears of one layout; else None."""
+    if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return None
+    gate, up = mlp.gate_proj, mlp.up_proj
+    probe = torch.randn(2, gate.in_features, generator=torch.Generator().manual_seed(0))
+    expected = mlp(probe)
+    fused = fuse_block_linears([gate, up])
+    if fused is None:
+        return None
+    g, u = fused(probe).chunk(2, dim=-1)
+    if not torch.allclose(mlp.down_proj(mlp.act_fn(g) * u), expected, rtol=0,
+                          atol=NORM_PROBE_TOLERANCE * float(expected.abs().max())):
+        return None  # the views still compute what the originals did
+    return fused
+
+
 def _model_type(model) -> str:
     return getattr(model.config, "model_type", "")
 
@@ -155,6 +175,10 @@ class LayeredDecoder(Decoder):
         self.norms = [{name: fuse_norm(getattr(module, name)) for module in (layer, layer.self_attn)
                        for name in NORM_NAMES if hasattr(module, name)} for layer in self.layers]
         self.final_norm = fuse_norm(self.norm)
+        self.qkv = [None if plan.fused_qkv else fuse_block_linears([layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                                    layer.self_attn.v_proj])
+                    for layer, plan in zip(self.layers, self.plans)]
+        self.gate_up = [fuse_mlp(layer.mlp) for layer in self.layers]
         first = self.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -225,9 +249,10 @@ class LayeredDecoder(Decoder):
         count = end - start
         attn = layer.self_attn
         h = norms["input_layernorm"](x)
-        if plan.fused_qkv:
-            q, k, v = attn.qkv_proj(h).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                                              self.kv_heads * self.head_dim], dim=-1)
+        fused = attn.qkv_proj if plan.fused_qkv else self.qkv[attn.layer_idx]
+        if fused is not None:
+            q, k, v = fused(h).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                                      self.kv_heads * self.head_dim], dim=-1)
         else:
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
         q = q.view(1, count, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, hd)
@@ -243,11 +268,25 @@ class LayeredDecoder(Decoder):
         mask = self._mask(start, end, first, plan.window) if count > 1 else None
         attended = self._attention(q, keys, values, mask, plan)  # (1, H, T, hd)
         out = attn.o_proj(attended.transpose(1, 2).reshape(1, count, self.heads * self.head_dim))
+        mlp = self._mlp(layer, attn.layer_idx)
         if plan.sandwich:
             x = x + norms["post_attention_layernorm"](out)
-            return x + norms["post_feedforward_layernorm"](layer.mlp(norms["pre_feedforward_layernorm"](x)))
+            return x + norms["post_feedforward_layernorm"](mlp(norms["pre_feedforward_layernorm"](x)))
         x = x + out
-        return x + layer.mlp(norms["post_attention_layernorm"](x))
+        return x + mlp(norms["post_attention_layernorm"](x))
+
+    def _mlp(self, layer, index: int):
+        """The layer's MLP: the model's own module, or gate and up as one product (`fuse_mlp`)."""
+        gate_up = self.gate_up[index]
+        if gate_up is None:
+            return layer.mlp
+        mlp = layer.mlp
+
+        def run(h: torch.Tensor) -> torch.Tensor:
+            gate, up = gate_up(h).chunk(2, dim=-1)
+            return mlp.down_proj(mlp.act_fn(gate) * up)
+
+        return run
 
     def _rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """The rotary embedding on q and k: the model's own formula, `x * cos + rotate_half(x) *
