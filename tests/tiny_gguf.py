@@ -23,10 +23,16 @@ ARCHITECTURES = {
                {"attention.key_length": 256, "attention.value_length": 256, "attention.sliding_window": 4}),
     "gemma3": ("gemma3_text", dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256, sliding_window=4),
                {"attention.key_length": 256, "attention.value_length": 256, "attention.sliding_window": 4}),
+    "mistral": ("mistral", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=64), {"rope.dimension_count": 64}),
 }
 """Each covers what its family adds: Llama's permuted q/k, Qwen2's q/k/v biases, Qwen3's q/k
-norms, Phi-3's fused qkv and gate/up, Gemma's norm offsets, pre/post norms, scaled embeddings,
-GELU, sliding windows (4 tokens, so the tests cross them) and Gemma 2's logit soft-capping."""
+norms, Phi-3's fused qkv and gate/up, Mistral's own model type, Gemma's norm offsets, pre/post
+norms, scaled embeddings, GELU, sliding windows (4 tokens, so the tests cross them) and Gemma 2's
+logit soft-capping."""
+GGUF_ARCH = {"mistral": "llama"}
+"""Files whose GGUF architecture is another's: llama.cpp writes Mistral as `llama`, and transformers
+reads a `llama` file named "mistral" as Mistral."""
+
 UNTIED = {"qwen2", "phi3"}
 """Architectures written with an output weight of their own (the others tie it to the embedding)."""
 BLOCK_TYPES = ["Q4_K", "Q5_0", "Q8_0", "Q6_K", "Q4_0", "Q5_K", "Q4_1", "Q5_1"]
@@ -71,11 +77,13 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[st
                                   **dims)
     with torch.device("meta"):
         shapes = {name: tuple(p.shape) for name, p in AutoModelForCausalLM.from_config(config).state_dict().items()}
-    arch_id = next(key for key, value in MODEL_ARCH_NAMES.items() if value == arch)
+    gguf_arch = GGUF_ARCH.get(arch, arch)
+    arch_id = next(key for key, value in MODEL_ARCH_NAMES.items() if value == gguf_arch)
     names = get_tensor_name_map(arch_id, LAYERS)
     rng = np.random.default_rng(seed)
     path = folder / f"tiny-{arch}{'' if block_types is BLOCK_TYPES else '-' + '-'.join(block_types)}.gguf"
-    writer = GGUFWriter(str(path), arch)
+    writer = GGUFWriter(str(path), gguf_arch)
+    writer.add_name(arch)  # transformers reads a `llama` file named exactly "mistral" as Mistral
     writer.add_context_length(512)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(LAYERS)
@@ -86,7 +94,7 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[st
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(VOCAB)
     for key, value in extra.items():
-        writer.add_uint32(f"{arch}.{key}", value)
+        writer.add_uint32(f"{gguf_arch}.{key}", value)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([f"t{i}" for i in range(VOCAB)])
     writer.add_pad_token_id(0)
@@ -111,7 +119,7 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[st
             continue
         spread = 1.0 if "embed" in hf_name else 0.05
         values = rng.normal(0, spread, shape).astype(np.float32)
-        if arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+        if gguf_arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = dims["num_attention_heads"] if "attn_q" in gguf_name else dims["num_key_value_heads"]
             values = _llama_permute(values, heads)
         name = block_types[index % len(block_types)]

@@ -32,8 +32,10 @@ from chatapp.support.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-GGUF_ARCH_NAMES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "cohere": "command-r"}
-"""transformers' model types whose GGUF architecture is named otherwise (as transformers maps them)."""
+GGUF_ARCH_NAMES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "cohere": "command-r",
+                   "mistral": "llama"}
+"""transformers' model types whose GGUF architecture is named otherwise (as transformers maps them;
+Mistral is written as `llama`, which transformers' own GGUF loading misses with gguf 0.18)."""
 UNUSED_TENSORS = {"rope_freqs.weight"}
 """Tensors some GGUF files carry that no transformers parameter holds (transformers skips them)."""
 

@@ -14,6 +14,16 @@ import torch
 from chatapp.runtime.devices import input_device
 
 
+def grown_capacity(capacity: int, length: int, max_length: int, minimum: int) -> int:
+    """How many tokens KV buffers holding `capacity` should grow to for `length`: doubled (from
+    at least `minimum`) until enough, but never beyond the context window `max_length` unless
+    `length` itself is."""
+    capacity = max(minimum, capacity)
+    while capacity < length:
+        capacity *= 2
+    return max(length, min(capacity, max_length))
+
+
 class Decoder:
     """The KV cache of one conversation and the token ids it holds."""
 

@@ -1,6 +1,6 @@
 """One decoder for the architectures people run, built from a description of their layers.
 
-Llama, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3 differ in a handful of choices per layer, which
+Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3 differ in a handful of choices per layer, which
 `LayerPlan` reads from the model's own config and modules: q/k/v as one product or three, norms
 on q and k, norms after attention and the MLP as well as before ("sandwich" norms), a sliding
 window, soft-capped attention logits, the attention scale, and which rotary table a layer uses.
@@ -25,11 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from chatapp.runtime.block_linear import fuse_block_linears
-from chatapp.runtime.decoder import Decoder
+from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.llama_decoder import rotation_matrix
 
-MODEL_TYPES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
-"""Architectures whose layers `LayerPlan` describes (Mistral's GGUF files are `llama`)."""
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+"""Architectures whose layers `LayerPlan` describes."""
+CONFIG_WINDOWS = ("mistral",)
+"""Architectures whose sliding window is the config's, for every layer (the others name it on
+each layer's attention module)."""
 MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 NORM_NAMES = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
@@ -152,7 +155,8 @@ def plan_layer(layer, config, takes_kind: bool) -> LayerPlan:
         fused_qkv=hasattr(attn, "qkv_proj"),
         qk_norm=hasattr(attn, "q_norm") and hasattr(attn, "k_norm"),
         sandwich=hasattr(layer, "pre_feedforward_layernorm"),
-        window=getattr(attn, "sliding_window", None) or None,
+        window=(getattr(config, "sliding_window", None) if config.model_type in CONFIG_WINDOWS
+                else getattr(attn, "sliding_window", None)) or None,
         softcap=getattr(attn, "attn_logit_softcapping", None) or None,
         scaling=float(attn.scaling),
         rotary_kind=kind,
@@ -205,10 +209,7 @@ class LayeredDecoder(Decoder):
     def _reserve(self, length: int) -> None:
         if length <= self.capacity:
             return
-        capacity = max(MIN_CAPACITY, self.capacity)
-        while capacity < length:
-            capacity *= 2
-        capacity = max(length, min(capacity, self.max_length))
+        capacity = grown_capacity(self.capacity, length, self.max_length, MIN_CAPACITY)
         held = len(self.token_ids)
         caches = []
         for old in self.caches or [None] * len(self.layers):

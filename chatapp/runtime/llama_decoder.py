@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chatapp.runtime import int4_kernel
-from chatapp.runtime.decoder import Decoder
+from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.kernel_switch import KernelSwitch
 from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
 from chatapp.runtime.quantize import Int4Linear
@@ -227,10 +227,7 @@ class LlamaDecoder(Decoder):
     def _reserve(self, length: int) -> None:
         if length <= self.capacity:
             return
-        capacity = max(MIN_CAPACITY, self.capacity)
-        while capacity < length:
-            capacity *= 2
-        capacity = max(length, min(capacity, self.max_length))  # never beyond the context window
+        capacity = grown_capacity(self.capacity, length, self.max_length, MIN_CAPACITY)
         shape = (len(self.o_parts), 2, self.kv_heads, capacity, self.head_dim)
         cache = torch.empty(shape, dtype=self.dtype, device=self.device)
         held = len(self.token_ids)
