@@ -153,3 +153,25 @@ def test_fused_products_give_transformers_tokens(arch, gguf_folder):
     assert ours == theirs
     for mine, expected in zip(our_logits, their_logits):
         assert _logits_close(mine, expected), (mine - expected).abs().max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_large_tensors_read_in_chunks_give_the_same_blocks(arch, gguf_folder, monkeypatch):
+    """A large tensor is read a slice of rows at a time (here every tensor, 100 rows a slice:
+    the file's eight block types, with and without minimums): the same blocks as one read."""
+    from transformers import AutoConfig
+
+    from chatapp.loading import gguf_native
+
+    path, _ = write_tiny_gguf(arch, gguf_folder)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    whole, _ = load_native(path, config)
+    monkeypatch.setattr(gguf_native, "LARGE_TENSOR_BYTES", 0)
+    monkeypatch.setattr(gguf_native, "CHUNK_ROWS", 100)
+    chunked, _ = load_native(path, config)
+    pairs = [(a, b) for a, b in zip(whole.modules(), chunked.modules()) if isinstance(a, (BlockLinear, BlockEmbedding))]
+    assert len(pairs) > 10
+    for a, b in pairs:
+        assert a.weights.shape == b.weights.shape and a.weights.bits == b.weights.bits
+        for name in ("codes", "scale", "low"):
+            assert torch.equal(getattr(a.weights, name), getattr(b.weights, name)), name

@@ -58,18 +58,25 @@ class GGUFIndex:
     def architecture(self) -> str:
         return self.fields.get("general.architecture", "")
 
+    def release_rows(self, tensor: TensorEntry, start: int, stop: int) -> None:
+        """`release` for rows `start:stop` of `tensor` only (whole pages inside them)."""
+        self._drop(tensor.data[start:stop])
+
     def release(self, tensor: TensorEntry) -> None:
         """Drop the file's pages under `tensor` from this process's memory once it has been
         copied: they count in its resident size (and its peak) while mapped, and a loader that
         reads a whole file would otherwise hold all of it at once. Reading it again re-reads
         the file."""
+        self._drop(tensor.data)
+
+    def _drop(self, data: np.ndarray) -> None:
         madvise = getattr(self.mapping, "madvise", None)
-        if madvise is None or not hasattr(mmap, "MADV_DONTNEED") or tensor.data.size == 0:
+        if madvise is None or not hasattr(mmap, "MADV_DONTNEED") or data.size == 0:
             return
-        start = tensor.data.ctypes.data - np.frombuffer(self.mapping, dtype=np.uint8, count=1).ctypes.data
+        start = data.ctypes.data - np.frombuffer(self.mapping, dtype=np.uint8, count=1).ctypes.data
         begin = start - start % mmap.PAGESIZE
         try:
-            madvise(mmap.MADV_DONTNEED, begin, start + tensor.data.size - begin)
+            madvise(mmap.MADV_DONTNEED, begin, start + data.size - begin)
         except (OSError, ValueError):
             pass  # only memory is at stake
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from chatapp.runtime.block_linear import fuse_block_linears
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.llama_decoder import rotation_matrix
+from chatapp.support.memory import return_freed_memory
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 """Architectures whose layers `LayerPlan` describes."""
@@ -183,6 +184,7 @@ class LayeredDecoder(Decoder):
                                                                     layer.self_attn.v_proj])
                     for layer, plan in zip(self.layers, self.plans)]
         self.gate_up = [fuse_mlp(layer.mlp) for layer in self.layers]
+        return_freed_memory()  # the weights the fused copies replaced
         first = self.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads

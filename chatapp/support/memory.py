@@ -70,3 +70,21 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def return_freed_memory() -> None:
+    """Hand memory that was freed back to the system (glibc's `malloc_trim`; nothing elsewhere).
+
+    Tensors of a few megabytes come from the C heap once glibc has raised its mmap threshold
+    (after the first large free), and freeing them leaves holes the heap keeps: replacing a
+    model's weights with fused copies left Gemma 3 270M 60 MiB larger for good."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
