@@ -1,9 +1,10 @@
 """A model built straight from a GGUF file, its weights kept in the file's own block quantization.
 
 transformers builds the model's skeleton from the config (its parameters on the meta device:
-nothing allocated) and names the file's tensors (`get_gguf_hf_weights_map`, with the
-architecture's tensor processor, which undoes what llama.cpp's converter changed: Llama's q/k
-row order, Gemma's norm offsets). Then each tensor goes where transformers would put it:
+nothing allocated); the file's tensors are named from the gguf package's name table as
+transformers names them (`_tensor_names`), and the architecture's tensor processor undoes what
+llama.cpp's converter changed (Llama's q/k row order, Gemma's norm offsets). Then each tensor
+goes where transformers would put it:
 
 - the weight of a linear layer or of the token embedding, in a block type with an exact layout
   (`chatapp.loading.gguf_blocks.EXACT_TYPES`), becomes a `BlockLinear` / `BlockEmbedding` over
@@ -11,14 +12,14 @@ row order, Gemma's norm offsets). Then each tensor goes where transformers would
 - everything else (norms, biases, F32/F16/BF16 tensors, rarer block types) is dequantized by the
   `gguf` package and processed as transformers processes it, in float32.
 
-A tied LM head shares the embedding's blocks. The model then runs through transformers' own
-modules (`chatapp.runtime.transformers_decoder`) for any architecture transformers reads from
-GGUF, in about the file's size of memory instead of four times it in float32.
+A tied LM head shares the embedding's blocks. The model then runs on chatapp's layered decoder
+(`chatapp.runtime.layered_decoder`) for the common architectures, or through transformers' own
+modules for any other that transformers reads from GGUF, in about the file's size of memory
+instead of four times it in float32.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,6 @@ from chatapp.loading.gguf_index import read_index
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, ScaledBlocks
 from chatapp.support.errors import ModelLoadError
 from chatapp.support.memory import return_freed_memory
-
-log = logging.getLogger(__name__)
 
 GGUF_ARCH_NAMES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "cohere": "command-r",
                    "mistral": "llama"}
@@ -101,7 +100,7 @@ def _tensor_names(model: nn.Module, index, full_map) -> dict[str, str]:
     table = get_tensor_name_map(arch, model.config.num_hidden_layers)
     names = {}
     for hf_name in model.state_dict():
-        base, dot, suffix = hf_name.rpartition(".")
+        base, _, suffix = hf_name.rpartition(".")
         gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
         if gguf_name is not None:
             names[f"{gguf_name}.{suffix}"] = hf_name
@@ -174,7 +173,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
         index.release(tensor)
         if type_name not in ("F32", "F16", "BF16"):  # a block type without an exact layout
             done["dequantized"][type_name] = done["dequantized"].get(type_name, 0) + 1
-    _tie_head(model, config, embedding_blocks)
+    _tie_head(model, embedding_blocks)
     missing = [name for name, value in [*model.named_parameters(), *model.named_buffers()] if value.is_meta]
     if missing:
         raise ModelLoadError(f"{gguf.name} lacks the tensor {missing[0]} ({len(missing)} missing): it does not "
@@ -184,7 +183,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     return model, done
 
 
-def _tie_head(model: nn.Module, config, embedding_blocks) -> None:
+def _tie_head(model: nn.Module, embedding_blocks) -> None:
     """Give a model whose file has no output weight its tied LM head: the embedding's blocks, or
     its float weight."""
     head = model.get_output_embeddings()

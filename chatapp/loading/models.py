@@ -144,7 +144,7 @@ def _wants_native(quantize: str, gguf: Path | None, device: str, device_map: str
             and torch.device(device).type == "cpu")
 
 
-def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: str | None) -> bool:
+def _wants_int4(quantize: str, gguf: Path | None, device: str, dtype, device_map: str | None) -> bool:
     import torch
 
     from chatapp.runtime.quantize import int4_supported
@@ -160,8 +160,8 @@ def _wants_int4(quantize: str, source: _Source, device: str, dtype, device_map: 
         on_cpu
         and cpu_has_native_bf16()  # the int4 kernels compute in bfloat16
         and int4_supported()
-        and source.gguf is not None
-        and gguf_is_4bit(source.gguf)
+        and gguf is not None
+        and gguf_is_4bit(gguf)
     )
 
 
@@ -226,7 +226,7 @@ def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
 
         tokenizer = load_chat_tokenizer(source.location)
         if tokenizer is None:
-            tokenizer, _ = _transformers_load(source, None, False, dtype, False, None, None)
+            tokenizer = _transformers_tokenizer(source)
         model, done = load_native(source.gguf, AutoConfig.from_pretrained(source.location, local_files_only=True))
         return (model, done), tokenizer, model
     cached = _cached_int4(source, dtype) if use_int4 else None
@@ -240,13 +240,13 @@ def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
 def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
     """Load what is still missing (tokenizer, model) with transformers, from local files only."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     common = dict(local_files_only=True, trust_remote_code=False)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-    if model is None:  # (False: the caller wants only the tokenizer)
+        tokenizer = _transformers_tokenizer(source)
+    if model is None:
         placement = {}
         if device_map:
             offload = cache_root().parent / "offload"
@@ -255,6 +255,14 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
         load_dtype = torch.float32 if use_int4 else dtype
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=load_dtype, **common, **placement)
     return tokenizer, model
+
+
+def _transformers_tokenizer(source: _Source):
+    """The tokenizer of `source`, as transformers loads it, from local files only."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(source.location, local_files_only=True, trust_remote_code=False)
 
 
 def _vocab_rows(head) -> int:
@@ -332,7 +340,7 @@ def load_model(
         raise _no_chat_template(spec)  # told before the file is converted and loaded
     source = None
     try:
-        use_int4 = _wants_int4(quantize, _Source("", "", gguf), target_device, torch_dtype, device_map)
+        use_int4 = _wants_int4(quantize, gguf, target_device, torch_dtype, device_map)
         native = _wants_native(quantize, gguf, target_device, device_map, use_int4)
         if native:
             torch_dtype = torch.float32  # the block kernel computes in float32

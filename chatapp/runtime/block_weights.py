@@ -64,12 +64,6 @@ class BlockWeights:
         return BlockWeights(self.shape, self.bits, self.block, self.blocks_per_super,
                             *(fn(t) for t in (self.codes, self.d, self.dmin, self.sc, self.m)))
 
-    def rows(self, start: int, stop: int) -> "BlockWeights":
-        """Output rows `start:stop` (views, no copy)."""
-        part = self.map(lambda t: t[start:stop])
-        return BlockWeights((part.codes.shape[0], self.shape[1]), self.bits, self.block, self.blocks_per_super,
-                            part.codes, part.d, part.dmin, part.sc, part.m)
-
     def select_rows(self, index: torch.Tensor) -> "BlockWeights":
         """Output rows `index` (a 1-D tensor of row numbers), in that order: a row permutation
         (as GGUF's q/k layouts need undoing) or an embedding lookup."""

@@ -46,7 +46,7 @@ def rms_norm(x: torch.Tensor, doubled_weight: torch.Tensor, eps: float) -> torch
     """
     width = x.shape[-1]
     # contiguous: int4 products need it, and a bfloat16 model's cast to bfloat16 would not copy.
-    return F.layer_norm(torch.cat([x, -x], -1), [2 * width], doubled_weight, None, eps)[:, :width].contiguous()
+    return F.layer_norm(torch.cat([x, -x], -1), [2 * width], doubled_weight, None, eps)[..., :width].contiguous()
 
 
 def run_layers(
