@@ -1,6 +1,6 @@
 """chatapp's block kernel: linear layers straight from GGUF's block quantization, built per CPU.
 
-`kernels/block_linear.cpp` is one source of plain fixed-length loops; the compiler vectorizes
+`kernels/block_dot.h` holds plain fixed-length loops; the compiler vectorizes
 them for the instruction set each build targets (`BUILDS`): AVX512 (this machine), AVX2 (most
 x86 laptops), or none (any other CPU, ARM included, where the compiler still uses what it is
 allowed). `build_for_cpu` picks the widest this CPU runs. Builds go through
@@ -15,6 +15,7 @@ Without a compiler, `ops()` is None and `chatapp.runtime.block_linear` computes 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -26,7 +27,11 @@ from chatapp.runtime.int4_kernel import cpu_flags, kernels_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "block_linear.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp"]
+"""The operators (`block_linear`, `block_dequantize`, `block_rows`) and the decode step
+(`decode_layers`), both over the arithmetic of `HEADER`."""
+HEADER = KERNELS / "block_dot.h"
 BUILDS = {
     "avx512": (("avx512f", "avx512bw", "avx512vl", "fma", "f16c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", "-mprefer-vector-width=512"]),
@@ -63,13 +68,13 @@ def _namespace(build: str):
 
 
 def load(build: str) -> object | None:
-    """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`), compiled
-    first when needed (about 20 s, once), or None when it cannot be built here."""
+    """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`,
+    `decode_layers`), compiled first when needed (about 20 s, once), or None when it cannot be built here."""
     with _State.lock:
         if build in _State.failures:
             return None
         namespace = f"chatapp_blocks_{build}"
-        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "block_linear"):
+        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "decode_layers"):
             return _namespace(build)
         try:
             _compile(build, namespace)
@@ -87,10 +92,12 @@ def _compile(build: str, namespace: str) -> None:
     _ninja_on_path()
     folder = kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
     folder.mkdir(parents=True, exist_ok=True)
+    # cpp_extension rebuilds when a source or a flag changes; the header's digest, as a flag, counts too
+    digest = hashlib.sha256(HEADER.read_bytes()).hexdigest()[:16]
     cpp_extension.load(
-        name=namespace, sources=[str(SOURCE)], build_directory=str(folder), is_python_module=False,
-        extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}"], extra_ldflags=["-fopenmp"],
-        verbose=False,
+        name=namespace, sources=[str(source) for source in SOURCES], build_directory=str(folder), is_python_module=False,
+        extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}", f"-DBLOCK_DOT_DIGEST={digest}"],
+        extra_ldflags=["-fopenmp"], verbose=False,
     )
     log.info("block kernel %s loaded from %s", build, folder)
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chatapp.runtime.block_linear import fuse_block_linears
+from chatapp.runtime.block_linear import BlockLinear, fuse_block_linears
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.layer_loop import rms_norm
+from chatapp.runtime.layer_step import NativeLayers
 from chatapp.runtime.llama_decoder import rotation_matrix
 from chatapp.support.memory import return_freed_memory
 
@@ -74,6 +75,8 @@ class FusedNorm:
     """
 
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        self.weight_vector = weight.contiguous()
+        """What the norm multiplies by (the module's weight, or one plus it)."""
         self.doubled = torch.cat([weight, weight])
         self.eps = eps
 
@@ -109,6 +112,8 @@ def fuse_mlp(mlp):
     if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return None
     gate, up = mlp.gate_proj, mlp.up_proj
+    if not (type(gate) is BlockLinear and type(up) is BlockLinear):
+        return None
     probe = torch.randn(2, gate.in_features, generator=torch.Generator().manual_seed(0))
     expected = mlp(probe)
     fused = fuse_block_linears([gate, up])
@@ -192,6 +197,10 @@ class LayeredDecoder(Decoder):
         self.max_length = getattr(config, "max_position_embeddings", None) or MIN_CAPACITY
         self.dtype = next(p for p in model.parameters()).dtype
         self.rotation = rotation_matrix(self.head_dim, self.dtype, self.device)
+        native = NativeLayers.of(self) if self.device.type == "cpu" else "not on the CPU"
+        self.native, self.native_reason = (None, native) if isinstance(native, str) else (native, None)
+        if self.native is not None:
+            self.kind = "chatapp layered decoder, one native call a step"
         self.reset()
 
     def reset(self) -> None:
@@ -225,6 +234,10 @@ class LayeredDecoder(Decoder):
         end = start + count
         self._reserve(end)
         x = self.embed(input_ids)  # (1, T, d_model)
+        if count == 1 and self.native is not None:
+            outputs = self.native.step(self, x, self.caches, start)  # (layers, d_model)
+            self.token_ids.extend(ids)
+            return list(outputs) if every_layer else [outputs[-1]]
         positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # (1, T)
         tables: dict = {}
         outputs = []

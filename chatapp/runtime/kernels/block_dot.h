@@ -1,0 +1,265 @@
+// The block layout's arithmetic, shared by chatapp's block kernel operators
+// (block_linear.cpp) and its decode step (layer_step.cpp): see block_linear.cpp for the layout.
+// Everything sits in an unnamed namespace: each source file that includes it gets its own copy,
+// compiled for the same instruction set.
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#ifndef BLOCKS_NAMESPACE
+#define BLOCKS_NAMESPACE chatapp_blocks
+#endif
+
+namespace {
+
+constexpr int64_t ROW_GRAIN = 16;     // rows a thread takes at a time
+constexpr int64_t PREFETCH_ROWS = 4;  // rows ahead whose bytes are asked for
+
+struct Layout {
+  const uint8_t* codes;
+  const float* scale;  // (N, blocks)
+  const float* low;    // (N, blocks), or null: every minimum is zero
+  int64_t k;           // weights a row
+  int64_t blocks;      // blocks a row
+  int64_t row_bytes;   // code bytes a row
+};
+
+// Block `b` of `row`'s weights, code * scale (the minimum is added apart), into `w`.
+template <int BITS, int B>
+inline void decode_block(const uint8_t* codes, float scale, float* __restrict w) {
+  if constexpr (BITS == 4) {
+    // byte j holds code j in its low nibble and code j + 16 in its high one
+    for (int j = 0; j < 16; ++j) w[j] = float(codes[j] & 15) * scale;
+    for (int j = 0; j < 16; ++j) w[16 + j] = float(codes[j] >> 4) * scale;
+  } else {
+    const int8_t* c = reinterpret_cast<const int8_t*>(codes);
+    for (int j = 0; j < B; ++j) w[j] = float(c[j]) * scale;
+  }
+}
+
+template <int BITS, int B>
+constexpr int64_t block_bytes() { return BITS == 4 ? B / 2 : B; }
+
+// codes . x over one block, with the codes as integers (the block's scale is applied after).
+template <int BITS, int B>
+inline float block_dot(const uint8_t* codes, const float* __restrict x);
+
+#if defined(__AVX512F__)
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+template <int BITS, int B>
+inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
+  if constexpr (BITS == 4) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(15));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
+    const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low)), _mm512_loadu_ps(x));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)), _mm512_loadu_ps(x + 16), acc);
+  } else {
+    __m512 acc = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)))),
+        _mm512_loadu_ps(x));
+    if constexpr (B == 32)
+      acc = _mm512_fmadd_ps(
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)))),
+          _mm512_loadu_ps(x + 16), acc);
+    return acc;
+  }
+}
+using Vec = __m512;
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm512_fmadd_ps(v, _mm512_set1_ps(s), acc); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm512_fmadd_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b), acc); }
+constexpr int64_t VLEN = 16;
+#define HAVE_VEC 1
+#elif defined(__AVX2__) && defined(__FMA__)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline __m256 widen_u8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
+inline __m256 widen_i8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+template <int BITS, int B>
+inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
+  if constexpr (BITS == 4) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(15));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
+    __m256 acc = _mm256_mul_ps(widen_u8(low), _mm256_loadu_ps(x));
+    acc = _mm256_fmadd_ps(widen_u8(_mm_srli_si128(low, 8)), _mm256_loadu_ps(x + 8), acc);
+    acc = _mm256_fmadd_ps(widen_u8(high), _mm256_loadu_ps(x + 16), acc);
+    return _mm256_fmadd_ps(widen_u8(_mm_srli_si128(high, 8)), _mm256_loadu_ps(x + 24), acc);
+  } else {
+    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
+    acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(first, 8)), _mm256_loadu_ps(x + 8), acc);
+    if constexpr (B == 32) {
+      const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16));
+      acc = _mm256_fmadd_ps(widen_i8(second), _mm256_loadu_ps(x + 16), acc);
+      acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(second, 8)), _mm256_loadu_ps(x + 24), acc);
+    }
+    return acc;
+  }
+}
+using Vec = __m256;
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm256_fmadd_ps(v, _mm256_set1_ps(s), acc); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm256_fmadd_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b), acc); }
+constexpr int64_t VLEN = 8;
+#define HAVE_VEC 1
+#endif
+
+template <int BITS, int B>
+inline float block_dot(const uint8_t* codes, const float* __restrict x) {
+  float total = 0.f;
+  if constexpr (BITS == 4) {
+    for (int j = 0; j < 16; ++j) total += float(codes[j] & 15) * x[j] + float(codes[j] >> 4) * x[16 + j];
+  } else {
+    const int8_t* c = reinterpret_cast<const int8_t*>(codes);
+    for (int j = 0; j < B; ++j) total += float(c[j]) * x[j];
+  }
+  return total;
+}
+
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n);
+
+// One output of one input row: sum over blocks of scale * (codes . x), plus minimum * sum(x).
+template <int BITS, int B>
+float row_dot(const Layout& l, int64_t row, const float* __restrict x, const float* __restrict xsum) {
+  const uint8_t* codes = l.codes + row * l.row_bytes;
+  const float* scale = l.scale + row * l.blocks;
+#if defined(HAVE_VEC)
+  Vec acc = vzero(), other = vzero();  // two chains of sums, so consecutive blocks overlap
+  int64_t b = 0;
+  for (; b + 2 <= l.blocks; b += 2) {
+    acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
+    other = vfma_scalar(block_dot_vec<BITS, B>(codes + (b + 1) * block_bytes<BITS, B>(), x + (b + 1) * B),
+                        scale[b + 1], other);
+  }
+  if (b < l.blocks)
+    acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
+  float rest = 0.f;
+  if (l.low != nullptr) {  // the minimums' share: low . xsum, in the same vectors
+    const float* low = l.low + row * l.blocks;
+    int64_t c = 0;
+    for (; c + VLEN <= l.blocks; c += VLEN) other = vmuladd(low + c, xsum + c, other);
+    for (; c < l.blocks; ++c) rest += low[c] * xsum[c];
+  }
+  return hsum(vadd(acc, other)) + rest;
+#else
+  float total = 0.f;
+  for (int64_t b = 0; b < l.blocks; ++b)
+    total += scale[b] * block_dot<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B);
+  return l.low == nullptr ? total : total + dot(l.low + row * l.blocks, xsum, l.blocks);
+#endif
+}
+
+// The whole row's weights (with their minimums) into `w` (K floats).
+template <int BITS, int B>
+void decode_row(const Layout& l, int64_t row, float* __restrict w) {
+  const uint8_t* codes = l.codes + row * l.row_bytes;
+  const float* scale = l.scale + row * l.blocks;
+  const float* low = l.low == nullptr ? nullptr : l.low + row * l.blocks;
+  for (int64_t b = 0; b < l.blocks; ++b) {
+    float* wb = w + b * B;
+    decode_block<BITS, B>(codes + b * block_bytes<BITS, B>(), scale[b], wb);
+    if (low != nullptr) {
+      const float minimum = low[b];
+      for (int j = 0; j < B; ++j) wb[j] += minimum;
+    }
+  }
+}
+
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float lanes[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) lanes[j] += a[i + j] * b[i + j];
+  float total = 0.f;
+  for (; i < n; ++i) total += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) total += lanes[j];
+  return total;
+}
+
+Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block) {
+  TORCH_CHECK(codes.is_contiguous() && scale.is_contiguous() && low.is_contiguous(), "block weights must be contiguous");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && low.scalar_type() == at::kFloat, "scale and low must be float32");
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one scale a block of each row");
+  TORCH_CHECK(low.numel() == 0 || low.sizes() == scale.sizes(), "one minimum a block of each row, or none");
+  const int64_t n = codes.size(0);
+  return Layout{static_cast<const uint8_t*>(codes.data_ptr()), scale.data_ptr<float>(),
+                low.numel() == 0 ? nullptr : low.data_ptr<float>(), scale.size(1) * block, scale.size(1),
+                codes.numel() / n};
+}
+
+// Ask for a later row's codes and scales ahead of time: the hardware prefetcher alone keeps
+// too few of a row's streams in flight (measured: the head of a 262,144-token vocabulary
+// took 43 ms on one thread without, %s with).
+inline void prefetch_row(const Layout& l, int64_t row) {
+#if defined(__x86_64__)
+  const char* codes = reinterpret_cast<const char*>(l.codes + row * l.row_bytes);
+  for (int64_t at = 0; at < l.row_bytes; at += 64) _mm_prefetch(codes + at, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(l.scale + row * l.blocks), _MM_HINT_T0);
+  if (l.low != nullptr) _mm_prefetch(reinterpret_cast<const char*>(l.low + row * l.blocks), _MM_HINT_T0);
+#endif
+}
+
+template <int BITS, int B>
+void run_linear(const Layout& l, const float* x, const float* xsum, float* y, int64_t rows_x, int64_t n) {
+  if (rows_x == 1) {
+    at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        if (row + PREFETCH_ROWS < end) prefetch_row(l, row + PREFETCH_ROWS);
+        y[row] = row_dot<BITS, B>(l, row, x, xsum);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+    std::vector<float> w(l.k);
+    for (int64_t row = begin; row < end; ++row) {
+      decode_row<BITS, B>(l, row, w.data());
+      for (int64_t i = 0; i < rows_x; ++i) y[i * n + row] = dot(w.data(), x + i * l.k, l.k);
+    }
+  });
+}
+
+template <int BITS, int B>
+void run_dequantize(const Layout& l, float* out, int64_t n) {
+  at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) decode_row<BITS, B>(l, row, out + row * l.k);
+  });
+}
+
+// Runs the statement with BITS and B set to the layout's bits and block size (the combinations GGUF's types use).
+#define DISPATCH(bits, block, ...)                                                        \
+  if (bits == 4 && block == 32) { constexpr int BITS = 4, B = 32; __VA_ARGS__; }        \
+  else if (bits == 8 && block == 32) { constexpr int BITS = 8, B = 32; __VA_ARGS__; }   \
+  else if (bits == 8 && block == 16) { constexpr int BITS = 8, B = 16; __VA_ARGS__; }   \
+  else TORCH_CHECK(false, "no block kernel for ", bits, "-bit codes in blocks of ", block);
+
+// Each block's sum of x (rows_x, K / block), for the minimums' share of every product.
+inline std::vector<float> block_sums(const float* x, int64_t count, int64_t block) {
+  std::vector<float> sums(count);
+  for (int64_t at = 0; at < count; ++at) {
+    float total = 0.f;
+    for (int64_t j = 0; j < block; ++j) total += x[at * block + j];
+    sums[at] = total;
+  }
+  return sums;
+}
+
+}  // namespace

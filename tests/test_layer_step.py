@@ -1,0 +1,93 @@
+"""The native decode step (`chatapp.runtime.layer_step`, the block kernel's `decode_layers`)
+against `LayeredDecoder`'s own torch operations: every layer's output at every step, for each
+architecture's tiny GGUF file (mixed block types, windows crossed) and for float32 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.loading.gguf_native import load_native
+from chatapp.runtime import block_kernel
+from chatapp.runtime.decoder_choice import open_decoder
+from chatapp.runtime.layered_decoder import LayeredDecoder
+from tests.test_model_parity import tiny_gemma2
+from tests.tiny_gguf import ARCHITECTURES, write_tiny_gguf
+
+pytestmark = pytest.mark.skipif(block_kernel.ops() is None, reason="no C++ compiler for the block kernel")
+
+TOLERANCE = 1e-5
+"""Largest difference between the two, relative to the largest value (float32 sums in another order)."""
+PROMPT = [5, 17, 99, 240, 3]
+STEPS = [77, 150, 9, 11, 210, 42, 8, 201, 4, 66]
+"""Ten decode steps: past the tiny models' windows of 4 and 8 tokens."""
+
+
+@torch.inference_mode()
+def _every_layer(decoder: LayeredDecoder, native: bool) -> torch.Tensor:
+    """Every layer's output (through the final norm) at each decode step after the prompt:
+    `(steps, layers, d_model)`, natively or through the torch operations."""
+    kept = decoder.native
+    decoder.native = kept if native else None
+    try:
+        decoder.reset()
+        decoder.prefill(PROMPT)
+        return torch.stack([decoder.decode_one_layers(token) for token in STEPS])
+    finally:
+        decoder.native = kept
+
+
+def _assert_same(decoder: LayeredDecoder) -> None:
+    native, plain = _every_layer(decoder, True), _every_layer(decoder, False)
+    assert (native - plain).abs().max() <= TOLERANCE * plain.abs().max(), (native - plain).abs().max()
+
+
+@pytest.fixture(scope="module")
+def gguf_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-gguf-step")
+
+
+def _native_model(arch: str, folder, **kwargs):
+    from transformers import AutoConfig
+
+    path, _ = write_tiny_gguf(arch, folder, **kwargs)
+    return load_native(path, AutoConfig.from_pretrained(path.parent, gguf_file=path.name))[0]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_native_step_equals_the_torch_operations(arch, gguf_folder):
+    decoder = open_decoder(_native_model(arch, gguf_folder))
+    assert decoder.native is not None, decoder.native_reason
+    assert "native" in decoder.kind
+    _assert_same(decoder)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_native_step_with_fused_products(arch, gguf_folder):
+    """q/k/v and gate/up as one product each (one slot), Qwen2's biases on them."""
+    decoder = open_decoder(_native_model(arch, gguf_folder, block_types=["Q5_0", "Q5_0", "Q8_0"]))
+    assert all(fused is not None for fused in decoder.qkv) and decoder.native is not None
+    _assert_same(decoder)
+
+
+def test_native_step_with_float_weights_and_soft_capping():
+    """A float32 model (Gemma 2: soft-capped attention, sandwich norms, windows of 8) runs its
+    float matrices in the native step too."""
+    decoder = open_decoder(tiny_gemma2())
+    assert isinstance(decoder, LayeredDecoder) and decoder.native is not None, decoder.native_reason
+    _assert_same(decoder)
+
+
+def test_a_wrong_description_would_be_seen(gguf_folder):
+    """The comparison can fail: the native step told another attention scale differs."""
+    decoder = open_decoder(_native_model("qwen3", gguf_folder))
+    plain = _every_layer(decoder, False)
+    decoder.native.floats[-1] *= 1.5
+    native = _every_layer(decoder, True)
+    assert (native - plain).abs().max() > TOLERANCE * plain.abs().max()
+
+
+def test_other_dtypes_keep_the_torch_operations():
+    decoder = open_decoder(tiny_gemma2().to(torch.bfloat16))
+    assert decoder.native is None and decoder.native_reason == "torch.bfloat16 weights"
+    assert "native" not in decoder.kind
