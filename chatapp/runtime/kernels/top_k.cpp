@@ -1,0 +1,72 @@
+// chatapp's top-k: the k highest of a vector of scores, highest first, ties at equal scores broken
+// by the lower index, as chatapp.lm_head.top_k_reference defines them. One pass that compares 16
+// scores at a time with the k-th best so far, where torch.topk (a partial sort, on one thread)
+// took about 1 ms for a 262,144-token vocabulary.
+
+#include "block_dot.h"
+
+#include <tuple>
+
+namespace {
+
+struct Entry {
+  float score;
+  int64_t index;
+};
+
+// a before b: the higher score, or the lower index at equal scores.
+inline bool better(const Entry& a, const Entry& b) {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
+std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& scores, int64_t k) {
+  TORCH_CHECK(scores.dim() == 1 && scores.scalar_type() == at::kFloat, "top_k: scores must be one float32 row");
+  const at::Tensor row = scores.contiguous();
+  const int64_t n = row.numel();
+  TORCH_CHECK(k > 0 && k <= n, "top_k: k must be between 1 and the number of scores");
+  const float* s = row.data_ptr<float>();
+  // a heap of the k best so far whose front is the worst of them (std::*_heap with `better`)
+  std::vector<Entry> heap;
+  heap.reserve(k);
+  for (int64_t i = 0; i < k; ++i) {
+    heap.push_back({s[i], i});
+    std::push_heap(heap.begin(), heap.end(), better);
+  }
+  float worst = heap.front().score;  // a later score enters only when higher (its index is larger)
+  constexpr int64_t CHUNK = 16;
+  int64_t i = k;
+  for (; i < n; i += CHUNK) {
+    const int64_t stop = std::min(n, i + CHUNK);
+    bool any = false;
+    if (stop - i == CHUNK) {
+      for (int64_t j = 0; j < CHUNK; ++j) any |= s[i + j] > worst;
+    } else {
+      for (int64_t j = i; j < stop; ++j) any |= s[j] > worst;
+    }
+    if (!any) continue;
+    for (int64_t j = i; j < stop; ++j) {
+      if (s[j] > worst) {
+        std::pop_heap(heap.begin(), heap.end(), better);
+        heap.back() = {s[j], j};
+        std::push_heap(heap.begin(), heap.end(), better);
+        worst = heap.front().score;
+      }
+    }
+  }
+  std::sort(heap.begin(), heap.end(), better);
+  at::Tensor values = at::empty({k}, row.options());
+  at::Tensor indices = at::empty({k}, row.options().dtype(at::kLong));
+  float* vp = values.data_ptr<float>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  for (int64_t j = 0; j < k; ++j) {
+    vp[j] = heap[j].score;
+    ip[j] = heap[j].index;
+  }
+  return {values, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(BLOCKS_NAMESPACE, lib) {
+  lib.def("top_k(Tensor scores, int k) -> (Tensor, Tensor)", &top_k);
+}

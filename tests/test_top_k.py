@@ -1,0 +1,78 @@
+"""The LM head's top-k step: `top_k_reference` keeps the k highest scores with ties broken by
+the lower id, the block kernel's `top_k` gives exactly its numbers, and the distribution over
+the kept logits is the softmax of the whole row with the others at -inf."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chatapp.lm_head import probabilities_from_logits, top_k, top_k_reference, use_top_k
+from chatapp.runtime import block_kernel
+
+
+def _by_definition(scores: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
+    ranked = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))[:k]
+    return [float(scores[i]) for i in ranked], ranked
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [1, 3, 50, 199, 200])
+def test_reference_keeps_the_k_highest_ties_by_lower_id(seed, k):
+    scores = (torch.randn(200, generator=torch.Generator().manual_seed(seed)) * 2).round()  # many ties
+    values, ids = top_k_reference(scores, k)
+    assert (values.tolist(), ids.tolist()) == _by_definition(scores, k)
+
+
+def test_reference_rows_each_their_own():
+    scores = (torch.randn(3, 300, generator=torch.Generator().manual_seed(9)) * 2).round()
+    values, ids = top_k_reference(scores, 40)
+    for row in range(3):
+        assert (values[row].tolist(), ids[row].tolist()) == _by_definition(scores[row], 40)
+
+
+@pytest.mark.skipif(block_kernel.ops() is None, reason="no C++ compiler for the block kernel")
+@pytest.mark.parametrize("seed", range(4))
+def test_kernel_equals_the_reference(seed):
+    kernel = block_kernel.ops().top_k
+    generator = torch.Generator().manual_seed(seed)
+    for scores in (torch.randn(262_144, generator=generator) * 4,  # a Gemma-sized vocabulary
+                   (torch.randn(5_003, generator=generator) * 2).round(),  # ties at the cut
+                   torch.zeros(40)):  # all tied
+        for k in (1, 17, 40, scores.numel()):
+            got, expected = kernel(scores, k), top_k_reference(scores, k)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), k
+
+
+@pytest.mark.skipif(block_kernel.ops() is None, reason="no C++ compiler for the block kernel")
+def test_the_head_uses_the_kernel_named_and_gets_the_same_distribution():
+    logits = (torch.randn(1, 5_000, generator=torch.Generator().manual_seed(2)) * 3).round(decimals=1)
+    use_top_k(None)
+    reference = probabilities_from_logits(logits, 0.7, 50)
+    calls = []
+
+    def counting(scores, k):
+        calls.append(k)
+        return block_kernel.ops().top_k(scores, k)
+
+    use_top_k(counting)
+    try:
+        assert torch.equal(probabilities_from_logits(logits, 0.7, 50), reference) and calls == [50]
+        assert torch.equal(top_k(logits[0], 5)[1], top_k_reference(logits[0], 5)[1])
+    finally:
+        use_top_k(None)
+
+
+@pytest.mark.parametrize("filters", [{}, {"top_p": 0.9}, {"min_p": 0.05}])
+def test_kept_logits_softmax_equals_the_masked_row_softmax(filters):
+    """What the seed computes: the whole row with all but the top k at -inf, through softmax."""
+    logits = torch.randn(2, 4_000, generator=torch.Generator().manual_seed(5)) * 3
+    probs = probabilities_from_logits(logits, 0.8, 40, **filters)
+    scaled = logits / 0.8
+    values, ids = top_k_reference(scaled, 40)
+    masked = torch.full_like(scaled, -float("inf")).scatter(-1, ids, values)
+    if not filters:
+        torch.testing.assert_close(probs, F.softmax(masked, -1), rtol=0, atol=1e-7)
+    assert bool(((probs > 0).sum(-1) <= 40).all())
+    assert bool((probs[masked == -float("inf")] == 0).all())
