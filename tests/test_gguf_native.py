@@ -139,11 +139,11 @@ def test_a_type_without_an_exact_layout_is_dequantized_and_said(gguf_folder):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_fused_products_give_transformers_tokens(arch, gguf_folder):
-    """q/k/v and gate/up of one layout (here Q5_0 with its minimums and Q8_0 without, Qwen2's
+    """q/k/v and gate/up of one layout (here Q5_1 with its minimums and Q8_0 without, Qwen2's
     biases too) run as one product each; the tokens and logits stay transformers'."""
     from transformers import AutoConfig
 
-    path, _ = write_tiny_gguf(arch, gguf_folder, block_types=["Q5_0", "Q5_0", "Q8_0"])
+    path, _ = write_tiny_gguf(arch, gguf_folder, block_types=["Q5_1", "Q5_1", "Q8_0"])
     model, _ = load_native(path, AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
     decoder = open_decoder(model)
     assert all(fused is not None for fused in decoder.qkv) and all(fused is not None for fused in decoder.gate_up)

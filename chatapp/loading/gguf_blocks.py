@@ -62,8 +62,12 @@ def _plain(raw: np.ndarray, shape, with_min: bool, high_bits: bool) -> BlockWeig
     ones = np.ones((n, k // 32), dtype=np.int8)
     if with_min:  # w = d * q + m
         return _layout(shape, 8 if high_bits else 4, 32, 1, codes, d, blocks[..., 2:4], ones, ones)
-    offset = -16 if high_bits else -8  # w = d * (q - offset): d * q exact, plus d * offset exact
-    return _layout(shape, 8 if high_bits else 4, 32, 1, codes, d, d, ones, np.full((n, k // 32), offset))
+    if high_bits:  # Q5_0: w = d * (q - 16), the signed code times d, as gguf computes it; no minimums
+        zeros = np.zeros((n, k // 32), dtype=np.int8)
+        return _layout(shape, 8, 32, 1, codes.astype(np.int16) - 16, d, torch.zeros(n, k // 32, dtype=torch.float16),
+                       ones, zeros)
+    # Q4_0: w = d * (q - 8) as d * q exact plus d * -8 exact (4-bit codes are unsigned)
+    return _layout(shape, 4, 32, 1, codes, d, d, ones, np.full((n, k // 32), -8))
 
 
 def _q8_0(raw: np.ndarray, shape) -> BlockWeights:

@@ -17,7 +17,8 @@ rounding is the same. `dequantize` therefore reproduces `gguf.quants.dequantize`
 The two layouts (`bits`):
 - 4: codes 0..15, two a byte (Q4_0, Q4_1, Q4_K): in each block of 32, byte j holds code j in its
   low nibble and code j + 16 in its high one (Q4_0's own order);
-- 8: one signed byte a code (Q5_0, Q5_1, Q5_K: 0..31; Q6_K: -32..31; Q8_0: -128..127).
+- 8: one signed byte a code (Q5_0: -16..15, its minimum folded in; Q5_1, Q5_K: 0..31; Q6_K: -32..31;
+  Q8_0: -128..127).
 """
 
 from __future__ import annotations

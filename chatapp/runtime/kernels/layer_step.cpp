@@ -226,7 +226,9 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     }
     inner.resize(2 * inner_width);
     apply_slots(slots, GATE_UP, 2, h.data(), inner.data());
-    for (int64_t i = 0; i < inner_width; ++i) inner[i] = activation(act, inner[i]) * inner[inner_width + i];
+    at::parallel_for(0, inner_width, 256, [&](int64_t begin, int64_t end) {  // tanh and exp are most of a layer's serial time
+      for (int64_t i = begin; i < end; ++i) inner[i] = activation(act, inner[i]) * inner[inner_width + i];
+    });
     apply(slots[DOWN], inner.data(), out.data());
     if (norms[POST_MLP_NORM].weight != nullptr) rms_norm(norms[POST_MLP_NORM], out.data(), out.data());
     for (int64_t i = 0; i < d; ++i) residual[i] += out[i];
