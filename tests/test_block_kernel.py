@@ -61,11 +61,14 @@ def test_this_cpu_runs_the_generic_build_and_picks_the_widest():
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_TYPES))
-@pytest.mark.parametrize("inputs", [1, 3, MATMUL_FROM + 4])
+@pytest.mark.parametrize("inputs", [1, 3, 20, MATMUL_FROM + 4])
 def test_kernel_matches_the_float_product(kernel, name, inputs):
+    """One row of x; several (tiles of six, and what is left); a prefill long enough for torch's
+    matrix product. 38 weight rows: the kernel decodes them four at a time, two are left."""
     weights, exact = _case(name)
     x = torch.randn(inputs, COLUMNS, generator=torch.Generator().manual_seed(inputs))
     assert _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
+    assert _close(block_matmul(x, weights.rows(0, 38), kernel), x.double() @ exact[:38].T)
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_TYPES))

@@ -81,6 +81,8 @@ inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm512_fmadd_ps(v, _mm512_set1_ps(s), acc); }
 inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
 inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm512_fmadd_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b), acc); }
+inline Vec vload(const float* a) { return _mm512_loadu_ps(a); }
+inline Vec vfma(Vec a, Vec b, Vec acc) { return _mm512_fmadd_ps(a, b, acc); }
 constexpr int64_t VLEN = 16;
 #define HAVE_VEC 1
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -119,6 +121,8 @@ inline Vec vzero() { return _mm256_setzero_ps(); }
 inline Vec vfma_scalar(Vec v, float s, Vec acc) { return _mm256_fmadd_ps(v, _mm256_set1_ps(s), acc); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
 inline Vec vmuladd(const float* a, const float* b, Vec acc) { return _mm256_fmadd_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b), acc); }
+inline Vec vload(const float* a) { return _mm256_loadu_ps(a); }
+inline Vec vfma(Vec a, Vec b, Vec acc) { return _mm256_fmadd_ps(a, b, acc); }
 constexpr int64_t VLEN = 8;
 #define HAVE_VEC 1
 #endif
@@ -229,6 +233,43 @@ inline void prefetch_row(const Layout& l, int64_t row) {
 // Rows ahead to prefetch: about PREFETCH_BYTES of codes.
 inline int64_t prefetch_distance(const Layout& l) { return std::max<int64_t>(4, PREFETCH_BYTES / l.row_bytes); }
 
+constexpr int64_t W_ROWS = 4;  // weight rows decoded together for a prefill
+constexpr int64_t X_TILE = 6;  // rows of x multiplied with them at a time (24 sums in registers)
+
+// out[a][r] = x[a] . w[r] for a < MI rows of x and the W_ROWS rows of w (k floats each).
+template <int MI>
+inline void tile_products_of(const float* __restrict w, const float* __restrict x, int64_t k, float (*out)[W_ROWS]) {
+#if defined(HAVE_VEC)
+  Vec acc[MI][W_ROWS];
+  for (int a = 0; a < MI; ++a)
+    for (int r = 0; r < W_ROWS; ++r) acc[a][r] = vzero();
+  for (int64_t at = 0; at < k; at += VLEN) {
+    Vec wv[W_ROWS];
+    for (int r = 0; r < W_ROWS; ++r) wv[r] = vload(w + r * k + at);
+    for (int a = 0; a < MI; ++a) {
+      const Vec xv = vload(x + a * k + at);
+      for (int r = 0; r < W_ROWS; ++r) acc[a][r] = vfma(xv, wv[r], acc[a][r]);
+    }
+  }
+  for (int a = 0; a < MI; ++a)
+    for (int r = 0; r < W_ROWS; ++r) out[a][r] = hsum(acc[a][r]);
+#else
+  for (int a = 0; a < MI; ++a)
+    for (int r = 0; r < W_ROWS; ++r) out[a][r] = dot(w + r * k, x + a * k, k);
+#endif
+}
+
+inline void tile_products(const float* w, const float* x, int64_t k, int64_t rows, float (*out)[W_ROWS]) {
+  switch (rows) {
+    case 1: tile_products_of<1>(w, x, k, out); break;
+    case 2: tile_products_of<2>(w, x, k, out); break;
+    case 3: tile_products_of<3>(w, x, k, out); break;
+    case 4: tile_products_of<4>(w, x, k, out); break;
+    case 5: tile_products_of<5>(w, x, k, out); break;
+    default: tile_products_of<X_TILE>(w, x, k, out); break;
+  }
+}
+
 template <int BITS, int B>
 void run_linear(const Layout& l, const float* x, const float* xsum, float* y, int64_t rows_x, int64_t n) {
   if (rows_x == 1) {
@@ -241,11 +282,20 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
     });
     return;
   }
-  at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
-    std::vector<float> w(l.k);
-    for (int64_t row = begin; row < end; ++row) {
-      decode_row<BITS, B>(l, row, w.data());
-      for (int64_t i = 0; i < rows_x; ++i) y[i * n + row] = dot(w.data(), x + i * l.k, l.k);
+  // Several rows of x (a prefill): W_ROWS rows of the weight at a time decoded once into float32,
+  // then multiplied with tiles of up to X_TILE rows of x, every product of a tile in registers.
+  at::parallel_for(0, (n + W_ROWS - 1) / W_ROWS, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> w(W_ROWS * l.k, 0.f);
+    float out[X_TILE][W_ROWS];
+    for (int64_t group = begin; group < end; ++group) {
+      const int64_t first = group * W_ROWS, rows = std::min<int64_t>(W_ROWS, n - first);
+      for (int64_t r = 0; r < rows; ++r) decode_row<BITS, B>(l, first + r, w.data() + r * l.k);
+      for (int64_t i = 0; i < rows_x; i += X_TILE) {
+        const int64_t tile = std::min<int64_t>(X_TILE, rows_x - i);
+        tile_products(w.data(), x + i * l.k, l.k, tile, out);
+        for (int64_t a = 0; a < tile; ++a)
+          for (int64_t r = 0; r < rows; ++r) y[(i + a) * n + first + r] = out[a][r];
+      }
     }
   });
 }
