@@ -62,10 +62,12 @@ def _llama_permute(weights: np.ndarray, heads: int) -> np.ndarray:
     return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[str] | None = None) -> tuple[Path, dict]:
+def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[str] | None = None,
+                    sentencepiece: bool = False) -> tuple[Path, dict]:
     """Write the tiny `arch` model's GGUF file in `folder`, its weights cycling through
     `block_types` (default `BLOCK_TYPES`); the file and the block type of each tensor written
-    quantized."""
+    quantized. Its tokenizer is a bare token list, or with `sentencepiece` a SentencePiece one
+    (scores, token types and a chat template) that transformers converts into a tokenizer."""
     block_types = block_types or BLOCK_TYPES
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -81,7 +83,7 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[st
     arch_id = next(key for key, value in MODEL_ARCH_NAMES.items() if value == gguf_arch)
     names = get_tensor_name_map(arch_id, LAYERS)
     rng = np.random.default_rng(seed)
-    path = folder / f"tiny-{arch}{'' if block_types is BLOCK_TYPES else '-' + '-'.join(block_types)}.gguf"
+    path = folder / f"tiny-{arch}{'' if block_types is BLOCK_TYPES else '-' + '-'.join(block_types)}{'-spm' if sentencepiece else ''}.gguf"
     writer = GGUFWriter(str(path), gguf_arch)
     writer.add_name(arch)  # transformers reads a `llama` file named exactly "mistral" as Mistral
     writer.add_context_length(512)
@@ -95,8 +97,17 @@ def write_tiny_gguf(arch: str, folder: Path, seed: int = 0, block_types: list[st
     writer.add_vocab_size(VOCAB)
     for key, value in extra.items():
         writer.add_uint32(f"{gguf_arch}.{key}", value)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(VOCAB)])
+    if sentencepiece:
+        pieces = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"\u2581{chr(97 + i % 26)}{i}" for i in range(4, VOCAB)]
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(pieces)
+        writer.add_token_scores([0.0] * 4 + [-float(i) for i in range(4, VOCAB)])
+        writer.add_token_types([3, 3, 3, 2] + [1] * (VOCAB - 4))
+        writer.add_unk_token_id(3)
+        writer.add_chat_template("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list([f"t{i}" for i in range(VOCAB)])
     writer.add_pad_token_id(0)
     writer.add_eos_token_id(1)
     writer.add_bos_token_id(2)
