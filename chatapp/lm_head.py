@@ -18,7 +18,8 @@ moved the decoder onto it.
 
 The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`); with a
 model in GGUF blocks it runs on the block kernel's one-pass `top_k` (same numbers, about 0.3
-against 1.1 ms for a 262,144-token vocabulary), which the engine names with `use_top_k`. With
+against 1.1 ms for a 262,144-token vocabulary), which the engine names with `use_kernels`, as
+it does the kept ids' one-pass kernel. With
 top-k alone, the softmax runs over the kept logits: the same distribution as over the whole row
 with the others at -inf.
 
@@ -111,16 +112,17 @@ def top_k_reference(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
 
 class _Kernels:
     top_k: TopK | None = None
+    kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def use_top_k(kernel: TopK | None) -> None:
-    """Compute the top-k step of one distribution with `kernel` (the same numbers as
-    `top_k_reference`, faster), or with `top_k_reference` again (None)."""
-    _Kernels.top_k = kernel
+def use_kernels(top_k: TopK | None = None, kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Compute the top-k step and the kept ids of one distribution on these kernels (the same
+    numbers as `top_k_reference` and `torch.nonzero`, faster), or in torch again (None)."""
+    _Kernels.top_k, _Kernels.kept_ids = top_k, kept_ids
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`top_k_reference`, on the kernel `use_top_k` named for a single float32 CPU row."""
+    """`top_k_reference`, on the kernel `use_kernels` named for a single float32 CPU row."""
     kernel = _Kernels.top_k
     if kernel is not None and scores.device.type == "cpu" and scores.dtype == torch.float32:
         if scores.dim() == 1:
@@ -228,6 +230,9 @@ def lm_head(
 def kept_ids(probabilities: torch.Tensor) -> torch.Tensor:
     """`(S,)` ids of the tokens a single distribution `(V,)` can be sampled to (its nonzero
     entries), in ascending order."""
+    kernel = _Kernels.kept_ids
+    if kernel is not None and probabilities.device.type == "cpu" and probabilities.dtype == torch.float32:
+        return kernel(probabilities)
     return torch.nonzero(probabilities).squeeze(-1)
 
 

@@ -1,6 +1,7 @@
 """The LM head's top-k step: `top_k_reference` keeps the k highest scores with ties broken by
 the lower id, the block kernel's `top_k` gives exactly its numbers, and the distribution over
-the kept logits is the softmax of the whole row with the others at -inf."""
+the kept logits is the softmax of the whole row with the others at -inf; the kernel's
+`kept_ids` is `torch.nonzero`'s answer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatapp.lm_head import probabilities_from_logits, top_k, top_k_reference, use_top_k
+from chatapp.lm_head import kept_ids, probabilities_from_logits, top_k, top_k_reference, use_kernels
 from chatapp.runtime import block_kernel
 
 
@@ -48,7 +49,7 @@ def test_kernel_equals_the_reference(seed):
 @pytest.mark.skipif(block_kernel.ops() is None, reason="no C++ compiler for the block kernel")
 def test_the_head_uses_the_kernel_named_and_gets_the_same_distribution():
     logits = (torch.randn(1, 5_000, generator=torch.Generator().manual_seed(2)) * 3).round(decimals=1)
-    use_top_k(None)
+    use_kernels()
     reference = probabilities_from_logits(logits, 0.7, 50)
     calls = []
 
@@ -56,12 +57,12 @@ def test_the_head_uses_the_kernel_named_and_gets_the_same_distribution():
         calls.append(k)
         return block_kernel.ops().top_k(scores, k)
 
-    use_top_k(counting)
+    use_kernels(top_k=counting)
     try:
         assert torch.equal(probabilities_from_logits(logits, 0.7, 50), reference) and calls == [50]
         assert torch.equal(top_k(logits[0], 5)[1], top_k_reference(logits[0], 5)[1])
     finally:
-        use_top_k(None)
+        use_kernels()
 
 
 @pytest.mark.parametrize("filters", [{}, {"top_p": 0.9}, {"min_p": 0.05}])
@@ -76,3 +77,17 @@ def test_kept_logits_softmax_equals_the_masked_row_softmax(filters):
         torch.testing.assert_close(probs, F.softmax(masked, -1), rtol=0, atol=1e-7)
     assert bool(((probs > 0).sum(-1) <= 40).all())
     assert bool((probs[masked == -float("inf")] == 0).all())
+
+
+@pytest.mark.skipif(block_kernel.ops() is None, reason="no C++ compiler for the block kernel")
+def test_kept_ids_kernel_equals_nonzero():
+    kernel = block_kernel.ops().kept_ids
+    generator = torch.Generator().manual_seed(3)
+    for probabilities in (torch.zeros(262_144).index_fill_(0, torch.randperm(262_144, generator=generator)[:50], 0.02),
+                          torch.rand(1_000, generator=generator), torch.zeros(33), torch.tensor([0.0, -0.0, 1e-45])):
+        assert torch.equal(kernel(probabilities), torch.nonzero(probabilities).squeeze(-1))
+    use_kernels(kept_ids=kernel)
+    try:
+        assert kept_ids(torch.tensor([0.0, 0.5, 0.0, 0.5])).tolist() == [1, 3]
+    finally:
+        use_kernels()

@@ -36,7 +36,7 @@ from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import TokenTexts
 from chatapp.engine.step_probes import logit_lens, what_if
 from chatapp.engine.turn import Turn
-from chatapp.lm_head import output_logits, use_top_k
+from chatapp.lm_head import output_logits, use_kernels
 from chatapp.loading.models import LoadedModel
 from chatapp.runtime import block_kernel
 from chatapp.runtime.decoder_choice import open_decoder
@@ -94,7 +94,7 @@ class Engine:
         self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
         kernels = block_kernel.loaded()  # loaded with a model in GGUF blocks; never compiled here
-        use_top_k(kernels.top_k if kernels is not None else None)
+        use_kernels(*((kernels.top_k, kernels.kept_ids) if kernels is not None else ()))
         self.watch_ids: tuple[int, ...] = ()
         """Tokens whose numbers every step also reports (`ask --watch`), wherever they rank."""
         self.lens = False

@@ -28,9 +28,9 @@ from chatapp.runtime.int4_kernel import cpu_flags, kernels_dir
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "top_k.cpp"]
+SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "lm_head_steps.cpp"]
 """The operators (`block_linear`, `block_dequantize`, `block_rows`) and the decode step
-(`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k`."""
+(`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k` and `kept_ids`."""
 HEADER = KERNELS / "block_dot.h"
 BUILDS = {
     "avx512": (("avx512f", "avx512bw", "avx512vl", "fma", "f16c"),
@@ -69,12 +69,12 @@ def _namespace(build: str):
 
 def load(build: str) -> object | None:
     """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`,
-    `decode_layers`, `top_k`), compiled first when needed (about 20 s, once), or None when it cannot be built here."""
+    `decode_layers`, `top_k`, `kept_ids`), compiled first when needed (about 20 s, once), or None when it cannot be built here."""
     with _State.lock:
         if build in _State.failures:
             return None
         namespace = f"chatapp_blocks_{build}"
-        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "top_k"):
+        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "kept_ids"):
             return _namespace(build)
         try:
             _compile(build, namespace)
@@ -122,7 +122,7 @@ def failure(build: str) -> str | None:
 def loaded() -> object | None:
     """This CPU's build's operators if this process has loaded them already (nothing is compiled)."""
     namespace = getattr(torch.ops, f"chatapp_blocks_{build_for_cpu()}")
-    return namespace if hasattr(namespace, "top_k") else None
+    return namespace if hasattr(namespace, "kept_ids") else None
 
 
 def ops() -> object | None:
