@@ -16,12 +16,11 @@ The projection is the model's own output embedding, whatever it holds. For an in
 chosen or shown are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
 moved the decoder onto it.
 
-The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`); with a
-model in GGUF blocks it runs on the block kernel's one-pass `top_k` (same numbers, about 0.3
-against 1.1 ms for a 262,144-token vocabulary), which the engine names with `use_kernels`, as
-it does the kept ids' one-pass kernel. With
-top-k alone, the softmax runs over the kept logits: the same distribution as over the whole row
-with the others at -inf.
+The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`). With
+a model in GGUF blocks, it and `kept_ids` run on the block kernel's one-pass steps (the same
+numbers: top-k about 0.3 against 1.1 ms for a 262,144-token vocabulary), which the engine names
+with `use_kernels`. With top-k alone, the softmax runs over the kept logits: the same
+distribution as over the whole row with the others at -inf.
 
 Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
 transformers' own logits processors (imported only when one is on: importing transformers

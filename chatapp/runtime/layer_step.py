@@ -46,7 +46,10 @@ def _linear_slot(module) -> tuple[list[torch.Tensor], int, int] | None:
         w = module.weights
         bias = _EMPTY if module.bias is None else module.bias.detach().float().contiguous()
         return [w.codes, w.scale, w.low, bias], w.bits, w.block
-    if type(module) is nn.Linear and module.weight.dtype == torch.float32:
+    weight = getattr(module, "weight", None)
+    if hasattr(module, "_hf_hook") or weight is None or weight.device.type != "cpu":
+        return None  # weights that accelerate moves in and out (offloaded), or not in this memory
+    if type(module) is nn.Linear and weight.dtype == torch.float32:
         bias = _EMPTY if module.bias is None else module.bias.detach().contiguous()
         return [module.weight.detach().contiguous(), _EMPTY, _EMPTY, bias], 32, 0
     return None
@@ -108,6 +111,8 @@ class NativeLayers:
                     norm = None
                 if norm is not None and not hasattr(norm, "weight_vector"):
                     return f"norm {name} is not an RMS norm the kernel computes"
+                if norm is not None and norm.weight_vector.device.type != "cpu":
+                    return f"norm {name}'s weight is not in this memory"
                 if norm is not None and name in ("q_norm", "k_norm") and norm.weight_vector.numel() != decoder.head_dim:
                     return f"{name} spans more than a head"
                 tensors.append(_EMPTY if norm is None else norm.weight_vector)
