@@ -49,3 +49,18 @@ def test_the_reader_is_switched_back_and_other_files_read_as_before(tmp_path):
         assert type(other) is original[0]
         assert loader.read_field(other, "general.architecture") == ["llama"]
     assert (gguf_package.GGUFReader, loader._gguf_parse_value) == original
+
+
+def test_a_failing_fast_read_falls_back_to_transformers_own(tmp_path, monkeypatch):
+    from chatapp.loading import gguf_metadata
+
+    gguf, _ = write_tiny_gguf("llama", tmp_path, sentencepiece=True)
+    expected = _converted(gguf, tmp_path, monkeypatch, False)
+
+    def broken(path):
+        raise KeyError("a field transformers now reads differently")
+
+    monkeypatch.setattr(gguf_metadata, "_IndexReader", broken)
+    target = tmp_path / "fallback"
+    convert_gguf(gguf, target, lambda line: None, weights=False)
+    assert {name: (target / name).read_bytes() for name in expected} == expected

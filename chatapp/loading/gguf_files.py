@@ -172,13 +172,20 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress, weights: bool = T
         progress(f"converting {gguf.name} (first run only, about half a minute)")
     else:
         progress(f"reading the tokenizer and config of {gguf.name} (first run only)")
-    with _no_tensor_progress_bar(), fast_metadata(gguf):
+
+    def read():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         if weights:
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-            config = model.config
-        else:
-            model, config = None, AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+            return tokenizer, model, model.config
+        return tokenizer, None, AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+
+    with _no_tensor_progress_bar():
+        try:
+            with fast_metadata(gguf):
+                tokenizer, model, config = read()
+        except Exception:  # noqa: BLE001 - transformers' own reading decides, and says what is wrong
+            tokenizer, model, config = read()
     if model is not None:  # a GGUF-loaded model refuses save_pretrained while it carries the quantizer marker
         model.hf_quantizer = None
         model.is_quantized = False

@@ -6,8 +6,9 @@ merges, 17 s and 700 MB, twice (once for the config, once for the tokenizer), an
 each element again. `fast_metadata` hands transformers a reader of the same shape built from
 `chatapp.loading.gguf_index` (every value already a Python value) for the duration of a
 conversion, so the same code turns the same values into the same config and tokenizer in a few
-seconds. Should transformers' reading change shape (a missing attribute, another call), the
-original reader is used: `fast_metadata` is a speed-up only, never a second implementation.
+seconds. Should transformers' reading change shape (a missing attribute), the original reader
+is used, and `chatapp.loading.gguf_files.convert_gguf` converts again without it if a conversion
+through it fails: `fast_metadata` is a speed-up only, never a second implementation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from chatapp.loading.gguf_index import read_index
 @dataclass(frozen=True)
 class _Field:
     """A metadata field as transformers reads `GGUFReader.fields` values: `parts[i]` for `i` in
-    `data`, each an already parsed value (`_passthrough` returns it as it is)."""
+    `data`, each an already parsed value (`fast_metadata`'s parse returns it as it is)."""
 
     parts: list
     data: range
