@@ -75,15 +75,15 @@ def _read_blocks(tensor, type_name: str, order: np.ndarray, index) -> ScaledBloc
         if codes is None:
             codes = torch.empty((rows, *part.codes.shape[1:]), dtype=part.codes.dtype)
             scale = torch.empty((rows, part.scale.shape[1]), dtype=torch.float32)
-            low = torch.zeros_like(scale)
             first = part
         codes[start:stop], scale[start:stop] = part.codes, part.scale
-        if part.low.numel():
+        if part.low.numel():  # a slice with minimums (`ScaledBlocks.of` leaves out all-zero ones)
+            if low is None:
+                low = torch.zeros_like(scale)
             low[start:stop] = part.low
         index.release_rows(tensor, start, stop)
-    if not bool(low.any()):
-        low = torch.empty(0)
-    return ScaledBlocks((rows, tensor.shape[1]), first.bits, first.block, codes, scale, low)
+    return ScaledBlocks((rows, tensor.shape[1]), first.bits, first.block, codes, scale,
+                        torch.empty(0) if low is None else low)
 
 
 def _tensor_names(model: nn.Module, index, full_map) -> dict[str, str]:

@@ -32,6 +32,8 @@ SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "
 """The operators (`block_linear`, `block_dequantize`, `block_rows`) and the decode step
 (`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k` and `kept_ids`."""
 HEADER = KERNELS / "block_dot.h"
+LAST_OPERATOR = "kept_ids"
+"""Registered by the last of `SOURCES`: a namespace that has it holds every operator of a build."""
 BUILDS = {
     "avx512": (("avx512f", "avx512bw", "avx512vl", "fma", "f16c"),
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", "-mprefer-vector-width=512"]),
@@ -69,12 +71,13 @@ def _namespace(build: str):
 
 def load(build: str) -> object | None:
     """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`,
-    `decode_layers`, `top_k`, `kept_ids`), compiled first when needed (about 20 s, once), or None when it cannot be built here."""
+    `decode_layers`, `top_k`, `kept_ids`), compiled first when needed (about 20 s, once), or None
+    when it cannot be built here."""
     with _State.lock:
         if build in _State.failures:
             return None
         namespace = f"chatapp_blocks_{build}"
-        if hasattr(torch.ops, namespace) and hasattr(getattr(torch.ops, namespace), "kept_ids"):
+        if _is_loaded(build):
             return _namespace(build)
         try:
             _compile(build, namespace)
@@ -119,10 +122,14 @@ def failure(build: str) -> str | None:
     return _State.failures.get(build)
 
 
+def _is_loaded(build: str) -> bool:
+    return hasattr(_namespace(build), LAST_OPERATOR)
+
+
 def loaded() -> object | None:
     """This CPU's build's operators if this process has loaded them already (nothing is compiled)."""
-    namespace = getattr(torch.ops, f"chatapp_blocks_{build_for_cpu()}")
-    return namespace if hasattr(namespace, "kept_ids") else None
+    build = build_for_cpu()
+    return _namespace(build) if _is_loaded(build) else None
 
 
 def ops() -> object | None:

@@ -16,23 +16,15 @@ file its 18 layers went from about 40 torch operations each to one call for all.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from chatapp.runtime import block_kernel
 from chatapp.runtime.block_linear import BlockLinear
+from chatapp.runtime.layer_fusion import mlp_activation
 
 NORM_ORDER = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
               "post_feedforward_layernorm", "q_norm", "k_norm")
 """The kernel's six norm slots, by transformers' names."""
-ACTIVATIONS = {
-    "silu": (0, F.silu),
-    "gelu_tanh": (1, lambda x: F.gelu(x, approximate="tanh")),
-    "gelu": (2, F.gelu),
-}
-"""The MLP activations the kernel computes: its code for each, and torch's formula."""
-PROBE_TOLERANCE = 1e-5
-"""Largest difference, relative to the largest output, between a module and its description."""
 
 _EMPTY = torch.empty(0)
 
@@ -65,22 +57,6 @@ def _mlp_slots(decoder, layer) -> list | None:
         return [mlp.gate_proj, mlp.up_proj]
     if hasattr(mlp, "gate_up_proj"):  # Phi-3
         return [mlp.gate_up_proj, None]
-    return None
-
-
-@torch.inference_mode()
-def _activation(mlp, gate_up: list, down) -> int | None:
-    """The kernel's code for the activation with which `mlp` computes `down(act(gate) * up)`
-    from the products `gate_up` (checked on a probe), or None."""
-    first = next(m for m in gate_up if m is not None)
-    probe = torch.randn(2, first.in_features, generator=torch.Generator().manual_seed(0))
-    expected = mlp(probe)
-    both = torch.cat([m(probe) for m in gate_up if m is not None], dim=-1)
-    gate, up = both.chunk(2, dim=-1)
-    for code, formula in ACTIVATIONS.values():
-        got = down(formula(gate) * up)
-        if torch.allclose(got, expected, rtol=0, atol=PROBE_TOLERANCE * float(expected.abs().max())):
-            return code
     return None
 
 
@@ -126,7 +102,7 @@ class NativeLayers:
             gate_up = _mlp_slots(decoder, layer)
             if gate_up is None or not hasattr(layer.mlp, "down_proj"):
                 return "an unknown MLP layout"
-            layer_act = _activation(layer.mlp, gate_up, layer.mlp.down_proj)
+            layer_act = mlp_activation(layer.mlp, gate_up, layer.mlp.down_proj)
             if layer_act is None or (act is not None and layer_act != act):
                 return "an MLP activation the kernel does not compute"
             act = layer_act

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chatapp.runtime.block_linear import BlockLinear, fuse_block_linears
+from chatapp.runtime.block_linear import fuse_block_linears
 from chatapp.runtime.decoder import Decoder, grown_capacity
-from chatapp.runtime.layer_loop import rms_norm
+from chatapp.runtime.layer_fusion import fuse_mlp, fuse_norm
 from chatapp.runtime.layer_step import NativeLayers
 from chatapp.runtime.llama_decoder import rotation_matrix
 from chatapp.support.memory import return_freed_memory
@@ -62,68 +62,6 @@ class LayerPlan:
     rotary_kind: str | None
     """The layer type the model's rotary module takes for this layer (Gemma 3: local or global
     tables), or None when it has one table."""
-
-
-class FusedNorm:
-    """An RMS norm module of the model as one fused kernel, when that computes what the module
-    computes: `weight * x / rms(x)` with the module's own weight or, Gemma's way, one plus it.
-    Which one is found by running the module on a probe (`fuse_norm`).
-
-    Computed by `chatapp.runtime.layer_loop.rms_norm`: layer norm's fused kernel on `[x, -x]`
-    (mean 0, variance `mean(x**2)`), measured here at 18 µs a call against 24 µs for
-    `F.rms_norm` and 63 µs for transformers' Gemma 3 norm module (seven small operations).
-    """
-
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        self.weight_vector = weight.contiguous()
-        """What the norm multiplies by (the module's weight, or one plus it)."""
-        self.doubled = torch.cat([weight, weight])
-        self.eps = eps
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.doubled, self.eps)
-
-
-NORM_PROBE_TOLERANCE = 1e-5
-"""Largest difference, on a probe, between a norm module and its `FusedNorm` (float32 rounding)."""
-
-
-@torch.inference_mode()
-def fuse_norm(module):
-    """A `FusedNorm` computing what the RMS norm `module` computes, or `module` itself when none
-    does (another kind of norm, another dtype)."""
-    weight = getattr(module, "weight", None)
-    eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None)
-    if weight is None or eps is None or weight.dtype != torch.float32 or weight.dim() != 1:
-        return module
-    probe = torch.randn(3, weight.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(weight.device)
-    expected = module(probe)
-    for candidate in (weight.detach(), 1.0 + weight.detach()):
-        fused = FusedNorm(candidate, float(eps))
-        if torch.allclose(fused(probe), expected, rtol=0, atol=NORM_PROBE_TOLERANCE * float(expected.abs().max())):
-            return fused
-    return module
-
-
-@torch.inference_mode()
-def fuse_mlp(mlp):
-    """gate and up of a gated MLP as one block product, when the MLP computes `down(act(gate(x)) *
-    up(x))` (checked on a probe) and both are block linears of one layout; else None."""
-    if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-        return None
-    gate, up = mlp.gate_proj, mlp.up_proj
-    if not (type(gate) is BlockLinear and type(up) is BlockLinear):
-        return None
-    probe = torch.randn(2, gate.in_features, generator=torch.Generator().manual_seed(0))
-    expected = mlp(probe)
-    fused = fuse_block_linears([gate, up])
-    if fused is None:
-        return None
-    g, u = fused(probe).chunk(2, dim=-1)
-    if not torch.allclose(mlp.down_proj(mlp.act_fn(g) * u), expected, rtol=0,
-                          atol=NORM_PROBE_TOLERANCE * float(expected.abs().max())):
-        return None  # the views still compute what the originals did
-    return fused
 
 
 def _model_type(model) -> str:

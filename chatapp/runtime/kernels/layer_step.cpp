@@ -20,6 +20,7 @@
 
 #include "block_dot.h"
 
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -97,18 +98,19 @@ void apply(const Linear& w, const float* x, float* y) {
     for (int64_t i = 0; i < w.n; ++i) y[i] += w.bias[i];
 }
 
-// The slots `first..first+count` one after another: their outputs side by side in y. Returns the width.
-int64_t apply_slots(const std::vector<Linear>& slots, int64_t first, int64_t count, const float* x, float* y) {
+using Slots = std::array<Linear, LINEAR_SLOTS>;
+
+// The slots `first..first+count` one after another: their outputs side by side in y.
+void apply_slots(const Slots& slots, int64_t first, int64_t count, const float* x, float* y) {
   int64_t width = 0;
   for (int64_t s = first; s < first + count; ++s) {
     if (slots[s].bits == 0) continue;
     apply(slots[s], x, y + width);
     width += slots[s].n;
   }
-  return width;
 }
 
-int64_t slots_width(const std::vector<Linear>& slots, int64_t first, int64_t count) {
+int64_t slots_width(const Slots& slots, int64_t first, int64_t count) {
   int64_t width = 0;
   for (int64_t s = first; s < first + count; ++s) width += slots[s].n;
   return width;
@@ -152,7 +154,7 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     const double* fl = floats.data() + layer * LAYER_FLOATS;
     Norm norms[NORMS];
     for (int64_t i = 0; i < NORMS; ++i) norms[i] = norm_of(t[i], fl[i]);
-    std::vector<Linear> slots(LINEAR_SLOTS);
+    Slots slots;
     for (int64_t s = 0; s < LINEAR_SLOTS; ++s) slots[s] = linear_of(t + NORMS + 4 * s, in[2 * s], in[2 * s + 1]);
     const int64_t window = in[2 * LINEAR_SLOTS], table = in[2 * LINEAR_SLOTS + 1];
     const float softcap = (float)fl[NORMS], scaling = (float)fl[NORMS + 1];
