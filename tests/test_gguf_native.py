@@ -9,6 +9,7 @@ import torch
 
 from chatapp.lm_head import lm_head
 from chatapp.loading.gguf_native import load_native
+from chatapp.loading.plain_model import PlainCausalLM, build_plain_model, plain_model_reason
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear
 from chatapp.runtime.decoder_choice import open_decoder
 from chatapp.runtime.layered_decoder import LayeredDecoder
@@ -84,6 +85,7 @@ def test_native_load_matches_transformers_over_two_turns(arch, gguf_folder, monk
 
     monkeypatch.setattr(modeling_gguf_pytorch_utils, "get_gguf_hf_weights_map", slow_walk)
     model, done = load_native(path, config)
+    assert isinstance(model, PlainCausalLM)  # chatapp's plain modules, not transformers' model code
     assert model.config.model_type == ARCHITECTURES[arch][0]
     assert sum(done["blocks"].values()) == len(types) and not done["dequantized"]  # every weight kept in its blocks
     assert isinstance(model.get_input_embeddings(), BlockEmbedding)
@@ -175,3 +177,57 @@ def test_large_tensors_read_in_chunks_give_the_same_blocks(arch, gguf_folder, mo
         assert a.weights.shape == b.weights.shape and a.weights.bits == b.weights.bits
         for name in ("codes", "scale", "low"):
             assert torch.equal(getattr(a.weights, name), getattr(b.weights, name)), name
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
+def test_transformers_skeleton_still_loads_what_the_plain_modules_decline(arch, gguf_folder, monkeypatch):
+    """A config the plain modules do not reproduce gets transformers' own skeleton, with the same
+    blocks and the same tokens."""
+    from transformers import AutoConfig
+
+    from chatapp.loading import gguf_native
+
+    path, _ = write_tiny_gguf(arch, gguf_folder)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    plain, _ = load_native(path, config)
+    monkeypatch.setattr(gguf_native, "build_plain_model", lambda config: None)
+    theirs, _ = load_native(path, config)
+    assert isinstance(plain, PlainCausalLM) and not isinstance(theirs, PlainCausalLM)
+    assert isinstance(theirs.get_output_embeddings(), BlockLinear)
+    first = [5, 17, 99, 240, 3]
+    assert _native_greedy(plain, open_decoder(plain), first)[0] == _native_greedy(theirs, open_decoder(theirs), first)[0]
+
+
+def test_plain_modules_decline_what_they_do_not_reproduce():
+    from transformers import AutoConfig
+
+    llama = AutoConfig.for_model("llama", hidden_size=64, num_attention_heads=2, num_hidden_layers=1)
+    assert plain_model_reason(llama) is None
+    assert build_plain_model(llama) is not None
+    llama.hidden_act = "gelu_new"
+    assert "activation" in plain_model_reason(llama) and build_plain_model(llama) is None
+    assert "architecture" in plain_model_reason(AutoConfig.for_model("olmo2"))
+    qwen = AutoConfig.for_model("qwen2", hidden_size=64, num_attention_heads=2, num_hidden_layers=1)
+    qwen.rope_parameters = {**qwen.rope_parameters, "partial_rotary_factor": 0.5}
+    assert "partial" in plain_model_reason(qwen)
+
+
+def test_a_native_load_imports_no_transformers_model_code(gguf_folder):
+    """Building the skeleton from plain modules keeps transformers' model code, and what it
+    brings (torch._dynamo, sympy, scipy: about 130 MiB), out of the process."""
+    import subprocess
+    import sys
+
+    path, _ = write_tiny_gguf("gemma3", gguf_folder)
+    code = (
+        "import sys\n"
+        "from transformers import AutoConfig\n"
+        "from chatapp.loading.gguf_native import load_native\n"
+        "from chatapp.runtime.decoder_choice import open_decoder\n"
+        f"model, _ = load_native({str(path)!r}, AutoConfig.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r}))\n"
+        "open_decoder(model).prefill([5, 17, 99])\n"
+        "print(sorted(m for m in ('transformers.modeling_utils', 'torch._dynamo', 'sympy', 'scipy') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[]"

@@ -1,7 +1,9 @@
 """A model built straight from a GGUF file, its weights kept in the file's own block quantization.
 
-transformers builds the model's skeleton from the config (its parameters on the meta device:
-nothing allocated); the file's tensors are named from the gguf package's name table as
+The model's skeleton comes from the config, its parameters on the meta device (nothing
+allocated): chatapp's plain modules for the common architectures
+(`chatapp.loading.plain_model`, without importing transformers' model code), transformers' own
+model for any other. The file's tensors are named from the gguf package's name table as
 transformers names them (`_tensor_names`), and the architecture's tensor processor undoes what
 llama.cpp's converter changed (Llama's q/k row order, Gemma's norm offsets). Then each tensor
 goes where transformers would put it:
@@ -28,6 +30,7 @@ from torch import nn
 
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.loading.gguf_index import read_index
+from chatapp.loading.plain_model import build_plain_model
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, ScaledBlocks
 from chatapp.support.errors import ModelLoadError
 from chatapp.support.memory import return_freed_memory
@@ -131,13 +134,10 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     Raises:
         ModelLoadError: the file lacks a tensor the model needs.
     """
-    from accelerate import init_empty_weights
     from gguf import dequantize
-    from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    with init_empty_weights(include_buffers=False):  # parameters on meta; rotary tables real
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = build_plain_model(config) or _transformers_skeleton(config)
     index = read_index(gguf)
     processor = TENSOR_PROCESSORS.get(index.architecture, TensorProcessor)(config=config.to_dict())
     names = _tensor_names(model, index, lambda: get_gguf_hf_weights_map(model, processor))
@@ -181,6 +181,15 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     model.eval()
     return_freed_memory()  # the readers' temporaries
     return model, done
+
+
+def _transformers_skeleton(config) -> nn.Module:
+    """transformers' own model of `config`, its parameters on the meta device (rotary tables real)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _tie_head(model: nn.Module, embedding_blocks) -> None:
