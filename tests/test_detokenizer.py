@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts
+from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts, vocabulary_id
 
 TEXTS = [
     "Party time 🎉🎊 with family 👨‍👩‍👧‍👦 and flags 🇫🇷🇯🇵!",
@@ -58,3 +58,12 @@ def test_fallback_path_without_fast_tokenizer():
     deltas = [detok.step(b) for b in data]
     assert "".join(deltas) == "né 🎉"
     assert all(REPLACEMENT_CHAR not in d for d in deltas)
+
+
+def test_a_vocabulary_entry_is_found_without_the_whole_vocabulary(default_model):
+    tokenizer = default_model.tokenizer
+    vocab = tokenizer.get_vocab()
+    for token in ("<|im_end|>", "<|im_start|>", "Hello", "Ġworld"):
+        assert vocabulary_id(tokenizer, token) == vocab[token]
+    assert vocabulary_id(tokenizer, "<|no such token|>") is None
+    assert "<|no such token|>" not in vocab

@@ -43,6 +43,16 @@ def _backend(tokenizer):
     return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
 
 
+def vocabulary_id(tokenizer, token: str) -> int | None:
+    """The id of the vocabulary entry `token` (added tokens included), or None when there is none:
+    one lookup in the Rust tokenizer, where there is one, rather than the whole vocabulary as a
+    Python dict (Gemma 3's 262,144 entries: tens of MiB)."""
+    backend = _backend(tokenizer)
+    if backend is not None:
+        return backend.token_to_id(token)
+    return tokenizer.get_vocab().get(token)
+
+
 class ReplyDetokenizer:
     """Turns a reply's token ids, one at a time, into text deltas that never split a character."""
 
