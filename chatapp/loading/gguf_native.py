@@ -43,6 +43,9 @@ LARGE_TENSOR_BYTES = 8 << 20
 """Past this size, a tensor is read `CHUNK_ROWS` rows at a time (`_read_blocks`)."""
 CHUNK_ROWS = 8192
 """Rows of a large tensor read at a time."""
+TRIM_EVERY_BYTES = 16 << 20
+"""The heap is given back after about this many bytes of blocks read (`return_freed_memory`
+takes a few ms; after every tensor it doubled Gemma 3 270M's load)."""
 UNUSED_TENSORS = {"rope_freqs.weight"}
 """Tensors some GGUF files carry that no transformers parameter holds (transformers skips them)."""
 
@@ -144,6 +147,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     context = {"tensor_key_mapping": names, "parsed_parameters": {"tensors": {}, "config": config.to_dict()}}
     done = {"blocks": {}, "dequantized": {}}
     embedding_blocks = None
+    untrimmed = 0
     for tensor in index.tensors:
         hf_name = names.get(tensor.name)
         if hf_name is None:
@@ -165,6 +169,10 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
                 _replace(model, path, BlockLinear(weights, bias))
             done["blocks"][type_name] = done["blocks"].get(type_name, 0) + 1
             index.release(tensor)
+            untrimmed += tensor.data.nbytes
+            if untrimmed > TRIM_EVERY_BYTES:  # the readers' temporaries, left in the heap, added up to 30 MiB
+                return_freed_memory()
+                untrimmed = 0
             continue
         values = dequantize(tensor.data, tensor.type)
         values = processor.process(weights=values, name=tensor.name, **context).weights
