@@ -91,3 +91,20 @@ def test_kept_ids_kernel_equals_nonzero():
         assert kept_ids(torch.tensor([0.0, 0.5, 0.0, 0.5])).tolist() == [1, 3]
     finally:
         use_kernels()
+
+
+@pytest.mark.parametrize("build", block_kernel.runnable_builds())
+def test_every_build_s_scans_equal_the_reference(build):
+    """The vector compares of the two scans (AVX512, AVX2) and the plain loop (generic) give
+    the same answers, lengths not a multiple of 16 included."""
+    ops = block_kernel.load(build)
+    if ops is None:
+        pytest.skip(f"the {build} build cannot be compiled here: {block_kernel.failure(build)}")
+    generator = torch.Generator().manual_seed(11)
+    for scores in (torch.randn(262_144, generator=generator) * 4, (torch.randn(1_037, generator=generator) * 2).round()):
+        for k in (1, 50, 333):
+            got, expected = ops.top_k(scores, k), top_k_reference(scores, k)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (build, k)
+    for size in (262_144, 1_037, 15):
+        probabilities = torch.zeros(size).index_fill_(0, torch.randperm(size, generator=generator)[:9], 0.1)
+        assert torch.equal(ops.kept_ids(probabilities), torch.nonzero(probabilities).squeeze(-1)), (build, size)
