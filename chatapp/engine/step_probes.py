@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from chatapp.chat.settings import SamplingSettings
-from chatapp.lm_head import output_logits, probabilities_from_logits
+from chatapp.lm_head import output_logits, probabilities_from_logits, raw_probabilities
 
 WHAT_IF_LISTED = 5
 """Most tokens named among those a what-if lets in or cuts out."""
@@ -30,7 +29,7 @@ def logit_lens(model, layer_states: torch.Tensor) -> list[tuple[int, float]]:
     tops = []
     for state in layer_states:  # (d_model,)
         # The raw distribution at this layer: the head's logits at temperature 1, unfiltered.
-        prob, token = F.softmax(output_logits(model, state), -1).max(-1)
+        prob, token = raw_probabilities(output_logits(model, state)).max(-1)
         tops.append(torch.stack([token.to(prob.dtype), prob]))
     return [(int(token), prob) for token, prob in torch.stack(tops).tolist()]
 
@@ -73,7 +72,7 @@ def what_if(logits: torch.Tensor, previous_ids: torch.Tensor, before: SamplingSe
     (`previous_ids` `(T,)` are what a repetition penalty sees)."""
     old = _distribution(logits, before, previous_ids)  # (V,)
     new = _distribution(logits, after, previous_ids)  # (V,)
-    raw = F.softmax(logits, -1)  # (V,)
+    raw = raw_probabilities(logits)  # (V,)
 
     def rows(ids: torch.Tensor, probs: torch.Tensor) -> list[tuple[int, float, float]]:
         return [(int(i), p, r) for i, p, r in zip(ids.tolist(), probs[ids].tolist(), raw[ids].tolist())]
