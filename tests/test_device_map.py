@@ -52,9 +52,9 @@ def test_max_memory_parses_devices():
 
 
 def test_out_of_memory_names_the_size_and_what_to_try(tmp_path):
-    from chatapp.loading.models import _Source, out_of_memory_message
+    from chatapp.loading.model_source import ModelSource, out_of_memory_message
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 3_000_000)
-    message = out_of_memory_message("big/model", _Source(str(tmp_path), "model"), "cuda:0", torch.float32)
+    message = out_of_memory_message("big/model", ModelSource(str(tmp_path), "model"), "cuda:0", torch.float32)
     assert "0.0 GB" in message or "GB of weights" in message
     assert "--dtype bfloat16" in message and "\n" not in message

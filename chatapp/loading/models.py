@@ -14,22 +14,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from chatapp.chat.records import ModelInfo
 from chatapp.loading.chat_tokenizer import load_chat_tokenizer
-from chatapp.loading.gguf_files import (
-    STAGING_PREFIX,
-    cache_root,
-    convert_gguf,
-    converted_dir,
-    converted_intact,
-    default_gguf_path,
-    gguf_facts,
-    gguf_is_4bit,
-    header_dir,
-    quiet_transformers,
-    remove_converted,
+from chatapp.loading.gguf_files import cache_root, gguf_facts, gguf_is_4bit, quiet_transformers
+from chatapp.loading.model_source import (  # noqa: F401 - out_of_memory_message and weights_size_gb: the loader's API too
+    ModelSource,
+    Progress,
+    discard_converted,
+    out_of_memory_message,
+    resolve_source,
+    weights_size_gb,
 )
 from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME, gguf_file_of  # noqa: F401 - the loader's API too
 from chatapp.runtime.devices import (
@@ -43,7 +38,6 @@ from chatapp.runtime.devices import (
 )
 from chatapp.support.errors import ModelLoadError
 from chatapp.support.memory import return_freed_memory
-from chatapp.support.stale_files import remove_stale_staging
 
 __all__ = ["DTYPES", "ModelLoadError", "input_device", "parse_max_memory", "pick_device", "load_model"]
 
@@ -57,14 +51,8 @@ MODES = ("chat", "completion", "auto")
 the model can do (completion when it has no chat template)."""
 EXACT_FRACTION = 0.99
 """Share of blocks that must hold 4-bit codes already for int4 packing to count as lossless."""
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
-"""Files whose sizes add up to a model's weights."""
 FALLBACK_CONTEXT_LENGTH = 2048
 """Context size assumed when a config states none."""
-
-Progress = Callable[[str], None]
-"""Receives one-line descriptions of what loading is doing."""
-
 
 @dataclass
 class LoadedModel:
@@ -76,64 +64,6 @@ class LoadedModel:
     """Its tokenizer, with a chat template."""
     info: ModelInfo
     """Name, device, dtype and sizes for display."""
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where `from_pretrained` reads a model from."""
-
-    location: str
-    """Folder or ORG/NAME."""
-    name: str
-    """Display name."""
-    gguf: Path | None = None
-    """The GGUF file the weights come from, if any."""
-    native: bool = False
-    """Whether the weights are read straight from `gguf`, kept in its blocks (`location` then
-    holds only the config and tokenizer)."""
-
-
-def _resolve(spec: str, progress: Progress, native: bool = False) -> _Source:
-    """Map a `--model` value to where and how to load it; a GGUF file's weights are read
-    natively with `native`, else from its converted copy."""
-    if spec == DEFAULT_MODEL:
-        gguf = default_gguf_path()
-        return _Source(str(_converted(gguf, progress, native)), DEFAULT_MODEL_NAME, gguf, native)
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"no GGUF file at {path}: check the path")
-        return _Source(str(_converted(path, progress, native)), path.stem, path, native)  # converted once
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is a folder but holds no config.json: point --model at a Hugging Face model folder")
-        return _Source(str(path), path.name)
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _Source(spec, spec.split("/")[-1])
-    raise ModelLoadError(
-        f"model {spec!r} not found: pass 'default', a model folder, a .gguf file, or ORG/NAME in the local Hugging Face cache"
-    )
-
-
-def _converted(gguf: Path, progress: Progress, header_only: bool = False) -> Path:
-    """The converted copy of `gguf` (with `header_only`, its config and tokenizer alone),
-    converting it first when it is missing or damaged (its manifest missing or a file's size
-    changed: `converted_intact`)."""
-    target = header_dir(gguf) if header_only else converted_dir(gguf)
-    remove_stale_staging(target.parent, STAGING_PREFIX)
-    if target.exists() and not converted_intact(target):
-        _discard_converted(gguf, target, progress)
-    if not target.exists():
-        quiet_transformers()
-        convert_gguf(gguf, target, progress, weights=not header_only)
-    return target
-
-
-def _discard_converted(gguf: Path, target: Path, progress: Progress) -> None:
-    """Remove the damaged converted copy `target` of `gguf`, saying so in one line."""
-    log.warning("the converted copy of %s was damaged; converting it again", gguf.name)
-    progress(f"the converted copy of {gguf.name} was damaged; converting it again")
-    remove_converted(target)
 
 
 def _wants_native(quantize: str, gguf: Path | None, device: str, device_map: str | None, use_int4: bool) -> bool:
@@ -166,27 +96,7 @@ def _wants_int4(quantize: str, gguf: Path | None, device: str, dtype, device_map
     )
 
 
-def weights_size_gb(location: str) -> float | None:
-    """Size of a local model's weight files in GB, or None when unknown."""
-    folder = Path(location)
-    if not folder.is_dir():
-        return None
-    files = [f for pattern in WEIGHT_FILE_PATTERNS for f in folder.glob(pattern)]
-    return sum(f.stat().st_size for f in files) / 1e9 if files else None
-
-
-def out_of_memory_message(spec: str, source, device: str, dtype) -> str:
-    """One line naming the model's size and what to try instead."""
-    size = weights_size_gb(source.location) if source is not None else None
-    sized = f" ({size:.1f} GB of weights on disk)" if size else ""
-    smaller = "--dtype bfloat16" if str(dtype).endswith("float32") else "a smaller model"
-    return (
-        f"out of memory loading {spec!r}{sized} on {device} as {str(dtype).removeprefix('torch.')}: "
-        f"try {smaller}, --device cpu, or --device-map auto"
-    )
-
-
-def _cached_int4(source: _Source, dtype):
+def _cached_int4(source: ModelSource, dtype):
     """The packed int4 copy saved by an earlier load of this GGUF model, or None."""
     if source.gguf is None:
         return None
@@ -213,7 +123,7 @@ def _pack_int4(model, dtype) -> float:
     return report.exact_blocks
 
 
-def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
+def _read(source: ModelSource, dtype, use_int4: bool, device_map, max_memory):
     """The int4 cache's `(model, exact_blocks)` (or None; for a native GGUF load, `(model,
     what load_native did)`), the tokenizer and the model from `source`.
 
@@ -239,7 +149,7 @@ def _read(source: _Source, dtype, use_int4: bool, device_map, max_memory):
     return cached, tokenizer, model
 
 
-def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
+def _transformers_load(source: ModelSource, tokenizer, model, dtype, use_int4: bool, device_map, max_memory):
     """Load what is still missing (tokenizer, model) with transformers, from local files only."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -259,7 +169,7 @@ def _transformers_load(source: _Source, tokenizer, model, dtype, use_int4: bool,
     return tokenizer, model
 
 
-def _transformers_tokenizer(source: _Source):
+def _transformers_tokenizer(source: ModelSource):
     """The tokenizer of `source`, as transformers loads it, from local files only."""
     from transformers import AutoTokenizer
 
@@ -346,7 +256,7 @@ def load_model(
         native = _wants_native(quantize, gguf, target_device, device_map, use_int4)
         if native:
             torch_dtype = torch.float32  # the block kernel computes in float32
-        source = _resolve(spec, progress, native)
+        source = resolve_source(spec, progress, native)
         name = source.name
         progress(f"loading {name} on {target_device} ({str(torch_dtype).removeprefix('torch.')})")
         read = (torch_dtype, use_int4, device_map, max_memory)
@@ -355,8 +265,8 @@ def load_model(
         except (OSError, SafetensorError):
             if source.gguf is None:  # not our copy: say what failed (below)
                 raise
-            _discard_converted(source.gguf, Path(source.location), progress)  # ours: convert again
-            source = _resolve(spec, progress, native)
+            discard_converted(source.gguf, Path(source.location), progress)  # ours: convert again
+            source = resolve_source(spec, progress, native)
             cached, tokenizer, model = _read(source, *read)
         exact_blocks = cached[1] if cached is not None and not native else 0.0
     except ModelLoadError:
