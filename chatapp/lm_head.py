@@ -226,13 +226,17 @@ def lm_head(
     return (probabilities, logits) if return_logits else probabilities
 
 
+def raw_log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The raw distribution's logarithms `(..., V)` (temperature 1, no filter): the log-softmax."""
+    return F.log_softmax(logits, -1)
+
+
 def raw_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The raw distribution `(..., V)` (temperature 1, no filter) of raw `logits`, computed as every
-    raw probability the UI shows is (the step's candidates, the lens, what-if, watched tokens), so
-    that the same token's number agrees to the last bit wherever it appears: the exponential of the
-    log-softmax, which the step's entropy needs anyway (one softmax pass less a step: with
-    Gemma 3's 262,144 logits, the step's numbers took 0.9 ms, now about 0.55)."""
-    return F.log_softmax(logits, -1).exp()
+    """The raw distribution `(..., V)` of raw `logits`, computed as every raw probability the UI
+    shows is (the step's candidates, the lens, what-if, watched tokens): the exponential of
+    `raw_log_probabilities`, so that one token's number, from the same logits, agrees to the last
+    bit wherever it appears, and the step's entropy takes both from one pass."""
+    return raw_log_probabilities(logits).exp()
 
 
 def kept_ids(probabilities: torch.Tensor) -> torch.Tensor:
@@ -312,8 +316,8 @@ def describe_choice(
             ranked among the kept tokens alone (tens of values instead of the whole vocabulary,
             about 0.2 ms a step on a CPU).
     """
-    log_raw = F.log_softmax(logits, -1)  # (V,)
-    raw = log_raw.exp()  # (V,): `raw_probabilities`, and the entropy's other factor from the same pass
+    log_raw = raw_log_probabilities(logits)  # (V,)
+    raw = log_raw.exp()  # (V,): `raw_probabilities(logits)`, and the entropy's other factor
     entropy = -torch.dot(raw, log_raw) / LN2
     rank = torch.count_nonzero(logits > logits[token_id]) + 1  # a third cheaper than a sum of booleans
     n = min(top_n, probabilities.shape[-1])

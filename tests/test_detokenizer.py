@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts, vocabulary_id
+from chatapp.engine.detokenizer import REPLACEMENT_CHAR, ReplyDetokenizer, TokenTexts, vocabulary_ids
 
 TEXTS = [
     "Party time 🎉🎊 with family 👨‍👩‍👧‍👦 and flags 🇫🇷🇯🇵!",
@@ -63,7 +63,21 @@ def test_fallback_path_without_fast_tokenizer():
 def test_a_vocabulary_entry_is_found_without_the_whole_vocabulary(default_model):
     tokenizer = default_model.tokenizer
     vocab = tokenizer.get_vocab()
-    for token in ("<|im_end|>", "<|im_start|>", "Hello", "Ġworld"):
-        assert vocabulary_id(tokenizer, token) == vocab[token]
-    assert vocabulary_id(tokenizer, "<|no such token|>") is None
-    assert "<|no such token|>" not in vocab
+    tokens = ("<|im_end|>", "<|im_start|>", "Hello", "Ġworld", "<|no such token|>")
+    assert vocabulary_ids(tokenizer, tokens) == [vocab.get(token) for token in tokens]
+    assert vocabulary_ids(tokenizer, tokens)[-1] is None
+
+
+class VocabularyOnly:
+    """A tokenizer without a Rust backend that counts how often its vocabulary is built."""
+
+    built = 0
+
+    def get_vocab(self):
+        VocabularyOnly.built += 1
+        return {"a": 7, "<end>": 9}
+
+
+def test_a_slow_tokenizer_s_vocabulary_is_built_once_for_all_lookups():
+    assert vocabulary_ids(VocabularyOnly(), ["a", "<end>", "nothing"]) == [7, 9, None]
+    assert VocabularyOnly.built == 1

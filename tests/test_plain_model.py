@@ -83,8 +83,32 @@ def test_norms_and_mlp_equal_transformers(model_type):
     x = torch.randn(2, 128, generator=generator)
     assert torch.equal(ours_layer.mlp(x), their_layer.mlp(x))
     assert ours_layer.self_attn.scaling == their_layer.self_attn.scaling
-    assert [getattr(layer.self_attn, "sliding_window", None) for layer in plain.model.layers] == \
-        [getattr(layer.self_attn, "sliding_window", None) for layer in theirs.model.layers]
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "phi3", "qwen2", "gemma2", "gemma3_text"])
+def test_every_layer_s_window_is_the_one_transformers_attends_with(model_type):
+    """Mistral and Phi-3 window every layer by the config (transformers builds their masks from
+    it); Qwen2 and Gemma window the sliding layers of `layer_types`."""
+    from chatapp.runtime.layered_decoder import plan_layer
+
+    overrides = {"sliding_window": 8}
+    if model_type == "qwen2":
+        overrides.update(use_sliding_window=True, max_window_layers=2)
+    config = _config(model_type, overrides)
+    plain = build_plain_model(config)
+    windows = [plan_layer(layer, config, False).window for layer in plain.model.layers]
+    types = getattr(config, "layer_types", None)
+    if model_type in ("mistral", "phi3"):
+        assert windows == [8] * config.num_hidden_layers
+    else:
+        assert windows == [8 if kind == "sliding_attention" else None for kind in types] and 8 in windows
+
+
+def test_bidirectional_attention_is_declined():
+    from chatapp.loading.plain_model import plain_model_reason
+
+    config = _config("gemma3_text", {"use_bidirectional_attention": True})
+    assert "bidirectional" in plain_model_reason(config) and build_plain_model(config) is None
 
 
 def test_a_partial_rotary_embedding_is_applied_as_phi3_applies_it():

@@ -108,3 +108,10 @@ def test_every_build_s_scans_equal_the_reference(build):
     for size in (262_144, 1_037, 15):
         probabilities = torch.zeros(size).index_fill_(0, torch.randperm(size, generator=generator)[:9], 0.1)
         assert torch.equal(ops.kept_ids(probabilities), torch.nonzero(probabilities).squeeze(-1)), (build, size)
+    # odd values in the vector compares: -0.0 is no probability, a denormal and +inf are
+    odd = torch.zeros(48)
+    odd[[3, 17, 40]] = torch.tensor([-0.0, 1e-45, float("inf")])
+    assert ops.kept_ids(odd).tolist() == [17, 40]
+    scores = torch.full((48,), -1.0)
+    scores[[5, 20, 33]] = torch.tensor([float("inf"), -0.0, 1e-45])
+    assert ops.top_k(scores, 3)[1].tolist() == top_k_reference(scores, 3)[1].tolist() == [5, 33, 20]

@@ -43,14 +43,16 @@ def _backend(tokenizer):
     return getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
 
 
-def vocabulary_id(tokenizer, token: str) -> int | None:
-    """The id of the vocabulary entry `token` (added tokens included), or None when there is none:
-    one lookup in the Rust tokenizer, where there is one, rather than the whole vocabulary as a
-    Python dict (Gemma 3's 262,144 entries: tens of MiB)."""
+def vocabulary_ids(tokenizer, tokens) -> list[int | None]:
+    """The id of each vocabulary entry in `tokens` (added tokens included), None where there is
+    none: a lookup each in the Rust tokenizer, where there is one, rather than the whole
+    vocabulary as a Python dict (Gemma 3's 262,144 entries: tens of MiB); a slow tokenizer's
+    vocabulary is built once for all of them."""
     backend = _backend(tokenizer)
     if backend is not None:
-        return backend.token_to_id(token)
-    return tokenizer.get_vocab().get(token)
+        return [backend.token_to_id(token) for token in tokens]
+    vocab = tokenizer.get_vocab()
+    return [vocab.get(token) for token in tokens]
 
 
 class ReplyDetokenizer:

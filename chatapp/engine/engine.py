@@ -33,7 +33,7 @@ import torch
 from chatapp.chat.prompt import ContextOverflowError, Message, encode_prompt, fit_to_context
 from chatapp.chat.records import Candidate, LensEntry, ModelInfo, WatchedToken, WhatIf
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
-from chatapp.engine.detokenizer import TokenTexts, vocabulary_id
+from chatapp.engine.detokenizer import TokenTexts, vocabulary_ids
 from chatapp.engine.step_probes import logit_lens, what_if
 from chatapp.engine.turn import Turn
 from chatapp.lm_head import output_logits, use_kernels
@@ -69,8 +69,7 @@ def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
     ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     if loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
-    marked = (vocabulary_id(loaded.tokenizer, marker) for marker in END_OF_TURN_MARKERS)
-    ids.update(token for token in marked if token is not None)
+    ids.update(token for token in vocabulary_ids(loaded.tokenizer, END_OF_TURN_MARKERS) if token is not None)
     return frozenset(ids)
 
 

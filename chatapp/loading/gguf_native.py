@@ -22,6 +22,7 @@ instead of four times it in float32.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ from torch import nn
 
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.loading.gguf_index import read_index
-from chatapp.loading.plain_model import build_plain_model
+from chatapp.loading.plain_model import build_plain_model, plain_model_reason
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, ScaledBlocks
 from chatapp.support.errors import ModelLoadError
 from chatapp.support.memory import return_freed_memory
+
+log = logging.getLogger(__name__)
 
 GGUF_ARCH_NAMES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "cohere": "command-r",
                    "mistral": "llama"}
@@ -44,8 +47,8 @@ LARGE_TENSOR_BYTES = 8 << 20
 CHUNK_ROWS = 8192
 """Rows of a large tensor read at a time."""
 TRIM_EVERY_BYTES = 16 << 20
-"""The heap is given back after about this many bytes of blocks read (`return_freed_memory`
-takes a few ms; after every tensor it doubled Gemma 3 270M's load)."""
+"""The heap is given back after about this many bytes of blocks read (on Gemma 3 270M, after
+every tensor made the load 0.1-0.5 s longer and its peak no lower)."""
 UNUSED_TENSORS = {"rope_freqs.weight"}
 """Tensors some GGUF files carry that no transformers parameter holds (transformers skips them)."""
 
@@ -140,7 +143,10 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     from gguf import dequantize
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    model = build_plain_model(config) or _transformers_skeleton(config)
+    model = build_plain_model(config)
+    if model is None:
+        log.info("transformers' skeleton for %s: %s", gguf.name, plain_model_reason(config))
+        model = _transformers_skeleton(config)
     index = read_index(gguf)
     processor = TENSOR_PROCESSORS.get(index.architecture, TensorProcessor)(config=config.to_dict())
     names = _tensor_names(model, index, lambda: get_gguf_hf_weights_map(model, processor))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from chatapp.loading.gguf_files import (
     STAGING_PREFIX,
+    Progress,
     convert_gguf,
     converted_dir,
     converted_intact,
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
 """Files whose sizes add up to a model's weights."""
-
-Progress = Callable[[str], None]
-"""Receives one-line descriptions of what loading is doing."""
-
 
 @dataclass(frozen=True)
 class ModelSource:

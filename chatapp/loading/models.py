@@ -18,14 +18,7 @@ from pathlib import Path
 from chatapp.chat.records import ModelInfo
 from chatapp.loading.chat_tokenizer import load_chat_tokenizer
 from chatapp.loading.gguf_files import cache_root, gguf_facts, gguf_is_4bit, quiet_transformers
-from chatapp.loading.model_source import (  # noqa: F401 - out_of_memory_message and weights_size_gb: the loader's API too
-    ModelSource,
-    Progress,
-    discard_converted,
-    out_of_memory_message,
-    resolve_source,
-    weights_size_gb,
-)
+from chatapp.loading.model_source import ModelSource, Progress, discard_converted, out_of_memory_message, resolve_source
 from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME, gguf_file_of  # noqa: F401 - the loader's API too
 from chatapp.runtime.devices import (
     DTYPES,

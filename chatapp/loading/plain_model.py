@@ -16,10 +16,14 @@ tests hold every architecture's native load to transformers' own GGUF loading.
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import torch
 from torch import nn
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update  # light: no model code
+
+log = logging.getLogger(__name__)
 
 PLAIN_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 """Architectures `build_plain_model` builds."""
@@ -94,8 +98,6 @@ def _default_inv_freq(config, parameters: dict) -> tuple[torch.Tensor, float]:
 
 
 def _inv_freq(config, parameters: dict, layer_type: str | None) -> tuple[torch.Tensor, float]:
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
     if parameters["rope_type"] == "default":
         return _default_inv_freq(config, parameters)
     kwargs = {"layer_type": layer_type} if layer_type is not None else {}
@@ -108,51 +110,46 @@ def _cos_sin(x, position_ids, inv_freq, scaling):
     return (emb.cos() * scaling).to(dtype=x.dtype), (emb.sin() * scaling).to(dtype=x.dtype)
 
 
-def _rotary_classes():
-    """The two rotary modules, made with transformers' `dynamic_rope_update` (the rule by which
-    dynamic and long rotary kinds change their frequencies with the length)."""
-    from transformers.modeling_rope_utils import dynamic_rope_update
+class RotaryEmbedding(nn.Module):
+    """One rotary table for every layer, as transformers' rotary embedding computes it (its
+    update rule for the dynamic and long kinds, `dynamic_rope_update`, included)."""
 
-    class RotaryEmbedding(nn.Module):
-        """One rotary table for every layer, as transformers' rotary embedding computes it."""
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        inv_freq, self.attention_scaling = _inv_freq(config, config.rope_parameters, None)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
-        def __init__(self, config) -> None:
-            super().__init__()
-            self.config = config
-            self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
-            self.rope_type = config.rope_parameters["rope_type"]
-            inv_freq, self.attention_scaling = _inv_freq(config, config.rope_parameters, None)
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
-            self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+    @dynamic_rope_update
+    def forward(self, x, position_ids):
+        return _cos_sin(x, position_ids, self.inv_freq, self.attention_scaling)
 
-        @dynamic_rope_update
-        def forward(self, x, position_ids):
-            return _cos_sin(x, position_ids, self.inv_freq, self.attention_scaling)
 
-    class LayerTypeRotaryEmbedding(nn.Module):
-        """A rotary table per layer type (Gemma 3: local and global), as transformers computes them."""
+class LayerTypeRotaryEmbedding(nn.Module):
+    """A rotary table per layer type (Gemma 3: local and global), as transformers computes them."""
 
-        def __init__(self, config) -> None:
-            super().__init__()
-            self.config = config
-            self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
-            self.rope_type = {}
-            for layer_type in sorted(set(config.layer_types)):
-                parameters = config.rope_parameters[layer_type]
-                if parameters is None:
-                    continue
-                self.rope_type[layer_type] = parameters["rope_type"]
-                inv_freq, scaling = _inv_freq(config, parameters, layer_type)
-                self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
-                self.register_buffer(f"{layer_type}_original_inv_freq", inv_freq.clone(), persistent=False)
-                setattr(self, f"{layer_type}_attention_scaling", scaling)
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = {}
+        for layer_type in sorted(set(config.layer_types)):
+            parameters = config.rope_parameters[layer_type]
+            if parameters is None:
+                continue
+            self.rope_type[layer_type] = parameters["rope_type"]
+            inv_freq, scaling = _inv_freq(config, parameters, layer_type)
+            self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
+            self.register_buffer(f"{layer_type}_original_inv_freq", inv_freq.clone(), persistent=False)
+            setattr(self, f"{layer_type}_attention_scaling", scaling)
 
-        @dynamic_rope_update
-        def forward(self, x, position_ids, layer_type):
-            return _cos_sin(x, position_ids, getattr(self, f"{layer_type}_inv_freq"),
-                            getattr(self, f"{layer_type}_attention_scaling"))
-
-    return RotaryEmbedding, LayerTypeRotaryEmbedding
+    @dynamic_rope_update
+    def forward(self, x, position_ids, layer_type):
+        return _cos_sin(x, position_ids, getattr(self, f"{layer_type}_inv_freq"),
+                        getattr(self, f"{layer_type}_attention_scaling"))
 
 
 def _linear(inputs: int, outputs: int, bias: bool) -> nn.Linear:
@@ -290,6 +287,8 @@ def plain_model_reason(config) -> str | None:
         return "a partial rotary embedding outside Phi-3"
     if getattr(config, "pretraining_tp", 1) != 1:
         return "a tensor-parallel layout"
+    if getattr(config, "use_bidirectional_attention", False):
+        return "bidirectional attention (chatapp's decoders attend causally)"
     return None
 
 
@@ -301,7 +300,6 @@ def build_plain_model(config) -> PlainCausalLM | None:
     kind = config.model_type
     gemma = kind in GEMMA_TYPES
     activation = ACTIVATIONS[getattr(config, "hidden_activation" if gemma else "hidden_act")]
-    rotary, per_type_rotary = _rotary_classes()
     try:
         body = nn.Module()
         if gemma:
@@ -310,8 +308,10 @@ def build_plain_model(config) -> PlainCausalLM | None:
             body.embed_tokens = _embedding(config.vocab_size, config.hidden_size)
         body.layers = nn.ModuleList(DecoderLayer(config, i, activation) for i in range(config.num_hidden_layers))
         body.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, gemma)
-        body.rotary_emb = per_type_rotary(config) if kind == "gemma3_text" else rotary(config)
+        body.rotary_emb = LayerTypeRotaryEmbedding(config) if kind == "gemma3_text" else RotaryEmbedding(config)
         head = _linear(config.hidden_size, config.vocab_size, False)
-    except (AttributeError, KeyError, TypeError, ValueError):  # a config missing what its family has
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # a config missing what its family has
+        log.warning("no plain modules for this %s config (%s: %s); transformers' skeleton instead", kind,
+                    type(error).__name__, error)
         return None
     return PlainCausalLM(config, body, head).eval()

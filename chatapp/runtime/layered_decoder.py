@@ -33,9 +33,9 @@ from chatapp.support.memory import return_freed_memory
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 """Architectures whose layers `LayerPlan` describes."""
-CONFIG_WINDOWS = ("mistral",)
+CONFIG_WINDOWS = ("mistral", "phi3")
 """Architectures whose sliding window is the config's, for every layer (the others name it on
-each layer's attention module)."""
+each layer's attention module: `chatapp.loading.plain_model.LAYER_TYPE_WINDOWS`)."""
 MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 NORM_NAMES = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
@@ -72,6 +72,8 @@ def plan_reason(model) -> str | None:
     """Why `model` is not one `LayeredDecoder` runs, or None."""
     if _model_type(model) not in MODEL_TYPES:
         return f"architecture {_model_type(model)!r}"
+    if getattr(model.config, "use_bidirectional_attention", False):
+        return "bidirectional attention"
     device_map = getattr(model, "hf_device_map", None)
     if device_map and len(set(device_map.values())) > 1:
         return "layers spread over several devices"
@@ -127,9 +129,10 @@ class LayeredDecoder(Decoder):
             attn = layer.self_attn
             self.qkv.append(None if plan.fused_qkv else fuse_block_linears([attn.q_proj, attn.k_proj, attn.v_proj]))
             self.gate_up.append(fuse_mlp(layer.mlp))
-            # The weights the fused copies replaced, a layer at a time: the heap kept the freed
-            # holes, which the next, larger copies cannot reuse (Gemma 3 270M: 60 MiB at the peak).
-            return_freed_memory()
+            if self.qkv[-1] is not None or self.gate_up[-1] is not None:
+                # The weights the fused copies replaced, a layer at a time: the heap kept the freed
+                # holes, which the next, larger copies cannot reuse (Gemma 3 270M: 60 MiB at the peak).
+                return_freed_memory()
         first = self.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads

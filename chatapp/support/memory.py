@@ -4,6 +4,7 @@ and told to skip those a loaded model leaves behind."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -78,13 +79,19 @@ def return_freed_memory() -> None:
     Tensors of a few megabytes come from the C heap once glibc has raised its mmap threshold
     (after the first large free), and freeing them leaves holes the heap keeps: replacing a
     model's weights with fused copies left Gemma 3 270M 60 MiB larger for good."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None; found once (`find_library` runs `ldconfig`: about 1 ms)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
-        trim = None
-    if trim is not None:
-        trim(0)
+        return None

@@ -40,7 +40,7 @@ STAND_IN_CONVERTER = """
 import shutil, sys
 from pathlib import Path
 
-from chatapp.loading import models as loading
+from chatapp.loading import model_source
 
 INTACT = Path(sys.argv.pop(1))
 
@@ -50,7 +50,7 @@ def convert(gguf, target, progress, weights=True):  # the real conversion takes 
     shutil.copytree(INTACT, target, ignore=shutil.ignore_patterns("chatapp-int4-*"))
 
 
-loading.convert_gguf = convert
+model_source.convert_gguf = convert
 from chatapp.cli.main import main
 
 sys.exit(main(sys.argv[1:]))
@@ -254,6 +254,7 @@ def test_a_truncated_converted_model_is_converted_again_with_one_line(tmp_path, 
 def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real, monkeypatch, caplog):
     """Damage of the same size (the manifest's sizes still match): the failing load itself
     sends the copy back for conversion (here a stand-in that copies the intact copy)."""
+    from chatapp.loading import model_source
     from chatapp.loading import models as loading
 
     folder = temp_cache(tmp_path, real, skip=(INT4_CACHE,))
@@ -268,9 +269,9 @@ def test_a_converted_model_that_fails_to_load_is_converted_again(tmp_path, real,
         progress(f"converting {gguf.name}")
         shutil.copytree(real[0], target, ignore=shutil.ignore_patterns(INT4_CACHE))
 
-    monkeypatch.setattr(loading, "convert_gguf", fake_convert)
+    monkeypatch.setattr(model_source, "convert_gguf", fake_convert)
     messages: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="chatapp.loading.models"):
+    with caplog.at_level(logging.WARNING, logger="chatapp.loading.model_source"):
         loaded = loading.load_model("default", device="cpu", dtype="float32", quantize="none", progress=messages.append)
     assert loaded.model is not None
     assert conversions == [folder]
