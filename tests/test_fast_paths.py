@@ -77,12 +77,18 @@ def test_arbitrary_weights_are_reported_lossy():
 
 @needs_int4
 @pytest.mark.model
-def test_default_model_gets_int4_from_its_gguf_blocks_exactly():
+def test_default_model_gets_int4_from_its_gguf_blocks_exactly(default_model):
     loaded = load_model("default", device="cpu", quantize="int4")
     assert any("GGUF 4-bit codes kept exactly" in note for note in loaded.info.notes), loaded.info.notes
-    head = loaded.model.get_output_embeddings()
-    vocab, width = head.exact_weight.shape
-    assert head.exact_weight.dtype == torch.float32
+    head, embedding = loaded.model.get_output_embeddings(), loaded.model.get_input_embeddings()
+    # The tied embedding and the head's exact rows: the file's own Q8_0 blocks, shared, giving
+    # transformers' float32 numbers (the float32 model's embedding) row for row.
+    assert head.exact_blocks is embedding.weights and embedding.weights.bits == 8
+    vocab, width = head.exact_blocks.shape
+    ids = torch.tensor([0, 1, 2, 100, 4_321, vocab - 1])
+    expected = default_model.model.get_input_embeddings().weight[ids]
+    assert torch.equal(head.exact_rows(ids), expected) and torch.equal(embedding(ids), expected)
+    assert embedding.weights.nbytes < expected.element_size() * vocab * width / 3
     assert head.weight.numel() * head.weight.element_size() == vocab * width // 2  # 4 bits a weight
 
 

@@ -197,6 +197,18 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     return model, done
 
 
+def embedding_blocks(gguf: Path, weight: torch.Tensor) -> ScaledBlocks | None:
+    """The token embedding of `gguf` in its own blocks, when it has an exact layout and those
+    blocks dequantize to `weight` exactly (the float32 embedding transformers read), else None."""
+    index = read_index(gguf)
+    tensor = next((t for t in index.tensors if t.name == "token_embd.weight"), None)
+    if tensor is None or tensor.type_name not in EXACT_TYPES or tuple(tensor.shape) != tuple(weight.shape):
+        return None
+    blocks = _read_blocks(tensor, tensor.type_name, np.arange(tensor.shape[0]), index)
+    index.release(tensor)
+    return blocks if torch.equal(blocks.dequantize(), weight.detach().float()) else None
+
+
 def _transformers_skeleton(config) -> nn.Module:
     """transformers' own model of `config`, its parameters on the meta device (rotary tables real)."""
     from accelerate import init_empty_weights

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chatapp.runtime.quantize import EXACT_KEY, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
+from chatapp.runtime.block_linear import BlockEmbedding, ScaledBlocks
+from chatapp.runtime.quantize import EMBEDDING_BLOCK_KEYS, EXACT_KEY, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 from chatapp.support.atomic_file import replacing
 
 log = logging.getLogger(__name__)
 
-FORMAT = "3"
+FORMAT = "4"
 """Bumped whenever what the file holds changes meaning."""
 PACKED_SUFFIX = ".packed"
 """State-dict keys of int4 layers end with this (their scales with `.scales_and_zeros`)."""
@@ -59,14 +60,34 @@ def save_int4(model, path: Path, exact_blocks: float) -> None:
     head = model.get_output_embeddings()
     if not isinstance(head, OutputHead):  # a head the packing left alone: not this cache's layout
         return
-    embed = model.get_input_embeddings().weight
+    embedding = model.get_input_embeddings()
     state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
-    if head.exact_weight.data_ptr() != embed.data_ptr():
+    if isinstance(embedding, BlockEmbedding):
+        if head.exact_blocks is not embedding.weights:
+            return  # blocks of an untied head: not this cache's layout
+        state.update(embedding_block_state(embedding.weights))
+    elif head.exact_weight.data_ptr() != embedding.weight.data_ptr():
         state[EXACT_KEY] = head.exact_weight.contiguous()
     metadata = {"format": FORMAT, "exact_blocks": repr(exact_blocks), **_packing()}
     # The cache is an optimisation: a failure to write it must not fail the load.
     with contextlib.suppress(Exception), replacing(path) as temp:  # a reader never sees half a file
         save_file(state, str(temp), metadata=metadata)
+
+
+def embedding_block_state(weights: ScaledBlocks) -> dict[str, torch.Tensor]:
+    """An embedding's blocks as the cache's tensors (`EMBEDDING_BLOCK_KEYS`)."""
+    layout = torch.tensor([weights.bits, weights.block], dtype=torch.int64)
+    return dict(zip(EMBEDDING_BLOCK_KEYS, (weights.codes.contiguous(), weights.scale.contiguous(),
+                                           weights.low.contiguous(), layout)))
+
+
+def embedding_blocks_of(state: dict[str, torch.Tensor]) -> ScaledBlocks | None:
+    """The embedding's blocks from the cache's tensors (`state` is not modified), or None."""
+    if EMBEDDING_BLOCK_KEYS[0] not in state:
+        return None
+    codes, scale, low, layout = (state[key] for key in EMBEDDING_BLOCK_KEYS)
+    bits, block = (int(v) for v in layout)
+    return ScaledBlocks((codes.shape[0], scale.shape[1] * block), bits, block, codes, scale, low)
 
 
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
@@ -103,6 +124,11 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
 
     quiet_transformers()
 
+    blocks = embedding_blocks_of(state)
+    if blocks is not None:  # transformers' modules take the float32 embedding (the same numbers)
+        for key in EMBEDDING_BLOCK_KEYS:
+            del state[key]
+        state["model.embed_tokens.weight"] = blocks.dequantize()
     config = AutoConfig.from_pretrained(location, local_files_only=True)
     config.tie_word_embeddings = False
     with torch.device("meta"):

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from chatapp.runtime.llama_decoder import config_unsupported_reason, rope_type
-from chatapp.runtime.quantize import EXACT_KEY, GROUP_SIZE, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
+from chatapp.loading.int4_file_cache import embedding_blocks_of
+from chatapp.runtime.block_linear import BlockEmbedding
+from chatapp.runtime.quantize import EMBEDDING_BLOCK_KEYS, EXACT_KEY, GROUP_SIZE, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 """Linear layers of a layer's self-attention, as transformers names them."""
@@ -66,11 +68,12 @@ class PlainLlama(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        embed = self.model.embed_tokens
+        return embed.weight.dtype if hasattr(embed, "weight") else embed.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return next(self.parameters()).device
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
@@ -144,8 +147,14 @@ def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path):
             layer.post_attention_layernorm = norm(prefix + "post_attention_layernorm.weight")
             layers.append(layer)
         body = nn.Module()
-        embed = take("model.embed_tokens.weight")
-        body.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], _weight=embed, _freeze=True)
+        blocks = embedding_blocks_of(state)  # the file's own blocks, or the float32 weight
+        used.update(EMBEDDING_BLOCK_KEYS if blocks is not None else ())
+        if blocks is not None:
+            body.embed_tokens = BlockEmbedding(blocks, use_kernel=False)
+            embed = blocks
+        else:
+            embed = take("model.embed_tokens.weight")
+            body.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], _weight=embed, _freeze=True)
         body.layers = layers
         body.norm = norm("model.norm.weight")
         body.rotary_emb = DefaultRotaryEmbedding(config.rope_theta, config.head_dim)

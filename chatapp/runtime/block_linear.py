@@ -72,7 +72,11 @@ class ScaledBlocks:
             codes, scale = codes.index_select(0, ids), scale.index_select(0, ids)
             low = low.index_select(0, ids) if low.numel() else low
         rows = codes.shape[0]
-        products = code_values(codes, self.bits, self.block, (rows, self.shape[1])).float() * scale.unsqueeze(-1)
+        if self.bits == 8:  # signed bytes straight to float32 (exact), without code_values' int16 step
+            values = codes.float().view(rows, self.shape[1] // self.block, self.block)
+        else:
+            values = code_values(codes, self.bits, self.block, (rows, self.shape[1])).float()
+        products = values * scale.unsqueeze(-1)
         if low.numel():
             products = products + low.unsqueeze(-1)
         return products.view(rows, self.shape[1])
@@ -119,13 +123,16 @@ class BlockEmbedding(nn.Module):
     where the model scales its embeddings (Gemma: the square root of d_model, as a float32
     number rounded to the model's dtype, as transformers does)."""
 
-    def __init__(self, weights: ScaledBlocks, scale: float | None = None, dtype=torch.float32) -> None:
+    def __init__(self, weights: ScaledBlocks, scale: float | None = None, dtype=torch.float32,
+                 use_kernel: bool = True) -> None:
+        """Look rows up in `weights`; without `use_kernel`, in plain torch even where the block
+        kernel is built (a model that does not load the kernel otherwise: the int4 default)."""
         super().__init__()
         self.weights = weights
         self.num_embeddings, self.embedding_dim = weights.shape
         self.scale = scale
         self.dtype = dtype
-        self.kernel = block_kernel.ops()
+        self.kernel = block_kernel.ops() if use_kernel else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (...) -> (..., d_model)
         if self.kernel is not None:

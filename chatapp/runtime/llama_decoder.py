@@ -156,8 +156,8 @@ class LlamaDecoder(Decoder):
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = float(config.rms_norm_eps)
         self.max_length = getattr(config, "max_position_embeddings", None) or MIN_CAPACITY
-        self.embed_weight = body.embed_tokens.weight
-        self.dtype = self.embed_weight.dtype
+        self.embed = body.embed_tokens  # nn.Embedding, or a BlockEmbedding over the GGUF file's blocks
+        self.dtype = self.embed.weight.dtype if hasattr(self.embed, "weight") else self.embed.dtype
         self.norm_weight = body.norm.weight
         self.rotary = body.rotary_emb
         self.rotation = rotation_matrix(self.head_dim, self.dtype, self.device)
@@ -256,7 +256,7 @@ class LlamaDecoder(Decoder):
         (each call the same code as a whole step's, for one layer), keeping each layer's output."""
         start = len(self.token_ids)
         self._reserve(start + 1)
-        x = F.embedding(input_ids[0], self.embed_weight)  # (1, d_model)
+        x = self.embed(input_ids[0])  # (1, d_model)
         step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
         cos, sin = self._rotary_tables(start, 1)
         outputs = []
@@ -282,7 +282,7 @@ class LlamaDecoder(Decoder):
         start, count = len(self.token_ids), len(ids)
         end = start + count
         self._reserve(end)
-        x = F.embedding(input_ids[0], self.embed_weight)  # (T, d_model), a fresh tensor we may add into
+        x = self.embed(input_ids[0])  # (T, d_model), a fresh tensor we may add into
         step_weights = self.kernel.weights_for_step() if count == 1 and self.kernel is not None else None
         if step_weights is not None:
             torch.ops.chatapp.decode_layers(
