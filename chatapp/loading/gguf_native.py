@@ -197,7 +197,7 @@ def load_native(gguf: Path, config) -> tuple[nn.Module, dict]:
     return model, done
 
 
-def embedding_blocks(gguf: Path, weight: torch.Tensor) -> ScaledBlocks | None:
+def token_embedding_blocks(gguf: Path, weight: torch.Tensor) -> ScaledBlocks | None:
     """The token embedding of `gguf` in its own blocks, when it has an exact layout and those
     blocks dequantize to `weight` exactly (the float32 embedding transformers read), else None."""
     index = read_index(gguf)

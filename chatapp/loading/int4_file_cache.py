@@ -22,13 +22,17 @@ import torch
 from torch import nn
 
 from chatapp.runtime.block_linear import BlockEmbedding, ScaledBlocks
-from chatapp.runtime.quantize import EMBEDDING_BLOCK_KEYS, EXACT_KEY, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
+from chatapp.runtime.quantize import EXACT_KEY, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 from chatapp.support.atomic_file import replacing
 
 log = logging.getLogger(__name__)
 
 FORMAT = "4"
 """Bumped whenever what the file holds changes meaning."""
+EMBEDDING_BLOCK_KEYS = ("chatapp.embedding.codes", "chatapp.embedding.scale", "chatapp.embedding.low",
+                        "chatapp.embedding.layout")
+"""A tied input embedding kept in its GGUF blocks (`ScaledBlocks`): codes, scales, minimums, and
+(bits, block) as a tensor; the model then has no `model.embed_tokens.weight`."""
 PACKED_SUFFIX = ".packed"
 """State-dict keys of int4 layers end with this (their scales with `.scales_and_zeros`)."""
 
@@ -90,6 +94,7 @@ def embedding_blocks_of(state: dict[str, torch.Tensor]) -> ScaledBlocks | None:
     return ScaledBlocks((codes.shape[0], scale.shape[1] * block), bits, block, codes, scale, low)
 
 
+
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
     """The int4 model saved at `path` (for the model folder `location`) and its exact-block share,
     or None when there is no usable copy."""
@@ -114,7 +119,9 @@ def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
 def _build(state: dict, location: str | Path, dtype: torch.dtype):
     from chatapp.loading.plain_llama import build_plain_llama
 
-    plain = build_plain_llama(state, location)
+    blocks = embedding_blocks_of(state)
+    rest = {key: tensor for key, tensor in state.items() if key not in EMBEDDING_BLOCK_KEYS}
+    plain = build_plain_llama(rest, location, blocks)
     if plain is not None:  # no transformers import: the warm start's fast path
         plain.config.dtype = dtype
         return plain
@@ -124,10 +131,8 @@ def _build(state: dict, location: str | Path, dtype: torch.dtype):
 
     quiet_transformers()
 
-    blocks = embedding_blocks_of(state)
+    state = rest
     if blocks is not None:  # transformers' modules take the float32 embedding (the same numbers)
-        for key in EMBEDDING_BLOCK_KEYS:
-            del state[key]
         state["model.embed_tokens.weight"] = blocks.dequantize()
     config = AutoConfig.from_pretrained(location, local_files_only=True)
     config.tie_word_embeddings = False

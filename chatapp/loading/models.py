@@ -122,7 +122,7 @@ def _keep_embedding_blocks(model, gguf: Path) -> None:
     31 MiB instead of 108."""
     import torch
 
-    from chatapp.loading.gguf_native import embedding_blocks
+    from chatapp.loading.gguf_native import token_embedding_blocks
     from chatapp.runtime.block_linear import BlockEmbedding
     from chatapp.runtime.quantize import OutputHead
 
@@ -130,7 +130,7 @@ def _keep_embedding_blocks(model, gguf: Path) -> None:
     if (not isinstance(head, OutputHead) or head.exact_weight is None or type(embedding) is not torch.nn.Embedding
             or head.exact_weight.data_ptr() != embedding.weight.data_ptr()):
         return
-    blocks = embedding_blocks(gguf, embedding.weight)
+    blocks = token_embedding_blocks(gguf, embedding.weight)
     if blocks is None:
         return
     model.set_input_embeddings(BlockEmbedding(blocks, use_kernel=False))

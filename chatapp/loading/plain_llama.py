@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from chatapp.runtime.llama_decoder import config_unsupported_reason, rope_type
-from chatapp.loading.int4_file_cache import embedding_blocks_of
 from chatapp.runtime.block_linear import BlockEmbedding
-from chatapp.runtime.quantize import EMBEDDING_BLOCK_KEYS, EXACT_KEY, GROUP_SIZE, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
+from chatapp.runtime.quantize import EXACT_KEY, GROUP_SIZE, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 """Linear layers of a layer's self-attention, as transformers names them."""
@@ -109,12 +108,14 @@ def _generation_config(location: Path, config: ModelConfig) -> SimpleNamespace:
     return SimpleNamespace(eos_token_id=raw.get("eos_token_id", getattr(config, "eos_token_id", None)))
 
 
-def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path):
+def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path, embedding=None):
     """`PlainLlama` from an int4 cache's tensors, or None when transformers must build the model.
 
     Args:
         state: the cache file's tensors (not modified), named as `chatapp.loading.int4_file_cache` names them.
         location: the model folder (config.json, generation_config.json).
+        embedding: the tied embedding's GGUF blocks (`ScaledBlocks`) when the cache holds them
+            (then `state` has no `model.embed_tokens.weight`).
     """
     location = Path(location)
     config = read_config(location)
@@ -147,11 +148,9 @@ def build_plain_llama(state: dict[str, torch.Tensor], location: str | Path):
             layer.post_attention_layernorm = norm(prefix + "post_attention_layernorm.weight")
             layers.append(layer)
         body = nn.Module()
-        blocks = embedding_blocks_of(state)  # the file's own blocks, or the float32 weight
-        used.update(EMBEDDING_BLOCK_KEYS if blocks is not None else ())
-        if blocks is not None:
-            body.embed_tokens = BlockEmbedding(blocks, use_kernel=False)
-            embed = blocks
+        if embedding is not None:  # the file's own blocks, else the float32 weight
+            body.embed_tokens = BlockEmbedding(embedding, use_kernel=False)
+            embed = embedding
         else:
             embed = take("model.embed_tokens.weight")
             body.embed_tokens = nn.Embedding(embed.shape[0], embed.shape[1], _weight=embed, _freeze=True)

@@ -59,10 +59,7 @@ SCALES_KEY = "lm_head.scales"
 """Their scales and zeros."""
 EXACT_KEY = "lm_head.exact_weight"
 """The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
-EMBEDDING_BLOCK_KEYS = ("chatapp.embedding.codes", "chatapp.embedding.scale", "chatapp.embedding.low",
-                        "chatapp.embedding.layout")
-"""A tied input embedding kept in its GGUF blocks (`ScaledBlocks`): codes, scales, minimums, and
-(bits, block) as a tensor; the model then has no `model.embed_tokens.weight`."""
+
 
 
 class OutputHead(nn.Module):
