@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from chatapp.runtime.int4_kernel import cpu_flags, kernels_dir
+from chatapp.runtime.int4_kernel import EXP_HEADER, cpu_flags, kernels_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def _compile(build: str, namespace: str) -> None:
     _ninja_on_path()
     folder = kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
     folder.mkdir(parents=True, exist_ok=True)
-    # cpp_extension rebuilds when a source or a flag changes; the header's digest, as a flag, counts too
-    digest = hashlib.sha256(HEADER.read_bytes()).hexdigest()[:16]
+    # cpp_extension rebuilds when a source or a flag changes; the headers' digest, as a flag, counts too
+    digest = hashlib.sha256(HEADER.read_bytes() + EXP_HEADER.read_bytes()).hexdigest()[:16]
     cpp_extension.load(
         name=namespace, sources=[str(source) for source in SOURCES], build_directory=str(folder), is_python_module=False,
         extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}", f"-DBLOCK_DOT_DIGEST={digest}"],

@@ -55,6 +55,8 @@ from chatapp.support.stale_files import remove_stale_staging
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
+EXP_HEADER = SOURCE.with_name("vector_exp.h")
+"""The vector exponential `SOURCE` includes (shared with the block kernel): part of the build's key."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
@@ -110,7 +112,7 @@ def cpu_supported() -> bool:
 def _library_path() -> Path:
     """The built kernel for this source, torch and compiler flags."""
     key = hashlib.sha256(
-        SOURCE.read_bytes() + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
+        SOURCE.read_bytes() + EXP_HEADER.read_bytes() + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
         + "\n".join(_cpu_lines()).encode()  # built with -march=native: for this CPU only
     ).hexdigest()[:16]
     return kernels_dir() / f"int4_vnni-{key}.so"

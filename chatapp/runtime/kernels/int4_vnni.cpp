@@ -15,6 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "vector_exp.h"
+
 namespace {
 
 constexpr int64_t kGroup = 32;  // weights per block
@@ -164,29 +166,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
-// e^x for x <= 0 (softmax after subtracting the largest score, silu of any sign via e^-|z|),
-// to about 2e-7 relative: 2^n * a degree-6 polynomial of the remainder.
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
+// e^x in place (softmax after subtracting the largest score, silu of any sign via e^-|z|):
+// `exp16`, shared with the block kernel's decode step.
 void exp_inplace(float* v, int64_t count) {
   int64_t i = 0;
-  for (; i + 16 <= count; i += 16) _mm512_storeu_ps(v + i, exp_ps(_mm512_loadu_ps(v + i)));
+  for (; i + 16 <= count; i += 16) _mm512_storeu_ps(v + i, exp16(_mm512_loadu_ps(v + i)));
   if (i < count) {
     const __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
-    _mm512_mask_storeu_ps(v + i, mask, exp_ps(_mm512_maskz_loadu_ps(mask, v + i)));
+    _mm512_mask_storeu_ps(v + i, mask, exp16(_mm512_maskz_loadu_ps(mask, v + i)));
   }
 }
 

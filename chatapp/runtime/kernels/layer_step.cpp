@@ -19,6 +19,7 @@
 // local and global), computed by the model's own rotary module.
 
 #include "block_dot.h"
+#include "vector_exp.h"
 
 #include <array>
 #include <cmath>
@@ -132,22 +133,6 @@ float activation(int64_t kind, float g) {
 }
 
 #if defined(__AVX512F__)
-// e^x to about 2e-7 relative (x clamped to [-87, 88]): 2^n times a degree-6 polynomial of the remainder.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // act(g) for 16 gate values: silu g / (1 + e^-g), and GELU's tanh form as the same sigmoid,
 // 0.5 g (1 + tanh(u)) = g / (1 + e^(-2u)) (within a few float32 roundings of torch's formulas).
 inline __m512 activation16(int64_t kind, __m512 g) {
