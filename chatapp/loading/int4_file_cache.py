@@ -94,7 +94,6 @@ def embedding_blocks_of(state: dict[str, torch.Tensor]) -> ScaledBlocks | None:
     return ScaledBlocks((codes.shape[0], scale.shape[1] * block), bits, block, codes, scale, low)
 
 
-
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):
     """The int4 model saved at `path` (for the model folder `location`) and its exact-block share,
     or None when there is no usable copy."""

@@ -47,6 +47,7 @@ EXACT_FRACTION = 0.99
 FALLBACK_CONTEXT_LENGTH = 2048
 """Context size assumed when a config states none."""
 
+
 @dataclass
 class LoadedModel:
     """A model ready for the engine."""

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from chatapp.runtime.llama_decoder import config_unsupported_reason, rope_type
 from chatapp.runtime.block_linear import BlockEmbedding
+from chatapp.runtime.llama_decoder import config_unsupported_reason, rope_type
 from chatapp.runtime.quantize import EXACT_KEY, GROUP_SIZE, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

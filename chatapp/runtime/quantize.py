@@ -61,7 +61,6 @@ EXACT_KEY = "lm_head.exact_weight"
 """The LM head's float32 weights, stored only when they are not the input embedding's (untied)."""
 
 
-
 class OutputHead(nn.Module):
     """An LM head that streams int4 weights but gives the best logits in float32.
 
