@@ -205,3 +205,45 @@ def test_the_default_model_predicts_text_as_well_on_the_kernel(default_model):
     exact, torchs, ours = mean_nll(default_model, False), mean_nll(fast, False), mean_nll(fast, True)
     print(f"\nmean NLL: float32 {exact:.4f}, int4 on torch's kernel {torchs:.4f}, on chatapp's {ours:.4f}")
     assert abs(ours - torchs) < 0.02 and abs(ours - exact) < 0.05, (exact, torchs, ours)
+
+
+@needs_kernel
+def test_a_built_block_kernel_takes_over_the_int4_heads_top_k_with_the_same_numbers():
+    """Once the int4 kernel's thread has loaded a block kernel built before, the LM head picks its
+    exact rows with the block kernel's top-k and the engine its top-k and kept ids: the same
+    logits as with the reference top-k (torch's topk may pick another of two tied 4-bit logits at
+    the 256th place), the same reply."""
+    from chatapp import lm_head
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.engine.loader import load_engine
+    from chatapp.runtime import block_kernel
+
+    if block_kernel.ops() is None:  # builds it when needed, as a GGUF model's load would
+        pytest.skip(f"no block kernel here: {block_kernel.failure(block_kernel.build_for_cpu())}")
+    engine = load_engine("default", "cpu")
+    head = engine.model.get_output_embeddings()
+    assert engine.decoder.kernel_settled.wait(60)
+    for _ in range(100):  # the thread loads the block kernel right after it settles
+        if head.best_of is not None:
+            break
+        threading.Event().wait(0.05)
+    assert head.best_of is not None
+    hidden = torch.randn(engine.model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    on_kernel = head(hidden)
+    best_of, head.best_of = head.best_of, lm_head.top_k_reference
+    try:
+        assert torch.equal(on_kernel, head(hidden))
+    finally:
+        head.best_of = best_of
+    messages = [{"role": "user", "content": "Name a colour."}]
+    settings = SamplingSettings(max_new_tokens=6, seed=5)
+    replies = []
+    list(engine.start_turn(messages, settings))  # its first step's head ran before the kernel's weights were taken up
+    for kernels_on in (True, False):
+        engine.reset()
+        if not kernels_on:
+            lm_head.use_kernels()
+        replies.append([(step.token_id, step.prob, step.raw_prob, step.entropy) for step in engine.start_turn(messages, settings)])
+        if kernels_on:
+            assert lm_head._Kernels.top_k is not None
+    assert replies[0] == replies[1]

@@ -92,8 +92,9 @@ class Engine:
         self.token_texts = TokenTexts(self.tokenizer)
         self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
-        kernels = block_kernel.loaded()  # loaded with a model in GGUF blocks; never compiled here
-        use_kernels(*((kernels.top_k, kernels.kept_ids) if kernels is not None else ()))
+        self._step_kernels = False
+        use_kernels()  # torch's top-k until `take_up_kernels` finds the block kernel
+        self.take_up_kernels()
         self.watch_ids: tuple[int, ...] = ()
         """Tokens whose numbers every step also reports (`ask --watch`), wherever they rank."""
         self.lens = False
@@ -103,6 +104,14 @@ class Engine:
         self._transcript_text = ""
         self._transcript_ids: list[int] = []
         self._lock = threading.Lock()
+
+    def take_up_kernels(self) -> None:
+        """Run the LM head's top-k and kept ids on the block kernel once this process has loaded it
+        (a model in GGUF blocks loads it; for an int4 model, the int4 kernel's thread loads it
+        when it was built before). Called before each step: never compiles anything."""
+        if not self._step_kernels and (kernels := block_kernel.loaded()) is not None:
+            use_kernels(kernels.top_k, kernels.kept_ids)
+            self._step_kernels = True
 
     def watch(self, ids: tuple[int, ...]) -> None:
         """Report the numbers of these tokens at every step too (`Step.watched`); an int4 LM head

@@ -141,6 +141,7 @@ class Turn:
                     stats.finish_reason = "cancelled"
                     break
                 self.context_vector = hidden
+                engine.take_up_kernels()
                 choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
                                       engine.watch_ids)
                 token_id = choice.token_id

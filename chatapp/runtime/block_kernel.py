@@ -89,11 +89,24 @@ def load(build: str) -> object | None:
         return _namespace(build)
 
 
+def _build_folder(build: str) -> Path:
+    return kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
+
+
+def built_ops() -> object | None:
+    """`ops()` where this CPU's build was compiled before (loading it takes about 0.2 s), else
+    None, compiling nothing (a model in GGUF blocks compiles it on its first load)."""
+    build = build_for_cpu()
+    if not (_build_folder(build) / f"chatapp_blocks_{build}.so").is_file():
+        return None
+    return ops()
+
+
 def _compile(build: str, namespace: str) -> None:
     from torch.utils import cpp_extension
 
     _ninja_on_path()
-    folder = kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
+    folder = _build_folder(build)
     folder.mkdir(parents=True, exist_ok=True)
     # cpp_extension rebuilds when a source or a flag changes; the headers' digest, as a flag, counts too
     digest = hashlib.sha256(HEADER.read_bytes() + EXP_HEADER.read_bytes()).hexdigest()[:16]

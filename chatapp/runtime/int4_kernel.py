@@ -96,6 +96,7 @@ def _cpu_lines() -> tuple[str, ...]:
     return tuple(line for line in first if line.startswith(("model name", "flags")))
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags, as /proc/cpuinfo names them (none where it cannot be read)."""
     for line in _cpu_lines():

@@ -6,6 +6,8 @@ together, so no step runs half on one path and half on the other. A kernel alrea
 in about 0.2 s, behind the app's start and the first prefill: the first decode step waits for it,
 so every step of the session runs on it. One that must be compiled first (about 10 s) is not
 waited for: decoding runs on the TorchScript layers meanwhile and switches when it is ready.
+The same thread then loads the block kernel (`block_kernel.built_ops`) when it was built before,
+for the LM head's one-pass top-k and kept ids (the engine takes them up at its next step).
 
 That thread never outlives the interpreter: a process ending while it runs native code (loading
 the library, laying out weights) aborts ("terminate called without an active exception"). At
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-from chatapp.runtime import int4_kernel
+from chatapp.runtime import block_kernel, int4_kernel
 from chatapp.runtime.quantize import OutputHead
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,11 @@ class KernelSwitch:
                 head = self._head
                 head_kernel = int4_kernel.convert(head.weight, head.scales) if isinstance(head, OutputHead) else None
                 self._ready = (weights, head_kernel)
+            if not _Threads.exiting.is_set():
+                self.settled.set()  # the steps wait for the int4 kernel only
+                kernels = block_kernel.built_ops()  # the LM head's one-pass top-k and kept ids (`Engine.take_up_kernels`)
+                if kernels is not None and isinstance(self._head, OutputHead):
+                    self._head.best_of = kernels.top_k  # and the head's own choice of its exact rows
         except Exception:  # noqa: BLE001 - decoding simply stays on the TorchScript layers
             log.exception("laying out the int4 weights for chatapp's kernel failed")
         finally:

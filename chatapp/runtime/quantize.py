@@ -115,6 +115,9 @@ class OutputHead(nn.Module):
     """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel
     (`chatapp.runtime.int4_kernel.convert`), once a decoder has taken it up for the model's decode steps."""
 
+    best_of = None
+    """`(V,)` logits, k -> (values, ids) of the k highest (the block kernel's `top_k`, set once it
+    is loaded), or None: `torch.topk` picks the rows to recompute."""
     always_exact: torch.Tensor | None = None
     """`(W,)` ids whose logits are recomputed in float32 too, wherever they rank (the tokens
     `ask --watch` follows), for one context vector."""
@@ -129,7 +132,8 @@ class OutputHead(nn.Module):
         logits = logits[:, : self.vocab_rows].float()  # (B, V): without the padding rows
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]
-            best = torch.topk(logits, self.exact_top, sorted=False).indices  # (M,)
+            best_of = self.best_of
+            best = best_of(logits, self.exact_top)[1] if best_of is not None else torch.topk(logits, self.exact_top, sorted=False).indices  # (M,)
             if self.always_exact is not None:
                 best = torch.cat([best, self.always_exact.to(best.device)])  # (M + W,)
             logits[best] = torch.mv(self.exact_rows(best), hidden.float())
