@@ -283,8 +283,9 @@ class LlamaDecoder(Decoder):
         end = start + count
         self._reserve(end)
         x = self.embed(input_ids[0])  # (T, d_model), a fresh tensor we may add into
-        step_weights = self.kernel.weights_for_step() if count == 1 and self.kernel is not None else None
-        if step_weights is not None:
+        # Taken up at a prefill too: the LM head's step after it then runs on the kernel, as later ones do
+        step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
+        if count == 1 and step_weights is not None:
             torch.ops.chatapp.decode_layers(
                 x, self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start,
                 self.heads, self.kv_heads, self.eps,
