@@ -16,11 +16,13 @@ The projection is the model's own output embedding, whatever it holds. For an in
 chosen or shown are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
 moved the decoder onto it.
 
-The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`). With
-a model in GGUF blocks, it and `kept_ids` run on the block kernel's one-pass steps (the same
-numbers: top-k about 0.3 against 1.1 ms for a 262,144-token vocabulary), which the engine names
-with `use_kernels`. With top-k alone, the softmax runs over the kept logits: the same
-distribution as over the whole row with the others at -inf.
+The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`).
+Where the block kernel is loaded, it and `kept_ids` run on its one-pass steps (the same numbers:
+top-k about 0.08 against 1.1 ms for a 262,144-token vocabulary), and the raw distribution's
+numbers (`raw_numbers`: its normaliser, entropy and the chosen token's rank) on its two-pass
+summary with float64 sums (0.1 against 0.65 ms), which the engine names with `use_kernels`.
+With top-k alone, the softmax runs over the kept logits: the same distribution as over the
+whole row with the others at -inf.
 
 Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
 transformers' own logits processors (imported only when one is on: importing transformers
@@ -109,15 +111,22 @@ def top_k_reference(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return values.gather(-1, order), ids.gather(-1, order)
 
 
+RawSummary = Callable[[torch.Tensor, int], torch.Tensor]
+"""`(V,)` raw logits and a token id (or -1) -> float64 `(3,)`: `raw_numbers`' answer."""
+
+
 class _Kernels:
     top_k: TopK | None = None
     kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None
+    raw_summary: RawSummary | None = None
 
 
-def use_kernels(top_k: TopK | None = None, kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-    """Compute the top-k step and the kept ids of one distribution on these kernels (the same
-    numbers as `top_k_reference` and `torch.nonzero`, faster), or in torch again (None)."""
-    _Kernels.top_k, _Kernels.kept_ids = top_k, kept_ids
+def use_kernels(top_k: TopK | None = None, kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                raw_summary: RawSummary | None = None) -> None:
+    """Compute the top-k step, the kept ids and the raw distribution's numbers of one row on these
+    kernels (`top_k_reference`'s and `torch.nonzero`'s answers; `raw_numbers`' within float32
+    rounding, in two passes), or in torch again (None)."""
+    _Kernels.top_k, _Kernels.kept_ids, _Kernels.raw_summary = top_k, kept_ids, raw_summary
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,17 +235,36 @@ def lm_head(
     return (probabilities, logits) if return_logits else probabilities
 
 
-def raw_log_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The raw distribution's logarithms `(..., V)` (temperature 1, no filter): the log-softmax."""
-    return F.log_softmax(logits, -1)
+def raw_numbers(logits: torch.Tensor, token_id: torch.Tensor | int | None = None) -> torch.Tensor:
+    """float64 `(3,)` numbers of the raw distribution (temperature 1, no filter) of one row of raw
+    `logits` `(V,)`: its log-normaliser `log sum(exp(logits))`, its entropy in nats, and how many
+    logits lie above `token_id`'s (0 without one). On the block kernel's `raw_summary` where the
+    engine named it (two passes, float64 sums), else in torch (a float32 log-sum-exp)."""
+    kernel = _Kernels.raw_summary
+    if kernel is not None and logits.dim() == 1 and logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return kernel(logits, -1 if token_id is None else int(token_id))
+    log_z = torch.logsumexp(logits.float(), -1)  # ()
+    log_raw = logits.float() - log_z  # (V,)
+    entropy = -torch.dot(log_raw.exp(), log_raw)
+    above = torch.count_nonzero(logits > logits[token_id]) if token_id is not None else torch.zeros((), dtype=torch.long)
+    return torch.stack([log_z.double(), entropy.double(), above.double()])
 
 
-def raw_probabilities(logits: torch.Tensor) -> torch.Tensor:
+def raw_probabilities(logits: torch.Tensor, log_normalizer: torch.Tensor | None = None) -> torch.Tensor:
     """The raw distribution `(..., V)` of raw `logits`, computed as every raw probability the UI
-    shows is (the step's candidates, the lens, what-if, watched tokens): the exponential of
-    `raw_log_probabilities`, so that one token's number, from the same logits, agrees to the last
-    bit wherever it appears, and the step's entropy takes both from one pass."""
-    return raw_log_probabilities(logits).exp()
+    shows is (the step's candidates, the lens, what-if, watched tokens): `exp(logit - log_z)` in
+    float64, rounded to float32, with `log_z` from `raw_numbers` (or `log_normalizer`, its first
+    number, where the caller has it). Each probability is thus a function of its own logit and the
+    row's normaliser alone, the same to the last bit wherever it appears (`raw_probabilities_of`)."""
+    if log_normalizer is None:
+        log_normalizer = torch.stack([raw_numbers(row)[0] for row in logits.reshape(-1, logits.shape[-1])])
+        log_normalizer = log_normalizer.reshape(*logits.shape[:-1], 1) if logits.dim() > 1 else log_normalizer[0]
+    return torch.exp(logits.double() - log_normalizer).float()
+
+
+def raw_probabilities_of(logits: torch.Tensor, ids: torch.Tensor, log_normalizer: torch.Tensor) -> torch.Tensor:
+    """`raw_probabilities(logits, log_normalizer)[ids]`, computing only those `(n,)`."""
+    return raw_probabilities(logits[ids], log_normalizer)
 
 
 def kept_ids(probabilities: torch.Tensor) -> torch.Tensor:
@@ -316,21 +344,19 @@ def describe_choice(
             ranked among the kept tokens alone (tens of values instead of the whole vocabulary,
             about 0.2 ms a step on a CPU).
     """
-    log_raw = raw_log_probabilities(logits)  # (V,)
-    raw = log_raw.exp()  # (V,): `raw_probabilities(logits)`, and the entropy's other factor
-    entropy = -torch.dot(raw, log_raw) / LN2
-    rank = torch.count_nonzero(logits > logits[token_id]) + 1  # a third cheaper than a sum of booleans
+    log_z, entropy, above = raw_numbers(logits, token_id)  # float64 each
     n = min(top_n, probabilities.shape[-1])
     # Kept tokens by sampled probability first; filtered-out ones after them, by raw probability.
     if support is not None and support.numel() >= n:  # the n best are kept tokens, all > 0
         top_ids = support[torch.topk(probabilities[support], n).indices]  # (n,)
     else:
         top_ids = torch.topk(probabilities, n).indices  # (n,): right whenever n tokens are kept
-    rank_entropy, ids, probs, raws = _to_host(token_id, rank, entropy, top_ids, probabilities, raw)
+    numbers = (above + 1, entropy / LN2, log_z)
+    rank_entropy, ids, probs, raws = _to_host(token_id, numbers, top_ids, probabilities, logits)
     if probs[-1] == 0.0:  # the n-th candidate was filtered out: order the filtered ones by raw
-        order_key = torch.where(probabilities > 0, probabilities, raw - 1.0)
+        order_key = torch.where(probabilities > 0, probabilities, raw_probabilities(logits, log_z) - 1.0)
         top_ids = torch.topk(order_key, n).indices
-        rank_entropy, ids, probs, raws = _to_host(token_id, rank, entropy, top_ids, probabilities, raw)
+        rank_entropy, ids, probs, raws = _to_host(token_id, numbers, top_ids, probabilities, logits)
     return Choice(
         token_id=int(ids[0]),
         prob=probs[0],
@@ -343,13 +369,16 @@ def describe_choice(
     )
 
 
-def _to_host(token_id, rank, entropy, top_ids, probabilities, raw) -> tuple[list[float], ...]:
+def _to_host(token_id, numbers, top_ids, probabilities, logits) -> tuple[list[float], ...]:
     """[rank, entropy], then the ids, sampled and raw probabilities of the chosen token followed by
-    `top_ids`, in one device -> host copy. Ids and ranks are exact in float32 (below 2**24); the
-    probabilities are float32 numbers already."""
+    `top_ids`, in one device -> host copy (`numbers`: the rank, the entropy in bits and the
+    log-normaliser, float64). Ids and ranks are exact in float64; the probabilities are float32
+    numbers already."""
+    rank, entropy, log_z = numbers
     ids = torch.cat([token_id.reshape(1), top_ids])  # (n + 1,)
-    head = torch.stack([rank.to(raw.dtype), entropy.to(raw.dtype)])
-    packed = torch.cat([head, ids.to(raw.dtype), probabilities[ids], raw[ids]]).tolist()
+    raw = raw_probabilities_of(logits, ids, log_z)  # (n + 1,)
+    head = torch.stack([rank, entropy])
+    packed = torch.cat([head, ids.double(), probabilities[ids].double(), raw.double()]).tolist()
     m = len(ids)
     return packed[:2], packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
 
@@ -397,7 +426,7 @@ def watched_odds(probabilities: torch.Tensor, logits: torch.Tensor,
     """(id, sampled probability, raw probability, raw rank) of each of `ids` at this step, from
     the step's own `(V,)` distribution and logits (exact, not guessed from the top candidates)."""
     index = torch.tensor(ids, dtype=torch.long, device=logits.device)  # (W,)
-    raw = raw_probabilities(logits)[index]  # (W,)
+    raw = raw_probabilities_of(logits, index, raw_numbers(logits)[0])  # (W,)
     ranks = (logits.unsqueeze(0) > logits[index].unsqueeze(1)).sum(-1) + 1  # (W,)
     rows = zip(ids, probabilities[index].tolist(), raw.tolist(), ranks.tolist())
     return tuple((i, p, r, int(k)) for i, p, r, k in rows)

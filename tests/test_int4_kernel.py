@@ -240,8 +240,8 @@ def test_a_built_block_kernel_takes_over_the_int4_heads_top_k_with_the_same_numb
     replies = []
     for kernels_on in (True, False):
         engine.reset()
-        if not kernels_on:
-            lm_head.use_kernels()
+        if not kernels_on:  # torch's top-k and kept ids; the raw numbers as before
+            lm_head.use_kernels(raw_summary=lm_head._Kernels.raw_summary)
         replies.append([(step.token_id, step.prob, step.raw_prob, step.entropy) for step in engine.start_turn(messages, settings)])
         if kernels_on:
             assert lm_head._Kernels.top_k is not None

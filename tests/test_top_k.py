@@ -5,6 +5,8 @@ the kept logits is the softmax of the whole row with the others at -inf; the ker
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +117,69 @@ def test_every_build_s_scans_equal_the_reference(build):
     scores = torch.full((48,), -1.0)
     scores[[5, 20, 33]] = torch.tensor([float("inf"), -0.0, 1e-45])
     assert ops.top_k(scores, 3)[1].tolist() == top_k_reference(scores, 3)[1].tolist() == [5, 33, 20]
+
+
+def _raw_by_definition(logits: torch.Tensor, token: int) -> tuple[float, float, int]:
+    x = logits.double()
+    log_z = torch.logsumexp(x, -1)
+    p = torch.exp(x - log_z)
+    entropy = -(p * (x - log_z)).nan_to_num().sum()  # a -inf logit's share is 0
+    return float(log_z), float(entropy), int((logits > logits[token]).sum())
+
+
+@pytest.mark.parametrize("build", block_kernel.runnable_builds())
+def test_every_build_s_raw_summary_equals_the_float64_definition(build):
+    """The raw distribution's log-normaliser and entropy within 1e-6 of float64 arithmetic (torch's
+    own float32 log-sum-exp is within about 7e-7 on these rows), the rank exact: long and short
+    rows, wide ranges, -inf and very negative logits, ties with the token's logit."""
+    ops = block_kernel.load(build)
+    if ops is None:
+        pytest.skip(f"the {build} build cannot be compiled here: {block_kernel.failure(build)}")
+    generator = torch.Generator().manual_seed(5)
+    rows = [torch.randn(262_144, generator=generator) * 4, torch.randn(49_152, generator=generator) * 9 + 30,
+            (torch.randn(1_037, generator=generator) * 2).round(), torch.randn(15, generator=generator)]
+    spiky = torch.randn(4_096, generator=generator)
+    spiky[[7, 99]] = torch.tensor([float("-inf"), -1e30])
+    spiky[2_000] = 60.0  # one token holds nearly all the mass
+    rows.append(spiky)
+    for logits in rows:
+        for token in (0, int(logits.argmax()), logits.numel() - 1):
+            log_z, entropy, above = ops.raw_summary(logits, token).tolist()
+            expected = _raw_by_definition(logits, token)
+            assert abs(log_z - expected[0]) < 1e-6 and abs(entropy - expected[1]) < 1e-6, (build, logits.numel(), token)
+            assert above == expected[2]
+    assert ops.raw_summary(rows[0], -1)[2] == 0
+
+
+def test_the_step_s_numbers_on_the_kernel_equal_torch_s_within_float32_rounding():
+    """`describe_choice` with the kernel's raw numbers and with torch's: the same candidates,
+    sampled probabilities and rank; raw probabilities within float32 rounding, the entropy nearer
+    float64's on the kernel (float64 sums) than in torch (a float32 dot). The
+    lens, watched tokens and candidates compute a token's raw probability alike, to the bit."""
+    from chatapp.lm_head import describe_choice, raw_numbers, raw_probabilities, raw_probabilities_of
+
+    ops = block_kernel.ops()
+    if ops is None:
+        pytest.skip("no block kernel here")
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(262_144, generator=generator) * 3
+    probabilities = probabilities_from_logits(logits, 0.7, 40)
+    token = torch.multinomial(probabilities, 1, generator=generator)[0]
+    choices = []
+    for summary in (ops.raw_summary, None):
+        use_kernels(raw_summary=summary)
+        try:
+            choices.append(describe_choice(token, probabilities, logits, 10))
+            log_z = raw_numbers(logits)[0]
+            ids = torch.tensor(choices[-1].top_ids)
+            assert torch.equal(raw_probabilities_of(logits, ids, log_z), raw_probabilities(logits)[ids])
+            assert raw_probabilities_of(logits, ids, log_z).tolist() == choices[-1].top_raw_probs
+        finally:
+            use_kernels()
+    on_kernel, on_torch = choices
+    assert (on_kernel.token_id, on_kernel.top_ids, on_kernel.prob, on_kernel.top_probs, on_kernel.rank) == (
+        on_torch.token_id, on_torch.top_ids, on_torch.prob, on_torch.top_probs, on_torch.rank)
+    assert on_kernel.raw_prob == pytest.approx(on_torch.raw_prob, rel=2e-6)
+    assert on_kernel.top_raw_probs == pytest.approx(on_torch.top_raw_probs, rel=2e-6)
+    exact_bits = _raw_by_definition(logits, int(token))[1] / math.log(2)
+    assert abs(on_kernel.entropy - exact_bits) < 1e-6 and abs(on_torch.entropy - exact_bits) < 1e-5  # a float32 dot of 262,144 terms
