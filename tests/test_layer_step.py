@@ -63,9 +63,11 @@ def test_native_step_equals_the_torch_operations(arch, gguf_folder):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_native_step_with_fused_products(arch, gguf_folder):
-    """q/k/v and gate/up as one product each (one slot), Qwen2's biases on them."""
-    decoder = open_decoder(_native_model(arch, gguf_folder, block_types=["Q5_1", "Q5_0", "Q8_0"]))
+@pytest.mark.parametrize("block_types", [["Q5_1", "Q5_K", "Q8_0"], ["Q5_0"]], ids=["8-bit", "5-bit"])
+def test_native_step_with_fused_products(arch, block_types, gguf_folder):
+    """q/k/v and gate/up as one product each (one slot), Qwen2's biases on them, in the 8-bit
+    layout and the 5-bit one."""
+    decoder = open_decoder(_native_model(arch, gguf_folder, block_types=block_types))
     assert all(fused is not None for fused in decoder.qkv) and decoder.native is not None
     _assert_same(decoder)
 

@@ -2,8 +2,8 @@
 
 `block_weights(raw, type_name, shape)` takes a tensor's raw blocks as the `gguf` package's reader
 gives them (`(N, bytes a row)` uint8) and returns them in one of the two layouts without changing
-a single weight: Q4_0, Q4_1 and Q4_K in the 4-bit layout; Q5_0, Q5_1, Q5_K, Q6_K and Q8_0 in the
-8-bit one (`EXACT_TYPES`). Each reader follows the block's definition in ggml (and in the `gguf`
+a single weight: Q4_0, Q4_1 and Q4_K in the 4-bit layout; Q5_0 in the 5-bit one; Q5_1, Q5_K,
+Q6_K and Q8_0 in the 8-bit one (`EXACT_TYPES`). Each reader follows the block's definition in ggml (and in the `gguf`
 package's `quants` module, which the tests hold every one of them to).
 """
 
@@ -47,8 +47,8 @@ def _layout(shape, bits, block, per_super, codes, d, dmin, sc, m) -> BlockWeight
 
 
 def _plain(raw: np.ndarray, shape, with_min: bool, high_bits: bool) -> BlockWeights:
-    """Q4_0, Q4_1, Q5_0, Q5_1: blocks of 32, a float16 scale (and minimum), 4 low bits of each
-    code two a byte (and a 32-bit word of fifth bits)."""
+    """Q4_0, Q4_1, Q5_1: blocks of 32, a float16 scale (and minimum), 4 low bits of each code two
+    a byte (and a 32-bit word of fifth bits)."""
     n, k = shape
     blocks = raw.reshape(n, k // 32, -1)
     d = blocks[..., 0:2]
@@ -62,12 +62,20 @@ def _plain(raw: np.ndarray, shape, with_min: bool, high_bits: bool) -> BlockWeig
     ones = np.ones((n, k // 32), dtype=np.int8)
     if with_min:  # w = d * q + m
         return _layout(shape, 8 if high_bits else 4, 32, 1, codes, d, blocks[..., 2:4], ones, ones)
-    if high_bits:  # Q5_0: w = d * (q - 16), the signed code times d, as gguf computes it; no minimums
-        zeros = np.zeros((n, k // 32), dtype=np.int8)
-        return _layout(shape, 8, 32, 1, codes.astype(np.int16) - 16, d, torch.zeros(n, k // 32, dtype=torch.float16),
-                       ones, zeros)
     # Q4_0: w = d * (q - 8) as d * q exact plus d * -8 exact (4-bit codes are unsigned)
     return _layout(shape, 4, 32, 1, codes, d, d, ones, np.full((n, k // 32), -8))
+
+
+def _q5_0(raw: np.ndarray, shape) -> BlockWeights:
+    """Q5_0: blocks of 32: a float16 scale, a 32-bit word of fifth bits, 16 bytes of low nibbles;
+    w = d * (q - 16), the signed code times d, as gguf computes it. The 5-bit layout holds the
+    block's own bytes, nibbles first, copied without decoding a code."""
+    n, k = shape
+    blocks = raw.reshape(n, k // 32, 22)
+    codes = torch.from_numpy(np.concatenate([blocks[..., 6:], blocks[..., 2:6]], axis=-1).reshape(n, -1))
+    return BlockWeights((n, k), 5, 32, 1, codes, _f16(blocks[..., 0:2]).reshape(n, -1),
+                        torch.zeros(n, k // 32, dtype=torch.float16), torch.ones(n, k // 32, dtype=torch.int8),
+                        torch.zeros(n, k // 32, dtype=torch.int8))
 
 
 def _q8_0(raw: np.ndarray, shape) -> BlockWeights:
@@ -124,7 +132,7 @@ def _q6_k(raw: np.ndarray, shape) -> BlockWeights:
 EXACT_TYPES = {
     "Q4_0": lambda raw, shape: _plain(raw, shape, with_min=False, high_bits=False),
     "Q4_1": lambda raw, shape: _plain(raw, shape, with_min=True, high_bits=False),
-    "Q5_0": lambda raw, shape: _plain(raw, shape, with_min=False, high_bits=True),
+    "Q5_0": _q5_0,
     "Q5_1": lambda raw, shape: _plain(raw, shape, with_min=True, high_bits=True),
     "Q8_0": _q8_0,
     "Q4_K": lambda raw, shape: _q45_k(raw, shape, high_bits=False),

@@ -35,11 +35,11 @@ class ScaledBlocks:
 
     shape: tuple[int, int]
     bits: int
-    """4 (two codes a byte) or 8 (one signed code a byte), as in `BlockWeights`."""
+    """4, 5 or 8, as in `BlockWeights`."""
     block: int
     """Weights per block."""
     codes: torch.Tensor
-    """`(N, K / 2)` uint8 or `(N, K)` int8, `BlockWeights.codes`."""
+    """`BlockWeights.codes`."""
     scale: torch.Tensor
     """`(N, K / block)` float32: `d * sc`, exact."""
     low: torch.Tensor

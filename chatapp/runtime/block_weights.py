@@ -1,4 +1,4 @@
-"""Weights kept in GGUF's own block quantization: two layouts that every common block type maps
+"""Weights kept in GGUF's own block quantization: three layouts that every common block type maps
 onto exactly.
 
 A weight matrix `(N, K)` is cut along K into blocks of `block` weights (32, or 16 for Q6_K), and
@@ -14,11 +14,13 @@ arithmetic (the `gguf` package's `dequantize`, which follows ggml) computes it e
 GGUF rounds a product (Q6_K's 6-bit signed codes), the code is stored signed so that the one
 rounding is the same. `dequantize` therefore reproduces `gguf.quants.dequantize` bit for bit.
 
-The two layouts (`bits`):
+The three layouts (`bits`):
 - 4: codes 0..15, two a byte (Q4_0, Q4_1, Q4_K): in each block of 32, byte j holds code j in its
   low nibble and code j + 16 in its high one (Q4_0's own order);
-- 8: one signed byte a code (Q5_0: -16..15, its minimum folded in; Q5_1, Q5_K: 0..31; Q6_K: -32..31;
-  Q8_0: -128..127).
+- 5: signed codes -16..15 in 20 bytes a block of 32 (Q5_0, its minimum folded in: the file's own
+  bits without its scale): the low four bits of q = code + 16 as the 4-bit layout holds them,
+  then a 32-bit little-endian word whose bit j is code j's fifth bit;
+- 8: one signed byte a code (Q5_1, Q5_K: 0..31; Q6_K: -32..31; Q8_0: -128..127).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 import torch
 
 NIBBLE_BLOCK = 32
-"""Weights per block in the 4-bit layout."""
+"""Weights per block in the 4-bit and 5-bit layouts."""
+FIVE_BIT_BYTES = 20
+"""Bytes of a block in the 5-bit layout: 16 of low nibbles, a 32-bit word of fifth bits."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,13 @@ class BlockWeights:
     shape: tuple[int, int]
     """`(N, K)`: output rows, input columns."""
     bits: int
-    """4 (two codes a byte) or 8 (one signed code a byte)."""
+    """4 (two codes a byte), 5 (32 signed codes in 20 bytes) or 8 (one signed code a byte)."""
     block: int
     """Weights per block: one `sc` and one `m` each."""
     blocks_per_super: int
     """Blocks per super-block: one `d` and one `dmin` each."""
     codes: torch.Tensor
-    """`(N, K / 2)` uint8 for 4 bits, `(N, K)` int8 for 8 bits."""
+    """`(N, K / 2)` uint8 for 4 bits, `(N, K * 5 / 8)` uint8 for 5, `(N, K)` int8 for 8."""
     d: torch.Tensor
     """`(N, K / super-block)` float16: the super-block's scale, as the file has it."""
     dmin: torch.Tensor
@@ -95,6 +99,11 @@ def code_values(codes: torch.Tensor, bits: int, block: int, shape: tuple[int, in
     n, k = shape
     if bits == 8:
         return codes.to(torch.int16).view(n, k // block, block)
+    if bits == 5:
+        blocks = codes.view(n, k // NIBBLE_BLOCK, FIVE_BIT_BYTES)
+        nibbles = code_values(blocks[..., : NIBBLE_BLOCK // 2].reshape(n, -1), 4, block, shape)
+        fifth = (blocks[..., NIBBLE_BLOCK // 2 :].unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1  # (N, blocks, 4, 8)
+        return nibbles + fifth.reshape(nibbles.shape).to(torch.int16) * 16 - 16
     packed = codes.view(n, k // NIBBLE_BLOCK, NIBBLE_BLOCK // 2)
     low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
     return torch.cat([low, high], dim=-1).view(n, k // block, block)

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -36,12 +37,21 @@ struct Layout {
 };
 
 // Block `b` of `row`'s weights, code * scale (the minimum is added apart), into `w`.
+// The 5-bit layout's code j (0..31) of a block: its low four bits as the 4-bit layout holds
+// them, its fifth bit bit j of the 32-bit word after them, minus 16 (Q5_0's signed code).
+inline int five_bit_code(const uint8_t* codes, int j) {
+  const int nibble = j < 16 ? codes[j] & 15 : codes[j - 16] >> 4;
+  return (nibble | (((codes[16 + j / 8] >> (j % 8)) & 1) << 4)) - 16;
+}
+
 template <int BITS, int B>
 inline void decode_block(const uint8_t* codes, float scale, float* __restrict w) {
   if constexpr (BITS == 4) {
     // byte j holds code j in its low nibble and code j + 16 in its high one
     for (int j = 0; j < 16; ++j) w[j] = float(codes[j] & 15) * scale;
     for (int j = 0; j < 16; ++j) w[16 + j] = float(codes[j] >> 4) * scale;
+  } else if constexpr (BITS == 5) {
+    for (int j = 0; j < 32; ++j) w[j] = float(five_bit_code(codes, j)) * scale;
   } else {
     const int8_t* c = reinterpret_cast<const int8_t*>(codes);
     for (int j = 0; j < B; ++j) w[j] = float(c[j]) * scale;
@@ -49,7 +59,7 @@ inline void decode_block(const uint8_t* codes, float scale, float* __restrict w)
 }
 
 template <int BITS, int B>
-constexpr int64_t block_bytes() { return BITS == 4 ? B / 2 : B; }
+constexpr int64_t block_bytes() { return BITS == 4 ? B / 2 : BITS == 5 ? B / 2 + B / 8 : B; }
 
 // codes . x over one block, with the codes as integers (the block's scale is applied after).
 template <int BITS, int B>
@@ -65,6 +75,18 @@ inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
     const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
     const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low)), _mm512_loadu_ps(x));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)), _mm512_loadu_ps(x + 16), acc);
+  } else if constexpr (BITS == 5) {
+    // the 4-bit layout's nibbles, less 16 where the fifth bit is clear: the signed codes, as bytes
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    uint32_t fifth;
+    std::memcpy(&fifth, codes + 16, 4);
+    const __m128i sixteen = _mm_set1_epi8(16);
+    const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(15));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
+    const __m128i first = _mm_mask_sub_epi8(low, __mmask16(~fifth), low, sixteen);
+    const __m128i second = _mm_mask_sub_epi8(high, __mmask16(~(fifth >> 16)), high, sixteen);
+    const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(first)), _mm512_loadu_ps(x));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(second)), _mm512_loadu_ps(x + 16), acc);
   } else {
     __m512 acc = _mm512_mul_ps(
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)))),
@@ -104,6 +126,25 @@ inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
     acc = _mm256_fmadd_ps(widen_u8(_mm_srli_si128(low, 8)), _mm256_loadu_ps(x + 8), acc);
     acc = _mm256_fmadd_ps(widen_u8(high), _mm256_loadu_ps(x + 16), acc);
     return _mm256_fmadd_ps(widen_u8(_mm_srli_si128(high, 8)), _mm256_loadu_ps(x + 24), acc);
+  } else if constexpr (BITS == 5) {
+    // the fifth bits spread to bytes (0x10 where set), or-ed into the nibbles, less 16
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+    uint32_t fifth;
+    std::memcpy(&fifth, codes + 16, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(int(fifth)),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);  // byte j: 0xFF where bit j is set
+    const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15)),
+                                             _mm_and_si128(packed, _mm_set1_epi8(15)));
+    const __m256i signed_codes = _mm256_sub_epi8(_mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(16))),
+                                                 _mm256_set1_epi8(16));
+    const __m128i first = _mm256_castsi256_si128(signed_codes), second = _mm256_extracti128_si256(signed_codes, 1);
+    __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
+    acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(first, 8)), _mm256_loadu_ps(x + 8), acc);
+    acc = _mm256_fmadd_ps(widen_i8(second), _mm256_loadu_ps(x + 16), acc);
+    return _mm256_fmadd_ps(widen_i8(_mm_srli_si128(second, 8)), _mm256_loadu_ps(x + 24), acc);
   } else {
     const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
     __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
@@ -132,6 +173,8 @@ inline float block_dot(const uint8_t* codes, const float* __restrict x) {
   float total = 0.f;
   if constexpr (BITS == 4) {
     for (int j = 0; j < 16; ++j) total += float(codes[j] & 15) * x[j] + float(codes[j] >> 4) * x[16 + j];
+  } else if constexpr (BITS == 5) {
+    for (int j = 0; j < 32; ++j) total += float(five_bit_code(codes, j)) * x[j];
   } else {
     const int8_t* c = reinterpret_cast<const int8_t*>(codes);
     for (int j = 0; j < B; ++j) total += float(c[j]) * x[j];
@@ -310,6 +353,7 @@ void run_dequantize(const Layout& l, float* out, int64_t n) {
 // Runs the statement with BITS and B set to the layout's bits and block size (the combinations GGUF's types use).
 #define DISPATCH(bits, block, ...)                                                        \
   if (bits == 4 && block == 32) { constexpr int BITS = 4, B = 32; __VA_ARGS__; }        \
+  else if (bits == 5 && block == 32) { constexpr int BITS = 5, B = 32; __VA_ARGS__; }   \
   else if (bits == 8 && block == 32) { constexpr int BITS = 8, B = 32; __VA_ARGS__; }   \
   else if (bits == 8 && block == 16) { constexpr int BITS = 8, B = 16; __VA_ARGS__; }   \
   else TORCH_CHECK(false, "no block kernel for ", bits, "-bit codes in blocks of ", block);

@@ -12,7 +12,7 @@
 //            tensor where the layer has none), then LINEAR_SLOTS linears of four tensors each
 //            (codes or float32 matrix, scale, minimum, bias; empty where absent): q|k|v in up to
 //            three slots, o, gate|up in up to two slots, down;
-//   ints:    each linear slot's bits (4 or 8: block codes; 32: a float32 matrix; 0: no slot)
+//   ints:    each linear slot's bits (4, 5 or 8: block codes; 32: a float32 matrix; 0: no slot)
 //            and block size, then the sliding window (0: none) and the rotary table's index;
 //   floats:  the six norms' epsilons, the attention soft-cap (0: none) and the attention scale.
 // cos and sin are the rotary tables at `position`, a row for each table the layers use (Gemma 3:
