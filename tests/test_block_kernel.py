@@ -1,8 +1,12 @@
 """chatapp's block kernel (`chatapp.runtime.block_kernel`, `chatapp.runtime.block_linear`): every
 build this CPU runs (AVX512, AVX2, generic C++) and the plain-torch path compute a float32
-product with the exactly dequantized weights, on random blocks of every supported type."""
+product with the exactly dequantized weights, on random blocks of every supported type; a build
+is loaded in the background only when it is finished, and a killed build's lock is removed."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +128,28 @@ def test_a_wrong_scale_is_seen(kernel):
     weights.scale[5, 2] = weights.scale[5, 2] * 2 + 1e-3
     x = torch.randn(1, COLUMNS)
     assert not _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
+
+
+def test_built_ops_never_compiles_and_loads_only_a_build_of_these_sources(monkeypatch, tmp_path):
+    """The int4 kernel's thread asks for the block kernel with `built_ops`: without a finished
+    build of these very sources it gets None, and nothing is compiled (a background build cut
+    off at exit would leave a lock that stalls every later build)."""
+    monkeypatch.setattr(block_kernel, "_build_folder", lambda build: tmp_path)
+    monkeypatch.setattr(block_kernel, "_compile", lambda *a: pytest.fail("built_ops compiled"))
+    assert block_kernel.built_ops() is None  # no build at all
+    (tmp_path / block_kernel.BUILD_STAMP).write_text("another version's key", encoding="ascii")
+    assert block_kernel.built_ops() is None  # a build of other sources
+    (tmp_path / block_kernel.BUILD_STAMP).write_text(block_kernel._build_key(block_kernel.build_for_cpu()), encoding="ascii")
+    monkeypatch.setattr(block_kernel, "ops", lambda: "the operators")
+    assert block_kernel.built_ops() == "the operators"
+
+
+def test_a_killed_build_s_lock_is_removed_a_running_one_s_kept(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+    block_kernel._remove_stale_lock(tmp_path)
+    assert lock.exists()  # a build may be running
+    old = time.time() - block_kernel.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    block_kernel._remove_stale_lock(tmp_path)
+    assert not lock.exists()

@@ -14,11 +14,13 @@ Without a compiler, `ops()` is None and `chatapp.runtime.block_linear` computes 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -32,6 +34,10 @@ SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "
 """The operators (`block_linear`, `block_dequantize`, `block_rows`) and the decode step
 (`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k` and `kept_ids`."""
 HEADER = KERNELS / "block_dot.h"
+BUILD_STAMP = "chatapp-build-key"
+"""Beside a finished build: `_build_key` of what it was built from."""
+STALE_LOCK_SECONDS = 300
+"""A build's lock file older than this was left by a build that was killed (one takes about 20 s)."""
 LAST_OPERATOR = "kept_ids"
 """Registered by the last of `SOURCES`: a namespace that has it holds every operator of a build."""
 BUILDS = {
@@ -93,13 +99,34 @@ def _build_folder(build: str) -> Path:
     return kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
 
 
+def _build_key(build: str) -> str:
+    """What a build is made from: its sources, headers and flags (`_compile` writes it beside a
+    finished build as `BUILD_STAMP`)."""
+    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, EXP_HEADER])
+    return hashlib.sha256(content + " ".join([*COMMON_FLAGS, *BUILDS[build][1]]).encode()).hexdigest()
+
+
 def built_ops() -> object | None:
-    """`ops()` where this CPU's build was compiled before (loading it takes about 0.2 s), else
-    None, compiling nothing (a model in GGUF blocks compiles it on its first load)."""
+    """`ops()` where this CPU's build was compiled before from these very sources (loading it
+    takes about 0.2 s), else None, compiling nothing: a model in GGUF blocks compiles it on its
+    first load, in the foreground. (A background compile could be cut off when the process ends,
+    and its lock file then stalls every later build.)"""
     build = build_for_cpu()
-    if not (_build_folder(build) / f"chatapp_blocks_{build}.so").is_file():
+    try:
+        stamp = (_build_folder(build) / BUILD_STAMP).read_text(encoding="ascii")
+    except OSError:
         return None
-    return ops()
+    return ops() if stamp == _build_key(build) else None
+
+
+def _remove_stale_lock(folder: Path) -> None:
+    """Remove the lock file of a build that was killed (torch's cpp_extension waits for it without
+    end): one older than `STALE_LOCK_SECONDS`."""
+    lock = folder / "lock"
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            log.warning("removed %s, left by a block kernel build that did not finish", lock)
 
 
 def _compile(build: str, namespace: str) -> None:
@@ -108,6 +135,8 @@ def _compile(build: str, namespace: str) -> None:
     _ninja_on_path()
     folder = _build_folder(build)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_lock(folder)
+    key = _build_key(build)
     # cpp_extension rebuilds when a source or a flag changes; the headers' digest, as a flag, counts too
     digest = hashlib.sha256(HEADER.read_bytes() + EXP_HEADER.read_bytes()).hexdigest()[:16]
     cpp_extension.load(
@@ -115,6 +144,8 @@ def _compile(build: str, namespace: str) -> None:
         extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}", f"-DBLOCK_DOT_DIGEST={digest}"],
         extra_ldflags=["-fopenmp"], verbose=False,
     )
+    with contextlib.suppress(OSError):
+        (folder / BUILD_STAMP).write_text(key, encoding="ascii")
     log.info("block kernel %s loaded from %s", build, folder)
 
 

@@ -44,6 +44,51 @@ inline int five_bit_code(const uint8_t* codes, int j) {
   return (nibble | (((codes[16 + j / 8] >> (j % 8)) & 1) << 4)) - 16;
 }
 
+#if defined(__AVX512F__)
+// A 5-bit block's 32 signed codes as two vectors of 16 bytes: the 4-bit layout's nibbles, less
+// 16 where the fifth bit is clear.
+inline void five_bit_codes(const uint8_t* codes, __m128i& first, __m128i& second) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  uint32_t fifth;
+  std::memcpy(&fifth, codes + 16, 4);
+  const __m128i sixteen = _mm_set1_epi8(16);
+  const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(15));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
+  first = _mm_mask_sub_epi8(low, __mmask16(~fifth), low, sixteen);
+  second = _mm_mask_sub_epi8(high, __mmask16(~(fifth >> 16)), high, sixteen);
+}
+#elif defined(__AVX2__)
+// A 5-bit block's 32 signed codes as one vector of bytes: the fifth bits spread to bytes (0x10
+// where set), or-ed into the nibbles, less 16.
+inline __m256i five_bit_codes(const uint8_t* codes) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  uint32_t fifth;
+  std::memcpy(&fifth, codes + 16, 4);
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(int(fifth)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);  // byte j: 0xFF where bit j is set
+  const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15)),
+                                           _mm_and_si128(packed, _mm_set1_epi8(15)));
+  return _mm256_sub_epi8(_mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(16))), _mm256_set1_epi8(16));
+}
+#endif
+
+// A 5-bit block's 32 signed codes into `out`.
+inline void five_bit_bytes(const uint8_t* codes, int8_t* out) {
+#if defined(__AVX512F__)
+  __m128i first, second;
+  five_bit_codes(codes, first, second);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), first);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), second);
+#elif defined(__AVX2__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), five_bit_codes(codes));
+#else
+  for (int j = 0; j < 32; ++j) out[j] = int8_t(five_bit_code(codes, j));
+#endif
+}
+
 template <int BITS, int B>
 inline void decode_block(const uint8_t* codes, float scale, float* __restrict w) {
   if constexpr (BITS == 4) {
@@ -51,7 +96,9 @@ inline void decode_block(const uint8_t* codes, float scale, float* __restrict w)
     for (int j = 0; j < 16; ++j) w[j] = float(codes[j] & 15) * scale;
     for (int j = 0; j < 16; ++j) w[16 + j] = float(codes[j] >> 4) * scale;
   } else if constexpr (BITS == 5) {
-    for (int j = 0; j < 32; ++j) w[j] = float(five_bit_code(codes, j)) * scale;
+    int8_t c[32];
+    five_bit_bytes(codes, c);
+    for (int j = 0; j < 32; ++j) w[j] = float(c[j]) * scale;
   } else {
     const int8_t* c = reinterpret_cast<const int8_t*>(codes);
     for (int j = 0; j < B; ++j) w[j] = float(c[j]) * scale;
@@ -76,15 +123,8 @@ inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
     const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(low)), _mm512_loadu_ps(x));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(high)), _mm512_loadu_ps(x + 16), acc);
   } else if constexpr (BITS == 5) {
-    // the 4-bit layout's nibbles, less 16 where the fifth bit is clear: the signed codes, as bytes
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
-    uint32_t fifth;
-    std::memcpy(&fifth, codes + 16, 4);
-    const __m128i sixteen = _mm_set1_epi8(16);
-    const __m128i low = _mm_and_si128(packed, _mm_set1_epi8(15));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15));
-    const __m128i first = _mm_mask_sub_epi8(low, __mmask16(~fifth), low, sixteen);
-    const __m128i second = _mm_mask_sub_epi8(high, __mmask16(~(fifth >> 16)), high, sixteen);
+    __m128i first, second;
+    five_bit_codes(codes, first, second);
     const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(first)), _mm512_loadu_ps(x));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(second)), _mm512_loadu_ps(x + 16), acc);
   } else {
@@ -127,19 +167,7 @@ inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
     acc = _mm256_fmadd_ps(widen_u8(high), _mm256_loadu_ps(x + 16), acc);
     return _mm256_fmadd_ps(widen_u8(_mm_srli_si128(high, 8)), _mm256_loadu_ps(x + 24), acc);
   } else if constexpr (BITS == 5) {
-    // the fifth bits spread to bytes (0x10 where set), or-ed into the nibbles, less 16
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
-    uint32_t fifth;
-    std::memcpy(&fifth, codes + 16, 4);
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(int(fifth)),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
-    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);  // byte j: 0xFF where bit j is set
-    const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(15)),
-                                             _mm_and_si128(packed, _mm_set1_epi8(15)));
-    const __m256i signed_codes = _mm256_sub_epi8(_mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(16))),
-                                                 _mm256_set1_epi8(16));
+    const __m256i signed_codes = five_bit_codes(codes);
     const __m128i first = _mm256_castsi256_si128(signed_codes), second = _mm256_extracti128_si256(signed_codes, 1);
     __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
     acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(first, 8)), _mm256_loadu_ps(x + 8), acc);
