@@ -1,10 +1,10 @@
 """GGUF's common block types, read into `chatapp.runtime.block_weights.BlockWeights` exactly.
 
 `block_weights(raw, type_name, shape)` takes a tensor's raw blocks as the `gguf` package's reader
-gives them (`(N, bytes a row)` uint8) and returns them in one of the two layouts without changing
+gives them (`(N, bytes a row)` uint8) and returns them in one of the three layouts without changing
 a single weight: Q4_0, Q4_1 and Q4_K in the 4-bit layout; Q5_0 in the 5-bit one; Q5_1, Q5_K,
-Q6_K and Q8_0 in the 8-bit one (`EXACT_TYPES`). Each reader follows the block's definition in ggml (and in the `gguf`
-package's `quants` module, which the tests hold every one of them to).
+Q6_K and Q8_0 in the 8-bit one (`EXACT_TYPES`). Each reader follows the block's definition in
+ggml (and in the `gguf` package's `quants` module, which the tests hold every one of them to).
 """
 
 from __future__ import annotations

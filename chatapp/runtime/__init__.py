@@ -8,7 +8,7 @@ and says why:
 Under them: `quantize` (int4 linears and the int4 LM head), `int4_kernel` (chatapp's own C++
 kernel, compiled at run time from `kernels/`), `kernel_switch` (when a decoder moves onto it),
 and `devices` (device, dtype and placement). `block_weights` holds weights in GGUF's own block
-quantization, in two layouts exact for every common block type; `block_linear` computes linear
+quantization, in three layouts exact for every common block type; `block_linear` computes linear
 layers and embeddings from them, on `block_kernel` (chatapp's block kernel, built per
 instruction set from `kernels/block_linear.cpp`) or in plain torch.
 

@@ -1,7 +1,8 @@
 // chatapp's block kernel: a linear layer computed straight from GGUF's block quantization.
 //
 // The weight is held as `chatapp.runtime.block_linear.ScaledBlocks` lays it out: codes (4-bit,
-// two a byte, or one signed byte each) and each block's float32 scale and minimum (the exact
+// two a byte; 5-bit signed, 20 bytes a block of 32; or one signed byte each; see
+// `chatapp.runtime.block_weights`) and each block's float32 scale and minimum (the exact
 // products `d * sc` and `dmin * m` of the file's float16 numbers and small integers; no
 // minimums where all are zero), and weight k of a block is `code[k] * scale + minimum`. Every
 // product and sum is float32, so the outputs are those of a float32 matrix product with the
