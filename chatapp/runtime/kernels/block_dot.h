@@ -36,7 +36,6 @@ struct Layout {
   int64_t row_bytes;   // code bytes a row
 };
 
-// Block `b` of `row`'s weights, code * scale (the minimum is added apart), into `w`.
 // The 5-bit layout's code j (0..31) of a block: its low four bits as the 4-bit layout holds
 // them, its fifth bit bit j of the 32-bit word after them, minus 16 (Q5_0's signed code).
 inline int five_bit_code(const uint8_t* codes, int j) {
@@ -89,6 +88,7 @@ inline void five_bit_bytes(const uint8_t* codes, int8_t* out) {
 #endif
 }
 
+// Block `b` of `row`'s weights, code * scale (the minimum is added apart), into `w`.
 template <int BITS, int B>
 inline void decode_block(const uint8_t* codes, float scale, float* __restrict w) {
   if constexpr (BITS == 4) {
@@ -114,6 +114,13 @@ inline float block_dot(const uint8_t* codes, const float* __restrict x);
 
 #if defined(__AVX512F__)
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+// 16 signed byte codes times x[0..16), lane by lane (`signed_products`), or added to `acc`.
+inline __m512 signed_products(__m128i codes, const float* __restrict x) {
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)), _mm512_loadu_ps(x));
+}
+inline __m512 add_signed_products(__m128i codes, const float* __restrict x, __m512 acc) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)), _mm512_loadu_ps(x), acc);
+}
 template <int BITS, int B>
 inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
   if constexpr (BITS == 4) {
@@ -125,16 +132,10 @@ inline __m512 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
   } else if constexpr (BITS == 5) {
     __m128i first, second;
     five_bit_codes(codes, first, second);
-    const __m512 acc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(first)), _mm512_loadu_ps(x));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(second)), _mm512_loadu_ps(x + 16), acc);
+    return add_signed_products(second, x + 16, signed_products(first, x));
   } else {
-    __m512 acc = _mm512_mul_ps(
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)))),
-        _mm512_loadu_ps(x));
-    if constexpr (B == 32)
-      acc = _mm512_fmadd_ps(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)))),
-          _mm512_loadu_ps(x + 16), acc);
+    __m512 acc = signed_products(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)), x);
+    if constexpr (B == 32) acc = add_signed_products(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)), x + 16, acc);
     return acc;
   }
 }
@@ -156,6 +157,15 @@ inline float hsum(__m256 v) {
 }
 inline __m256 widen_u8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 inline __m256 widen_i8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+// 16 signed byte codes times x[0..16), lane by lane in two halves (`signed_products`), or added to `acc`.
+inline __m256 add_signed_products(__m128i codes, const float* __restrict x, __m256 acc) {
+  acc = _mm256_fmadd_ps(widen_i8(codes), _mm256_loadu_ps(x), acc);
+  return _mm256_fmadd_ps(widen_i8(_mm_srli_si128(codes, 8)), _mm256_loadu_ps(x + 8), acc);
+}
+inline __m256 signed_products(__m128i codes, const float* __restrict x) {
+  const __m256 acc = _mm256_mul_ps(widen_i8(codes), _mm256_loadu_ps(x));
+  return _mm256_fmadd_ps(widen_i8(_mm_srli_si128(codes, 8)), _mm256_loadu_ps(x + 8), acc);
+}
 template <int BITS, int B>
 inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
   if constexpr (BITS == 4) {
@@ -168,20 +178,11 @@ inline __m256 block_dot_vec(const uint8_t* codes, const float* __restrict x) {
     return _mm256_fmadd_ps(widen_u8(_mm_srli_si128(high, 8)), _mm256_loadu_ps(x + 24), acc);
   } else if constexpr (BITS == 5) {
     const __m256i signed_codes = five_bit_codes(codes);
-    const __m128i first = _mm256_castsi256_si128(signed_codes), second = _mm256_extracti128_si256(signed_codes, 1);
-    __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
-    acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(first, 8)), _mm256_loadu_ps(x + 8), acc);
-    acc = _mm256_fmadd_ps(widen_i8(second), _mm256_loadu_ps(x + 16), acc);
-    return _mm256_fmadd_ps(widen_i8(_mm_srli_si128(second, 8)), _mm256_loadu_ps(x + 24), acc);
+    return add_signed_products(_mm256_extracti128_si256(signed_codes, 1), x + 16,
+                               signed_products(_mm256_castsi256_si128(signed_codes), x));
   } else {
-    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
-    __m256 acc = _mm256_mul_ps(widen_i8(first), _mm256_loadu_ps(x));
-    acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(first, 8)), _mm256_loadu_ps(x + 8), acc);
-    if constexpr (B == 32) {
-      const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16));
-      acc = _mm256_fmadd_ps(widen_i8(second), _mm256_loadu_ps(x + 16), acc);
-      acc = _mm256_fmadd_ps(widen_i8(_mm_srli_si128(second, 8)), _mm256_loadu_ps(x + 24), acc);
-    }
+    __m256 acc = signed_products(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)), x);
+    if constexpr (B == 32) acc = add_signed_products(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16)), x + 16, acc);
     return acc;
   }
 }
