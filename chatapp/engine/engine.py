@@ -109,10 +109,8 @@ class Engine:
         """Run the LM head's top-k, kept ids and raw numbers on the block kernel once this process
         has loaded it (a model in GGUF blocks loads it; for an int4 model, the int4 kernel's thread
         loads it when it was built before). Called before each step: never compiles anything."""
-        if not self._step_kernels and (kernels := block_kernel.loaded()) is not None:
-            # the raw numbers' two passes need a vector exponential: only the AVX512 build has one
-            vector_exp = block_kernel.build_for_cpu() == "avx512"
-            use_kernels(kernels.top_k, kernels.kept_ids, kernels.raw_summary if vector_exp else None)
+        if not self._step_kernels and (steps := block_kernel.lm_head_steps()) is not None:
+            use_kernels(*steps)
             self._step_kernels = True
 
     def watch(self, ids: tuple[int, ...]) -> None:

@@ -137,11 +137,11 @@ def _compile(build: str, namespace: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_lock(folder)
     key = _build_key(build)
-    # cpp_extension rebuilds when a source or a flag changes; the headers' digest, as a flag, counts too
-    digest = hashlib.sha256(HEADER.read_bytes() + EXP_HEADER.read_bytes()).hexdigest()[:16]
+    # cpp_extension rebuilds when a source or a flag changes; the key as a flag makes a header count too
     cpp_extension.load(
         name=namespace, sources=[str(source) for source in SOURCES], build_directory=str(folder), is_python_module=False,
-        extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}", f"-DBLOCK_DOT_DIGEST={digest}"],
+        extra_cflags=[*COMMON_FLAGS, *BUILDS[build][1], f"-DBLOCKS_NAMESPACE={namespace}",
+                      f"-DBLOCK_DOT_DIGEST={key[:16]}"],
         extra_ldflags=["-fopenmp"], verbose=False,
     )
     with contextlib.suppress(OSError):
@@ -174,6 +174,16 @@ def loaded() -> object | None:
     """This CPU's build's operators if this process has loaded them already (nothing is compiled)."""
     build = build_for_cpu()
     return _namespace(build) if _is_loaded(build) else None
+
+
+def lm_head_steps() -> tuple | None:
+    """`(top_k, kept_ids, raw_summary)` of the loaded build (`loaded`), for `chatapp.lm_head.use_kernels`,
+    or None. `raw_summary` is None but on the AVX512 build: its two passes need a vector
+    exponential, which only that build has (elsewhere torch's is faster)."""
+    kernels = loaded()
+    if kernels is None:
+        return None
+    return kernels.top_k, kernels.kept_ids, kernels.raw_summary if build_for_cpu() == "avx512" else None
 
 
 def ops() -> object | None:

@@ -102,7 +102,8 @@ def code_values(codes: torch.Tensor, bits: int, block: int, shape: tuple[int, in
     if bits == 5:
         blocks = codes.view(n, k // NIBBLE_BLOCK, FIVE_BIT_BYTES)
         nibbles = code_values(blocks[..., : NIBBLE_BLOCK // 2].reshape(n, -1), 4, block, shape)
-        fifth = (blocks[..., NIBBLE_BLOCK // 2 :].unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1  # (N, blocks, 4, 8)
+        words = blocks[..., NIBBLE_BLOCK // 2 :].unsqueeze(-1)  # (N, blocks, 4, 1): the fifth bits, 8 a byte
+        fifth = (words >> torch.arange(8, dtype=torch.uint8)) & 1  # (N, blocks, 4, 8)
         return nibbles + fifth.reshape(nibbles.shape).to(torch.int16) * 16 - 16
     packed = codes.view(n, k // NIBBLE_BLOCK, NIBBLE_BLOCK // 2)
     low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)

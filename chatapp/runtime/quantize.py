@@ -132,8 +132,10 @@ class OutputHead(nn.Module):
         logits = logits[:, : self.vocab_rows].float()  # (B, V): without the padding rows
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]
-            best_of = self.best_of
-            best = best_of(logits, self.exact_top)[1] if best_of is not None else torch.topk(logits, self.exact_top, sorted=False).indices  # (M,)
+            if self.best_of is not None:
+                best = self.best_of(logits, self.exact_top)[1]  # (M,)
+            else:
+                best = torch.topk(logits, self.exact_top, sorted=False).indices  # (M,)
             if self.always_exact is not None:
                 best = torch.cat([best, self.always_exact.to(best.device)])  # (M + W,)
             logits[best] = torch.mv(self.exact_rows(best), hidden.float())
