@@ -6,6 +6,7 @@ is loaded in the background only when it is finished, and a killed build's lock 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -49,11 +50,20 @@ def _close(out: torch.Tensor, expected: torch.Tensor) -> bool:
     return bool((out.double() - expected).abs().max() <= RELATIVE_TOLERANCE * expected.abs().max())
 
 
+def _has_compiler() -> bool:
+    """Whether this machine has the C++ compiler torch's extensions build with."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
 @pytest.fixture(scope="module", params=BUILDS)
 def kernel(request):
+    """A build of the kernel; a build that fails where there is a compiler fails its tests."""
     ops = block_kernel.load(request.param)
     if ops is None:
-        pytest.skip(f"the {request.param} build cannot be compiled here: {block_kernel.failure(request.param)}")
+        reason = f"the {request.param} build cannot be compiled here: {block_kernel.failure(request.param)}"
+        if _has_compiler():
+            pytest.fail(reason)
+        pytest.skip(reason)
     return ops
 
 
@@ -106,6 +116,52 @@ def test_scaled_blocks_dequantize_exactly_and_drop_zero_minimums():
         weights, exact = _case(name, seed=8)
         assert torch.equal(weights.dequantize().double(), exact)
         assert (weights.low.numel() == 0) == (name in ("Q8_0", "Q6_K", "Q5_0"))
+
+
+def test_plain_types_keep_the_file_s_float16_scales_k_quants_their_float32_products():
+    """The file's size in memory: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 hold each block's scale (and
+    minimum) as the file's float16 number; the K-quants' `d * sc` is not a float16 number."""
+    for name in sorted(EXACT_TYPES):
+        weights, exact = _case(name, seed=9)
+        plain = not name.endswith("_K")
+        assert weights.scale.dtype == (torch.float16 if plain else torch.float32), name
+        assert weights.low.numel() == 0 or weights.low.dtype == weights.scale.dtype
+        if plain:  # the file's bytes: the scale is each block's first two
+            file_scales = np.ascontiguousarray(random_blocks(name, 9).reshape(ROWS, COLUMNS // 32, -1)[..., 0:2])
+            assert torch.equal(weights.scale.view(torch.int16), torch.from_numpy(file_scales.view(np.int16)[..., 0]))
+
+
+def test_a_minimum_beyond_float16_keeps_float32_scales():
+    """Q4_0's minimum is -8 d: for d above 8191 that is no float16 number, and the weight keeps
+    float32 scales, still exact."""
+    raw = random_blocks("Q4_0", 10).reshape(ROWS, COLUMNS // 32, -1)
+    raw[0, 0, 0:2] = np.array([10000.0], dtype=np.float16).view(np.uint8)
+    raw = raw.reshape(ROWS, -1)
+    weights = ScaledBlocks.of(block_weights(raw, "Q4_0", (ROWS, COLUMNS)))
+    assert weights.scale.dtype == torch.float32
+    exact = torch.from_numpy(dequantize(raw, GGMLQuantizationType.Q4_0)).double()
+    assert torch.equal(weights.dequantize().double(), exact)
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q4_K"])
+def test_many_rows_cross_the_kernel_s_chunks_of_converted_scales(kernel, name):
+    """Rows enough that each thread converts its float16 scales in several chunks (1,024 scales
+    each: 64 rows of 16 blocks), and a row count that ends mid-chunk."""
+    rows = 333
+    rng = np.random.default_rng(11)
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+    raw = rng.integers(0, 256, (rows, COLUMNS // block, size), dtype=np.uint8)
+    for at in FLOAT16_FIELDS[name]:
+        raw[..., at:at + 2] = (rng.uniform(-1, 1, (rows, COLUMNS // block)) * 1e-2).astype(np.float16)[..., None].view(np.uint8)
+    raw = raw.reshape(rows, -1)
+    weights = ScaledBlocks.of(block_weights(raw, name, (rows, COLUMNS)))
+    exact = torch.from_numpy(dequantize(raw, GGMLQuantizationType[name])).double()
+    for inputs in (1, 7):
+        x = torch.randn(inputs, COLUMNS, generator=torch.Generator().manual_seed(inputs))
+        assert _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
+    assert torch.equal(kernel.block_dequantize(*weights.kernel_args()).double(), exact)
 
 
 def test_modules_without_the_kernel_give_the_kernel_s_numbers(monkeypatch):

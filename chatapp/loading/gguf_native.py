@@ -83,8 +83,11 @@ def _read_blocks(tensor, type_name: str, order: np.ndarray, index) -> ScaledBloc
         part = ScaledBlocks.of(block_weights(tensor.data[start:stop], type_name, (stop - start, tensor.shape[1])))
         if codes is None:
             codes = torch.empty((rows, *part.codes.shape[1:]), dtype=part.codes.dtype)
-            scale = torch.empty((rows, part.scale.shape[1]), dtype=torch.float32)
+            scale = torch.empty((rows, part.scale.shape[1]), dtype=part.scale.dtype)
             first = part
+        if part.scale.dtype != scale.dtype:  # a float32 slice after float16 ones: all float32 (exact)
+            scale = scale.float()
+            low = None if low is None else low.float()
         codes[start:stop], scale[start:stop] = part.codes, part.scale
         if part.low.numel():  # a slice with minimums (`ScaledBlocks.of` leaves out all-zero ones)
             if low is None:
@@ -92,7 +95,7 @@ def _read_blocks(tensor, type_name: str, order: np.ndarray, index) -> ScaledBloc
             low[start:stop] = part.low
         index.release_rows(tensor, start, stop)
     return ScaledBlocks((rows, tensor.shape[1]), first.bits, first.block, codes, scale,
-                        torch.empty(0) if low is None else low)
+                        torch.empty(0, dtype=scale.dtype) if low is None else low)
 
 
 def _tensor_names(model: nn.Module, index, full_map) -> dict[str, str]:

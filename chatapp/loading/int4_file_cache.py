@@ -27,8 +27,9 @@ from chatapp.support.atomic_file import replacing
 
 log = logging.getLogger(__name__)
 
-FORMAT = "4"
-"""Bumped whenever what the file holds changes meaning."""
+FORMAT = "5"
+"""Bumped whenever what the file holds changes meaning (5: a plain type's embedding scales as the
+file's float16 numbers)."""
 EMBEDDING_BLOCK_KEYS = ("chatapp.embedding.codes", "chatapp.embedding.scale", "chatapp.embedding.low",
                         "chatapp.embedding.layout")
 """A tied input embedding kept in its GGUF blocks (`ScaledBlocks`): codes, scales, minimums, and

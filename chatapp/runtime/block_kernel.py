@@ -130,13 +130,21 @@ def _remove_stale_lock(folder: Path) -> None:
 
 
 def _compile(build: str, namespace: str) -> None:
+    folder = _build_folder(build)
+    key = _build_key(build)
+    library = folder / f"{namespace}.so"
+    with contextlib.suppress(OSError):
+        if (folder / BUILD_STAMP).read_text(encoding="ascii") == key and library.is_file():
+            # built before from these very sources and flags: loaded as it is, without importing
+            # cpp_extension (and setuptools: 3 MiB of a process's memory)
+            torch.ops.load_library(str(library))
+            log.info("block kernel %s loaded from %s", build, folder)
+            return
     from torch.utils import cpp_extension
 
     _ninja_on_path()
-    folder = _build_folder(build)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_lock(folder)
-    key = _build_key(build)
     # cpp_extension rebuilds when a source or a flag changes; the key as a flag makes a header count too
     cpp_extension.load(
         name=namespace, sources=[str(source) for source in SOURCES], build_directory=str(folder), is_python_module=False,

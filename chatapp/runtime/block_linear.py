@@ -1,8 +1,9 @@
 """Linear layers and embeddings whose weights stay in GGUF's block quantization.
 
 `BlockLinear` and `BlockEmbedding` hold `ScaledBlocks`: a `chatapp.runtime.block_weights.BlockWeights`'s
-codes with each block's scale and minimum as float32 numbers, the exact products of the file's
-float16 scales and the block's small integers (about the file's size in memory). They compute
+codes with each block's scale and minimum: the file's own float16 numbers for the plain types
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the file's size in memory), the exact float32 products of the
+file's float16 scales and the block's small integers for the K-quants. They compute
 in float32: on chatapp's block kernel (`chatapp.runtime.block_kernel`) where it is built, else in
 plain torch, dequantizing a slice of rows at a time so that memory never holds the float32
 matrix. Either way the numbers are those of a float32 product with the exactly dequantized
@@ -41,15 +42,19 @@ class ScaledBlocks:
     codes: torch.Tensor
     """`BlockWeights.codes`."""
     scale: torch.Tensor
-    """`(N, K / block)` float32: `d * sc`, exact."""
+    """`(N, K / block)`: `d * sc`, exact: float16 where every one is a float16 number (the plain
+    types, whose scale is the file's own), else float32 (the K-quants' products)."""
     low: torch.Tensor
-    """`(N, K / block)` float32: `dmin * m`, exact; empty where every minimum is zero (Q8_0, Q6_K)."""
+    """`(N, K / block)` of `scale`'s dtype: `dmin * m`, exact; empty where every minimum is zero
+    (Q8_0, Q6_K, Q5_0)."""
 
     @classmethod
     def of(cls, weights: BlockWeights) -> "ScaledBlocks":
         scale, low = weights.block_scales()
-        low = low.contiguous() if bool(low.any()) else torch.empty(0)
-        return cls(weights.shape, weights.bits, weights.block, weights.codes, scale.contiguous(), low)
+        low = low if bool(low.any()) else torch.empty(0)
+        if weights.blocks_per_super == 1 and all(torch.equal(t.half().float(), t) for t in (scale, low)):
+            scale, low = scale.half(), low.half()  # the plain types: the file's own float16 numbers
+        return cls(weights.shape, weights.bits, weights.block, weights.codes, scale.contiguous(), low.contiguous())
 
     @property
     def nbytes(self) -> int:
@@ -76,9 +81,9 @@ class ScaledBlocks:
             values = codes.float().view(rows, self.shape[1] // self.block, self.block)
         else:
             values = code_values(codes, self.bits, self.block, (rows, self.shape[1])).float()
-        products = values * scale.unsqueeze(-1)
+        products = values * scale.float().unsqueeze(-1)
         if low.numel():
-            products = products + low.unsqueeze(-1)
+            products = products + low.float().unsqueeze(-1)
         return products.view(rows, self.shape[1])
 
 
@@ -158,10 +163,13 @@ def fuse_block_linears(linears: list[nn.Module]) -> BlockLinear | None:
     parts = [layer.weights for layer in linears]
     if any((w.bits, w.block, w.shape[1]) != (first.bits, first.block, first.shape[1]) for w in parts):
         return None
-    lows = [w.low if w.low.numel() else torch.zeros_like(w.scale) for w in parts] if any(w.low.numel() for w in parts) else []
+    dtype = torch.float16 if all(w.scale.dtype == torch.float16 for w in parts) else torch.float32
+    scales = [w.scale.to(dtype) for w in parts]
+    lows = [w.low.to(dtype) if w.low.numel() else torch.zeros_like(s) for w, s in zip(parts, scales)] \
+        if any(w.low.numel() for w in parts) else []
     rows = sum(w.shape[0] for w in parts)
     fused = ScaledBlocks((rows, first.shape[1]), first.bits, first.block, torch.cat([w.codes for w in parts]),
-                         torch.cat([w.scale for w in parts]), torch.cat(lows) if lows else torch.empty(0))
+                         torch.cat(scales), torch.cat(lows) if lows else torch.empty(0, dtype=dtype))
     biases = [layer.bias for layer in linears]
     bias = None
     if any(b is not None for b in biases):

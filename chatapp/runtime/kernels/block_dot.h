@@ -27,13 +27,89 @@ namespace {
 constexpr int64_t ROW_GRAIN = 16;     // rows a thread takes at a time
 constexpr int64_t PREFETCH_BYTES = 4096;  // code bytes ahead of a row that are asked for
 
+// Each block's scale and minimum are float32 (`scale`, `low`) or, where they are the file's own
+// float16 numbers (the plain types), float16 (`scale16`, `low16`), converted exactly to float32
+// a chunk of rows at a time (`RowScales`) before the products read them.
 struct Layout {
   const uint8_t* codes;
-  const float* scale;  // (N, blocks)
-  const float* low;    // (N, blocks), or null: every minimum is zero
-  int64_t k;           // weights a row
-  int64_t blocks;      // blocks a row
-  int64_t row_bytes;   // code bytes a row
+  const float* scale;       // (N, blocks), or null where `scale16` holds them
+  const float* low;         // (N, blocks), or null: every minimum is zero (or `low16` holds them)
+  const uint16_t* scale16;  // (N, blocks) float16, or null
+  const uint16_t* low16;    // (N, blocks) float16, or null
+  int64_t k;                // weights a row
+  int64_t blocks;           // blocks a row
+  int64_t row_bytes;        // code bytes a row
+  bool has_low() const { return low != nullptr || low16 != nullptr; }
+};
+
+// One cache line into L1 ahead of its use. Inline assembly on x86: GCC 12 deleted a loop of
+// `_mm_prefetch` calls as dead code, silently (the head of a 262,144-token vocabulary took 17 ms
+// a step without them, 10 ms with).
+inline void prefetch_line(const void* address) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht0 (%0)" : : "r"(address));
+#else
+  __builtin_prefetch(address);
+#endif
+}
+
+// n float16 numbers (IEEE half, as bits) to float32, exactly.
+inline void half_to_float(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = c10::detail::fp16_ieee_to_fp32_value(src[i]);
+}
+
+// The float32 scales and minimums of a layout's rows, one row at a time in increasing order: the
+// layout's own arrays where they are float32, else a chunk of rows converted from float16 into
+// this object's buffers (each thread keeps its own).
+class RowScales {
+ public:
+  // Scales converted at a time: 12 rows of Gemma 3's LM head. Larger chunks made that head's
+  // product 3-4% slower than with float32 scales (4,096: 6%), this about 1-4% (paired calls).
+  static constexpr int64_t VALUES = 256;
+
+  explicit RowScales(const Layout& l) : l_(l) {}
+
+  // Row `row`'s scales (and minimums: null where none); `end` bounds the rows worth converting.
+  void at(int64_t row, int64_t end, const float*& scale, const float*& low) {
+    if (l_.scale16 == nullptr) {
+      scale = l_.scale + row * l_.blocks;
+      low = l_.low == nullptr ? nullptr : l_.low + row * l_.blocks;
+      return;
+    }
+    if (row < first_ || row >= first_ + count_) {
+      first_ = row;
+      count_ = std::max<int64_t>(1, std::min<int64_t>(VALUES / l_.blocks, end - row));
+      const int64_t n = count_ * l_.blocks;
+      scale_.resize(n);
+      half_to_float(l_.scale16 + row * l_.blocks, scale_.data(), n);
+      if (l_.low16 != nullptr) {
+        low_.resize(n);
+        half_to_float(l_.low16 + row * l_.blocks, low_.data(), n);
+      }
+      // the next chunk's float16 numbers, asked for now: they are read long before the rows'
+      // own prefetches (`prefetch_row`) reach them
+      const int64_t next = std::min<int64_t>(n, (end - row - count_) * l_.blocks);
+      for (int64_t at = 0; at < next; at += 32) {
+        prefetch_line(l_.scale16 + (row + count_) * l_.blocks + at);
+        if (l_.low16 != nullptr) prefetch_line(l_.low16 + (row + count_) * l_.blocks + at);
+      }
+    }
+    scale = scale_.data() + (row - first_) * l_.blocks;
+    low = l_.low16 == nullptr ? nullptr : low_.data() + (row - first_) * l_.blocks;
+  }
+
+ private:
+  const Layout& l_;
+  std::vector<float> scale_, low_;
+  int64_t first_ = 0, count_ = 0;
 };
 
 // The 5-bit layout's code j (0..31) of a block: its low four bits as the 4-bit layout holds
@@ -214,10 +290,11 @@ inline float block_dot(const uint8_t* codes, const float* __restrict x) {
 inline float dot(const float* __restrict a, const float* __restrict b, int64_t n);
 
 // One output of one input row: sum over blocks of scale * (codes . x), plus minimum * sum(x).
+// `scale` and `low` are the row's (`RowScales`), low null where every minimum is zero.
 template <int BITS, int B>
-float row_dot(const Layout& l, int64_t row, const float* __restrict x, const float* __restrict xsum) {
+float row_dot(const Layout& l, int64_t row, const float* __restrict scale, const float* __restrict low,
+              const float* __restrict x, const float* __restrict xsum) {
   const uint8_t* codes = l.codes + row * l.row_bytes;
-  const float* scale = l.scale + row * l.blocks;
 #if defined(HAVE_VEC)
   Vec acc = vzero(), other = vzero();  // two chains of sums, so consecutive blocks overlap
   int64_t b = 0;
@@ -229,8 +306,7 @@ float row_dot(const Layout& l, int64_t row, const float* __restrict x, const flo
   if (b < l.blocks)
     acc = vfma_scalar(block_dot_vec<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B), scale[b], acc);
   float rest = 0.f;
-  if (l.low != nullptr) {  // the minimums' share: low . xsum, in the same vectors
-    const float* low = l.low + row * l.blocks;
+  if (low != nullptr) {  // the minimums' share: low . xsum, in the same vectors
     int64_t c = 0;
     for (; c + VLEN <= l.blocks; c += VLEN) other = vmuladd(low + c, xsum + c, other);
     for (; c < l.blocks; ++c) rest += low[c] * xsum[c];
@@ -240,16 +316,16 @@ float row_dot(const Layout& l, int64_t row, const float* __restrict x, const flo
   float total = 0.f;
   for (int64_t b = 0; b < l.blocks; ++b)
     total += scale[b] * block_dot<BITS, B>(codes + b * block_bytes<BITS, B>(), x + b * B);
-  return l.low == nullptr ? total : total + dot(l.low + row * l.blocks, xsum, l.blocks);
+  return low == nullptr ? total : total + dot(low, xsum, l.blocks);
 #endif
 }
 
-// The whole row's weights (with their minimums) into `w` (K floats).
+// The whole row's weights (with their minimums) into `w` (K floats); `scale` and `low` as for
+// `row_dot`.
 template <int BITS, int B>
-void decode_row(const Layout& l, int64_t row, float* __restrict w) {
+void decode_row(const Layout& l, int64_t row, const float* __restrict scale, const float* __restrict low,
+                float* __restrict w) {
   const uint8_t* codes = l.codes + row * l.row_bytes;
-  const float* scale = l.scale + row * l.blocks;
-  const float* low = l.low == nullptr ? nullptr : l.low + row * l.blocks;
   for (int64_t b = 0; b < l.blocks; ++b) {
     float* wb = w + b * B;
     decode_block<BITS, B>(codes + b * block_bytes<BITS, B>(), scale[b], wb);
@@ -273,31 +349,31 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
 
 Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block) {
   TORCH_CHECK(codes.is_contiguous() && scale.is_contiguous() && low.is_contiguous(), "block weights must be contiguous");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && low.scalar_type() == at::kFloat, "scale and low must be float32");
+  const bool half = scale.scalar_type() == at::kHalf;
+  TORCH_CHECK((half || scale.scalar_type() == at::kFloat) && (low.numel() == 0 || low.scalar_type() == scale.scalar_type()),
+              "scale and low must be both float32 or both float16");
   TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one scale a block of each row");
   TORCH_CHECK(low.numel() == 0 || low.sizes() == scale.sizes(), "one minimum a block of each row, or none");
   const int64_t n = codes.size(0);
-  return Layout{static_cast<const uint8_t*>(codes.data_ptr()), scale.data_ptr<float>(),
-                low.numel() == 0 ? nullptr : low.data_ptr<float>(), scale.size(1) * block, scale.size(1),
-                codes.numel() / n};
+  Layout l{static_cast<const uint8_t*>(codes.data_ptr()), nullptr, nullptr, nullptr, nullptr,
+           scale.size(1) * block, scale.size(1), codes.numel() / n};
+  if (half) {
+    l.scale16 = reinterpret_cast<const uint16_t*>(scale.data_ptr());
+    l.low16 = low.numel() == 0 ? nullptr : reinterpret_cast<const uint16_t*>(low.data_ptr());
+  } else {
+    l.scale = scale.data_ptr<float>();
+    l.low = low.numel() == 0 ? nullptr : low.data_ptr<float>();
+  }
+  return l;
 }
 
-// One cache line into L1 ahead of its use. Inline assembly on x86: GCC 12 deleted a loop of
-// `_mm_prefetch` calls as dead code, silently (the head of a 262,144-token vocabulary took 17 ms
-// a step without them, 10 ms with).
-inline void prefetch_line(const void* address) {
-#if defined(__x86_64__)
-  asm volatile("prefetcht0 (%0)" : : "r"(address));
-#else
-  __builtin_prefetch(address);
-#endif
-}
 
 // Ask for a later row's codes and scales ahead of time: the hardware prefetcher alone keeps
 // too few of a row's streams in flight.
 inline void prefetch_row(const Layout& l, int64_t row) {
   const char* codes = reinterpret_cast<const char*>(l.codes + row * l.row_bytes);
   for (int64_t at = 0; at < l.row_bytes; at += 64) prefetch_line(codes + at);
+  if (l.scale16 != nullptr) return;  // `RowScales` asks for a chunk's float16 numbers ahead
   prefetch_line(l.scale + row * l.blocks);
   if (l.low != nullptr) prefetch_line(l.low + row * l.blocks);
 }
@@ -347,9 +423,12 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
   if (rows_x == 1) {
     const int64_t ahead = prefetch_distance(l);
     at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+      RowScales scales(l);
+      const float *scale, *low;
       for (int64_t row = begin; row < end; ++row) {
         if (row + ahead < end) prefetch_row(l, row + ahead);
-        y[row] = row_dot<BITS, B>(l, row, x, xsum);
+        scales.at(row, end, scale, low);
+        y[row] = row_dot<BITS, B>(l, row, scale, low, x, xsum);
       }
     });
     return;
@@ -359,9 +438,14 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
   at::parallel_for(0, (n + W_ROWS - 1) / W_ROWS, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> w(W_ROWS * l.k, 0.f);
     float out[X_TILE][W_ROWS];
+    RowScales scales(l);
+    const float *scale, *low;
     for (int64_t group = begin; group < end; ++group) {
       const int64_t first = group * W_ROWS, rows = std::min<int64_t>(W_ROWS, n - first);
-      for (int64_t r = 0; r < rows; ++r) decode_row<BITS, B>(l, first + r, w.data() + r * l.k);
+      for (int64_t r = 0; r < rows; ++r) {
+        scales.at(first + r, std::min<int64_t>(n, end * W_ROWS), scale, low);
+        decode_row<BITS, B>(l, first + r, scale, low, w.data() + r * l.k);
+      }
       for (int64_t i = 0; i < rows_x; i += X_TILE) {
         const int64_t tile = std::min<int64_t>(X_TILE, rows_x - i);
         tile_products(w.data(), x + i * l.k, l.k, tile, out);
@@ -375,7 +459,12 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
 template <int BITS, int B>
 void run_dequantize(const Layout& l, float* out, int64_t n) {
   at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) decode_row<BITS, B>(l, row, out + row * l.k);
+    RowScales scales(l);
+    const float *scale, *low;
+    for (int64_t row = begin; row < end; ++row) {
+      scales.at(row, end, scale, low);
+      decode_row<BITS, B>(l, row, scale, low, out + row * l.k);
+    }
   });
 }
 

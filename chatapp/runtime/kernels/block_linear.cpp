@@ -25,7 +25,7 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::
   TORCH_CHECK(l.k == k, "x has ", k, " columns, the weight ", l.k);
   const float* xp = xc.data_ptr<float>();
   // (M, K / block): each block's sum of x
-  const std::vector<float> xsum = l.low == nullptr ? std::vector<float>() : block_sums(xp, rows_x * l.blocks, block);
+  const std::vector<float> xsum = !l.has_low() ? std::vector<float>() : block_sums(xp, rows_x * l.blocks, block);
   at::Tensor y = at::empty({rows_x, n}, xc.options());
   const float* sp = xsum.data();
   float* yp = y.data_ptr<float>();
@@ -53,7 +53,12 @@ at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::
     TORCH_CHECK(idp[i] >= 0 && idp[i] < codes.size(0), "row ", idp[i], " out of range");
   at::Tensor out = at::empty({count, k}, at::TensorOptions().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
-  DISPATCH(bits, block, for (int64_t i = 0; i < count; ++i) decode_row<BITS, B>(l, idp[i], op + i * k))
+  RowScales scales(l);
+  const float *row_scale, *row_low;
+  DISPATCH(bits, block, for (int64_t i = 0; i < count; ++i) {
+    scales.at(idp[i], idp[i] + 1, row_scale, row_low);
+    decode_row<BITS, B>(l, idp[i], row_scale, row_low, op + i * k);
+  })
   return out;
 }
 

@@ -91,7 +91,7 @@ void apply(const Linear& w, const float* x, float* y) {
       for (int64_t row = begin; row < end; ++row) y[row] = dot(w.matrix + row * w.k, x, w.k);
     });
   } else {
-    const std::vector<float> sums = w.blocks.low == nullptr ? std::vector<float>() : block_sums(x, w.blocks.blocks, w.block);
+    const std::vector<float> sums = !w.blocks.has_low() ? std::vector<float>() : block_sums(x, w.blocks.blocks, w.block);
     const int64_t bits = w.bits, block = w.block;
     DISPATCH(bits, block, run_linear<BITS, B>(w.blocks, x, sums.data(), y, 1, w.n))
   }
