@@ -115,20 +115,31 @@ def test_scaled_blocks_dequantize_exactly_and_drop_zero_minimums():
     for name in sorted(EXACT_TYPES):
         weights, exact = _case(name, seed=8)
         assert torch.equal(weights.dequantize().double(), exact)
-        assert (weights.low.numel() == 0) == (name in ("Q8_0", "Q6_K", "Q5_0"))
+        assert (weights.block_scales()[1] is None) == (name in ("Q8_0", "Q6_K", "Q5_0"))
 
 
-def test_plain_types_keep_the_file_s_float16_scales_k_quants_their_float32_products():
+def test_scales_are_held_as_the_file_holds_them():
     """The file's size in memory: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 hold each block's scale (and
-    minimum) as the file's float16 number; the K-quants' `d * sc` is not a float16 number."""
+    minimum) as the file's float16 number; the K-quants their super-blocks' float16 d (and dmin)
+    and their blocks' small integers, packed (a byte each where the file packs 6 bits)."""
     for name in sorted(EXACT_TYPES):
         weights, exact = _case(name, seed=9)
-        plain = not name.endswith("_K")
-        assert weights.scale.dtype == (torch.float16 if plain else torch.float32), name
-        assert weights.low.numel() == 0 or weights.low.dtype == weights.scale.dtype
-        if plain:  # the file's bytes: the scale is each block's first two
-            file_scales = np.ascontiguousarray(random_blocks(name, 9).reshape(ROWS, COLUMNS // 32, -1)[..., 0:2])
+        raw = random_blocks(name, 9)
+        if not name.endswith("_K"):
+            assert weights.scale.dtype == torch.float16, name
+            assert weights.low.numel() == 0 or weights.low.dtype == torch.float16
+            file_scales = np.ascontiguousarray(raw.reshape(ROWS, COLUMNS // 32, -1)[..., 0:2])  # each block's first two bytes
             assert torch.equal(weights.scale.view(torch.int16), torch.from_numpy(file_scales.view(np.int16)[..., 0]))
+        else:
+            assert weights.scale.dtype == torch.uint8 and weights.low.numel() == 0, name
+            supers = raw.reshape(ROWS, COLUMNS // 256, -1)
+            d_at = {"Q4_K": 0, "Q5_K": 0, "Q6_K": supers.shape[-1] - 2}[name]
+            file_d = np.ascontiguousarray(supers[..., d_at:d_at + 2]).view(np.float16)[..., 0]
+            assert torch.equal(weights.scale[:, : 2 * (COLUMNS // 256)].contiguous().view(torch.float16),
+                               torch.from_numpy(file_d))
+            # a super-block's 20 bytes at most (the file's 16 for Q4_K and Q5_K: 6-bit sc and m as bytes)
+            assert weights.scale.numel() <= ROWS * (COLUMNS // 256) * 20
+        assert torch.equal(weights.dequantize().double(), exact)
 
 
 def test_a_minimum_beyond_float16_keeps_float32_scales():

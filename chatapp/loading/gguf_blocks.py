@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chatapp.runtime.block_weights import BlockWeights, pack_nibbles
+from chatapp.runtime.block_weights import SUPER_BLOCK, BlockWeights, pack_nibbles
 
-SUPER_BLOCK = 256
-"""Weights per K-quant super-block (ggml's QK_K)."""
 K_SCALE_BYTES = 12
 """Bytes of a Q4_K/Q5_K super-block's packed 6-bit scales and minimums."""
 

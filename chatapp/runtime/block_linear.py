@@ -1,9 +1,9 @@
 """Linear layers and embeddings whose weights stay in GGUF's block quantization.
 
 `BlockLinear` and `BlockEmbedding` hold `ScaledBlocks`: a `chatapp.runtime.block_weights.BlockWeights`'s
-codes with each block's scale and minimum: the file's own float16 numbers for the plain types
-(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the file's size in memory), the exact float32 products of the
-file's float16 scales and the block's small integers for the K-quants. They compute
+codes with each block's scale and minimum as the file has them (the file's size in memory): the
+plain types' (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) float16 numbers; the K-quants' float16 numbers a
+super-block and small integers a block, packed, whose products are exact in float32. They compute
 in float32: on chatapp's block kernel (`chatapp.runtime.block_kernel`) where it is built, else in
 plain torch, dequantizing a slice of rows at a time so that memory never holds the float32
 matrix. Either way the numbers are those of a float32 product with the exactly dequantized
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from chatapp.runtime import block_kernel
-from chatapp.runtime.block_weights import BlockWeights, code_values
+from chatapp.runtime.block_weights import SUPER_BLOCK, BlockWeights, code_values
 
 DEQUANTIZED_ROWS = 1 << 14
 """Rows the plain-torch path dequantizes at a time (64 MB of float32 at K = 1024)."""
@@ -42,19 +42,29 @@ class ScaledBlocks:
     codes: torch.Tensor
     """`BlockWeights.codes`."""
     scale: torch.Tensor
-    """`(N, K / block)`: `d * sc`, exact: float16 where every one is a float16 number (the plain
-    types, whose scale is the file's own), else float32 (the K-quants' products)."""
+    """Each block's scale `d * sc`, exact: `(N, K / block)` float16 where every one is a float16
+    number (the plain types, whose scale is the file's own) or float32; or a K-quant's, packed
+    (`packed_scales`): `(N, bytes)` uint8."""
     low: torch.Tensor
     """`(N, K / block)` of `scale`'s dtype: `dmin * m`, exact; empty where every minimum is zero
-    (Q8_0, Q6_K, Q5_0)."""
+    (Q8_0, Q6_K, Q5_0) or `scale` is packed (which holds them)."""
 
     @classmethod
     def of(cls, weights: BlockWeights) -> "ScaledBlocks":
+        if weights.blocks_per_super * weights.block == SUPER_BLOCK and weights.blocks_per_super > 1:
+            return cls(weights.shape, weights.bits, weights.block, weights.codes, packed_scales(weights),
+                       torch.empty(0, dtype=torch.uint8))
         scale, low = weights.block_scales()
         low = low if bool(low.any()) else torch.empty(0)
-        if weights.blocks_per_super == 1 and all(torch.equal(t.half().float(), t) for t in (scale, low)):
+        if all(torch.equal(t.half().float(), t) for t in (scale, low)):
             scale, low = scale.half(), low.half()  # the plain types: the file's own float16 numbers
         return cls(weights.shape, weights.bits, weights.block, weights.codes, scale.contiguous(), low.contiguous())
+
+    def block_scales(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(N, K / block)` float32: each block's scale, and its minimum (None where all are zero)."""
+        if self.scale.dtype == torch.uint8:
+            return unpacked_scales(self.scale, self.shape[1], self.block)
+        return self.scale.float(), self.low.float() if self.low.numel() else None
 
     @property
     def nbytes(self) -> int:
@@ -72,19 +82,51 @@ class ScaledBlocks:
     def dequantize(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """`(N, K)` float32 (the rows `ids` only, when given): exactly `BlockWeights.dequantize`'s
         numbers, the same products and sums."""
-        codes, scale, low = self.codes, self.scale, self.low
+        codes, (scale, low) = self.codes, self.block_scales()
         if ids is not None:
             codes, scale = codes.index_select(0, ids), scale.index_select(0, ids)
-            low = low.index_select(0, ids) if low.numel() else low
+            low = low.index_select(0, ids) if low is not None else None
         rows = codes.shape[0]
         if self.bits == 8:  # signed bytes straight to float32 (exact), without code_values' int16 step
             values = codes.float().view(rows, self.shape[1] // self.block, self.block)
         else:
             values = code_values(codes, self.bits, self.block, (rows, self.shape[1])).float()
-        products = values * scale.float().unsqueeze(-1)
-        if low.numel():
-            products = products + low.float().unsqueeze(-1)
+        products = values * scale.unsqueeze(-1)
+        if low is not None:
+            products = products + low.unsqueeze(-1)
         return products.view(rows, self.shape[1])
+
+
+def packed_scales(weights: BlockWeights) -> torch.Tensor:
+    """A K-quant's scales as the file holds them, `(N, bytes)` uint8 a row: the super-blocks'
+    float16 d, then dmin, then each block's int8 sc, then m; Q6_K (sixteen blocks of 16 a
+    super-block) has no minimums, and its rows no dmin and m."""
+    n = weights.shape[0]
+    parts = [weights.d, weights.dmin, weights.sc, weights.m] if weights.blocks_per_super == 8 else [weights.d, weights.sc]
+    return torch.cat([part.contiguous().view(torch.uint8).reshape(n, -1) for part in parts], dim=1).contiguous()
+
+
+def unpacked_scales(packed: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`packed_scales`'s rows back to each block's float32 scale `d * sc` and minimum `dmin * m`
+    (None where the rows hold none), exact."""
+    supers, blocks = k // SUPER_BLOCK, k // block
+    with_low = packed.shape[1] == 4 * supers + 2 * blocks
+    at = 0
+
+    def take(count: int, dtype: torch.dtype) -> torch.Tensor:
+        nonlocal at
+        part = packed[:, at : at + count * dtype.itemsize].contiguous().view(dtype)
+        at += count * dtype.itemsize
+        return part
+
+    d = take(supers, torch.float16)
+    dmin = take(supers, torch.float16) if with_low else None
+    sc = take(blocks, torch.int8)
+    per = blocks // supers
+    scale = d.float().repeat_interleave(per, dim=-1) * sc.float()
+    if dmin is None:
+        return scale, None
+    return scale, dmin.float().repeat_interleave(per, dim=-1) * take(blocks, torch.int8).float()
 
 
 def block_matmul(x: torch.Tensor, weights: ScaledBlocks, kernel=None) -> torch.Tensor:
@@ -156,17 +198,22 @@ class BlockEmbedding(nn.Module):
 def fuse_block_linears(linears: list[nn.Module]) -> BlockLinear | None:
     """One `BlockLinear` computing `cat([l(x) for l in linears], -1)`, when all are block
     linears of one layout and width (the originals are repointed at row slices of it, so nothing
-    is stored twice), else None. A missing minimum or bias becomes zeros in the fused one."""
+    is stored twice), else None. A missing minimum or bias becomes zeros in the fused one; scales
+    held differently (float16, packed, float32) are fused as float32 numbers."""
     if not linears or not all(type(layer) is BlockLinear for layer in linears):
         return None
     first = linears[0].weights
     parts = [layer.weights for layer in linears]
     if any((w.bits, w.block, w.shape[1]) != (first.bits, first.block, first.shape[1]) for w in parts):
         return None
-    dtype = torch.float16 if all(w.scale.dtype == torch.float16 for w in parts) else torch.float32
-    scales = [w.scale.to(dtype) for w in parts]
-    lows = [w.low.to(dtype) if w.low.numel() else torch.zeros_like(s) for w, s in zip(parts, scales)] \
-        if any(w.low.numel() for w in parts) else []
+    if len({(w.scale.dtype, w.scale.shape[1] if w.scale.dtype == torch.uint8 else 0) for w in parts}) == 1:
+        scales, lows = [w.scale for w in parts], [w.low for w in parts]  # held alike: as they are
+    else:  # float32 for all (exact), where they are held differently
+        scales, lows = zip(*(w.block_scales() for w in parts))
+        lows = [torch.empty(0) if low is None else low for low in lows]
+    dtype = scales[0].dtype
+    lows = [low if low.numel() else torch.zeros_like(scale) for low, scale in zip(lows, scales)] \
+        if any(low.numel() for low in lows) else []
     rows = sum(w.shape[0] for w in parts)
     fused = ScaledBlocks((rows, first.shape[1]), first.bits, first.block, torch.cat([w.codes for w in parts]),
                          torch.cat(scales), torch.cat(lows) if lows else torch.empty(0, dtype=dtype))

@@ -33,6 +33,8 @@ NIBBLE_BLOCK = 32
 """Weights per block in the 4-bit and 5-bit layouts."""
 FIVE_BIT_BYTES = 20
 """Bytes of a block in the 5-bit layout: 16 of low nibbles, a 32-bit word of fifth bits."""
+SUPER_BLOCK = 256
+"""Weights per K-quant super-block (ggml's QK_K)."""
 
 
 @dataclass(frozen=True)

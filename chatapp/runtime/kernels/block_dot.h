@@ -27,19 +27,30 @@ namespace {
 constexpr int64_t ROW_GRAIN = 16;     // rows a thread takes at a time
 constexpr int64_t PREFETCH_BYTES = 4096;  // code bytes ahead of a row that are asked for
 
-// Each block's scale and minimum are float32 (`scale`, `low`) or, where they are the file's own
-// float16 numbers (the plain types), float16 (`scale16`, `low16`), converted exactly to float32
-// a chunk of rows at a time (`RowScales`) before the products read them.
+constexpr int64_t SUPER_BLOCK = 256;  // weights a K-quant super-block
+
+// Each block's scale and minimum are held one of three ways, all exact:
+// - float32 (`scale`, `low`);
+// - the file's own float16 numbers, the plain types' (`scale16`, `low16`);
+// - a K-quant's, as its file has them (`packed`): each row `packed_bytes` bytes, the
+//   super-blocks' float16 d (and dmin, where there are minimums), then each block's int8 sc
+//   (and m), so that scale = d * sc and minimum = dmin * m, exact float32 products.
+// The last two are converted to float32 a chunk of rows at a time (`RowScales`) before the
+// products read them.
 struct Layout {
   const uint8_t* codes;
-  const float* scale;       // (N, blocks), or null where `scale16` holds them
-  const float* low;         // (N, blocks), or null: every minimum is zero (or `low16` holds them)
+  const float* scale;       // (N, blocks), or null where another way holds them
+  const float* low;         // (N, blocks), or null: every minimum is zero (or another way holds them)
   const uint16_t* scale16;  // (N, blocks) float16, or null
   const uint16_t* low16;    // (N, blocks) float16, or null
+  const uint8_t* packed;    // (N, packed_bytes), or null
+  int64_t packed_bytes;
+  bool packed_low;          // `packed` holds minimums
   int64_t k;                // weights a row
   int64_t blocks;           // blocks a row
   int64_t row_bytes;        // code bytes a row
-  bool has_low() const { return low != nullptr || low16 != nullptr; }
+  bool has_low() const { return low != nullptr || low16 != nullptr || packed_low; }
+  bool converted() const { return scale16 != nullptr || packed != nullptr; }
 };
 
 // One cache line into L1 ahead of its use. Inline assembly on x86: GCC 12 deleted a loop of
@@ -56,12 +67,25 @@ inline void prefetch_line(const void* address) {
 // n float16 numbers (IEEE half, as bits) to float32, exactly.
 inline void half_to_float(const uint16_t* __restrict src, float* __restrict dst, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  if (i < n) {  // the last few on vectors too: a K-quant row has a handful of super-blocks
+    const __mmask16 mask = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, mask, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, src + i)));
+    return;
+  }
 #elif defined(__F16C__)
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  if (i < n) {
+    uint16_t rest[8] = {0};
+    float out[8];
+    std::memcpy(rest, src + i, (n - i) * sizeof(uint16_t));
+    _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rest))));
+    std::memcpy(dst + i, out, (n - i) * sizeof(float));
+    return;
+  }
 #endif
   for (; i < n; ++i) dst[i] = c10::detail::fp16_ieee_to_fp32_value(src[i]);
 }
@@ -79,7 +103,7 @@ class RowScales {
 
   // Row `row`'s scales (and minimums: null where none); `end` bounds the rows worth converting.
   void at(int64_t row, int64_t end, const float*& scale, const float*& low) {
-    if (l_.scale16 == nullptr) {
+    if (!l_.converted()) {
       scale = l_.scale + row * l_.blocks;
       low = l_.low == nullptr ? nullptr : l_.low + row * l_.blocks;
       return;
@@ -89,26 +113,65 @@ class RowScales {
       count_ = std::max<int64_t>(1, std::min<int64_t>(VALUES / l_.blocks, end - row));
       const int64_t n = count_ * l_.blocks;
       scale_.resize(n);
-      half_to_float(l_.scale16 + row * l_.blocks, scale_.data(), n);
-      if (l_.low16 != nullptr) {
-        low_.resize(n);
-        half_to_float(l_.low16 + row * l_.blocks, low_.data(), n);
+      if (l_.has_low()) low_.resize(n);
+      if (l_.packed != nullptr) {
+        for (int64_t r = 0; r < count_; ++r)
+          unpack_row(l_.packed + (row + r) * l_.packed_bytes, scale_.data() + r * l_.blocks, low_.data() + r * l_.blocks);
+      } else {
+        half_to_float(l_.scale16 + row * l_.blocks, scale_.data(), n);
+        if (l_.low16 != nullptr) half_to_float(l_.low16 + row * l_.blocks, low_.data(), n);
       }
-      // the next chunk's float16 numbers, asked for now: they are read long before the rows'
-      // own prefetches (`prefetch_row`) reach them
-      const int64_t next = std::min<int64_t>(n, (end - row - count_) * l_.blocks);
-      for (int64_t at = 0; at < next; at += 32) {
-        prefetch_line(l_.scale16 + (row + count_) * l_.blocks + at);
-        if (l_.low16 != nullptr) prefetch_line(l_.low16 + (row + count_) * l_.blocks + at);
+      // the next chunk's numbers, asked for now: they are read long before the rows' own
+      // prefetches (`prefetch_row`) reach them
+      const int64_t next = std::min<int64_t>(count_, end - row - count_);
+      if (l_.packed != nullptr) {
+        for (int64_t at = 0; at < next * l_.packed_bytes; at += 64) prefetch_line(l_.packed + (row + count_) * l_.packed_bytes + at);
+      } else {
+        for (int64_t at = 0; at < next * l_.blocks; at += 32) {
+          prefetch_line(l_.scale16 + (row + count_) * l_.blocks + at);
+          if (l_.low16 != nullptr) prefetch_line(l_.low16 + (row + count_) * l_.blocks + at);
+        }
       }
     }
     scale = scale_.data() + (row - first_) * l_.blocks;
-    low = l_.low16 == nullptr ? nullptr : low_.data() + (row - first_) * l_.blocks;
+    low = l_.has_low() ? low_.data() + (row - first_) * l_.blocks : nullptr;
   }
 
  private:
+  // `supers` float16 numbers times `PER` small integers each, into `out` (exact products).
+  template <int PER>
+  static void products(const float* __restrict d, const int8_t* __restrict small, int64_t supers, float* __restrict out) {
+    for (int64_t s = 0; s < supers; ++s) {
+#if defined(__AVX2__)  // eight at a time (the compiler widens the bytes one by one)
+      const __m256 ds = _mm256_set1_ps(d[s]);
+      for (int j = 0; j < PER; j += 8) {
+        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(small + s * PER + j));
+        _mm256_storeu_ps(out + s * PER + j, _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))));
+      }
+#else
+      for (int j = 0; j < PER; ++j) out[s * PER + j] = d[s] * float(small[s * PER + j]);
+#endif
+    }
+  }
+
+  // One packed row (see `Layout`) to its blocks' float32 scales and minimums.
+  void unpack_row(const uint8_t* row, float* __restrict scale, float* __restrict low) {
+    const int64_t per = l_.blocks * SUPER_BLOCK / l_.k, supers = l_.blocks / per, halves = l_.packed_low ? 2 : 1;
+    d_.resize(halves * supers);
+    half_to_float(reinterpret_cast<const uint16_t*>(row), d_.data(), halves * supers);  // d, then dmin
+    const int8_t* sc = reinterpret_cast<const int8_t*>(row + 2 * halves * supers);
+    for (int64_t h = 0; h < halves; ++h) {
+      float* out = h == 0 ? scale : low;
+      const int8_t* small = sc + h * l_.blocks;
+      if (per == 8) products<8>(d_.data() + h * supers, small, supers, out);
+      else if (per == 16) products<16>(d_.data() + h * supers, small, supers, out);
+      else
+        for (int64_t j = 0; j < l_.blocks; ++j) out[j] = d_[h * supers + j / per] * float(small[j]);
+    }
+  }
+
   const Layout& l_;
-  std::vector<float> scale_, low_;
+  std::vector<float> scale_, low_, d_;
   int64_t first_ = 0, count_ = 0;
 };
 
@@ -347,16 +410,35 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   return total;
 }
 
-Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block) {
+// The codes' weights a row, from their bytes a row.
+inline int64_t weights_of(int64_t row_bytes, int64_t bits) {
+  return bits == 4 ? row_bytes * 2 : bits == 5 ? row_bytes / 20 * 32 : row_bytes;
+}
+
+Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block, int64_t bits) {
   TORCH_CHECK(codes.is_contiguous() && scale.is_contiguous() && low.is_contiguous(), "block weights must be contiguous");
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one row of scales a row of codes");
+  const int64_t n = codes.size(0), row_bytes = codes.numel() / n;
+  Layout l{static_cast<const uint8_t*>(codes.data_ptr()), nullptr, nullptr, nullptr, nullptr, nullptr, 0, false,
+           0, 0, row_bytes};
+  if (scale.scalar_type() == at::kByte) {  // a K-quant's, packed
+    TORCH_CHECK(low.numel() == 0, "packed scales hold their minimums");
+    l.k = weights_of(row_bytes, bits);
+    l.blocks = l.k / block;
+    const int64_t supers = l.k / SUPER_BLOCK, width = scale.size(1);
+    TORCH_CHECK(l.k % SUPER_BLOCK == 0 && SUPER_BLOCK % block == 0, "packed scales need whole super-blocks");
+    TORCH_CHECK(width == 2 * supers + l.blocks || width == 4 * supers + 2 * l.blocks, "packed scales of the wrong width");
+    l.packed = scale.data_ptr<uint8_t>();
+    l.packed_bytes = width;
+    l.packed_low = width == 4 * supers + 2 * l.blocks;
+    return l;
+  }
   const bool half = scale.scalar_type() == at::kHalf;
   TORCH_CHECK((half || scale.scalar_type() == at::kFloat) && (low.numel() == 0 || low.scalar_type() == scale.scalar_type()),
               "scale and low must be both float32 or both float16");
-  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one scale a block of each row");
   TORCH_CHECK(low.numel() == 0 || low.sizes() == scale.sizes(), "one minimum a block of each row, or none");
-  const int64_t n = codes.size(0);
-  Layout l{static_cast<const uint8_t*>(codes.data_ptr()), nullptr, nullptr, nullptr, nullptr,
-           scale.size(1) * block, scale.size(1), codes.numel() / n};
+  l.k = scale.size(1) * block;
+  l.blocks = scale.size(1);
   if (half) {
     l.scale16 = reinterpret_cast<const uint16_t*>(scale.data_ptr());
     l.low16 = low.numel() == 0 ? nullptr : reinterpret_cast<const uint16_t*>(low.data_ptr());
@@ -367,13 +449,12 @@ Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
   return l;
 }
 
-
 // Ask for a later row's codes and scales ahead of time: the hardware prefetcher alone keeps
 // too few of a row's streams in flight.
 inline void prefetch_row(const Layout& l, int64_t row) {
   const char* codes = reinterpret_cast<const char*>(l.codes + row * l.row_bytes);
   for (int64_t at = 0; at < l.row_bytes; at += 64) prefetch_line(codes + at);
-  if (l.scale16 != nullptr) return;  // `RowScales` asks for a chunk's float16 numbers ahead
+  if (l.converted()) return;  // `RowScales` asks for a chunk's numbers ahead
   prefetch_line(l.scale + row * l.blocks);
   if (l.low != nullptr) prefetch_line(l.low + row * l.blocks);
 }

@@ -2,11 +2,12 @@
 //
 // The weight is held as `chatapp.runtime.block_linear.ScaledBlocks` lays it out: codes (4-bit,
 // two a byte; 5-bit signed, 20 bytes a block of 32; or one signed byte each; see
-// `chatapp.runtime.block_weights`) and each block's float32 scale and minimum (the exact
-// products `d * sc` and `dmin * m` of the file's float16 numbers and small integers; no
-// minimums where all are zero), and weight k of a block is `code[k] * scale + minimum`. Every
-// product and sum is float32, so the outputs are those of a float32 matrix product with the
-// exactly dequantized weights, but for the order in which the sums are rounded.
+// `chatapp.runtime.block_weights`) and each block's scale and minimum as the file has them (see
+// `Layout` in block_dot.h: float16 numbers, a K-quant's packed float16 and small integers, or
+// float32), converted exactly to float32 before use; weight k of a block is
+// `code[k] * scale + minimum`. Every product and sum is float32, so the outputs are those of a
+// float32 matrix product with the exactly dequantized weights, but for the order in which the
+// sums are rounded.
 //
 // Written as plain loops of fixed length that the compiler vectorizes for whatever it is told
 // to target (`-mavx512f`, `-mavx2`, NEON, or none): one source, one build per instruction set,
@@ -21,7 +22,7 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   const at::Tensor xc = x.contiguous();
   const int64_t rows_x = xc.size(0), k = xc.size(1), n = codes.size(0);
-  const Layout l = layout_of(codes, scale, low, block);
+  const Layout l = layout_of(codes, scale, low, block, bits);
   TORCH_CHECK(l.k == k, "x has ", k, " columns, the weight ", l.k);
   const float* xp = xc.data_ptr<float>();
   // (M, K / block): each block's sum of x
@@ -35,7 +36,7 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& codes, const at::
 
 at::Tensor block_dequantize(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t bits,
                             int64_t block) {
-  const Layout l = layout_of(codes, scale, low, block);
+  const Layout l = layout_of(codes, scale, low, block, bits);
   const int64_t n = codes.size(0);
   at::Tensor out = at::empty({n, l.k}, at::TensorOptions().dtype(at::kFloat));
   DISPATCH(bits, block, run_dequantize<BITS, B>(l, out.data_ptr<float>(), n))
@@ -45,7 +46,7 @@ at::Tensor block_dequantize(const at::Tensor& codes, const at::Tensor& scale, co
 at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low,
                       int64_t bits, int64_t block) {
   // The rows `ids` of the dequantized weight (an embedding lookup), without the rest.
-  const Layout l = layout_of(codes, scale, low, block);
+  const Layout l = layout_of(codes, scale, low, block, bits);
   const int64_t count = ids.numel(), k = l.k;
   const at::Tensor flat = ids.reshape({-1}).to(at::kLong).contiguous();
   const int64_t* idp = flat.data_ptr<int64_t>();

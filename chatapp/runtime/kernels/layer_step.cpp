@@ -73,7 +73,7 @@ Linear linear_of(const at::Tensor* t, int64_t bits, int64_t block) {
     w.n = t[0].size(0);
     w.k = t[0].size(1);
   } else {
-    w.blocks = layout_of(t[0], t[1], t[2], block);
+    w.blocks = layout_of(t[0], t[1], t[2], block, bits);
     w.n = t[0].size(0);
     w.k = w.blocks.k;
   }
