@@ -41,6 +41,20 @@ def int4_kernel_built() -> bool:
     return int4_kernel.load()
 
 
+def block_kernel_build(build: str):
+    """The operators of block-kernel `build`. Where it cannot be compiled the test is skipped when
+    this machine has no C++ compiler, and fails when it has one (a compile error is a defect)."""
+    from chatapp.runtime import block_kernel
+
+    ops = block_kernel.load(build)
+    if ops is None:
+        reason = f"the {build} build cannot be compiled here: {block_kernel.failure(build)}"
+        if shutil.which(os.environ.get("CXX", "c++")) is not None:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return ops
+
+
 @pytest.fixture(scope="session")
 def default_model() -> LoadedModel:
     """SmolLM2-135M-Instruct from the bundled GGUF, plain float32 (the reference path)."""

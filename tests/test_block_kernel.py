@@ -6,7 +6,6 @@ is loaded in the background only when it is finished, and a killed build's lock 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ from gguf.quants import dequantize
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.runtime import block_kernel
 from chatapp.runtime.block_linear import MATMUL_FROM, BlockEmbedding, BlockLinear, ScaledBlocks, block_matmul
+from tests.conftest import block_kernel_build
 from tests.test_gguf_blocks import FLOAT16_FIELDS
 
 ROWS, COLUMNS = 40, 512
@@ -50,21 +50,10 @@ def _close(out: torch.Tensor, expected: torch.Tensor) -> bool:
     return bool((out.double() - expected).abs().max() <= RELATIVE_TOLERANCE * expected.abs().max())
 
 
-def _has_compiler() -> bool:
-    """Whether this machine has the C++ compiler torch's extensions build with."""
-    return shutil.which(os.environ.get("CXX", "c++")) is not None
-
-
 @pytest.fixture(scope="module", params=BUILDS)
 def kernel(request):
-    """A build of the kernel; a build that fails where there is a compiler fails its tests."""
-    ops = block_kernel.load(request.param)
-    if ops is None:
-        reason = f"the {request.param} build cannot be compiled here: {block_kernel.failure(request.param)}"
-        if _has_compiler():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return ops
+    """A build of the kernel (`block_kernel_build`: a failed build fails where there is a compiler)."""
+    return block_kernel_build(request.param)
 
 
 def test_this_cpu_runs_the_generic_build_and_picks_the_widest():

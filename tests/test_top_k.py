@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from chatapp.lm_head import kept_ids, probabilities_from_logits, top_k, top_k_reference, use_kernels
 from chatapp.runtime import block_kernel
+from tests.conftest import block_kernel_build
 
 
 def _by_definition(scores: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
@@ -99,9 +100,7 @@ def test_kept_ids_kernel_equals_nonzero():
 def test_every_build_s_scans_equal_the_reference(build):
     """The vector compares of the two scans (AVX512, AVX2) and the plain loop (generic) give
     the same answers, lengths not a multiple of 16 included."""
-    ops = block_kernel.load(build)
-    if ops is None:
-        pytest.skip(f"the {build} build cannot be compiled here: {block_kernel.failure(build)}")
+    ops = block_kernel_build(build)
     generator = torch.Generator().manual_seed(11)
     for scores in (torch.randn(262_144, generator=generator) * 4, (torch.randn(1_037, generator=generator) * 2).round()):
         for k in (1, 50, 333):
@@ -132,9 +131,7 @@ def test_every_build_s_raw_summary_equals_the_float64_definition(build):
     """The raw distribution's log-normaliser and entropy within 1e-6 of float64 arithmetic (torch's
     own float32 log-sum-exp is within about 7e-7 on these rows), the rank exact: long and short
     rows, wide ranges, -inf and very negative logits, ties with the token's logit."""
-    ops = block_kernel.load(build)
-    if ops is None:
-        pytest.skip(f"the {build} build cannot be compiled here: {block_kernel.failure(build)}")
+    ops = block_kernel_build(build)
     generator = torch.Generator().manual_seed(5)
     rows = [torch.randn(262_144, generator=generator) * 4, torch.randn(49_152, generator=generator) * 9 + 30,
             (torch.randn(1_037, generator=generator) * 2).round(), torch.randn(15, generator=generator)]
