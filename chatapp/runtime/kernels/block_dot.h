@@ -46,6 +46,8 @@ struct Layout {
   const uint8_t* packed;    // (N, packed_bytes), or null
   int64_t packed_bytes;
   bool packed_low;          // `packed` holds minimums
+  int64_t supers;           // `packed`: super-blocks a row
+  int64_t per_super;        // `packed`: blocks a super-block
   int64_t k;                // weights a row
   int64_t blocks;           // blocks a row
   int64_t row_bytes;        // code bytes a row
@@ -138,40 +140,53 @@ class RowScales {
   }
 
  private:
-  // `supers` float16 numbers times `PER` small integers each, into `out` (exact products).
+  // The float16 number (IEEE half) at `at` (any alignment), as float32.
+  static float half_at(const uint8_t* at) {
+    uint16_t bits;
+    std::memcpy(&bits, at, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(bits);
+#else
+    return c10::detail::fp16_ieee_to_fp32_value(bits);
+#endif
+  }
+
+  // `supers` float16 numbers `d` times `PER` small integers each, into `out` (exact products).
+  // Each d converted in a register: a vector store of them, then loads of single ones, stalled
+  // every row (a masked store does not forward to the loads after it).
   template <int PER>
-  static void products(const float* __restrict d, const int8_t* __restrict small, int64_t supers, float* __restrict out) {
+  static void products(const uint8_t* d, const int8_t* __restrict small, int64_t supers, float* __restrict out) {
     for (int64_t s = 0; s < supers; ++s) {
+      const float ds = half_at(d + 2 * s);
 #if defined(__AVX2__)  // eight at a time (the compiler widens the bytes one by one)
-      const __m256 ds = _mm256_set1_ps(d[s]);
+      const __m256 dv = _mm256_set1_ps(ds);
       for (int j = 0; j < PER; j += 8) {
         const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(small + s * PER + j));
-        _mm256_storeu_ps(out + s * PER + j, _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))));
+        _mm256_storeu_ps(out + s * PER + j, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))));
       }
 #else
-      for (int j = 0; j < PER; ++j) out[s * PER + j] = d[s] * float(small[s * PER + j]);
+      for (int j = 0; j < PER; ++j) out[s * PER + j] = ds * float(small[s * PER + j]);
 #endif
     }
   }
 
   // One packed row (see `Layout`) to its blocks' float32 scales and minimums.
-  void unpack_row(const uint8_t* row, float* __restrict scale, float* __restrict low) {
-    const int64_t per = l_.blocks * SUPER_BLOCK / l_.k, supers = l_.blocks / per, halves = l_.packed_low ? 2 : 1;
-    d_.resize(halves * supers);
-    half_to_float(reinterpret_cast<const uint16_t*>(row), d_.data(), halves * supers);  // d, then dmin
+  void unpack_row(const uint8_t* row, float* __restrict scale, float* __restrict low) const {
+    const int64_t per = l_.per_super, supers = l_.supers, halves = l_.packed_low ? 2 : 1;  // no divisions a row
     const int8_t* sc = reinterpret_cast<const int8_t*>(row + 2 * halves * supers);
-    for (int64_t h = 0; h < halves; ++h) {
+    for (int64_t h = 0; h < halves; ++h) {  // d and sc, then dmin and m
       float* out = h == 0 ? scale : low;
+      const uint8_t* d = row + 2 * h * supers;
       const int8_t* small = sc + h * l_.blocks;
-      if (per == 8) products<8>(d_.data() + h * supers, small, supers, out);
-      else if (per == 16) products<16>(d_.data() + h * supers, small, supers, out);
+      if (per == 8) products<8>(d, small, supers, out);
+      else if (per == 16) products<16>(d, small, supers, out);
       else
-        for (int64_t j = 0; j < l_.blocks; ++j) out[j] = d_[h * supers + j / per] * float(small[j]);
+        for (int64_t j = 0; j < l_.blocks; ++j) out[j] = half_at(d + 2 * (j / per)) * float(small[j]);
     }
   }
 
   const Layout& l_;
-  std::vector<float> scale_, low_, d_;
+  std::vector<float> scale_, low_;
   int64_t first_ = 0, count_ = 0;
 };
 
@@ -420,7 +435,7 @@ Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
   TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one row of scales a row of codes");
   const int64_t n = codes.size(0), row_bytes = codes.numel() / n;
   Layout l{static_cast<const uint8_t*>(codes.data_ptr()), nullptr, nullptr, nullptr, nullptr, nullptr, 0, false,
-           0, 0, row_bytes};
+           0, 0, 0, 0, row_bytes};
   if (scale.scalar_type() == at::kByte) {  // a K-quant's, packed
     TORCH_CHECK(low.numel() == 0, "packed scales hold their minimums");
     l.k = weights_of(row_bytes, bits);
@@ -431,6 +446,8 @@ Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
     l.packed = scale.data_ptr<uint8_t>();
     l.packed_bytes = width;
     l.packed_low = width == 4 * supers + 2 * l.blocks;
+    l.supers = supers;
+    l.per_super = l.blocks / supers;
     return l;
   }
   const bool half = scale.scalar_type() == at::kHalf;
