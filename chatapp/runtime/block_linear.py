@@ -82,10 +82,12 @@ class ScaledBlocks:
     def dequantize(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """`(N, K)` float32 (the rows `ids` only, when given): exactly `BlockWeights.dequantize`'s
         numbers, the same products and sums."""
+        if ids is not None:  # those rows' scales only are converted (an embedding lookup a step)
+            low = self.low.index_select(0, ids) if self.low.numel() else self.low
+            picked = ScaledBlocks((ids.numel(), self.shape[1]), self.bits, self.block, self.codes.index_select(0, ids),
+                                  self.scale.index_select(0, ids), low)
+            return picked.dequantize()
         codes, (scale, low) = self.codes, self.block_scales()
-        if ids is not None:
-            codes, scale = codes.index_select(0, ids), scale.index_select(0, ids)
-            low = low.index_select(0, ids) if low is not None else None
         rows = codes.shape[0]
         if self.bits == 8:  # signed bytes straight to float32 (exact), without code_values' int16 step
             values = codes.float().view(rows, self.shape[1] // self.block, self.block)
