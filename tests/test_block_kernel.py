@@ -145,23 +145,37 @@ def test_a_minimum_beyond_float16_keeps_float32_scales():
 
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q4_K"])
 def test_many_rows_cross_the_kernel_s_chunks_of_converted_scales(kernel, name):
-    """Rows enough that each thread converts its float16 scales in several chunks (1,024 scales
-    each: 64 rows of 16 blocks), and a row count that ends mid-chunk."""
+    """Rows enough that each thread converts its scales in several chunks (256 scales each: 16
+    rows of 16 blocks), a row count that ends mid-chunk, and for the plain types 17 blocks a row
+    (the conversions' vector tails)."""
     rows = 333
+    columns = 512 if name.endswith("_K") else 544
     rng = np.random.default_rng(11)
     from gguf.constants import GGML_QUANT_SIZES
 
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
-    raw = rng.integers(0, 256, (rows, COLUMNS // block, size), dtype=np.uint8)
+    raw = rng.integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
     for at in FLOAT16_FIELDS[name]:
-        raw[..., at:at + 2] = (rng.uniform(-1, 1, (rows, COLUMNS // block)) * 1e-2).astype(np.float16)[..., None].view(np.uint8)
+        raw[..., at:at + 2] = (rng.uniform(-1, 1, (rows, columns // block)) * 1e-2).astype(np.float16)[..., None].view(np.uint8)
     raw = raw.reshape(rows, -1)
-    weights = ScaledBlocks.of(block_weights(raw, name, (rows, COLUMNS)))
+    weights = ScaledBlocks.of(block_weights(raw, name, (rows, columns)))
     exact = torch.from_numpy(dequantize(raw, GGMLQuantizationType[name])).double()
     for inputs in (1, 7):
-        x = torch.randn(inputs, COLUMNS, generator=torch.Generator().manual_seed(inputs))
+        x = torch.randn(inputs, columns, generator=torch.Generator().manual_seed(inputs))
         assert _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
     assert torch.equal(kernel.block_dequantize(*weights.kernel_args()).double(), exact)
+
+
+@pytest.mark.parametrize("name", ["Q6_K", "Q4_K", "Q8_0"])
+def test_an_embedding_s_blocks_come_back_from_the_int4_cache_as_they_were(name):
+    """The int4 cache keeps a tied embedding's blocks (`embedding_block_state`): packed K-quant
+    scales are bytes, not one a block, and the weight's width is read from its codes."""
+    from chatapp.loading.int4_file_cache import embedding_block_state, embedding_blocks_of
+
+    weights, exact = _case(name, seed=12)
+    back = embedding_blocks_of(embedding_block_state(weights))
+    assert back.shape == weights.shape
+    assert torch.equal(back.dequantize(torch.tensor([0, 7, 39])).double(), exact[[0, 7, 39]])
 
 
 def test_modules_without_the_kernel_give_the_kernel_s_numbers(monkeypatch):

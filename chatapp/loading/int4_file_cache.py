@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from chatapp.runtime.block_linear import BlockEmbedding, ScaledBlocks
+from chatapp.runtime.block_weights import row_weights
 from chatapp.runtime.quantize import EXACT_KEY, HEAD_KEY, SCALES_KEY, Int4Linear, OutputHead
 from chatapp.support.atomic_file import replacing
 
@@ -92,7 +93,7 @@ def embedding_blocks_of(state: dict[str, torch.Tensor]) -> ScaledBlocks | None:
         return None
     codes, scale, low, layout = (state[key] for key in EMBEDDING_BLOCK_KEYS)
     bits, block = (int(v) for v in layout)
-    return ScaledBlocks((codes.shape[0], scale.shape[1] * block), bits, block, codes, scale, low)
+    return ScaledBlocks((codes.shape[0], row_weights(codes, bits)), bits, block, codes, scale, low)
 
 
 def load_int4(path: Path, location: str | Path, dtype: torch.dtype):

@@ -112,6 +112,12 @@ def code_values(codes: torch.Tensor, bits: int, block: int, shape: tuple[int, in
     return torch.cat([low, high], dim=-1).view(n, k // block, block)
 
 
+def row_weights(codes: torch.Tensor, bits: int) -> int:
+    """K: the weights a row of `codes` in the `bits` layout holds."""
+    row_bytes = codes.shape[1] * codes.element_size()
+    return row_bytes * 2 if bits == 4 else row_bytes // FIVE_BIT_BYTES * NIBBLE_BLOCK if bits == 5 else row_bytes
+
+
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """`(..., K)` codes 0..15 to the 4-bit layout `(..., K / 2)` uint8."""
     blocks = codes.to(torch.uint8).view(*codes.shape[:-1], -1, 2, NIBBLE_BLOCK // 2)
