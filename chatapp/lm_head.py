@@ -113,20 +113,25 @@ def top_k_reference(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
 
 RawSummary = Callable[[torch.Tensor, int], torch.Tensor]
 """`(V,)` raw logits and a token id (or -1) -> float64 `(3,)`: `raw_numbers`' answer."""
+NativeChoice = Callable[..., "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+"""The block kernel's `choose_token`: `choose_token`'s steps after the projection, in one call
+(`kernels/lm_head_steps.cpp`)."""
 
 
 class _Kernels:
     top_k: TopK | None = None
     kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None
     raw_summary: RawSummary | None = None
+    choose: NativeChoice | None = None
 
 
 def use_kernels(top_k: TopK | None = None, kept_ids: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                raw_summary: RawSummary | None = None) -> None:
+                raw_summary: RawSummary | None = None, choose: NativeChoice | None = None) -> None:
     """Compute the top-k step, the kept ids and the raw distribution's numbers of one row on these
     kernels (`top_k_reference`'s and `torch.nonzero`'s answers; `raw_numbers`' within float32
-    rounding, in two passes), or in torch again (None)."""
-    _Kernels.top_k, _Kernels.kept_ids, _Kernels.raw_summary = top_k, kept_ids, raw_summary
+    rounding, in two passes), and with `choose` every step of `choose_token` after the
+    projection in one call; or in torch again (None)."""
+    _Kernels.top_k, _Kernels.kept_ids, _Kernels.raw_summary, _Kernels.choose = top_k, kept_ids, raw_summary, choose
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,6 +412,8 @@ def choose_token(
     Returns:
         the chosen token and the numbers the panel shows.
     """
+    if _Kernels.choose is not None and hidden.device.type == "cpu":
+        return native_choice(model, hidden, settings, generator, top_n, previous_ids, watch_ids)
     # The seed's LM head: logits -> penalty -> temperature -> top-k -> top-p -> min-p -> softmax.
     probs, logits = lm_head(
         model, hidden, settings.temperature, settings.top_k, return_logits=True, top_p=settings.top_p,
@@ -419,6 +426,46 @@ def choose_token(
     # The step's numbers, in one copy to the host.
     choice = describe_choice(token, probs, logits, top_n, support)
     return choice._replace(watched=watched_odds(probs, logits, watch_ids)) if watch_ids else choice
+
+
+@torch.inference_mode()
+def native_choice(
+    model,
+    hidden: torch.Tensor,
+    settings: "SamplingSettings",
+    generator: Callable[[torch.device], torch.Generator],
+    top_n: int,
+    previous_ids: torch.Tensor | None = None,
+    watch_ids: tuple[int, ...] = (),
+) -> Choice:
+    """`choose_token`, its steps after the projection in one call of the block kernel
+    (`use_kernels`' `choose`): the same operations in the same order, so the same distribution,
+    draws and numbers (tests/test_native_choice.py holds the two together)."""
+    # The seed's projection: the context vector through model.get_output_embeddings().
+    logits = output_logits(model, hidden)  # (V,)
+    penalty = settings.repetition_penalty
+    previous = previous_ids if penalty is not None and previous_ids is not None else _NO_IDS
+    # Penalty -> temperature -> top-k -> top-p -> min-p -> softmax -> torch.multinomial -> numbers.
+    numbers, kept, kept_probs = _Kernels.choose(
+        logits, settings.temperature, settings.top_k, 1.0 if settings.top_p is None else settings.top_p,
+        settings.min_p or 0.0, 1.0 if penalty is None else penalty, previous, generator(logits.device), top_n,
+    )
+    if not numbers.numel():
+        raise NonFiniteLogitsError("the model produced NaN or infinite logits")
+    packed = numbers.tolist()
+    m = (len(packed) - 2) // 3  # the token and its candidates
+    ids, probs, raws = packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
+    choice = Choice(
+        token_id=int(ids[0]), prob=probs[0], raw_prob=raws[0], rank=int(packed[0]), entropy=packed[1],
+        top_ids=[int(i) for i in ids[1:]], top_probs=probs[1:], top_raw_probs=raws[1:],
+    )
+    if not watch_ids:
+        return choice
+    probabilities = torch.zeros_like(logits).index_copy_(0, kept, kept_probs)  # (V,)
+    return choice._replace(watched=watched_odds(probabilities, logits, watch_ids))
+
+
+_NO_IDS = torch.empty(0, dtype=torch.long)
 
 
 def watched_odds(probabilities: torch.Tensor, logits: torch.Tensor,

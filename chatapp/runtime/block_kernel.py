@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "lm_head_steps.cpp"]
 """The operators (`block_linear`, `block_dequantize`, `block_rows`) and the decode step
-(`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k` and `kept_ids`."""
+(`decode_layers`), both over the arithmetic of `HEADER`, and the LM head's `top_k`, `kept_ids`,
+`raw_summary` and `choose_token` (over `STEPS_HEADER`'s vocabulary passes)."""
 HEADER = KERNELS / "block_dot.h"
+STEPS_HEADER = KERNELS / "lm_head_steps.h"
 BUILD_STAMP = "chatapp-build-key"
 """Beside a finished build: `_build_key` of what it was built from."""
 STALE_LOCK_SECONDS = 300
 """A build's lock file older than this was left by a build that was killed (one takes about 20 s)."""
-LAST_OPERATOR = "kept_ids"
+LAST_OPERATOR = "choose_token"
 """Registered by the last of `SOURCES`: a namespace that has it holds every operator of a build."""
 BUILDS = {
     "avx512": (("avx512f", "avx512bw", "avx512vl", "fma", "f16c"),
@@ -77,7 +79,7 @@ def _namespace(build: str):
 
 def load(build: str) -> object | None:
     """The operators of `build` (`block_linear`, `block_dequantize`, `block_rows`,
-    `decode_layers`, `top_k`, `kept_ids`), compiled first when needed (about 20 s, once), or None
+    `decode_layers`, `top_k`, `kept_ids`, `raw_summary`, `choose_token`), compiled first when needed (about 20 s, once), or None
     when it cannot be built here."""
     with _State.lock:
         if build in _State.failures:
@@ -102,7 +104,7 @@ def _build_folder(build: str) -> Path:
 def _build_key(build: str) -> str:
     """What a build is made from: its sources, headers and flags (`_compile` writes it beside a
     finished build as `BUILD_STAMP`)."""
-    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, EXP_HEADER])
+    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, STEPS_HEADER, EXP_HEADER])
     return hashlib.sha256(content + " ".join([*COMMON_FLAGS, *BUILDS[build][1]]).encode()).hexdigest()
 
 
@@ -185,13 +187,15 @@ def loaded() -> object | None:
 
 
 def lm_head_steps() -> tuple | None:
-    """`(top_k, kept_ids, raw_summary)` of the loaded build (`loaded`), for `chatapp.lm_head.use_kernels`,
-    or None. `raw_summary` is None but on the AVX512 build: its two passes need a vector
-    exponential, which only that build has (elsewhere torch's is faster)."""
+    """`(top_k, kept_ids, raw_summary, choose_token)` of the loaded build (`loaded`), for
+    `chatapp.lm_head.use_kernels`, or None. `raw_summary` is None but on the AVX512 build: its two
+    passes need a vector exponential, which only that build has (elsewhere torch's is faster;
+    `choose_token` computes those numbers as the Python step then does)."""
     kernels = loaded()
     if kernels is None:
         return None
-    return kernels.top_k, kernels.kept_ids, kernels.raw_summary if build_for_cpu() == "avx512" else None
+    raw_summary = kernels.raw_summary if build_for_cpu() == "avx512" else None
+    return kernels.top_k, kernels.kept_ids, raw_summary, kernels.choose_token
 
 
 def ops() -> object | None:
