@@ -14,6 +14,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
+from chatapp.lm_head import top_k_reference
 from chatapp.loading.gguf_blocks import EXACT_TYPES, block_weights
 from chatapp.runtime import block_kernel
 from chatapp.runtime.block_linear import MATMUL_FROM, BlockEmbedding, BlockLinear, ScaledBlocks, block_matmul
@@ -83,6 +84,27 @@ def test_kernel_dequantizes_and_looks_up_rows_exactly(kernel, name):
     assert torch.equal(kernel.block_rows(ids, *args).double(), exact[ids.reshape(-1)])
     with pytest.raises(RuntimeError, match="out of range"):
         kernel.block_rows(torch.tensor([ROWS]), *args)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_TYPES))
+def test_exact_logits_recompute_the_best_rows_and_the_asked_ones_in_place(kernel, name):
+    """An LM head's exact rows: the `top` highest logits (ties to the lower id) and the rows
+    `always` become the exactly dequantized rows' products with hidden; the others stay."""
+    weights, exact = _case(name, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(COLUMNS, generator=generator)
+    rough = (torch.randn(ROWS, generator=generator) * 2).round()  # ties at the cut
+    logits = rough.clone()
+    kernel.exact_logits(logits, hidden, 5, torch.tensor([ROWS - 1, 2]), *weights.kernel_args())
+    redone = sorted({*top_k_reference(rough, 5)[1].tolist(), ROWS - 1, 2})
+    kept = [i for i in range(ROWS) if i not in redone]
+    assert torch.equal(logits[kept], rough[kept])
+    assert _close(logits[redone], exact[redone] @ hidden.double())
+    none = logits.clone()
+    kernel.exact_logits(none, hidden, 0, torch.tensor([], dtype=torch.long), *weights.kernel_args())
+    assert torch.equal(none, logits)
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernel.exact_logits(logits, hidden, 5, torch.tensor([ROWS]), *weights.kernel_args())
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_TYPES))

@@ -228,13 +228,23 @@ def test_a_built_block_kernel_takes_over_the_int4_heads_top_k_with_the_same_numb
             break
         threading.Event().wait(0.05)
     assert head.best_of is not None
+    assert head.exact_of is not None
     hidden = torch.randn(engine.model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     on_kernel = head(hidden)
-    best_of, head.best_of = head.best_of, lm_head.top_k_reference
+    (best_of, exact_of), (head.best_of, head.exact_of) = (head.best_of, head.exact_of), (lm_head.top_k_reference, None)
     try:
-        assert torch.equal(on_kernel, head(hidden))
+        in_torch = head(hidden)  # the reference top-k, the exact rows' products by torch.mv
     finally:
-        head.best_of = best_of
+        head.best_of, head.exact_of = best_of, exact_of
+    exact_top, head.exact_top = head.exact_top, 0
+    try:
+        rough = head(hidden)  # the 4-bit pass alone
+    finally:
+        head.exact_top = exact_top
+    redone = on_kernel != rough
+    assert int(redone.sum()) >= head.exact_top - 2  # (a recomputed logit may equal its 4-bit one)
+    torch.testing.assert_close(on_kernel, in_torch, rtol=1e-6, atol=1e-6)  # the products' sums in another order
+    assert torch.equal(on_kernel[~redone], in_torch[~redone])
     messages = [{"role": "user", "content": "Name a colour."}]
     settings = SamplingSettings(max_new_tokens=6, seed=5)
     replies = []

@@ -125,6 +125,7 @@ class KernelSwitch:
                 kernels = block_kernel.built_ops()  # the LM head's one-pass top-k and kept ids (`Engine.take_up_kernels`)
                 if kernels is not None and isinstance(self._head, OutputHead):
                     self._head.best_of = kernels.top_k  # and the head's own choice of its exact rows
+                    self._head.exact_of = kernels.exact_logits
         except Exception:  # noqa: BLE001 - decoding simply stays on the TorchScript layers
             log.exception("laying out the int4 weights for chatapp's kernel failed")
         finally:

@@ -118,6 +118,11 @@ class OutputHead(nn.Module):
     best_of = None
     """`(V,)` logits, k -> (values, ids) of the k highest (the block kernel's `top_k`, set once it
     is loaded), or None: `torch.topk` picks the rows to recompute."""
+    exact_of = None
+    """The block kernel's `exact_logits` (set with `best_of`), or None: for a head whose exact rows
+    are blocks, the choice of the best rows and their float32 products in one call (about 0.1 ms
+    instead of 0.35 of a step on the default model), the products' sums rounded in another order
+    than `torch.mv`'s."""
     always_exact: torch.Tensor | None = None
     """`(W,)` ids whose logits are recomputed in float32 too, wherever they rank (the tokens
     `ask --watch` follows), for one context vector."""
@@ -132,6 +137,10 @@ class OutputHead(nn.Module):
         logits = logits[:, : self.vocab_rows].float()  # (B, V): without the padding rows
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]
+            if self.exact_of is not None and self.exact_blocks is not None:
+                always = self.always_exact if self.always_exact is not None else _NO_ROWS
+                self.exact_of(logits, hidden.float().contiguous(), self.exact_top, always, *self.exact_blocks.kernel_args())
+                return logits
             if self.best_of is not None:
                 best = self.best_of(logits, self.exact_top)[1]  # (M,)
             else:
@@ -144,6 +153,9 @@ class OutputHead(nn.Module):
         rows = self.exact_rows(best)  # (B, M, d_model)
         exact = torch.matmul(rows, hidden.reshape(-1, hidden.shape[-1]).float().unsqueeze(-1)).squeeze(-1)  # (B, M)
         return logits.scatter(-1, best, exact).reshape(*hidden.shape[:-1], -1)
+
+
+_NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
 @dataclass

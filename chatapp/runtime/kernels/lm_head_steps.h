@@ -52,10 +52,11 @@ inline bool better(const Entry& a, const Entry& b) {
   return a.score > b.score || (a.score == b.score && a.index < b.index);
 }
 
-// The k best of the n scores at s (1 <= k <= n), best first.
+// The k best of the n scores at s (0 <= k <= n), best first.
 std::vector<Entry> best_of(const float* s, int64_t n, int64_t k) {
   // a heap of the k best so far whose front is the worst of them (std::*_heap with `better`)
   std::vector<Entry> heap;
+  if (k <= 0) return heap;
   heap.reserve(k);
   for (int64_t i = 0; i < k; ++i) {
     heap.push_back({s[i], i});
