@@ -24,6 +24,13 @@ summary with float64 sums (0.1 against 0.65 ms), which the engine names with `us
 With top-k alone, the softmax runs over the kept logits: the same distribution as over the
 whole row with the others at -inf.
 
+On the kernels, the steps after the projection run as one call (`native_choice`: the block
+kernel's `choose_token`, C++ in `runtime/kernels/lm_head_steps.h`), the same operations in the
+same order, so the same numbers and draws (tests/test_native_choice.py); and on the int4 kernel
+a whole decode step is one call, its layers, this head and this choice (the decoder's
+`decode_choosing`, which the engine's turn uses for every step after the first). These
+functions stay the reference the native steps are held to, and run wherever those do not.
+
 Beyond the seed, and off by default: repetition penalty, top-p and min-p, applied with
 transformers' own logits processors (imported only when one is on: importing transformers
 costs a second of start-up) in transformers' order (penalty on the raw logits, then
@@ -443,26 +450,40 @@ def native_choice(
     draws and numbers (tests/test_native_choice.py holds the two together)."""
     # The seed's projection: the context vector through model.get_output_embeddings().
     logits = output_logits(model, hidden)  # (V,)
-    penalty = settings.repetition_penalty
-    previous = previous_ids if penalty is not None and previous_ids is not None else _NO_IDS
     # Penalty -> temperature -> top-k -> top-p -> min-p -> softmax -> torch.multinomial -> numbers.
     numbers, kept, kept_probs = _Kernels.choose(
-        logits, settings.temperature, settings.top_k, 1.0 if settings.top_p is None else settings.top_p,
-        settings.min_p or 0.0, 1.0 if penalty is None else penalty, previous, generator(logits.device), top_n,
-    )
+        logits, *native_choice_settings(settings, generator(logits.device), top_n, previous_ids))
+    choice = choice_from(numbers)
+    if not watch_ids:
+        return choice
+    probabilities = torch.zeros_like(logits).index_copy_(0, kept, kept_probs)  # (V,)
+    return choice._replace(watched=watched_odds(probabilities, logits, watch_ids))
+
+
+def native_choice_settings(settings: "SamplingSettings", generator: torch.Generator, top_n: int,
+                           previous_ids: torch.Tensor | None = None) -> tuple:
+    """The native choice's arguments after the logits (the block kernel's `choose_token`, and the
+    int4 kernel's whole `decode_step`): temperature, k, top-p (1: off), min-p (0: off), the
+    repetition penalty (1: off) and its ids, the generator and how many candidates."""
+    penalty = settings.repetition_penalty
+    previous = previous_ids if penalty is not None and previous_ids is not None else _NO_IDS
+    return (settings.temperature, settings.top_k, 1.0 if settings.top_p is None else settings.top_p,
+            settings.min_p or 0.0, 1.0 if penalty is None else penalty, previous, generator, top_n)
+
+
+def choice_from(numbers: torch.Tensor) -> Choice:
+    """The `Choice` of a native choice's float64 numbers (the block kernel's `choose_token`: the
+    rank and entropy, then the ids, probabilities and raw probabilities of the token and its
+    candidates), in one copy to the host; NonFiniteLogitsError where it found none (empty)."""
     if not numbers.numel():
         raise NonFiniteLogitsError("the model produced NaN or infinite logits")
     packed = numbers.tolist()
     m = (len(packed) - 2) // 3  # the token and its candidates
     ids, probs, raws = packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
-    choice = Choice(
+    return Choice(
         token_id=int(ids[0]), prob=probs[0], raw_prob=raws[0], rank=int(packed[0]), entropy=packed[1],
         top_ids=[int(i) for i in ids[1:]], top_probs=probs[1:], top_raw_probs=raws[1:],
     )
-    if not watch_ids:
-        return choice
-    probabilities = torch.zeros_like(logits).index_copy_(0, kept, kept_probs)  # (V,)
-    return choice._replace(watched=watched_odds(probabilities, logits, watch_ids))
 
 
 _NO_IDS = torch.empty(0, dtype=torch.long)

@@ -1,7 +1,8 @@
 """The block kernel's `choose_token` (the LM head's steps after the projection, in one call) held to
 the Python steps of `chatapp.lm_head.choose_token`: the same distribution within 1e-6, the same
 draws from the same seed, the same candidates and numbers, on each build this CPU runs, for every
-sampling setting; and an engine's turn on the real default model gives the same steps both ways."""
+sampling setting; an engine's turn on the real default model gives the same steps both ways, and
+so does the int4 kernel's whole decode step (`decode_step`: layers, LM head and choice in one call)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import torch
 from chatapp import lm_head
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.engine import Engine
+from chatapp.engine.loader import load_engine
 from chatapp.lm_head import NonFiniteLogitsError, choose_token, native_choice, probabilities_from_logits, use_kernels
-from chatapp.runtime import block_kernel
+from chatapp.runtime import block_kernel, int4_kernel
+from chatapp.runtime.quantize import int4_supported
 from tests.conftest import block_kernel_build
 
 VOCAB = 3_000
@@ -151,3 +154,45 @@ def test_an_engine_turn_is_the_same_with_the_native_choice(default_model):
         assert got.prob == pytest.approx(expected.prob, abs=1e-6) and got.raw_prob == expected.raw_prob
         assert got.rank == expected.rank and got.entropy == pytest.approx(expected.entropy, abs=1e-9)
     assert lm_head._Kernels.choose is None
+
+
+needs_int4_kernel = pytest.mark.skipif(
+    not (int4_supported() and int4_kernel.load()), reason=f"chatapp's int4 kernel is not available here: {int4_kernel.failure()}"
+)
+
+
+def _turn(engine: Engine, settings: SamplingSettings, fused: bool) -> list[tuple]:
+    engine.reset()
+    decoder = engine.decoder
+    calls = []
+
+    def decode_choosing(token_id, head, choice):
+        answer = type(decoder).decode_choosing(decoder, token_id, head, choice) if fused else None
+        calls.append(answer is not None)
+        return answer
+
+    decoder.decode_choosing = decode_choosing
+    try:
+        steps = list(engine.start_turn([{"role": "user", "content": "Write a story about a dragon."}], settings))
+    finally:
+        del decoder.decode_choosing
+    assert calls and all(calls) == fused  # every later step in one call, or none
+    return [(s.token_id, s.prob, s.raw_prob, s.rank, s.entropy, [(c.token_id, c.prob, c.raw_prob) for c in s.top])
+            for s in steps]
+
+
+@needs_int4_kernel
+@pytest.mark.parametrize("settings", [
+    SamplingSettings(max_new_tokens=40, seed=3),
+    SamplingSettings(max_new_tokens=40, seed=4, temperature=1.1, top_p=0.9, min_p=0.02, repetition_penalty=1.2),
+    SamplingSettings(max_new_tokens=20, temperature=0.0),
+], ids=lambda s: s.describe_sampling())
+def test_the_int4_kernel_s_whole_step_makes_the_python_step_s_choices(settings):
+    """The default model on the int4 kernel: a turn whose decode steps each run as one call
+    (`decode_step`: layers, LM head, choice) gives every step's token and numbers exactly as the
+    Python step does (`decode_one`, then `choose_token` on the block kernel's steps)."""
+    engine = load_engine("default", "cpu")
+    assert engine.decoder.kernel_settled.wait(60)
+    block_kernel_build(block_kernel.build_for_cpu())
+    engine.take_up_kernels()
+    assert _turn(engine, settings, fused=True) == _turn(engine, settings, fused=False)

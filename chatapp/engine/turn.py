@@ -18,7 +18,7 @@ import torch
 from chatapp.chat.records import Step, TurnStats, WatchedToken
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.detokenizer import ReplyDetokenizer
-from chatapp.lm_head import choose_token
+from chatapp.lm_head import Choice, choice_from, choose_token, native_choice_settings
 
 if TYPE_CHECKING:
     from chatapp.engine.engine import Engine
@@ -107,6 +107,25 @@ class Turn:
         layers = decoder.decode_one_layers(todo[-1])
         return layers[-1], layers
 
+    def _decode(self, decoder, token_id: int, penalty_ids: torch.Tensor | None,
+                whole: bool) -> tuple[torch.Tensor | None, Choice | None]:
+        """Run `token_id` (with `whole`, and no watched tokens, as one native call that chooses the
+        next token too, where the decoder has one: `decode_choosing`); the context vector and
+        that choice, or the context vector and None (choose it with `choose_token`), or
+        (None, None) without `whole` (nothing run: the caller runs it layer by layer)."""
+        if not whole:
+            return None, None
+        engine = self.engine
+        if not engine.watch_ids:
+            head = engine.model.get_output_embeddings()
+            choice_settings = native_choice_settings(self.settings, self._generator(decoder.device), engine.top_n,
+                                                     penalty_ids)
+            answer = decoder.decode_choosing(token_id, head, choice_settings)
+            if answer is not None:
+                numbers, _, _, hidden = answer
+                return hidden, choice_from(numbers)
+        return decoder.decode_one(token_id), None
+
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
         self._cancelled.set()
@@ -136,14 +155,16 @@ class Turn:
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
         try:
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
+            choice = None  # the next step's, where the decoder chose it with its decode step
             for index in range(budget):
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
                     break
                 self.context_vector = hidden
                 engine.take_up_kernels()
-                choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
-                                      engine.watch_ids)
+                if choice is None:
+                    choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
+                                          engine.watch_ids)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids
@@ -177,9 +198,8 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    if layers is None:
-                        hidden = decoder.decode_one(token_id)
-                    else:
+                    hidden, choice = self._decode(decoder, token_id, penalty_ids, layers is None)
+                    if layers is not None:
                         layers = decoder.decode_one_layers(token_id)
                         hidden = layers[-1]
         except GeneratorExit:

@@ -80,6 +80,11 @@ class Decoder:
         input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
         return self._forward_layers(input_ids, [token_id])
 
+    def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
+        """`decode_one(token_id)` and the LM head's choice of the next token in one native call,
+        where this decoder has one (`LlamaDecoder` on the int4 kernel); None, having run nothing."""
+        return None
+
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         raise NotImplementedError
 

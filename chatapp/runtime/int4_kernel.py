@@ -3,11 +3,13 @@
 torch's CPU int4 kernel (`torch._weight_int4pack_mm_for_cpu`) turns every 4-bit weight into a
 bfloat16 number and multiplies in floating point. `chatapp/runtime/kernels/int4_vnni.cpp` instead rounds
 the activations to integers and sums integer products with the CPU's dot product instructions,
-as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product, and
-`torch.ops.chatapp.decode_layers` for a whole decode step of a Llama-family model's layers. How
+as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product,
+`torch.ops.chatapp.decode_layers` for a whole decode step of a Llama-family model's layers, and
+`torch.ops.chatapp.decode_step` for the whole step, the LM head and the choice of the next token
+included (the LM head's C++ in `kernels/lm_head_steps.h`, shared with the block kernel). How
 much faster that is, is measured in the README (Performance).
 
-The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 10 s)
+The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 20 s)
 and kept in the user cache directory, with a sidecar file holding its size and sha256: a library
 that does not match it (a truncated one would crash the process with SIGBUS once loaded) is
 deleted and built again. `chatapp.runtime.kernel_switch` loads it on a thread of its own,
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
 EXP_HEADER = SOURCE.with_name("vector_exp.h")
 """The vector exponential `SOURCE` includes (shared with the block kernel): part of the build's key."""
+HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h")]
+"""Every header `SOURCE` includes (the LM head's steps and the block layout, for `decode_step`):
+part of the build's key."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
@@ -75,6 +80,13 @@ _LIBRARY.define("int4_linear(Tensor x, Tensor weight, Tensor scales, Tensor zero
 _LIBRARY.define(
     "decode_layers(Tensor(a!) x, Tensor cos, Tensor sin, Tensor[] norms, Tensor[] weights, Tensor(b!) cache, "
     "int position, int heads, int kv_heads, float eps) -> ()"
+)
+_LIBRARY.define(
+    "decode_step(int token, Tensor[] embedding, int[] embedding_format, Tensor cos, Tensor sin, Tensor[] norms, "
+    "Tensor[] weights, Tensor(a!) cache, int position, int heads, int kv_heads, float eps, Tensor final_norm, "
+    "Tensor[] head, int vocab, int exact_top, Tensor always, Tensor[] exact, int[] exact_format, float temperature, "
+    "int k, float top_p, float min_p, float penalty, Tensor previous_ids, Generator? generator, int top_n) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 # The schema is defined here, so TorchScript can compile code that calls the op before the
 # kernel (which registers only the CPU implementation) is loaded; nothing calls it until then.
@@ -113,7 +125,7 @@ def cpu_supported() -> bool:
 def _library_path() -> Path:
     """The built kernel for this source, torch and compiler flags."""
     key = hashlib.sha256(
-        SOURCE.read_bytes() + EXP_HEADER.read_bytes() + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
+        SOURCE.read_bytes() + b"".join(header.read_bytes() for header in HEADERS) + torch.__version__.encode() + " ".join(COMPILE_FLAGS).encode() + sys.version.encode()
         + "\n".join(_cpu_lines()).encode()  # built with -march=native: for this CPU only
     ).hexdigest()[:16]
     return kernels_dir() / f"int4_vnni-{key}.so"

@@ -4,7 +4,7 @@ The kernel is loaded, or first compiled, on a thread of its own, and the int4 we
 out for it there; the decoder takes them up at a decode step's start, layers and LM head
 together, so no step runs half on one path and half on the other. A kernel already built loads
 in about 0.2 s, behind the app's start and the first prefill: the first decode step waits for it,
-so every step of the session runs on it. One that must be compiled first (about 10 s) is not
+so every step of the session runs on it. One that must be compiled first (about 20 s) is not
 waited for: decoding runs on the TorchScript layers meanwhile and switches when it is ready.
 The same thread then loads the block kernel (`block_kernel.built_ops`) when it was built before,
 for the LM head's one-pass top-k and kept ids (the engine takes them up at its next step).

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from chatapp.runtime import int4_kernel
+from chatapp.runtime.block_linear import ScaledBlocks
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.kernel_switch import KernelSwitch
 from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
-from chatapp.runtime.quantize import Int4Linear
+from chatapp.runtime.quantize import Int4Linear, OutputHead
 
 _SETTLED = threading.Event()
 _SETTLED.set()  # the kernel_settled of a decoder that never uses the kernel
@@ -47,6 +48,7 @@ MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 KERNEL_TENSORS = 12
 """Tensors of one layer in the kernel's weights: three for each of its four projections."""
+NO_IDS = torch.empty(0, dtype=torch.long)
 
 def config_unsupported_reason(config) -> str | None:
     """Why a model with this config (transformers' or `chatapp.loading.plain_llama`'s) is not one whose
@@ -250,6 +252,40 @@ class LlamaDecoder(Decoder):
         cos_table[:, :rotated] = self.cos[start : start + count].unsqueeze(1)
         sin_table[:, :rotated] = self.sin[start : start + count].unsqueeze(1)
         return cos_table, sin_table
+
+    @torch.inference_mode()
+    def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
+        """`decode_one(token_id)` and the LM head `head`'s choice of the next token, in one call of
+        the int4 kernel (`decode_step`); None, having run nothing, where a decode step does not
+        run there whole: before the kernel is taken up, or unless the embedding is the file's
+        blocks and `head` an `OutputHead` on the kernel whose exact rows are blocks too.
+
+        Args:
+            token_id: the token to run.
+            head: the model's output embeddings.
+            choice: the choice's settings, `chatapp.lm_head.native_choice_settings`.
+
+        Returns:
+            the block kernel's `choose_token` answer (numbers, kept ids, their probabilities) and
+            the step's context vector `(d_model,)`.
+        """
+        step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
+        embedding = getattr(self.embed, "weights", None)
+        if (step_weights is None or not isinstance(head, OutputHead) or head.kernel_parts is None
+                or head.exact_blocks is None or not isinstance(embedding, ScaledBlocks) or self.embed.scale is not None
+                or self.dtype != torch.float32):
+            return None
+        start = len(self.token_ids)
+        self._reserve(start + 1)
+        exact = head.exact_blocks
+        answer = torch.ops.chatapp.decode_step(
+            token_id, [embedding.codes, embedding.scale, embedding.low], [embedding.bits, embedding.block],
+            self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start, self.heads, self.kv_heads,
+            self.eps, self.norm_weight, list(head.kernel_parts), head.vocab_rows, head.exact_top, NO_IDS,
+            [exact.codes, exact.scale, exact.low], [exact.bits, exact.block], *choice,
+        )
+        self.token_ids.append(token_id)
+        return answer
 
     def _forward_layers(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """One token through the layers one at a time, on the kernel when decode steps run there

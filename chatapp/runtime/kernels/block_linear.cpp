@@ -64,42 +64,6 @@ at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::
   return out;
 }
 
-// An LM head's exact rows (chatapp.runtime.quantize.OutputHead): logits[i] = w_i . hidden in
-// float32, w_i the dequantized row i, for the `top` highest logits (best_of's choice: ties to the
-// lower id) and the rows `always`, in place; the other logits stay as they are.
-void exact_logits(const at::Tensor& logits, const at::Tensor& hidden, int64_t top, const at::Tensor& always,
-                  const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t bits, int64_t block) {
-  const Layout l = layout_of(codes, scale, low, block, bits);
-  const int64_t vocab = logits.numel(), k = l.k;
-  TORCH_CHECK(logits.dim() == 1 && logits.scalar_type() == at::kFloat && logits.is_contiguous() && vocab <= codes.size(0),
-              "exact_logits: logits must be one contiguous float32 row, at most one a weight row");
-  TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.is_contiguous() && hidden.numel() == k,
-              "exact_logits: hidden must be one contiguous float32 vector of the weight's width");
-  TORCH_CHECK(top >= 0 && top <= vocab, "exact_logits: top out of range");
-  float* out = logits.data_ptr<float>();
-  std::vector<int64_t> ids;
-  for (const Entry& entry : best_of(out, vocab, top)) ids.push_back(entry.index);
-  const at::Tensor extra = always.reshape({-1}).to(at::kLong).contiguous();
-  for (int64_t i = 0; i < extra.numel(); ++i) {
-    const int64_t id = extra.data_ptr<int64_t>()[i];
-    TORCH_CHECK(id >= 0 && id < vocab, "exact_logits: row ", id, " out of range");
-    ids.push_back(id);
-  }
-  const float* x = hidden.data_ptr<float>();
-  std::vector<float> exact(ids.size());
-  at::parallel_for(0, (int64_t)ids.size(), 64, [&](int64_t begin, int64_t end) {
-    RowScales scales(l);
-    std::vector<float> row(k);
-    const float *row_scale, *row_low;
-    DISPATCH(bits, block, for (int64_t i = begin; i < end; ++i) {
-      scales.at(ids[i], ids[i] + 1, row_scale, row_low);
-      decode_row<BITS, B>(l, ids[i], row_scale, row_low, row.data());
-      exact[i] = dot(row.data(), x, k);
-    })
-  });
-  for (size_t i = 0; i < ids.size(); ++i) out[ids[i]] = exact[i];
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(BLOCKS_NAMESPACE, lib) {

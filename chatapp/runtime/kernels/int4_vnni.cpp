@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "lm_head_steps.h"
 #include "vector_exp.h"
 
 namespace {
@@ -177,7 +178,7 @@ void exp_inplace(float* v, int64_t count) {
   }
 }
 
-float dot(const float* a, const float* b, int64_t count) {
+float dot_f32(const float* a, const float* b, int64_t count) {
   __m512 acc = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= count; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
@@ -190,7 +191,7 @@ float dot(const float* a, const float* b, int64_t count) {
 
 // out = x / sqrt(mean(x^2) + eps) * weight
 void rms_norm(const float* x, const float* weight, int64_t d, float eps, float* out) {
-  const float scale = 1.0f / std::sqrt(dot(x, x, d) / d + eps);
+  const float scale = 1.0f / std::sqrt(dot_f32(x, x, d) / d + eps);
   for (int64_t i = 0; i < d; ++i) out[i] = x[i] * scale * weight[i];
 }
 
@@ -253,7 +254,7 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
         float* p = scores.data() + head * length;
         float largest = -INFINITY;
         for (int64_t t = 0; t < length; ++t) {
-          p[t] = dot(q, keys + t * head_dim, head_dim) * attention_scale;
+          p[t] = dot_f32(q, keys + t * head_dim, head_dim) * attention_scale;
           largest = std::max(largest, p[t]);
         }
         for (int64_t t = 0; t < length; ++t) p[t] -= largest;
@@ -287,9 +288,43 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
   }
 }
 
+// One decode step of an int4 Llama-family model with its token chosen, in one call: the token's
+// row of the embedding (the file's blocks: `embedding` codes, scale, minimum; `embedding_format`
+// bits, block size), decode_layers, the model's final RMS norm (torch's), the LM head's 4-bit
+// pass (`head`: this kernel's layout, `vocab` rows kept) and its `exact_top` best rows and the
+// rows `always` recomputed from the blocks `exact` (exact_logits), then choose_token with these
+// settings. The same operations in the same order as the Python step (LlamaDecoder.decode_one,
+// then chatapp.lm_head.choose_token on the block kernel), so the same numbers. Returns
+// choose_token's three tensors and the context vector (d,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
+    int64_t token, at::TensorList embedding, at::IntArrayRef embedding_format, const at::Tensor& cos, const at::Tensor& sin,
+    at::TensorList norms, at::TensorList weights, const at::Tensor& cache, int64_t position, int64_t heads, int64_t kv_heads,
+    double eps, const at::Tensor& final_norm, at::TensorList head, int64_t vocab, int64_t exact_top, const at::Tensor& always,
+    at::TensorList exact, at::IntArrayRef exact_format, double temperature, int64_t k, double top_p, double min_p,
+    double penalty, const at::Tensor& previous_ids, std::optional<at::Generator> generator, int64_t top_n) {
+  TORCH_CHECK(embedding.size() == 3 && embedding_format.size() == 2 && head.size() == 3 && exact.size() == 3 &&
+              exact_format.size() == 2, "decode_step: the embedding, head or exact rows are incomplete");
+  const int64_t bits = embedding_format[0], block = embedding_format[1];
+  const Layout rows = layout_of(embedding[0], embedding[1], embedding[2], block, bits);
+  TORCH_CHECK(token >= 0 && token < embedding[0].size(0), "decode_step: token ", token, " out of range");
+  at::Tensor x = at::empty({1, rows.k}, final_norm.options().dtype(at::kFloat));
+  RowScales scales(rows);
+  const float *row_scale, *row_low;
+  scales.at(token, token + 1, row_scale, row_low);
+  DISPATCH(bits, block, decode_row<BITS, B>(rows, token, row_scale, row_low, x.data_ptr<float>()))
+  decode_layers(x, cos, sin, norms, weights, cache, position, heads, kv_heads, eps);
+  const at::Tensor hidden = at::rms_norm(x.select(0, 0), {rows.k}, final_norm, eps);
+  const at::Tensor logits = int4_linear(hidden.reshape({1, -1}), head[0], head[1], head[2]).select(0, 0).narrow(0, 0, vocab);
+  exact_logits(logits, hidden, exact_top, always, exact[0], exact[1], exact[2], exact_format[0], exact_format[1]);
+  const auto [numbers, kept, kept_probs] =
+      choose_token(logits, temperature, k, top_p, min_p, penalty, previous_ids, generator, top_n);
+  return {numbers, kept, kept_probs, hidden};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(chatapp, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("decode_layers", &decode_layers);
+  m.impl("decode_step", &decode_step);
 }
