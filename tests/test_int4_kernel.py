@@ -79,8 +79,9 @@ def test_the_kernel_is_closer_to_float_arithmetic_than_torchs_bfloat16_kernel():
 
 def _int4_model_and_float_twin(**overrides):
     """A tiny int4 Llama, and the same model with the 4-bit weights as float32 numbers."""
-    model = tiny_llama(hidden_size=128, num_key_value_heads=2, **overrides)
-    twin = tiny_llama(hidden_size=128, num_key_value_heads=2, **overrides)
+    overrides = {"hidden_size": 128, "num_key_value_heads": 2, **overrides}
+    model = tiny_llama(**overrides)
+    twin = tiny_llama(**overrides)
     twin.load_state_dict(model.state_dict())
     quantize_int4(model)
     linears = dict(model.named_modules())
@@ -92,9 +93,15 @@ def _int4_model_and_float_twin(**overrides):
 
 
 @needs_kernel
-@pytest.mark.parametrize("context", [12, 600])  # past 512 tokens the heads are spread over threads
-def test_a_decode_step_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(context):
-    model, twin = _int4_model_and_float_twin()
+@pytest.mark.parametrize("context, shape", [
+    (12, {}),  # head_dim 32: the plain attention loops
+    (600, {}),  # from 128 positions the heads are shared out between the threads
+    (200, {"hidden_size": 256}),  # head_dim 64 (the default model's): four keys at a time on AVX512
+    (150, {"hidden_size": 320, "num_key_value_heads": 4}),  # 80
+    (150, {"hidden_size": 512}),  # 128
+])
+def test_a_decode_step_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(context, shape):
+    model, twin = _int4_model_and_float_twin(**shape)
     fast, reference = LlamaDecoder(model), LlamaDecoder(twin, kernel=False)
     ids = torch.randint(0, 1000, (context,), generator=torch.Generator().manual_seed(5)).tolist()
     for token in ids:  # one step at a time: a prefill of several tokens runs on torch's kernel

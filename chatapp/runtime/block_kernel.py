@@ -36,6 +36,7 @@ SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "
 `raw_summary` and `choose_token` (over `STEPS_HEADER`'s vocabulary passes)."""
 HEADER = KERNELS / "block_dot.h"
 STEPS_HEADER = KERNELS / "lm_head_steps.h"
+ATTENTION_HEADER = KERNELS / "attention.h"
 BUILD_STAMP = "chatapp-build-key"
 """Beside a finished build: `_build_key` of what it was built from."""
 STALE_LOCK_SECONDS = 300
@@ -104,7 +105,7 @@ def _build_folder(build: str) -> Path:
 def _build_key(build: str) -> str:
     """What a build is made from: its sources, headers and flags (`_compile` writes it beside a
     finished build as `BUILD_STAMP`)."""
-    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, STEPS_HEADER, EXP_HEADER])
+    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, STEPS_HEADER, ATTENTION_HEADER, EXP_HEADER])
     return hashlib.sha256(content + " ".join([*COMMON_FLAGS, *BUILDS[build][1]]).encode()).hexdigest()
 
 

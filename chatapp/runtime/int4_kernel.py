@@ -59,9 +59,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
 EXP_HEADER = SOURCE.with_name("vector_exp.h")
 """The vector exponential `SOURCE` includes (shared with the block kernel): part of the build's key."""
-HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h")]
-"""Every header `SOURCE` includes (the LM head's steps and the block layout, for `decode_step`):
-part of the build's key."""
+HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h"), SOURCE.with_name("attention.h")]
+"""Every header `SOURCE` includes (the LM head's steps and the block layout, for `decode_step`;
+the attention of a head, shared with the block kernel): part of the build's key."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]

@@ -18,6 +18,7 @@
 // cos and sin are the rotary tables at `position`, a row for each table the layers use (Gemma 3:
 // local and global), computed by the model's own rotary module.
 
+#include "attention.h"
 #include "block_dot.h"
 #include "vector_exp.h"
 
@@ -28,6 +29,7 @@
 namespace {
 
 constexpr int64_t NORMS = 6;
+constexpr int64_t SHARE_ATTENTION_FROM = 128;  // cached positions from which the heads are shared out (as int4_vnni.cpp)
 constexpr int64_t LINEAR_SLOTS = 7;
 constexpr int64_t LAYER_TENSORS = NORMS + 4 * LINEAR_SLOTS;
 constexpr int64_t LAYER_INTS = 2 * LINEAR_SLOTS + 2;
@@ -216,29 +218,14 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     // each head attends to positions first..position: softmax(scaling * q.k, soft-capped) . v
     const int64_t first = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0, length = position + 1 - first;
     scores.resize(heads * length);
-    at::parallel_for(0, heads, length >= 512 ? 1 : heads, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, heads, length >= SHARE_ATTENTION_FROM ? 1 : heads, [&](int64_t begin, int64_t end) {
       for (int64_t head = begin; head < end; ++head) {
         const int64_t g = head / group;
         const float* q = qkv.data() + head * head_dim;
         const float* keys = keys_all + (g * capacity + first) * head_dim;
         const float* values = values_all + (g * capacity + first) * head_dim;
-        float* p = scores.data() + head * length;
-        float largest = -INFINITY;
-        for (int64_t j = 0; j < length; ++j) {
-          float s = dot(q, keys + j * head_dim, head_dim) * scaling;
-          if (softcap > 0.f) s = std::tanh(s / softcap) * softcap;
-          p[j] = s;
-          largest = std::max(largest, s);
-        }
-        float total = 0.f;
-        for (int64_t j = 0; j < length; ++j) total += (p[j] = std::exp(p[j] - largest));
-        float* o = attended.data() + head * head_dim;
-        std::fill(o, o + head_dim, 0.f);
-        for (int64_t j = 0; j < length; ++j) {
-          const float weight = p[j] / total;
-          const float* value = values + j * head_dim;
-          for (int64_t i = 0; i < head_dim; ++i) o[i] += weight * value[i];
-        }
+        attend(q, keys, values, length, head_dim, scaling, softcap, scores.data() + head * length,
+               attended.data() + head * head_dim);
       }
     });
     apply(slots[O], attended.data(), out.data());
