@@ -436,16 +436,10 @@ def choose_token(
 
 
 @torch.inference_mode()
-def native_choice(
-    model,
-    hidden: torch.Tensor,
-    settings: "SamplingSettings",
-    generator: Callable[[torch.device], torch.Generator],
-    top_n: int,
-    previous_ids: torch.Tensor | None = None,
-    watch_ids: tuple[int, ...] = (),
-) -> Choice:
-    """`choose_token`, its steps after the projection in one call of the block kernel
+def native_choice(model, hidden: torch.Tensor, settings: "SamplingSettings",
+                  generator: Callable[[torch.device], torch.Generator], top_n: int,
+                  previous_ids: torch.Tensor | None = None, watch_ids: tuple[int, ...] = ()) -> Choice:
+    """`choose_token` (its arguments mean the same), its steps after the projection in one call of the block kernel
     (`use_kernels`' `choose`): the same operations in the same order, so the same distribution,
     draws and numbers (tests/test_native_choice.py holds the two together)."""
     # The seed's projection: the context vector through model.get_output_embeddings().
