@@ -93,3 +93,42 @@ def test_other_dtypes_keep_the_torch_operations():
     decoder = open_decoder(tiny_gemma2().to(torch.bfloat16))
     assert decoder.native is None and decoder.native_reason == "torch.bfloat16 weights"
     assert "native" not in decoder.kind
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_folder):
+    """`decode_choosing` (the block kernel's `decode_step`: embedding row, layers, final norm, LM
+    head, soft-cap and choice in one call) against `decode_one` then `choose_token` on the block
+    kernel's steps: the same context vector and the same token and numbers at every step, the
+    draws from generators seeded alike."""
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
+
+    model = _native_model(arch, gguf_folder)
+    decoder = open_decoder(model)
+    head = model.get_output_embeddings()
+    ops = block_kernel.ops()
+    use_kernels(ops.top_k, ops.kept_ids, block_kernel.lm_head_steps()[2], ops.choose_token)
+    settings = SamplingSettings(temperature=1.3, top_k=40, top_p=0.95, repetition_penalty=1.1)
+    try:
+        answers = []
+        for fused in (True, False):
+            decoder.reset()
+            decoder.prefill(PROMPT)
+            generator, previous, steps = torch.Generator().manual_seed(3), torch.tensor(PROMPT), []
+            for token in STEPS:
+                if fused:
+                    answer = decoder.decode_choosing(token, head, native_choice_settings(settings, generator, 5, previous))
+                    assert answer is not None, arch
+                    hidden, choice = answer[3], choice_from(answer[0])
+                else:
+                    hidden = decoder.decode_one(token)
+                    choice = choose_token(model, hidden, settings, lambda device: generator, 5, previous)
+                steps.append((hidden, choice))
+                previous = torch.cat([previous, torch.tensor([token])])
+            answers.append(steps)
+    finally:
+        use_kernels()
+    for (hidden, choice), (expected_hidden, expected) in zip(*answers):
+        assert torch.equal(hidden, expected_hidden)
+        assert choice == expected

@@ -122,16 +122,27 @@ class NativeLayers:
             return "a partial rotary embedding"
         return native
 
-    def tables(self, decoder, x: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's rotary tables at `position`, one row a kind: cos and sin `(kinds, head_dim)`."""
-        positions = torch.tensor([[position]], device=x.device)
+    def tables(self, decoder, x: torch.Tensor, position: int, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's rotary tables at positions `position..position + count`, a row a kind:
+        cos and sin `(count, kinds, head_dim)` (each number computed alone, as at one position)."""
+        positions = torch.arange(position, position + count, device=x.device).unsqueeze(0)  # (1, count)
         pairs = [decoder.rotary(x, positions, kind) if kind else decoder.rotary(x, positions) for kind in self.kinds]
-        return (torch.cat([cos.reshape(1, -1) for cos, _ in pairs]).float().contiguous(),
-                torch.cat([sin.reshape(1, -1) for _, sin in pairs]).float().contiguous())
+        return (torch.stack([cos.reshape(count, -1) for cos, _ in pairs], 1).float().contiguous(),
+                torch.stack([sin.reshape(count, -1) for _, sin in pairs], 1).float().contiguous())
+
+    _table_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def tables_at(self, decoder, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary tables at `position` `(kinds, head_dim)`, from tables made once for every
+        position the decoder's buffers hold (made again when they grow)."""
+        if self._table_rows is None or position >= self._table_rows[0].shape[0]:
+            probe = torch.zeros(1, 1, decoder.layers[0].self_attn.o_proj.out_features)
+            self._table_rows = self.tables(decoder, probe, 0, max(decoder.capacity, position + 1))
+        return self._table_rows[0][position], self._table_rows[1][position]
 
     def step(self, decoder, x: torch.Tensor, caches: list[torch.Tensor], position: int) -> torch.Tensor:
         """Run the embedded token `x` `(1, 1, d_model)` at `position` through every layer, writing
         its keys and values into `caches`; every layer's output `(layers, d_model)`."""
-        cos, sin = self.tables(decoder, x, position)
+        cos, sin = self.tables_at(decoder, position)
         return self.kernel.decode_layers(x.reshape(-1).float().contiguous(), cos, sin, self.tensors, self.ints,
                                          self.floats, caches, position, self.heads, self.kv_heads, self.act)

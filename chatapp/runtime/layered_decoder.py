@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from chatapp.runtime.block_linear import fuse_block_linears
+from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, fuse_block_linears
 from chatapp.runtime.decoder import Decoder, grown_capacity
-from chatapp.runtime.layer_fusion import fuse_mlp, fuse_norm
+from chatapp.runtime.layer_fusion import FusedNorm, fuse_mlp, fuse_norm
 from chatapp.runtime.layer_step import NativeLayers
 from chatapp.runtime.llama_decoder import rotation_matrix
 from chatapp.support.memory import return_freed_memory
@@ -106,6 +106,9 @@ def plan_layer(layer, config, takes_kind: bool) -> LayerPlan:
         scaling=float(attn.scaling),
         rotary_kind=kind,
     )
+
+
+NO_BIAS = torch.empty(0)
 
 
 class LayeredDecoder(Decoder):
@@ -194,6 +197,32 @@ class LayeredDecoder(Decoder):
                 outputs.append(x[0, -1])
         self.token_ids.extend(ids)
         return outputs if every_layer else [x[0, -1]]
+
+    @torch.inference_mode()
+    def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
+        """`decode_one(token_id)` and the LM head `head`'s choice of the next token, in one call of
+        the block kernel (`decode_step`); None, having run nothing, unless the layers run as one
+        native call and the embedding and `head` are the file's blocks on the kernel (and the
+        logits are transformed, if at all, by a final soft-cap). Arguments and answer as
+        `LlamaDecoder.decode_choosing`'s."""
+        native, embed, config = self.native, self.embed, self.model.config
+        if (native is None or not isinstance(embed, BlockEmbedding) or embed.kernel is None or embed.dtype != torch.float32
+                or type(head) is not BlockLinear or head.kernel is None or not isinstance(self.final_norm, FusedNorm)
+                or getattr(config, "logits_scaling", None) or getattr(config, "logit_scale", None)):
+            return None
+        start = len(self.token_ids)
+        self._reserve(start + 1)
+        cos, sin = native.tables_at(self, start)
+        rows, weights = embed.weights, head.weights
+        bias = NO_BIAS if head.bias is None else head.bias.detach().float().contiguous()
+        answer = native.kernel.decode_step(
+            token_id, [rows.codes, rows.scale, rows.low], [rows.bits, rows.block], embed.scale or 0.0, cos, sin,
+            native.tensors, native.ints, native.floats, self.caches, start, native.heads, native.kv_heads, native.act,
+            self.final_norm.doubled, self.final_norm.eps, [weights.codes, weights.scale, weights.low, bias],
+            [weights.bits, weights.block], getattr(config, "final_logit_softcapping", None) or 0.0, *choice,
+        )
+        self.token_ids.append(token_id)
+        return answer
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         return self.final_norm(self._run(input_ids, ids, False)[0])

@@ -20,6 +20,7 @@
 
 #include "attention.h"
 #include "block_dot.h"
+#include "lm_head_steps.h"
 #include "vector_exp.h"
 
 #include <array>
@@ -252,10 +253,59 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
   return outputs;
 }
 
+// One decode step with its token chosen, in one call: the token's row of the embedding (the
+// file's blocks, times `embedding_scale` where it is not 0), decode_layers, the model's final
+// norm (`final_norm`: its weight twice, computed as chatapp.runtime.layer_loop.rms_norm does),
+// the LM head (`head`: the file's blocks and a bias or an empty tensor, as the block kernel's
+// block_linear computes one row, the bias added), the final soft-cap (Gemma 2's)
+// where `softcap` is not 0, then choose_token with these settings. The same
+// operations in the same order as the Python step (LayeredDecoder.decode_one, then
+// chatapp.lm_head.choose_token on the block kernel), so the same numbers. Returns
+// choose_token's three tensors and the context vector (d,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
+    int64_t token, at::TensorList embedding, at::IntArrayRef embedding_format, double embedding_scale,
+    const at::Tensor& cos, const at::Tensor& sin, at::TensorList tensors, at::IntArrayRef ints,
+    at::ArrayRef<double> floats, at::TensorList caches, int64_t position, int64_t heads, int64_t kv_heads, int64_t act,
+    const at::Tensor& final_norm, double final_eps, at::TensorList head, at::IntArrayRef head_format, double softcap,
+    double temperature, int64_t k, double top_p, double min_p, double penalty, const at::Tensor& previous_ids,
+    std::optional<at::Generator> generator, int64_t top_n) {
+  TORCH_CHECK(embedding.size() == 3 && embedding_format.size() == 2 && head.size() == 4 && head_format.size() == 2,
+              "decode_step: the embedding or the head is incomplete");
+  const int64_t bits = embedding_format[0], block = embedding_format[1];
+  const Layout rows = layout_of(embedding[0], embedding[1], embedding[2], block, bits);
+  TORCH_CHECK(token >= 0 && token < embedding[0].size(0), "decode_step: token ", token, " out of range");
+  at::Tensor x = at::empty({rows.k}, final_norm.options().dtype(at::kFloat));
+  float* xp = x.data_ptr<float>();
+  RowScales scales(rows);
+  const float *row_scale, *row_low;
+  scales.at(token, token + 1, row_scale, row_low);
+  DISPATCH(bits, block, decode_row<BITS, B>(rows, token, row_scale, row_low, xp))
+  if (embedding_scale != 0) {
+    const float factor = (float)embedding_scale;
+    for (int64_t i = 0; i < rows.k; ++i) xp[i] *= factor;
+  }
+  const at::Tensor last = decode_layers(x, cos, sin, tensors, ints, floats, caches, position, heads, kv_heads, act)[-1];
+  const int64_t d = last.numel();
+  const at::Tensor hidden = at::layer_norm(at::cat({last, -last}, -1), {2 * d}, final_norm, {}, final_eps).narrow(-1, 0, d).contiguous();
+  const Linear lm_head = linear_of(head.data(), head_format[0], head_format[1]);  // codes, scale, low, bias
+  at::Tensor logits = at::empty({lm_head.n}, hidden.options());
+  apply(lm_head, hidden.data_ptr<float>(), logits.data_ptr<float>());
+  if (softcap != 0) logits = at::tanh(logits / softcap) * softcap;
+  const auto [numbers, kept, kept_probs] =
+      choose_token(logits, temperature, k, top_p, min_p, penalty, previous_ids, generator, top_n);
+  return {numbers, kept, kept_probs, hidden};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(BLOCKS_NAMESPACE, lib) {
   lib.def("decode_layers(Tensor x, Tensor cos, Tensor sin, Tensor[] tensors, int[] ints, float[] floats, "
           "Tensor(a!)[] caches, int position, int heads, int kv_heads, int act) -> Tensor",
           &decode_layers);
+  lib.def("decode_step(int token, Tensor[] embedding, int[] embedding_format, float embedding_scale, Tensor cos, "
+          "Tensor sin, Tensor[] tensors, int[] ints, float[] floats, Tensor(a!)[] caches, int position, int heads, "
+          "int kv_heads, int act, Tensor final_norm, float final_eps, Tensor[] head, int[] head_format, float softcap, "
+          "float temperature, int k, float top_p, float min_p, float penalty, Tensor previous_ids, Generator? generator, "
+          "int top_n) -> (Tensor, Tensor, Tensor, Tensor)",
+          &decode_step);
 }
