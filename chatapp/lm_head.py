@@ -26,8 +26,8 @@ whole row with the others at -inf.
 
 On the kernels, the steps after the projection run as one call (`native_choice`: the block
 kernel's `choose_token`, C++ in `runtime/kernels/lm_head_steps.h`), the same operations in the
-same order, so the same numbers and draws (tests/test_native_choice.py); and on the int4 kernel
-a whole decode step is one call, its layers, this head and this choice (the decoder's
+same order, so the same numbers and draws (tests/test_native_choice.py); and on either kernel
+a whole decode step is one call, its layers, this head and this choice (the decoders'
 `decode_choosing`, which the engine's turn uses for every step after the first). These
 functions stay the reference the native steps are held to, and run wherever those do not.
 

@@ -82,7 +82,8 @@ class Decoder:
 
     def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
         """`decode_one(token_id)` and the LM head's choice of the next token in one native call,
-        where this decoder has one (`LlamaDecoder` on the int4 kernel); None, having run nothing."""
+        where this decoder has one (`LlamaDecoder` on the int4 kernel, `LayeredDecoder` on the block
+        kernel); None, having run nothing."""
         return None
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
