@@ -96,14 +96,17 @@ def test_other_dtypes_keep_the_torch_operations():
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_folder):
+def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_folder, monkeypatch):
     """`decode_choosing` (the block kernel's `decode_step`: embedding row, layers, final norm, LM
     head, soft-cap and choice in one call) against `decode_one` then `choose_token` on the block
     kernel's steps: the same context vector and the same token and numbers at every step, the
-    draws from generators seeded alike."""
+    draws from generators seeded alike (the rotary tables made 4 positions at a time, so the
+    steps cross from one batch of them to the next)."""
     from chatapp.chat.settings import SamplingSettings
     from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
+    from chatapp.runtime import layer_step
 
+    monkeypatch.setattr(layer_step, "TABLE_POSITIONS", 4)
     model = _native_model(arch, gguf_folder)
     decoder = open_decoder(model)
     head = model.get_output_embeddings()
