@@ -222,6 +222,20 @@ def test_a_wrong_scale_is_seen(kernel):
     assert not _close(block_matmul(x, weights, kernel), x.double() @ exact.T)
 
 
+def test_an_empty_weight_is_refused_not_a_crash(kernel):
+    """A weight without rows or columns (a damaged file's) raises: the kernel divided by its row
+    count and crashed the process."""
+    x = torch.randn(1, 32)
+    empty = torch.empty(0, dtype=torch.float32)
+    for codes, scale in ((torch.empty(0, 16, dtype=torch.uint8), torch.empty(0, 1)),
+                         (torch.empty(4, 0, dtype=torch.uint8), torch.empty(4, 0)),
+                         (torch.empty(4, 0, dtype=torch.uint8), torch.empty(4, 0, dtype=torch.uint8))):
+        with pytest.raises(RuntimeError, match="rows and columns"):
+            kernel.block_linear(x, codes, scale, empty, 4, 32)
+        with pytest.raises(RuntimeError, match="rows and columns"):
+            kernel.block_rows(torch.tensor([0]), codes, scale, empty, 4, 32)
+
+
 def test_built_ops_never_compiles_and_loads_only_a_build_of_these_sources(monkeypatch, tmp_path):
     """The int4 kernel's thread asks for the block kernel with `built_ops`: without a finished
     build of these very sources it gets None, and nothing is compiled (a background build cut

@@ -433,6 +433,8 @@ inline int64_t weights_of(int64_t row_bytes, int64_t bits) {
 Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& low, int64_t block, int64_t bits) {
   TORCH_CHECK(codes.is_contiguous() && scale.is_contiguous() && low.is_contiguous(), "block weights must be contiguous");
   TORCH_CHECK(scale.dim() == 2 && scale.size(0) == codes.size(0), "one row of scales a row of codes");
+  TORCH_CHECK(codes.dim() == 2 && codes.size(0) > 0 && codes.size(1) > 0 && scale.size(1) > 0 && block > 0,
+              "block weights must have rows and columns");
   const int64_t n = codes.size(0), row_bytes = codes.numel() / n;
   Layout l{static_cast<const uint8_t*>(codes.data_ptr()), nullptr, nullptr, nullptr, nullptr, nullptr, 0, false,
            0, 0, 0, 0, row_bytes};
@@ -441,7 +443,7 @@ Layout layout_of(const at::Tensor& codes, const at::Tensor& scale, const at::Ten
     l.k = weights_of(row_bytes, bits);
     l.blocks = l.k / block;
     const int64_t supers = l.k / SUPER_BLOCK, width = scale.size(1);
-    TORCH_CHECK(l.k % SUPER_BLOCK == 0 && SUPER_BLOCK % block == 0, "packed scales need whole super-blocks");
+    TORCH_CHECK(supers > 0 && l.k % SUPER_BLOCK == 0 && SUPER_BLOCK % block == 0, "packed scales need whole super-blocks");
     TORCH_CHECK(width == 2 * supers + l.blocks || width == 4 * supers + 2 * l.blocks, "packed scales of the wrong width");
     l.packed = scale.data_ptr<uint8_t>();
     l.packed_bytes = width;
