@@ -107,14 +107,10 @@ class Turn:
         layers = decoder.decode_one_layers(todo[-1])
         return layers[-1], layers
 
-    def _decode(self, decoder, token_id: int, penalty_ids: torch.Tensor | None,
-                whole: bool) -> tuple[torch.Tensor | None, Choice | None]:
-        """Run `token_id` (with `whole`, and no watched tokens, as one native call that chooses the
-        next token too, where the decoder has one: `decode_choosing`); the context vector and
-        that choice, or the context vector and None (choose it with `choose_token`), or
-        (None, None) without `whole` (nothing run: the caller runs it layer by layer)."""
-        if not whole:
-            return None, None
+    def _decode(self, decoder, token_id: int, penalty_ids: torch.Tensor | None) -> tuple[torch.Tensor, Choice | None]:
+        """Run `token_id` (with no watched tokens, as one native call that chooses the next token
+        too, where the decoder has one: `decode_choosing`); the context vector and that choice,
+        or the context vector and None (choose it with `choose_token`)."""
         engine = self.engine
         if not engine.watch_ids:
             head = engine.model.get_output_embeddings()
@@ -198,9 +194,10 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    hidden, choice = self._decode(decoder, token_id, penalty_ids, layers is None)
-                    if layers is not None:
-                        layers = decoder.decode_one_layers(token_id)
+                    if layers is None:
+                        hidden, choice = self._decode(decoder, token_id, penalty_ids)
+                    else:
+                        layers, choice = decoder.decode_one_layers(token_id), None
                         hidden = layers[-1]
         except GeneratorExit:
             stats.finish_reason = "cancelled"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from chatapp.runtime import block_kernel
-from chatapp.runtime.block_weights import SUPER_BLOCK, BlockWeights, code_values
+from chatapp.runtime.block_weights import SUPER_BLOCK, BlockWeights, code_values, super_block_products
 
 DEQUANTIZED_ROWS = 1 << 14
 """Rows the plain-torch path dequantizes at a time (64 MB of float32 at K = 1024)."""
@@ -125,10 +125,10 @@ def unpacked_scales(packed: torch.Tensor, k: int, block: int) -> tuple[torch.Ten
     dmin = take(supers, torch.float16) if with_low else None
     sc = take(blocks, torch.int8)
     per = blocks // supers
-    scale = d.float().repeat_interleave(per, dim=-1) * sc.float()
+    scale = super_block_products(d, sc, per)
     if dmin is None:
         return scale, None
-    return scale, dmin.float().repeat_interleave(per, dim=-1) * take(blocks, torch.int8).float()
+    return scale, super_block_products(dmin, take(blocks, torch.int8), per)
 
 
 def block_matmul(x: torch.Tensor, weights: ScaledBlocks, kernel=None) -> torch.Tensor:

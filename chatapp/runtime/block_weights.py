@@ -85,15 +85,20 @@ class BlockWeights:
     def block_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`(N, K / block)` float32 each: every block's scale `d * sc` and minimum `dmin * m`
         (both exact)."""
-        d = self.d.float().repeat_interleave(self.blocks_per_super, dim=-1)
-        dmin = self.dmin.float().repeat_interleave(self.blocks_per_super, dim=-1)
-        return d * self.sc.float(), dmin * self.m.float()
+        per = self.blocks_per_super
+        return super_block_products(self.d, self.sc, per), super_block_products(self.dmin, self.m, per)
 
     def dequantize(self) -> torch.Tensor:
         """`(N, K)` float32: the weights, as `gguf.quants.dequantize` gives them."""
         scale, low = self.block_scales()
         products = self.code_values().float() * scale.unsqueeze(-1)  # exact where GGUF's are
         return (products + low.unsqueeze(-1)).view(self.shape)
+
+
+def super_block_products(d: torch.Tensor, sc: torch.Tensor, per: int) -> torch.Tensor:
+    """`(N, blocks)` float32: each block's small integer `sc` times its super-block's float16 `d`
+    `(N, blocks / per)`, `per` blocks a super-block (exact in float32)."""
+    return d.float().repeat_interleave(per, dim=-1) * sc.float()
 
 
 def code_values(codes: torch.Tensor, bits: int, block: int, shape: tuple[int, int]) -> torch.Tensor:

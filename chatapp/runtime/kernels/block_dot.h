@@ -576,6 +576,14 @@ void run_dequantize(const Layout& l, float* out, int64_t n) {
   else if (bits == 8 && block == 16) { constexpr int BITS = 8, B = 16; __VA_ARGS__; }   \
   else TORCH_CHECK(false, "no block kernel for ", bits, "-bit codes in blocks of ", block);
 
+// Row `row` of the dequantized weight into out (l.k floats), its scales through `scales`: an
+// embedding's lookup, an LM head's exact row.
+inline void dequantized_row(const Layout& l, int64_t bits, int64_t block, RowScales& scales, int64_t row, float* out) {
+  const float *row_scale, *row_low;
+  scales.at(row, row + 1, row_scale, row_low);
+  DISPATCH(bits, block, decode_row<BITS, B>(l, row, row_scale, row_low, out))
+}
+
 // Each block's sum of x (rows_x, K / block), for the minimums' share of every product.
 inline std::vector<float> block_sums(const float* x, int64_t count, int64_t block) {
   std::vector<float> sums(count);

@@ -56,11 +56,7 @@ at::Tensor block_rows(const at::Tensor& ids, const at::Tensor& codes, const at::
   at::Tensor out = at::empty({count, k}, at::TensorOptions().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   RowScales scales(l);
-  const float *row_scale, *row_low;
-  DISPATCH(bits, block, for (int64_t i = 0; i < count; ++i) {
-    scales.at(idp[i], idp[i] + 1, row_scale, row_low);
-    decode_row<BITS, B>(l, idp[i], row_scale, row_low, op + i * k);
-  })
+  for (int64_t i = 0; i < count; ++i) dequantized_row(l, bits, block, scales, idp[i], op + i * k);
   return out;
 }
 

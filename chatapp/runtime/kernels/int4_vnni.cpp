@@ -299,9 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
   TORCH_CHECK(token >= 0 && token < embedding[0].size(0), "decode_step: token ", token, " out of range");
   at::Tensor x = at::empty({1, rows.k}, final_norm.options().dtype(at::kFloat));
   RowScales scales(rows);
-  const float *row_scale, *row_low;
-  scales.at(token, token + 1, row_scale, row_low);
-  DISPATCH(bits, block, decode_row<BITS, B>(rows, token, row_scale, row_low, x.data_ptr<float>()))
+  dequantized_row(rows, bits, block, scales, token, x.data_ptr<float>());
   decode_layers(x, cos, sin, norms, weights, cache, position, heads, kv_heads, eps);
   const at::Tensor hidden = at::rms_norm(x.select(0, 0), {rows.k}, final_norm, eps);
   const at::Tensor logits = int4_linear(hidden.reshape({1, -1}), head[0], head[1], head[2]).select(0, 0).narrow(0, 0, vocab);

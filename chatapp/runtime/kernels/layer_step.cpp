@@ -277,9 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
   at::Tensor x = at::empty({rows.k}, final_norm.options().dtype(at::kFloat));
   float* xp = x.data_ptr<float>();
   RowScales scales(rows);
-  const float *row_scale, *row_low;
-  scales.at(token, token + 1, row_scale, row_low);
-  DISPATCH(bits, block, decode_row<BITS, B>(rows, token, row_scale, row_low, xp))
+  dequantized_row(rows, bits, block, scales, token, xp);
   if (embedding_scale != 0) {
     const float factor = (float)embedding_scale;
     for (int64_t i = 0; i < rows.k; ++i) xp[i] *= factor;

@@ -369,12 +369,10 @@ void exact_logits(const at::Tensor& logits, const at::Tensor& hidden, int64_t to
   at::parallel_for(0, (int64_t)ids.size(), 64, [&](int64_t begin, int64_t end) {
     RowScales scales(l);
     std::vector<float> row(k);
-    const float *row_scale, *row_low;
-    DISPATCH(bits, block, for (int64_t i = begin; i < end; ++i) {
-      scales.at(ids[i], ids[i] + 1, row_scale, row_low);
-      decode_row<BITS, B>(l, ids[i], row_scale, row_low, row.data());
+    for (int64_t i = begin; i < end; ++i) {
+      dequantized_row(l, bits, block, scales, ids[i], row.data());
       exact[i] = dot(row.data(), x, k);
-    })
+    }
   });
   for (size_t i = 0; i < ids.size(); ++i) out[ids[i]] = exact[i];
 }
