@@ -195,9 +195,11 @@ def test_int4_cache_gives_back_the_packed_model_exactly(tmp_path):
         a = fresh.get_output_embeddings()(LlamaDecoder(fresh).prefill(ids))
         b = loaded.get_output_embeddings()(LlamaDecoder(loaded).prefill(ids))
     assert torch.equal(a, b)
-    # Against transformers' own modules on the same int4 weights: bfloat16 activations round
-    # differently along the two paths, but the best candidates are the same, in the same order.
-    assert torch.equal(torch.topk(b, 10).indices, torch.topk(reference, 10).indices)
+    # Against transformers' own modules on the same int4 weights: their bfloat16 activations round
+    # differently from the kernel's float32 prefill (two near-ties may swap), but the best
+    # candidate and the best ten are the same.
+    assert b.argmax() == reference.argmax()
+    assert set(torch.topk(b, 10).indices.tolist()) == set(torch.topk(reference, 10).indices.tolist())
 
 
 @needs_int4

@@ -104,13 +104,32 @@ def test_a_decode_step_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(co
     model, twin = _int4_model_and_float_twin(**shape)
     fast, reference = LlamaDecoder(model), LlamaDecoder(twin, kernel=False)
     ids = torch.randint(0, 1000, (context,), generator=torch.Generator().manual_seed(5)).tolist()
-    for token in ids:  # one step at a time: a prefill of several tokens runs on torch's kernel
+    for token in ids:  # one step at a time
         hidden, expected = fast.decode_one(token), reference.decode_one(token)
         assert (hidden - expected).norm() < 1e-3 * expected.norm()
     assert fast.kind == "chatapp decoder (TorchScript), int4 kernel"
     # the keys and values it wrote are the ones the reference wrote
     used = len(ids)
     assert torch.allclose(fast.cache[..., :used, :], reference.cache[..., :used, :], atol=1e-3)
+
+
+@needs_kernel
+@pytest.mark.parametrize("first, second", [(1, 40), (37, 5), (130, 200)])
+def test_a_prefill_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(first, second):
+    model, twin = _int4_model_and_float_twin(hidden_size=256)  # head_dim 64: the vector attention
+    fast, reference = LlamaDecoder(model), LlamaDecoder(twin, kernel=False)
+    ids = torch.randint(0, 1000, (first + second,), generator=torch.Generator().manual_seed(3)).tolist()
+    # a fresh prefill, then one that attends to the cache as well as to itself (a later turn)
+    for part in (ids[:first], ids[first:]):
+        hidden, expected = fast.prefill(part), reference.prefill(part)
+        assert (hidden - expected).norm() < 1e-3 * expected.norm()
+    assert fast.kind == "chatapp decoder (TorchScript), int4 kernel"
+    assert torch.allclose(fast.cache[..., : len(ids), :], reference.cache[..., : len(ids), :], atol=1e-3)
+    # the kernel's prefill of T tokens is its decode step T times, to rounding
+    stepwise = LlamaDecoder(model)
+    for token in ids:
+        last = stepwise.decode_one(token)
+    assert (last - hidden).norm() < 1e-4 * hidden.norm()
 
 
 @needs_kernel

@@ -4,7 +4,9 @@ torch's CPU int4 kernel (`torch._weight_int4pack_mm_for_cpu`) turns every 4-bit 
 bfloat16 number and multiplies in floating point. `chatapp/runtime/kernels/int4_vnni.cpp` instead rounds
 the activations to integers and sums integer products with the CPU's dot product instructions,
 as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product,
-`torch.ops.chatapp.decode_layers` for a whole decode step of a Llama-family model's layers, and
+`torch.ops.chatapp.decode_layers` for a Llama-family model's layers over one token (a decode step)
+or many (a prefill: from 20 tokens its products dequantize each weight once to float32 and run
+torch's matrix product, its attention is torch's fused one), and
 `torch.ops.chatapp.decode_step` for the whole step, the LM head and the choice of the next token
 included (the LM head's C++ in `kernels/lm_head_steps.h`, shared with the block kernel). How
 much faster that is, is measured in the README (Performance).

@@ -14,8 +14,9 @@ fewer, larger operations:
 - the KV cache is a preallocated buffer written in place, grown by doubling;
 - the layer loop (`chatapp.runtime.layer_loop.run_layers`) runs compiled by TorchScript, so the ~30
   small operations of each layer are dispatched without Python between them;
-- a decode step of an int4 float32 model runs all its layers in one call of chatapp's own
-  kernel (`decode_layers`, `chatapp.runtime.int4_kernel`) once `chatapp.runtime.kernel_switch` has it ready.
+- a decode step or a prefill of an int4 float32 model runs all its layers in one call of
+  chatapp's own kernel (`decode_layers`, `chatapp.runtime.int4_kernel`) once
+  `chatapp.runtime.kernel_switch` has it ready.
 
 It returns only the final hidden state of the last position; the LM head (chatapp.lm_head)
 turns that into logits. Models it does not cover (other architectures, biases, sliding
@@ -319,11 +320,11 @@ class LlamaDecoder(Decoder):
         end = start + count
         self._reserve(end)
         x = self.embed(input_ids[0])  # (T, d_model), a fresh tensor we may add into
-        # Taken up at a prefill too: the LM head's step after it then runs on the kernel, as later ones do
+        # Taken up at a prefill too: the prefill and the steps after it all run on the kernel
         step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
-        if count == 1 and step_weights is not None:
+        if step_weights is not None:
             torch.ops.chatapp.decode_layers(
-                x, self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start,
+                x, self.cos[start:end], self.sin[start:end], self.norms, step_weights, self.cache, start,
                 self.heads, self.kv_heads, self.eps,
             )
             self.token_ids.extend(ids)

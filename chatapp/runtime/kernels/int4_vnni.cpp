@@ -163,6 +163,45 @@ void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, boo
   });
 }
 
+// w as float32 (N, K): scale * (q - 8) + zero per block, exactly as int4_linear reads it.
+at::Tensor dequantized(const Int4Weight& w) {
+  const int64_t blocks = w.k / kGroup;
+  at::Tensor out = at::empty({w.n, w.k}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const uint8_t* row = w.codes + j * (w.k / 2);
+      for (int64_t b = 0; b < blocks; ++b) {
+        uint32_t sbits = (uint32_t)w.scales[j * blocks + b] << 16, zbits = (uint32_t)w.zeros[j * blocks + b] << 16;
+        float scale, zero;
+        std::memcpy(&scale, &sbits, 4);
+        std::memcpy(&zero, &zbits, 4);
+        // byte i: code i in its low nibble, code 16 + i in its high one
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + b * 16)));
+        const __m512 s = _mm512_set1_ps(scale), offset = _mm512_set1_ps(zero - 8.0f * scale);
+        float* values = o + j * w.k + b * kGroup;
+        _mm512_storeu_ps(values, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15))), s, offset));
+        _mm512_storeu_ps(values + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, offset));
+      }
+    }
+  });
+  return out;
+}
+
+// Tokens from which a prefill's products run as float32 matrix products over the dequantized
+// weight (one dequantization for all of them, then torch's blocked GEMM) rather than int4_matmul.
+constexpr int64_t kMatrixProductFrom = 20;
+
+// out (M, N) (+)= x (M, K) @ w^T: int4_matmul, or for many rows the dequantized weight's product.
+void int4_product(const float* x, int64_t m, const Int4Weight& w, float* out, bool accumulate) {
+  if (m < kMatrixProductFrom) return int4_matmul(x, m, w, out, accumulate);
+  const at::Tensor xs = at::from_blob(const_cast<float*>(x), {m, w.k}, at::kFloat);
+  at::Tensor result = at::from_blob(out, {m, w.n}, at::kFloat);
+  const at::Tensor weight = dequantized(w);
+  if (accumulate) result.addmm_(xs, weight.t());
+  else at::mm_out(result, xs, weight.t());
+}
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& zeros) {
   TORCH_CHECK(x.dim() == 2, "int4_linear: x must be (M, K)");
   const Int4Weight w = int4_weight(weight, scales, zeros, x.size(1));
@@ -200,23 +239,34 @@ void rms_norm(const float* x, const float* weight, int64_t d, float eps, float* 
   for (int64_t i = 0; i < d; ++i) out[i] = x[i] * scale * weight[i];
 }
 
-// One decode step of every layer of a Llama-family model whose linear layers are all int4 in
-// this kernel's layout (q|k|v fused, o, gate|up fused, down: three tensors each in `weights`),
-// for one token at `position`: the same mathematics as chatapp.layer_loop.run_layers, with no
-// dispatch between the operations. x (1, d) float32 is the embedded token, updated in place
-// into the final residual; its keys and values are written into `cache`
-// (layers, 2, kv_heads, capacity, head_dim) float32; cos and sin (head_dim,) are the rotary
-// angles of `position`; norms holds each layer's two RMS norm weights (at least d values each).
+// out row t = x row t / sqrt(mean(x row t ^2) + eps) * weight, for `rows` rows of d
+void rms_norm_rows(const float* x, const float* weight, int64_t rows, int64_t d, float eps, float* out) {
+  for (int64_t t = 0; t < rows; ++t) rms_norm(x + t * d, weight, d, eps, out + t * d);
+}
+
+// Every layer of a Llama-family model whose linear layers are all int4 in this kernel's layout
+// (q|k|v fused, o, gate|up fused, down: three tensors each in `weights`), for T tokens at
+// positions `position`..`position + T - 1`: the same mathematics as
+// chatapp.layer_loop.run_layers, with no dispatch between the operations. One token is a decode
+// step; several are a prefill, each product reading a weight's rows once for all T tokens
+// (int4_matmul keeps four rows in L1 while it runs every token through them). x (T, d) float32
+// is the embedded tokens, updated in place into the final residuals; their keys and values are
+// written into `cache` (layers, 2, kv_heads, capacity, head_dim) float32, and each token attends
+// to the cache up to its own position (causal); cos and sin (T, head_dim) are the rotary angles
+// of the T positions; norms holds each layer's two RMS norm weights (at least d values each).
 void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::TensorList norms,
                    at::TensorList weights, const at::Tensor& cache, int64_t position, int64_t heads, int64_t kv_heads,
                    double eps) {
   const int64_t layers = cache.size(0), head_dim = cache.size(4), capacity = cache.size(3), d = x.size(-1);
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.numel() == d, "decode_layers: x must be one float32 row");
+  const int64_t count = d > 0 ? x.numel() / d : 0;
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && count >= 1 && x.numel() == count * d,
+              "decode_layers: x must be contiguous float32 rows");
   TORCH_CHECK(cache.scalar_type() == at::kFloat && cache.is_contiguous() && cache.size(1) == 2 && cache.size(2) == kv_heads,
               "decode_layers: cache must be contiguous float32 (layers, 2, kv_heads, capacity, head_dim)");
-  TORCH_CHECK(position >= 0 && position < capacity, "decode_layers: position beyond the cache");
+  TORCH_CHECK(position >= 0 && position + count <= capacity, "decode_layers: positions beyond the cache");
   TORCH_CHECK((int64_t)weights.size() == 12 * layers && (int64_t)norms.size() == 2 * layers, "decode_layers: weights or norms missing");
-  TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && cos.numel() == head_dim && sin.numel() == head_dim, "decode_layers: bad shapes");
+  TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && cos.numel() == count * head_dim && sin.numel() == count * head_dim,
+              "decode_layers: bad shapes");
   TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(),
               "decode_layers: cos and sin must be contiguous float32");
   const float* cs = cos.data_ptr<float>();
@@ -224,10 +274,10 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
   float* residual = x.data_ptr<float>();
   float* kv = cache.data_ptr<float>();
   const int64_t qkv_width = (heads + 2 * kv_heads) * head_dim, group = heads / kv_heads, half = head_dim / 2;
-  const int64_t length = position + 1;
+  const int64_t longest = position + count;
   const float attention_scale = 1.0f / std::sqrt((float)head_dim);
-  std::vector<float> h(d), qkv(qkv_width), attended(heads * head_dim), rotated(head_dim);
-  std::vector<float> scores(heads * length);
+  std::vector<float> h(count * d), qkv(count * qkv_width), attended(count * heads * head_dim), rotated(head_dim);
+  std::vector<float> scores(count == 1 ? heads * longest : 0);  // a prefill's threads keep their own
   std::vector<float> hidden, gate;  // gate|up products, and e^-|gate|
   for (int64_t layer = 0; layer < layers; ++layer) {
     const at::Tensor* w = weights.data() + 12 * layer;
@@ -237,44 +287,66 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
     const Int4Weight wdown = int4_weight(w[9], w[10], w[11], wgu.n / 2);
     TORCH_CHECK(wqkv.n == qkv_width && wo.n == d && wdown.n == d && norms[2 * layer].numel() >= d, "decode_layers: weight shapes");
     // attention
-    rms_norm(residual, norms[2 * layer].data_ptr<float>(), d, (float)eps, h.data());
-    int4_matmul(h.data(), 1, wqkv, qkv.data(), false);
-    for (int64_t head = 0; head < heads + kv_heads; ++head) {  // rotary embeddings on q and k
-      float* v = qkv.data() + head * head_dim;
-      for (int64_t i = 0; i < head_dim; ++i) rotated[i] = i < half ? -v[i + half] : v[i - half];
-      for (int64_t i = 0; i < head_dim; ++i) v[i] = v[i] * cs[i] + rotated[i] * sn[i];
-    }
+    rms_norm_rows(residual, norms[2 * layer].data_ptr<float>(), count, d, (float)eps, h.data());
+    int4_product(h.data(), count, wqkv, qkv.data(), false);
     float* layer_cache = kv + layer * 2 * kv_heads * capacity * head_dim;
-    for (int64_t g = 0; g < kv_heads; ++g) {
-      std::memcpy(layer_cache + (g * capacity + position) * head_dim, qkv.data() + (heads + g) * head_dim, head_dim * sizeof(float));
-      std::memcpy(layer_cache + ((kv_heads + g) * capacity + position) * head_dim,
-                  qkv.data() + (heads + kv_heads + g) * head_dim, head_dim * sizeof(float));
-    }
-    at::parallel_for(0, heads, length >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
-      for (int64_t head = begin; head < end; ++head) {
-        const int64_t g = head / group;
-        const float* q = qkv.data() + head * head_dim;
-        const float* keys = layer_cache + g * capacity * head_dim;
-        const float* values = layer_cache + (kv_heads + g) * capacity * head_dim;
-        attend(q, keys, values, length, head_dim, attention_scale, 0.f, scores.data() + head * length,
-               attended.data() + head * head_dim);
+    for (int64_t t = 0; t < count; ++t) {
+      const float* c = cs + t * head_dim;
+      const float* s = sn + t * head_dim;
+      float* row = qkv.data() + t * qkv_width;
+      for (int64_t head = 0; head < heads + kv_heads; ++head) {  // rotary embeddings on q and k
+        float* v = row + head * head_dim;
+        for (int64_t i = 0; i < head_dim; ++i) rotated[i] = i < half ? -v[i + half] : v[i - half];
+        for (int64_t i = 0; i < head_dim; ++i) v[i] = v[i] * c[i] + rotated[i] * s[i];
       }
-    });
-    int4_matmul(attended.data(), 1, wo, residual, true);
-    // MLP
-    rms_norm(residual, norms[2 * layer + 1].data_ptr<float>(), d, (float)eps, h.data());
-    hidden.resize(wgu.n);
-    int4_matmul(h.data(), 1, wgu, hidden.data(), false);
-    const int64_t inner = wgu.n / 2;
-    gate.resize(inner);  // silu(g) = g / (1 + e^-g)
-    for (int64_t i = 0; i < inner; ++i) gate[i] = -std::fabs(hidden[i]);
-    exp_inplace(gate.data(), inner);  // e^-|g|
-    for (int64_t i = 0; i < inner; ++i) {
-      const float g = hidden[i], e = gate[i];
-      const float sigmoid = g >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
-      hidden[i] = g * sigmoid * hidden[inner + i];
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        std::memcpy(layer_cache + (g * capacity + position + t) * head_dim, row + (heads + g) * head_dim, head_dim * sizeof(float));
+        std::memcpy(layer_cache + ((kv_heads + g) * capacity + position + t) * head_dim,
+                    row + (heads + kv_heads + g) * head_dim, head_dim * sizeof(float));
+      }
     }
-    int4_matmul(hidden.data(), 1, wdown, residual, true);
+    const auto attend_head = [&](int64_t t, int64_t head, float* p) {  // token t's head `head`
+      const int64_t g = head / group;
+      attend(qkv.data() + t * qkv_width + head * head_dim, layer_cache + g * capacity * head_dim,
+             layer_cache + (kv_heads + g) * capacity * head_dim, position + t + 1, head_dim, attention_scale, 0.f, p,
+             attended.data() + (t * heads + head) * head_dim);
+    };
+    if (count == 1) {
+      at::parallel_for(0, heads, longest >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
+        for (int64_t head = begin; head < end; ++head) attend_head(0, head, scores.data() + head * longest);
+      });
+    } else {  // a prefill: torch's fused attention, queries and keys in tiles (as run_layers calls it)
+      const at::Tensor rows = at::from_blob(qkv.data(), {count, heads + 2 * kv_heads, head_dim}, x.options());
+      const at::Tensor queries = rows.narrow(1, 0, heads).transpose(0, 1).unsqueeze(0);  // (1, H, T, hd)
+      const at::Tensor layer_kv = cache.select(0, layer).narrow(2, 0, longest);  // (2, KVH, end, hd)
+      std::optional<at::Tensor> mask;
+      if (position > 0) {  // the new tokens see the whole cache and each other causally
+        const at::Tensor token_positions = at::arange(position, longest, x.options().dtype(at::kLong)).unsqueeze(1);
+        mask = at::arange(longest, x.options().dtype(at::kLong)).unsqueeze(0) <= token_positions;  // (T, end)
+      }
+      const at::Tensor out = at::scaled_dot_product_attention(queries, layer_kv.narrow(0, 0, 1), layer_kv.narrow(0, 1, 1), mask,
+                                                              0.0, position == 0, std::nullopt, heads != kv_heads);
+      at::from_blob(attended.data(), {count, heads, head_dim}, x.options()).copy_(out.select(0, 0).transpose(0, 1));
+    }
+    int4_product(attended.data(), count, wo, residual, true);
+    // MLP
+    rms_norm_rows(residual, norms[2 * layer + 1].data_ptr<float>(), count, d, (float)eps, h.data());
+    const int64_t inner = wgu.n / 2;
+    hidden.resize(count * wgu.n);
+    int4_product(h.data(), count, wgu, hidden.data(), false);
+    gate.resize(inner);  // silu(g) = g / (1 + e^-g)
+    for (int64_t t = 0; t < count; ++t) {
+      float* row = hidden.data() + t * wgu.n;
+      float* product = hidden.data() + t * inner;  // rows packed to (T, inner) in place: row t's start is not past them
+      for (int64_t i = 0; i < inner; ++i) gate[i] = -std::fabs(row[i]);
+      exp_inplace(gate.data(), inner);  // e^-|g|
+      for (int64_t i = 0; i < inner; ++i) {
+        const float g = row[i], e = gate[i];
+        const float sigmoid = g >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+        product[i] = g * sigmoid * row[inner + i];
+      }
+    }
+    int4_product(hidden.data(), count, wdown, residual, true);
   }
 }
 
