@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import sys
 import threading
 
 import pytest
@@ -282,3 +285,47 @@ def test_a_built_block_kernel_takes_over_the_int4_heads_top_k_with_the_same_numb
         if kernels_on:
             assert lm_head._Kernels.top_k is not None
     assert replies[0] == replies[1]
+
+
+@needs_kernel
+def test_weights_laid_out_in_pieces_and_joined_are_their_own_layouts_one_after_another(monkeypatch):
+    from chatapp.runtime import kernel_switch
+
+    monkeypatch.setattr(kernel_switch, "LAYOUT_ROWS", 64)  # several pieces a weight
+    weights = [_four_bit(n, 128, seed) for seed, n in enumerate((192, 64, 320))]  # q, k, v as a model's
+    parts = [tensor for weight in weights for tensor in pack_int4(weight)[:2]]
+    joined = kernel_switch._laid_out(parts)
+    alone = [int4_kernel.convert(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
+    for index, tensor in enumerate(joined):
+        assert torch.equal(tensor, torch.cat([layout[index] for layout in alone]))
+    x = torch.randn(3, 128)
+    expected = torch.cat([torch.ops.chatapp.int4_linear(x, *layout) for layout in alone], -1)
+    assert torch.equal(torch.ops.chatapp.int4_linear(x, *joined), expected)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident pages are read from /proc/self/pagemap")
+def test_released_pages_of_a_file_mapped_weight_leave_memory_and_its_numbers_unchanged(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from chatapp.support.memory import release_pages
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.arange(4 << 20, dtype=torch.uint8)}, str(path))  # 4 MiB
+    with safe_open(str(path), framework="pt") as handle:
+        weight = handle.get_tensor("w")
+    total = int(weight.sum())  # every page read, so resident
+
+    def resident_pages() -> int:
+        page = os.sysconf("SC_PAGE_SIZE")
+        first = weight.data_ptr() // page
+        count = (weight.data_ptr() + weight.numel() - 1) // page - first + 1
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first * 8)
+            entries = struct.unpack(f"<{count}Q", pagemap.read(count * 8))
+        return sum(entry >> 63 for entry in entries)
+
+    before = resident_pages()
+    release_pages(weight)
+    assert resident_pages() < before // 10
+    assert int(weight.sum()) == total  # read back from the file

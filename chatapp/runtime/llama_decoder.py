@@ -165,12 +165,15 @@ class LlamaDecoder(Decoder):
         self.rotary = body.rotary_emb
         self.rotation = rotation_matrix(self.head_dim, self.dtype, self.device)
         self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts = [], [], [], [], []
+        # A built kernel takes over every prefill and decode step from the first: its own fused copy
+        # replaces the weights, so they are not fused (copied) for the TorchScript layers as well.
+        fuse = _fuse if not (kernel and int4_kernel.built() and int4_kernel.wanted() is None) else (lambda linears: linears)
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.norms += [_doubled(layer.input_layernorm.weight), _doubled(layer.post_attention_layernorm.weight)]
-            self.qkv_parts.append(_parts(_fuse([attn.q_proj, attn.k_proj, attn.v_proj])))
+            self.qkv_parts.append(_parts(fuse([attn.q_proj, attn.k_proj, attn.v_proj])))
             self.o_parts.append(_parts([attn.o_proj]))
-            self.gate_up_parts.append(_parts(_fuse([mlp.gate_proj, mlp.up_proj])))
+            self.gate_up_parts.append(_parts(fuse([mlp.gate_proj, mlp.up_proj])))
             self.down_parts.append(_parts([mlp.down_proj]))
         self.run_layers = compiled_run_layers() if compiled else run_layers
         self._kind = "chatapp decoder" + (" (TorchScript)" if self.run_layers is not run_layers else "")
@@ -203,12 +206,12 @@ class LlamaDecoder(Decoder):
 
     def _kernel_suits(self) -> bool:
         """Whether a decode step can run as one `decode_layers` call: float32 activations on CPU,
-        and every projection one int4 weight (q/k/v and gate/up fused)."""
+        and every projection int4 weights (q/k/v and gate/up fused by the kernel's layout)."""
         groups = (self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts)
         return (
             self.dtype == torch.float32
             and self.device.type == "cpu"
-            and all(len(parts) == 2 and parts[1].numel() > 0 for group in groups for parts in group)
+            and all(parts[index + 1].numel() > 0 for group in groups for parts in group for index in range(0, len(parts), 2))
         )
 
     def reset(self) -> None:

@@ -44,6 +44,30 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
+MADV_PAGEOUT = 21
+"""Linux's madvise advice (5.4 on) to reclaim a range's pages now."""
+
+
+def release_pages(tensor) -> None:
+    """Give back the resident pages that lie wholly inside `tensor`'s bytes, without changing
+    what it holds (madvise `MADV_PAGEOUT`): the pages of a tensor mapped from a file (the int4
+    cache) are dropped and read from the file again if the tensor is ever used; anonymous pages
+    stay where there is no swap. For a weight another copy has replaced, so that the process
+    holds one copy; nothing happens where the system lacks the call."""
+    if sys.platform != "linux" or tensor.numel() == 0:
+        return
+    import ctypes
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    begin = tensor.data_ptr()
+    end = begin + tensor.numel() * tensor.element_size()
+    first, last = -(-begin // page) * page, end // page * page
+    if last <= first:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_PAGEOUT)  # a failure: pages stay
+
+
 def freeze_loaded_objects() -> None:
     """Exempt every object alive now from later garbage collections (`gc.freeze`).
 
