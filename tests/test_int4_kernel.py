@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from chatapp.runtime import int4_kernel
+from chatapp.runtime import int4_kernel, int4_layout
 from chatapp.runtime.llama_decoder import LlamaDecoder
 from chatapp.runtime.quantize import (
     GROUP_SIZE,
@@ -39,7 +39,7 @@ def _four_bit(n: int, k: int, seed: int) -> torch.Tensor:
 def _dequantized(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
     """The float32 weight torch's int4 packing stands for: `(q - 8) * scale + zero` per block."""
     blocks, n, _ = scales_and_zeros.shape
-    codes = int4_kernel.unpack_codes(packed, n, blocks * GROUP_SIZE).float().reshape(n, blocks, GROUP_SIZE)
+    codes = int4_layout.unpack_codes(packed, n, blocks * GROUP_SIZE).float().reshape(n, blocks, GROUP_SIZE)
     scale, zero = scales_and_zeros.float().transpose(0, 1).unbind(-1)  # (N, K/32) each
     return ((codes - ZERO_OFFSET) * scale.unsqueeze(-1) + zero.unsqueeze(-1)).reshape(n, -1)
 
@@ -48,7 +48,7 @@ def _dequantized(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.
 def test_the_codes_come_back_out_of_torchs_packing():
     codes = torch.randint(0, 16, (192, 160), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
     packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
-    unpacked = int4_kernel.unpack_codes(packed, 192, 160)
+    unpacked = int4_layout.unpack_codes(packed, 192, 160)
     if unpacked is None:
         pytest.skip("torch packs int4 weights in another layout on this CPU (the kernel is then not used)")
     assert torch.equal(unpacked.to(torch.int32), codes)
@@ -59,10 +59,10 @@ def test_the_codes_come_back_out_of_torchs_packing():
 def test_the_kernel_computes_what_its_reference_computes(n, k, m):
     packed, scales_and_zeros, exact = pack_int4(_four_bit(n, k, seed=n + k))
     assert exact == 1.0
-    weights = int4_kernel.convert(packed, scales_and_zeros)
+    weights = int4_layout.convert(packed, scales_and_zeros)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)) * 3
     out = torch.ops.chatapp.int4_linear(x, *weights)
-    reference = int4_kernel.reference_int4_linear(x, *weights)
+    reference = int4_layout.reference_int4_linear(x, *weights)
     assert out.shape == (m, n) and out.dtype == torch.float32
     assert torch.allclose(out, reference, rtol=0, atol=1e-4 * reference.abs().max().item())
     # and both are the float product of the same 4-bit weights, up to int16 rounding of x
@@ -75,7 +75,7 @@ def test_the_kernel_is_closer_to_float_arithmetic_than_torchs_bfloat16_kernel():
     packed, scales_and_zeros, _ = pack_int4(_four_bit(576, 1536, seed=3))
     x = torch.randn(1, 1536, generator=torch.Generator().manual_seed(4))
     exact_product = x.double() @ _dequantized(packed, scales_and_zeros).double().T
-    ours = torch.ops.chatapp.int4_linear(x, *int4_kernel.convert(packed, scales_and_zeros))
+    ours = torch.ops.chatapp.int4_linear(x, *int4_layout.convert(packed, scales_and_zeros))
     torchs = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, GROUP_SIZE, scales_and_zeros)
     assert (ours.double() - exact_product).norm() < 0.1 * (torchs.double() - exact_product).norm()
 
@@ -289,13 +289,11 @@ def test_a_built_block_kernel_takes_over_the_int4_heads_top_k_with_the_same_numb
 
 @needs_kernel
 def test_weights_laid_out_in_pieces_and_joined_are_their_own_layouts_one_after_another(monkeypatch):
-    from chatapp.runtime import kernel_switch
-
-    monkeypatch.setattr(kernel_switch, "LAYOUT_ROWS", 64)  # several pieces a weight
+    monkeypatch.setattr(int4_layout, "LAYOUT_ROWS", 64)  # several pieces a weight
     weights = [_four_bit(n, 128, seed) for seed, n in enumerate((192, 64, 320))]  # q, k, v as a model's
     parts = [tensor for weight in weights for tensor in pack_int4(weight)[:2]]
-    joined = kernel_switch._laid_out(parts)
-    alone = [int4_kernel.convert(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
+    joined = int4_layout.laid_out(parts)
+    alone = [int4_layout.convert(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
     for index, tensor in enumerate(joined):
         assert torch.equal(tensor, torch.cat([layout[index] for layout in alone]))
     x = torch.randn(3, 128)

@@ -19,20 +19,8 @@ so a chat never waits for a compile: decoding runs on the TorchScript layers mea
 switches when it is ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
 stays on torch's kernel.
 
-Layouts (`convert`): a weight `(N, K)` in blocks of 32 along K, `w = scale * (q - 8) + zero`
-with q in 0..15 (torch's int4 convention, `chatapp.runtime.quantize`), becomes
-- `weight` `(N, K / 2)` uint8: per block 16 bytes, byte j holding q[j] in its low nibble and
-  q[j + 16] in its high one (GGUF's own Q4 layout);
-- `scales`, `zeros` `(N, K / 32)` bfloat16: the very numbers torch's kernel reads, so a step
-  reads as many bytes of weights as with torch's kernel.
-
-Arithmetic (every int4 product of both ops): each block of 32 activations is rounded to int16
-(scale = largest magnitude / `ACTIVATION_LEVELS`), its products with the 4-bit codes are summed
-exactly in int32 (AVX512-VNNI `vpdpwssd`), and `zero - 8 * scale` times the block's exact float32
-sum is added. The outputs are float arithmetic on the same 4-bit weights but for that rounding,
-which is finer than torch's kernel's rounding of activations to bfloat16, so the two kernels'
-outputs differ slightly. `reference_int4_linear` computes `int4_linear`'s numbers in plain torch
-for the tests.
+The weights' layout, and the arithmetic of every int4 product, are described in
+`chatapp.runtime.int4_layout`.
 """
 
 from __future__ import annotations
@@ -53,7 +41,6 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
-from chatapp.runtime.quantize import GROUP_SIZE, ZERO_OFFSET
 from chatapp.support.stale_files import remove_stale_staging
 
 log = logging.getLogger(__name__)
@@ -68,8 +55,6 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
 """Built for this machine's CPU only (`-march=native`: `_library_path` keys the library to the CPU)."""
-ACTIVATION_LEVELS = 32767.0
-"""Activations are rounded per block of 32 to integers up to this (int16), scale = max |x| / it."""
 BUILD_TIMEOUT = 300
 """Seconds a compile may take before we give up on it."""
 SIDECAR_SUFFIX = ".sha256"
@@ -307,78 +292,3 @@ def load() -> bool:
             _State.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.info("int4 kernel not available: %s", _State.error)
         return _State.loaded
-
-
-def unpack_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor | None:
-    """The 4-bit codes `(N, K)` uint8 of a weight packed by `torch._convert_weight_to_int4pack_for_cpu`,
-    or None when torch packs in a layout this function does not know.
-
-    On AVX512 CPUs torch stores rows in blocks of 64: `(N / 64, K, 32)` bytes, byte j holding
-    row j in its low nibble and row 32 + j in its high one. `_layout_known` checks that on a
-    small probe before anything relies on it.
-    """
-    if n % 64 or packed.numel() != n * k // 2 or not _layout_known():
-        return None
-    return _unpack(packed, n, k)
-
-
-def _unpack(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    blocks = packed.reshape(n // 64, k, 32)
-    codes = torch.cat([blocks & 15, blocks >> 4], dim=2)  # (N / 64, K, 64)
-    return codes.transpose(1, 2).reshape(n, k)
-
-
-_LAYOUT_KNOWN: list[bool] = []
-
-
-def _layout_known() -> bool:
-    """Whether torch packs int4 weights as `unpack_codes` reads them (probed once)."""
-    if not _LAYOUT_KNOWN:
-        generator = torch.Generator().manual_seed(0)
-        codes = torch.randint(0, 16, (128, 96), generator=generator, dtype=torch.int32)
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
-        _LAYOUT_KNOWN.append(bool(torch.equal(_unpack(packed, 128, 96).to(torch.int32), codes)))
-    return _LAYOUT_KNOWN[0]
-
-
-def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernel's tensors for codes `(N, K)` (0..15) with `w = scales * (q - 8) + zeros` per block
-    of 32 (`scales`, `zeros` `(N, K / 32)`, rounded to bfloat16)."""
-    n, k = codes.shape
-    blocks = codes.to(torch.uint8).reshape(n, k // GROUP_SIZE, 2, GROUP_SIZE // 2)
-    weight = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
-    return weight, scales.to(torch.bfloat16).contiguous(), zeros.to(torch.bfloat16).contiguous()
-
-
-def convert(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The kernel's tensors for a weight packed for torch's int4 kernel (`chatapp.runtime.quantize`:
-    scales and zeros `(K / 32, N, 2)` bfloat16), or None when its shape or layout does not suit
-    the kernel. The same 4-bit codes and the same scales: only the arithmetic changes."""
-    blocks, n, _ = scales_and_zeros.shape
-    k = blocks * GROUP_SIZE
-    if k % (2 * GROUP_SIZE):
-        return None
-    codes = unpack_codes(packed, n, k)
-    if codes is None:
-        return None
-    return pack(codes, scales_and_zeros[..., 0].transpose(0, 1), scales_and_zeros[..., 1].transpose(0, 1))
-
-
-def reference_int4_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """What `torch.ops.chatapp.int4_linear` computes, in plain torch (float64 sums): x `(M, K)`
-    rounded to int16 per block of 32, times the 4-bit codes, plus `zeros - 8 scales` times the
-    exact block sums of x."""
-    m, k = x.shape
-    n = weight.shape[0]
-    x = x.float().reshape(m, k // GROUP_SIZE, GROUP_SIZE)
-    largest = x.abs().amax(-1, keepdim=True)
-    inverse = torch.where(largest > 0, ACTIVATION_LEVELS / largest, torch.zeros_like(largest))
-    xq = torch.round(x * inverse).clamp(-ACTIVATION_LEVELS, ACTIVATION_LEVELS)
-    xscale = largest / ACTIVATION_LEVELS  # (M, K/32, 1)
-    low, high = weight & 15, weight >> 4  # (N, K/2)
-    codes = torch.stack([low.reshape(n, -1, 16), high.reshape(n, -1, 16)], 2).reshape(n, k // GROUP_SIZE, GROUP_SIZE)
-    dots = torch.einsum("mgi,ngi->mng", xq.double(), codes.double())  # (M, N, K/32)
-    scale, zero = scales.double().unsqueeze(0), zeros.double().unsqueeze(0)
-    scaled = dots * (scale * xscale.double().transpose(1, 2))
-    offsets = (zero - ZERO_OFFSET * scale) * x.double().sum(-1).unsqueeze(1)  # (M, N, K/32)
-    return (scaled + offsets).sum(-1).float()

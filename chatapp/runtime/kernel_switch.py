@@ -29,8 +29,8 @@ import time
 import torch
 
 from chatapp.runtime import block_kernel, int4_kernel
+from chatapp.runtime.int4_layout import laid_out
 from chatapp.runtime.quantize import OutputHead
-from chatapp.support.memory import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +90,6 @@ def _finish_at_exit() -> None:
             log.warning("chatapp's int4 kernel thread did not stop within %.0f s of exit", EXIT_WAIT_SECONDS)
 
 
-LAYOUT_ROWS = 4096
-"""Rows of a weight laid out at a time (a multiple of torch's 64-row blocks): the conversion's
-temporaries stay a few MB, where the LM head's whole 49,152 rows made about 100 MB of them."""
-
-
-def _laid_out(parts: list[torch.Tensor]) -> list[torch.Tensor] | None:
-    """The kernel's three tensors for the product of `parts` (each weight's packed codes and scales
-    for torch's int4 kernel, in turn; several are joined row-wise, as q/k/v and gate/up are), or
-    None where the kernel's layout does not suit them. The sources' pages are given back as they
-    are laid out (`release_pages`): the kernel's copy replaces them, and the process holds one."""
-    total = sum(parts[index + 1].shape[1] for index in range(0, len(parts), 2))
-    laid_out: list[torch.Tensor] = []
-    row = 0
-    for index in range(0, len(parts), 2):
-        packed, scales = parts[index], parts[index + 1]  # (N, K/2) uint8; (K/32, N, 2)
-        for start in range(0, scales.shape[1], LAYOUT_ROWS):
-            rows = slice(start, start + LAYOUT_ROWS)
-            converted = int4_kernel.convert(packed[rows], scales[:, rows])
-            if converted is None:
-                return None
-            if not laid_out:  # written into in place: no second copy while they are joined
-                laid_out = [torch.empty((total, *t.shape[1:]), dtype=t.dtype) for t in converted]
-            for target, piece in zip(laid_out, converted):
-                target[row : row + piece.shape[0]] = piece
-            row += converted[0].shape[0]
-            release_pages(packed[rows])
-        release_pages(scales)
-    return laid_out
-
-
 def _trim_heap() -> None:
     """Return the C heap's free memory to the system (glibc's `malloc_trim`): the layout's
     temporaries, freed on this thread's arena, would otherwise stay resident (about 30 MB on the
@@ -156,12 +126,12 @@ class KernelSwitch:
                     for parts in projections:  # [packed, scales_and_zeros] of each weight the product joins
                         if _Threads.exiting.is_set():
                             return
-                        laid_out = _laid_out(parts)
-                        if laid_out is None:
+                        layout = laid_out(parts)
+                        if layout is None:
                             return
-                        weights += laid_out
+                        weights += layout
                 head = self._head
-                head_kernel = _laid_out([head.weight, head.scales]) if isinstance(head, OutputHead) else None
+                head_kernel = laid_out([head.weight, head.scales]) if isinstance(head, OutputHead) else None
                 self._ready = (weights, head_kernel)
                 _trim_heap()
             if not _Threads.exiting.is_set():

@@ -113,7 +113,7 @@ class OutputHead(nn.Module):
 
     kernel_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     """The head's 4-bit codes, scales and zeros laid out for chatapp's int4 kernel
-    (`chatapp.runtime.int4_kernel.convert`), once a decoder has taken it up for the model's decode steps."""
+    (`chatapp.runtime.int4_layout.convert`), once a decoder has taken it up for the model's decode steps."""
 
     best_of = None
     """`(V,)` logits, k -> (values, ids) of the k highest (the block kernel's `top_k`, set once it
