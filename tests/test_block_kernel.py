@@ -250,6 +250,16 @@ def test_built_ops_never_compiles_and_loads_only_a_build_of_these_sources(monkey
     assert block_kernel.built_ops() == "the operators"
 
 
+def test_other_sources_are_built_in_a_folder_of_their_own(monkeypatch):
+    """Two checkouts of different sources never share a build folder: one rebuilding its library
+    in place would be read half-written by the other's lock-free stamp shortcut."""
+    build = block_kernel.build_for_cpu()
+    ours = block_kernel._build_folder(build)
+    assert ours == block_kernel._build_folder(build)  # the same sources: the same folder
+    monkeypatch.setattr(block_kernel, "_build_key", lambda build: "0123456789abcdef" * 4)
+    assert block_kernel._build_folder(build) != ours
+
+
 def test_a_killed_build_s_lock_is_removed_a_running_one_s_kept(tmp_path):
     lock = tmp_path / "lock"
     lock.touch()

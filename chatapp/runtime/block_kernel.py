@@ -99,7 +99,10 @@ def load(build: str) -> object | None:
 
 
 def _build_folder(build: str) -> Path:
-    return kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}"
+    """Where `build` of these very sources is compiled: named by their key (`_build_key`) as well,
+    so a checkout with other sources never rebuilds a library in place while another process
+    loads it (the stamp shortcut of `_compile` takes no lock)."""
+    return kernels_dir() / f"blocks-{build}-torch{torch.__version__.split('+')[0]}-{_build_key(build)[:12]}"
 
 
 def _build_key(build: str) -> str:
