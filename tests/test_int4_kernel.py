@@ -301,6 +301,17 @@ def test_weights_laid_out_in_pieces_and_joined_are_their_own_layouts_one_after_a
     assert torch.equal(torch.ops.chatapp.int4_linear(x, *joined), expected)
 
 
+def _resident_pages(tensor: torch.Tensor) -> int:
+    """How many of the pages `tensor` spans this process has in memory (/proc/self/pagemap)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    first = tensor.data_ptr() // page
+    count = (tensor.data_ptr() + tensor.numel() * tensor.element_size() - 1) // page - first + 1
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        entries = struct.unpack(f"<{count}Q", pagemap.read(count * 8))
+    return sum(entry >> 63 for entry in entries)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="resident pages are read from /proc/self/pagemap")
 def test_released_pages_of_a_file_mapped_weight_leave_memory_and_its_numbers_unchanged(tmp_path):
     from safetensors import safe_open
@@ -313,17 +324,12 @@ def test_released_pages_of_a_file_mapped_weight_leave_memory_and_its_numbers_unc
     with safe_open(str(path), framework="pt") as handle:
         weight = handle.get_tensor("w")
     total = int(weight.sum())  # every page read, so resident
-
-    def resident_pages() -> int:
-        page = os.sysconf("SC_PAGE_SIZE")
-        first = weight.data_ptr() // page
-        count = (weight.data_ptr() + weight.numel() - 1) // page - first + 1
-        with open("/proc/self/pagemap", "rb") as pagemap:
-            pagemap.seek(first * 8)
-            entries = struct.unpack(f"<{count}Q", pagemap.read(count * 8))
-        return sum(entry >> 63 for entry in entries)
-
-    before = resident_pages()
+    before = _resident_pages(weight)
     release_pages(weight)
-    assert resident_pages() < before // 10
+    assert _resident_pages(weight) < before // 10
     assert int(weight.sum()) == total  # read back from the file
+    # the process's own memory is never dropped (the advice would zero it)
+    own = torch.arange(1 << 20, dtype=torch.float32)
+    resident = _resident_pages(own)
+    release_pages(own)
+    assert _resident_pages(own) == resident and torch.equal(own, torch.arange(1 << 20, dtype=torch.float32))

@@ -44,28 +44,42 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
-MADV_PAGEOUT = 21
-"""Linux's madvise advice (5.4 on) to reclaim a range's pages now."""
+MADV_DONTNEED = 4
+"""madvise advice: drop a range's pages from the process (a private file mapping's come back from
+the file when touched again; the file's pages stay in the system's page cache)."""
+PRESENT, SWAPPED, FILE_PAGE = 1 << 63, 1 << 62, 1 << 61
+"""Bits of a page's /proc/self/pagemap entry."""
 
 
 def release_pages(tensor) -> None:
-    """Give back the resident pages that lie wholly inside `tensor`'s bytes, without changing
-    what it holds (madvise `MADV_PAGEOUT`): the pages of a tensor mapped from a file (the int4
-    cache) are dropped and read from the file again if the tensor is ever used; anonymous pages
-    stay where there is no swap. For a weight another copy has replaced, so that the process
-    holds one copy; nothing happens where the system lacks the call."""
+    """Give back the resident pages that lie wholly inside `tensor`'s bytes where they are a
+    file's (a tensor mapped from the int4 cache file), without changing what it holds: they are
+    unmapped (madvise `MADV_DONTNEED`) and read from the file again if the tensor is ever used,
+    while the system keeps them in its page cache for the next start. For a weight another copy
+    has replaced, so that the process holds one copy. Pages that are not a file's (memory of the
+    process's own, which the advice would zero) are left alone, as is everything where the
+    system lacks /proc/self/pagemap or the call."""
     if sys.platform != "linux" or tensor.numel() == 0:
         return
     import ctypes
+    import struct
 
     page = os.sysconf("SC_PAGE_SIZE")
     begin = tensor.data_ptr()
     end = begin + tensor.numel() * tensor.element_size()
-    first, last = -(-begin // page) * page, end // page * page
+    first, last = -(-begin // page), end // page  # page numbers: [first, last)
     if last <= first:
         return
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first * 8)
+            entries = struct.unpack(f"<{last - first}Q", pagemap.read((last - first) * 8))
+    except (OSError, struct.error):
+        return
+    if any(entry & SWAPPED or (entry & PRESENT and not entry & FILE_PAGE) for entry in entries):
+        return  # some of it is the process's own memory: dropping it would lose it
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_PAGEOUT)  # a failure: pages stay
+    libc.madvise(ctypes.c_void_p(first * page), ctypes.c_size_t((last - first) * page), MADV_DONTNEED)
 
 
 def freeze_loaded_objects() -> None:
