@@ -165,9 +165,10 @@ class LlamaDecoder(Decoder):
         self.rotary = body.rotary_emb
         self.rotation = rotation_matrix(self.head_dim, self.dtype, self.device)
         self.norms, self.qkv_parts, self.o_parts, self.gate_up_parts, self.down_parts = [], [], [], [], []
-        # A built kernel takes over every prefill and decode step from the first: its own fused copy
+        # A built kernel takes over every prefill and decode step from the first: its own joined copy
         # replaces the weights, so they are not fused (copied) for the TorchScript layers as well.
-        fuse = _fuse if not (kernel and int4_kernel.built() and int4_kernel.wanted() is None) else (lambda linears: linears)
+        kernel_takes_over = kernel and int4_kernel.built() and int4_kernel.wanted() is None
+        fuse = (lambda linears: linears) if kernel_takes_over else _fuse
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.norms += [_doubled(layer.input_layernorm.weight), _doubled(layer.post_attention_layernorm.weight)]
