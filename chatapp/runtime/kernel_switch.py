@@ -19,10 +19,7 @@ and the thread is joined.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import logging
-import sys
 import threading
 import time
 
@@ -31,6 +28,7 @@ import torch
 from chatapp.runtime import block_kernel, int4_kernel
 from chatapp.runtime.int4_layout import laid_out
 from chatapp.runtime.quantize import OutputHead
+from chatapp.support.memory import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +88,6 @@ def _finish_at_exit() -> None:
             log.warning("chatapp's int4 kernel thread did not stop within %.0f s of exit", EXIT_WAIT_SECONDS)
 
 
-def _trim_heap() -> None:
-    """Return the C heap's free memory to the system (glibc's `malloc_trim`): the layout's
-    temporaries, freed on this thread's arena, would otherwise stay resident (about 30 MB on the
-    default model)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 class KernelSwitch:
     """chatapp's int4 kernel for one decoder: its weights, once ready and taken up."""
 
@@ -133,7 +122,7 @@ class KernelSwitch:
                 head = self._head
                 head_kernel = laid_out([head.weight, head.scales]) if isinstance(head, OutputHead) else None
                 self._ready = (weights, head_kernel)
-                _trim_heap()
+                return_freed_memory()  # the layout's temporaries, freed on this thread's arena (~30 MB)
             if not _Threads.exiting.is_set():
                 self.settled.set()  # the steps wait for the int4 kernel only
                 kernels = block_kernel.built_ops()  # the LM head's one-pass top-k and kept ids (`Engine.take_up_kernels`)

@@ -78,8 +78,9 @@ def release_pages(tensor) -> None:
         return
     if any(entry & SWAPPED or (entry & PRESENT and not entry & FILE_PAGE) for entry in entries):
         return  # some of it is the process's own memory: dropping it would lose it
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise(ctypes.c_void_p(first * page), ctypes.c_size_t((last - first) * page), MADV_DONTNEED)
+    libc = _libc()
+    if libc is not None:
+        libc.madvise(ctypes.c_void_p(first * page), ctypes.c_size_t((last - first) * page), MADV_DONTNEED)
 
 
 def freeze_loaded_objects() -> None:
@@ -123,13 +124,18 @@ def return_freed_memory() -> None:
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's `malloc_trim`, or None; found once (`find_library` runs `ldconfig`: about 1 ms)."""
+def _libc():
+    """The C library, or None; found once (`find_library` runs `ldconfig`: about 1 ms)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name) if name else None
+    except OSError:
         return None
+
+
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None."""
+    return getattr(_libc(), "malloc_trim", None)

@@ -25,10 +25,6 @@
 namespace {
 
 constexpr int64_t kGroup = 32;  // weights per block
-// Cached positions from which a decode step's attention heads are shared out between the threads
-// (below it, the meeting costs more than it saves): at 300 and 450 positions the default model's
-// step took 7.0-8.6 and 7.5-9.7 ms with it, 7.8-9.3 and 9.1-9.9 with 512 (alternating processes).
-constexpr int64_t kShareAttentionFrom = 128;
 
 // One row of x (K floats) as int16 codes per block of 32 (scale = max |x| / 32767: about 15
 // significant bits, finer than bfloat16's 8), in the order the weight bytes come in: for each
@@ -280,7 +276,7 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
   const int64_t longest = position + count;
   const float attention_scale = 1.0f / std::sqrt((float)head_dim);
   std::vector<float> h(count * d), qkv(count * qkv_width), attended(count * heads * head_dim), rotated(head_dim);
-  std::vector<float> scores(count == 1 ? heads * longest : 0);  // a prefill's threads keep their own
+  std::vector<float> scores(count == 1 ? heads * longest : 0);  // a decode step's (a prefill's attention is torch's)
   std::vector<float> hidden, gate;  // gate|up products, and e^-|gate|
   for (int64_t layer = 0; layer < layers; ++layer) {
     const at::Tensor* w = weights.data() + 12 * layer;
@@ -308,15 +304,14 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
                     row + (heads + kv_heads + g) * head_dim, head_dim * sizeof(float));
       }
     }
-    const auto attend_head = [&](int64_t t, int64_t head, float* p) {  // token t's head `head`
-      const int64_t g = head / group;
-      attend(qkv.data() + t * qkv_width + head * head_dim, layer_cache + g * capacity * head_dim,
-             layer_cache + (kv_heads + g) * capacity * head_dim, position + t + 1, head_dim, attention_scale, 0.f, p,
-             attended.data() + (t * heads + head) * head_dim);
-    };
     if (count == 1) {
       at::parallel_for(0, heads, longest >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
-        for (int64_t head = begin; head < end; ++head) attend_head(0, head, scores.data() + head * longest);
+        for (int64_t head = begin; head < end; ++head) {
+          const int64_t g = head / group;
+          attend(qkv.data() + head * head_dim, layer_cache + g * capacity * head_dim,
+                 layer_cache + (kv_heads + g) * capacity * head_dim, longest, head_dim, attention_scale, 0.f,
+                 scores.data() + head * longest, attended.data() + head * head_dim);
+        }
       });
     } else {  // a prefill: torch's fused attention, queries and keys in tiles (as run_layers calls it)
       const at::Tensor rows = at::from_blob(qkv.data(), {count, heads + 2 * kv_heads, head_dim}, x.options());

@@ -30,7 +30,6 @@
 namespace {
 
 constexpr int64_t NORMS = 6;
-constexpr int64_t SHARE_ATTENTION_FROM = 128;  // cached positions from which the heads are shared out (as int4_vnni.cpp)
 constexpr int64_t LINEAR_SLOTS = 7;
 constexpr int64_t LAYER_TENSORS = NORMS + 4 * LINEAR_SLOTS;
 constexpr int64_t LAYER_INTS = 2 * LINEAR_SLOTS + 2;
@@ -219,7 +218,7 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     // each head attends to positions first..position: softmax(scaling * q.k, soft-capped) . v
     const int64_t first = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0, length = position + 1 - first;
     scores.resize(heads * length);
-    at::parallel_for(0, heads, length >= SHARE_ATTENTION_FROM ? 1 : heads, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, heads, length >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
       for (int64_t head = begin; head < end; ++head) {
         const int64_t g = head / group;
         const float* q = qkv.data() + head * head_dim;
