@@ -142,6 +142,25 @@ Int4Weight int4_weight(const at::Tensor& weight, const at::Tensor& scales, const
           (const uint16_t*)zeros.data_ptr<at::BFloat16>(), n, k};
 }
 
+// Rows ahead of the four in use whose codes, scales and zeros are asked for (prefetcht0): the
+// hardware prefetcher alone keeps too few of a product's streams in flight when the weights
+// come from L3 or memory, as a decode step's do.
+constexpr int64_t kPrefetchRows = 32;
+
+// Ask for rows [row, row + 4) of w ahead of their use, where row < end.
+inline void prefetch_rows(const Int4Weight& w, int64_t row, int64_t end) {
+  if (row >= end) return;
+  const int64_t blocks = w.k / kGroup;
+  const char* codes = reinterpret_cast<const char*>(w.codes + row * (w.k / 2));
+  for (int64_t at = 0; at < 4 * (w.k / 2); at += 64) prefetch_line(codes + at);
+  const char* scales = reinterpret_cast<const char*>(w.scales + row * blocks);
+  const char* zeros = reinterpret_cast<const char*>(w.zeros + row * blocks);
+  for (int64_t at = 0; at < 4 * blocks * 2; at += 64) {
+    prefetch_line(scales + at);
+    prefetch_line(zeros + at);
+  }
+}
+
 // out[r, j] (+)= x[r] . w[j] for rows r of x (M, K), on all threads.
 void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, bool accumulate) {
   const int64_t k = w.k, blocks = k / kGroup;
@@ -149,10 +168,12 @@ void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, boo
   std::vector<float> xscales(m * blocks), xsums(m * blocks);
   for (int64_t r = 0; r < m; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xscales.data() + r * blocks, xsums.data() + r * blocks);
   at::parallel_for(0, w.n / 4, 8, [&](int64_t begin, int64_t end) {  // in groups of four rows
+    for (int64_t ahead = 0; ahead < kPrefetchRows; ahead += 4) prefetch_rows(w, 4 * begin + ahead, 4 * end);
     for (int64_t r = 0; r < m; ++r) {
       const int16_t* xr = xq.data() + r * k;
       float* o = out + r * w.n;
       for (int64_t j = 4 * begin; j < 4 * end; j += 4) {
+        if (r == 0) prefetch_rows(w, j + kPrefetchRows, 4 * end);
         __m128 y = dot_rows4(w.codes + j * (k / 2), k / 2, w.scales + j * blocks, w.zeros + j * blocks, xr,
                              xscales.data() + r * blocks, xsums.data() + r * blocks, blocks);
         if (accumulate) y = _mm_add_ps(y, _mm_loadu_ps(o + j));
