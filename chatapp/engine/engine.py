@@ -92,6 +92,9 @@ class Engine:
         self.token_texts = TokenTexts(self.tokenizer)
         self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
+        head_note = getattr(self.model.get_output_embeddings(), "note", None)  # a head the decoder took up
+        if head_note:
+            self.info = replace(self.info, notes=(*self.info.notes, head_note))
         self._step_kernels = False
         use_kernels()  # torch's top-k until `take_up_kernels` finds the block kernel
         self.take_up_kernels()

@@ -75,6 +75,11 @@ _LIBRARY.define(
     "int k, float top_p, float min_p, float penalty, Tensor previous_ids, Generator? generator, int top_n) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
+_LIBRARY.define(
+    "choose_from_head(Tensor hidden, Tensor[] head, int vocab, int exact_top, Tensor always, Tensor[] exact, "
+    "int[] exact_format, float softcap, float temperature, int k, float top_p, float min_p, float penalty, "
+    "Tensor previous_ids, Generator? generator, int top_n) -> (Tensor, Tensor, Tensor)"
+)
 # The schema is defined here, so TorchScript can compile code that calls the op before the
 # kernel (which registers only the CPU implementation) is loaded; nothing calls it until then.
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from chatapp.runtime.quantize import GROUP_SIZE, ZERO_OFFSET
+from chatapp.runtime.quantize import GROUP_SIZE, ZERO_OFFSET, int4_blocks
 from chatapp.support.memory import release_pages
 
+REQUANTIZED_ROWS = 1024
+"""Rows `requantized` rounds at a time (2.6 MB of float32 at K = 640)."""
 ACTIVATION_LEVELS = 32767.0
 """Activations are rounded per block of 32 to integers up to this (int16), scale = max |x| / it."""
 
@@ -137,3 +139,24 @@ def laid_out(parts: list[torch.Tensor]) -> list[torch.Tensor] | None:
             release_pages(packed[rows])
         release_pages(scales)
     return laid_out
+
+
+def requantized(weights, stop=lambda: False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The kernel's tensors for a 4-bit copy of a weight held in wider GGUF blocks (`weights`, a
+    `chatapp.runtime.block_linear.ScaledBlocks`): its rows dequantized exactly and rounded to
+    4 bits a block of 32 as `chatapp.runtime.quantize.pack_int4` rounds a float weight, scales
+    and zeros in bfloat16, `REQUANTIZED_ROWS` rows at a time (memory never holds the float32
+    matrix). None once `stop()` is true between two slices."""
+    n, k = weights.shape
+    codes = torch.empty(n, k // 2, dtype=torch.uint8)
+    scales = torch.empty(n, k // GROUP_SIZE, dtype=torch.bfloat16)
+    zeros = torch.empty_like(scales)
+    for start in range(0, n, REQUANTIZED_ROWS):
+        if stop():
+            return None
+        end = min(n, start + REQUANTIZED_ROWS)
+        _, part_codes, scale, low = int4_blocks(weights.rows(start, end).dequantize())
+        laid = pack(part_codes.reshape(end - start, k), scale.squeeze(-1), (low + ZERO_OFFSET * scale).squeeze(-1))
+        for target, part in zip((codes, scales, zeros), laid):
+            target[start:end] = part
+    return codes, scales, zeros

@@ -26,7 +26,7 @@ import time
 import torch
 
 from chatapp.runtime import block_kernel, int4_kernel
-from chatapp.runtime.int4_layout import laid_out
+from chatapp.runtime.int4_layout import laid_out, requantized
 from chatapp.runtime.quantize import OutputHead
 from chatapp.support.memory import return_freed_memory
 
@@ -86,6 +86,31 @@ def _finish_at_exit() -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             log.warning("chatapp's int4 kernel thread did not stop within %.0f s of exit", EXIT_WAIT_SECONDS)
+
+
+def requantize_in_background(head) -> bool:
+    """Make the 4-bit copy of `head` (a `chatapp.runtime.requantized_head.RequantizedHead`) on a
+    kernel thread, loading (or first compiling) the int4 kernel there; the head reads through
+    the copy from its next call on, and its `settled` is set either way. False (nothing runs, the
+    head stays exact) once the interpreter is exiting."""
+    if _start(_requantize, head):
+        return True
+    head.settled.set()
+    return False
+
+
+def _requantize(head) -> None:
+    try:
+        if int4_kernel.load():
+            parts = requantized(head.exact_blocks, stop=_Threads.exiting.is_set)
+            if parts is not None:
+                head.kernel_parts = parts  # one assignment: a call reads the old or the new whole
+                log.info("the LM head reads through its 4-bit copy from now on")
+            return_freed_memory()  # the slices' temporaries, freed on this thread's arena
+    except Exception:  # noqa: BLE001 - the head simply stays exact
+        log.exception("making the LM head's 4-bit copy failed")
+    finally:
+        head.settled.set()
 
 
 class KernelSwitch:

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, fuse_block_linears
+from chatapp.runtime.kernel_switch import requantize_in_background
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.layer_fusion import FusedNorm, fuse_mlp, fuse_norm
 from chatapp.runtime.layer_step import NativeLayers
-from chatapp.runtime.llama_decoder import rotation_matrix
+from chatapp.runtime.llama_decoder import NO_IDS, rotation_matrix
+from chatapp.runtime.requantized_head import RequantizedHead, requantizable
 from chatapp.support.memory import return_freed_memory
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
@@ -148,6 +150,12 @@ class LayeredDecoder(Decoder):
         self.native, self.native_reason = (None, native) if isinstance(native, str) else (native, None)
         if self.native is not None:
             self.kind = "chatapp layered decoder, one native call a step"
+        head = model.get_output_embeddings()
+        if self.native is not None and requantizable(head):
+            head = RequantizedHead(head)
+            model.set_output_embeddings(head)
+            requantize_in_background(head)
+            self.kind = f"chatapp layered decoder, layers in one native call a step, LM head 4-bit + exact top {head.exact_top}"
         self.reset()
 
     def reset(self) -> None:
@@ -201,27 +209,38 @@ class LayeredDecoder(Decoder):
     @torch.inference_mode()
     def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
         """`decode_one(token_id)` and the LM head `head`'s choice of the next token, in one call of
-        the block kernel (`decode_step`); None, having run nothing, unless the layers run as one
-        native call and the embedding and `head` are the file's blocks on the kernel (and the
-        logits are transformed, if at all, by a final soft-cap). Arguments and answer as
+        the block kernel (`decode_step`), or with a `RequantizedHead` whose 4-bit copy is ready, in
+        two: the block kernel's step up to the context vector, then the int4 kernel's
+        `choose_from_head`. None, having run nothing, unless the layers run as one native call and
+        the embedding and `head` are the file's blocks on the kernel (and the logits are
+        transformed, if at all, by a final soft-cap). Arguments and answer as
         `LlamaDecoder.decode_choosing`'s."""
         native, embed, config = self.native, self.embed, self.model.config
+        four_bit = head.kernel_parts if isinstance(head, RequantizedHead) else None
+        blocks = head.blocks if isinstance(head, RequantizedHead) else head
         if (native is None or not isinstance(embed, BlockEmbedding) or embed.kernel is None or embed.dtype != torch.float32
-                or type(head) is not BlockLinear or head.kernel is None or not isinstance(self.final_norm, FusedNorm)
+                or type(blocks) is not BlockLinear or blocks.kernel is None or not isinstance(self.final_norm, FusedNorm)
                 or getattr(config, "logits_scaling", None) or getattr(config, "logit_scale", None)):
             return None
         start = len(self.token_ids)
         self._reserve(start + 1)
         cos, sin = native.tables_at(self, start)
-        rows, weights = embed.weights, head.weights
-        bias = NO_BIAS if head.bias is None else head.bias.detach().float().contiguous()
+        rows, weights = embed.weights, blocks.weights
+        bias = NO_BIAS if blocks.bias is None else blocks.bias.detach().float().contiguous()
+        softcap = getattr(config, "final_logit_softcapping", None) or 0.0
         answer = native.kernel.decode_step(
             token_id, [rows.codes, rows.scale, rows.low], [rows.bits, rows.block], embed.scale or 0.0, cos, sin,
             native.tensors, native.ints, native.floats, self.caches, start, native.heads, native.kv_heads, native.act,
-            self.final_norm.doubled, self.final_norm.eps, [weights.codes, weights.scale, weights.low, bias],
-            [weights.bits, weights.block], getattr(config, "final_logit_softcapping", None) or 0.0, *choice,
+            self.final_norm.doubled, self.final_norm.eps, [] if four_bit is not None else [weights.codes, weights.scale, weights.low, bias],
+            [weights.bits, weights.block], softcap, *choice,
         )
         self.token_ids.append(token_id)
+        if four_bit is not None:
+            hidden = answer[3]
+            always = head.always_exact if head.always_exact is not None else NO_IDS
+            answer = (*torch.ops.chatapp.choose_from_head(
+                hidden, list(four_bit), head.vocab_rows, head.exact_top, always,
+                [weights.codes, weights.scale, weights.low], [weights.bits, weights.block], softcap, *choice), hidden)
         return answer
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:

@@ -168,9 +168,11 @@ class QuantizeReport:
     """Fraction of 32-weight blocks that were already 4-bit (from a GGUF file) and so kept exactly."""
 
 
-def pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """`weight` `(N, K)` packed for torch's int4 kernels: (packed codes, scales and zeros
-    `(K / G, N, 2)` in bfloat16, the fraction of its blocks that were exactly 4-bit)."""
+def int4_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`weight` `(N, K)` rounded to 4 bits a block of G: each block's 16 levels evenly spaced from
+    its least value to its largest. Returns the blocks `(N, K / G, G)` float32, their codes
+    (0..15, as float32), each block's scale and least value `(N, K / G, 1)`, so that a weight is
+    about `code * scale + least` (zero = least + `ZERO_OFFSET` * scale in torch's convention)."""
     weight = weight.detach().float()
     n, k = weight.shape
     blocks = weight.reshape(n, k // GROUP_SIZE, GROUP_SIZE)
@@ -178,6 +180,15 @@ def pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     high = blocks.amax(-1, keepdim=True)
     scale = ((high - low) / LEVELS).clamp(min=torch.finfo(torch.float32).tiny)
     codes = ((blocks - low) / scale).round().clamp(0, LEVELS)
+    return blocks, codes, scale, low
+
+
+def pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`weight` `(N, K)` packed for torch's int4 kernels: (packed codes, scales and zeros
+    `(K / G, N, 2)` in bfloat16, the fraction of its blocks that were exactly 4-bit)."""
+    n, k = weight.shape
+    blocks, codes, scale, low = int4_blocks(weight)
+    high = blocks.amax(-1, keepdim=True)
     rebuilt = codes * scale + low
     error = (rebuilt - blocks).abs().amax(-1) / (high - low).squeeze(-1).clamp(min=1e-12)
     exact = float((error <= EXACT_TOLERANCE).float().mean())

@@ -374,6 +374,25 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
 #endif
 }
 
+// The LM head's choice of the next token from a context vector `hidden` (d,): the head's 4-bit
+// pass (`head`: this kernel's layout, `vocab` rows kept), its `exact_top` best rows and the rows
+// `always` recomputed from the blocks `exact` (exact_logits), the final soft-cap where `softcap`
+// is not 0, then choose_token with these settings: the same operations in the same order as
+// the Python step (the head's forward, chatapp.lm_head.output_logits, then
+// chatapp.lm_head.choose_token on the block kernel). Returns choose_token's three tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> choose_from_head(
+    const at::Tensor& hidden, at::TensorList head, int64_t vocab, int64_t exact_top, const at::Tensor& always,
+    at::TensorList exact, at::IntArrayRef exact_format, double softcap, double temperature, int64_t k, double top_p,
+    double min_p, double penalty, const at::Tensor& previous_ids, std::optional<at::Generator> generator, int64_t top_n) {
+  TORCH_CHECK(head.size() == 3 && exact.size() == 3 && exact_format.size() == 2, "choose_from_head: the head or exact rows are incomplete");
+  TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.dim() == 1, "choose_from_head: hidden must be one float32 vector");
+  const at::Tensor x = hidden.contiguous();
+  at::Tensor logits = int4_linear(x.reshape({1, -1}), head[0], head[1], head[2]).select(0, 0).narrow(0, 0, vocab);
+  exact_logits(logits, x, exact_top, always, exact[0], exact[1], exact[2], exact_format[0], exact_format[1]);
+  if (softcap != 0) logits = at::tanh(logits / softcap) * softcap;
+  return choose_token(logits, temperature, k, top_p, min_p, penalty, previous_ids, generator, top_n);
+}
+
 // One decode step of an int4 Llama-family model with its token chosen, in one call: the token's
 // row of the embedding (the file's blocks: `embedding` codes, scale, minimum; `embedding_format`
 // bits, block size), decode_layers, the model's final RMS norm (torch's), the LM head's 4-bit
@@ -398,10 +417,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
   dequantized_row(rows, bits, block, scales, token, x.data_ptr<float>());
   decode_layers(x, cos, sin, norms, weights, cache, position, heads, kv_heads, eps);
   const at::Tensor hidden = at::rms_norm(x.select(0, 0), {rows.k}, final_norm, eps);
-  const at::Tensor logits = int4_linear(hidden.reshape({1, -1}), head[0], head[1], head[2]).select(0, 0).narrow(0, 0, vocab);
-  exact_logits(logits, hidden, exact_top, always, exact[0], exact[1], exact[2], exact_format[0], exact_format[1]);
-  const auto [numbers, kept, kept_probs] =
-      choose_token(logits, temperature, k, top_p, min_p, penalty, previous_ids, generator, top_n);
+  const auto [numbers, kept, kept_probs] = choose_from_head(hidden, head, vocab, exact_top, always, exact, exact_format, 0.0,
+                                                            temperature, k, top_p, min_p, penalty, previous_ids, generator, top_n);
   return {numbers, kept, kept_probs, hidden};
 }
 
@@ -411,4 +428,5 @@ TORCH_LIBRARY_IMPL(chatapp, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("decode_layers", &decode_layers);
   m.impl("decode_step", &decode_step);
+  m.impl("choose_from_head", &choose_from_head);
 }

@@ -256,7 +256,8 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
 // file's blocks, times `embedding_scale` where it is not 0), decode_layers, the model's final
 // norm (`final_norm`: its weight twice, computed as chatapp.runtime.layer_loop.rms_norm does),
 // the LM head (`head`: the file's blocks and a bias or an empty tensor, as the block kernel's
-// block_linear computes one row, the bias added), the final soft-cap (Gemma 2's)
+// block_linear computes one row, the bias added; no tensors: the step ends with the context
+// vector, its first three results empty, for the int4 kernel's choose_from_head), the final soft-cap (Gemma 2's)
 // where `softcap` is not 0, then choose_token with these settings. The same
 // operations in the same order as the Python step (LayeredDecoder.decode_one, then
 // chatapp.lm_head.choose_token on the block kernel), so the same numbers. Returns
@@ -268,8 +269,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
     const at::Tensor& final_norm, double final_eps, at::TensorList head, at::IntArrayRef head_format, double softcap,
     double temperature, int64_t k, double top_p, double min_p, double penalty, const at::Tensor& previous_ids,
     std::optional<at::Generator> generator, int64_t top_n) {
-  TORCH_CHECK(embedding.size() == 3 && embedding_format.size() == 2 && head.size() == 4 && head_format.size() == 2,
-              "decode_step: the embedding or the head is incomplete");
+  TORCH_CHECK(embedding.size() == 3 && embedding_format.size() == 2 && (head.size() == 4 || head.empty()) &&
+              head_format.size() == 2, "decode_step: the embedding or the head is incomplete");
   const int64_t bits = embedding_format[0], block = embedding_format[1];
   const Layout rows = layout_of(embedding[0], embedding[1], embedding[2], block, bits);
   TORCH_CHECK(token >= 0 && token < embedding[0].size(0), "decode_step: token ", token, " out of range");
@@ -284,6 +285,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
   const at::Tensor last = decode_layers(x, cos, sin, tensors, ints, floats, caches, position, heads, kv_heads, act)[-1];
   const int64_t d = last.numel();
   const at::Tensor hidden = at::layer_norm(at::cat({last, -last}, -1), {2 * d}, final_norm, {}, final_eps).narrow(-1, 0, d).contiguous();
+  if (head.empty()) {  // the context vector only: another kernel's head chooses
+    const at::Tensor none = at::empty({0}, hidden.options());
+    return {none, none, none, hidden};
+  }
   const Linear lm_head = linear_of(head.data(), head_format[0], head_format[1]);  // codes, scale, low, bias
   at::Tensor logits = at::empty({lm_head.n}, hidden.options());
   apply(lm_head, hidden.data_ptr<float>(), logits.data_ptr<float>());

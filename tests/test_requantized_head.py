@@ -1,0 +1,149 @@
+"""An LM head in wider GGUF blocks read through a 4-bit copy (`chatapp.runtime.requantized_head`):
+the copy's layout and rounding, the head's exact rows, and the decode step that chooses through
+it (the block kernel's layers, then the int4 kernel's `choose_from_head`) against the Python
+step, on the tiny GGUF files of every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatapp.runtime import block_kernel, int4_kernel, int4_layout
+from chatapp.runtime.block_linear import BlockLinear
+from chatapp.runtime.decoder_choice import open_decoder
+from chatapp.runtime.int4_layout import pack, reference_int4_linear, requantized
+from chatapp.runtime.quantize import ZERO_OFFSET, int4_blocks
+from chatapp.runtime.requantized_head import RequantizedHead, requantizable
+from tests.test_layer_step import PROMPT, STEPS, _native_model
+from tests.tiny_gguf import ARCHITECTURES
+
+pytestmark = pytest.mark.skipif(
+    block_kernel.ops() is None or not int4_kernel.cpu_supported() or not int4_kernel.load(),
+    reason="needs the block kernel and the int4 kernel (a C++ compiler, AVX512-VNNI)")
+
+EXACT_TOP = 16
+"""Rows recomputed exactly in these tests: well under the tiny vocabulary's 384."""
+
+
+@pytest.fixture(scope="module")
+def gguf_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny-gguf-requantized")
+
+
+def _head(arch: str, folder) -> tuple[object, BlockLinear]:
+    model = _native_model(arch, folder)
+    return model, model.get_output_embeddings()
+
+
+def _four_bit(model, exact_top: int = EXACT_TOP) -> RequantizedHead:
+    """The model's head replaced by a `RequantizedHead` with its copy made (synchronously)."""
+    head = RequantizedHead(model.get_output_embeddings(), exact_top)
+    head.kernel_parts = requantized(head.exact_blocks)
+    model.set_output_embeddings(head)
+    return head
+
+
+def test_the_copy_is_the_whole_weight_rounded_in_slices(gguf_folder, monkeypatch):
+    _, head = _head("llama", gguf_folder)
+    exact = head.weights.dequantize()
+    monkeypatch.setattr(int4_layout, "REQUANTIZED_ROWS", 40)  # slices that do not divide the rows
+    parts = requantized(head.weights)
+    _, codes, scale, low = int4_blocks(exact)
+    whole = pack(codes.reshape(exact.shape), scale.squeeze(-1), (low + ZERO_OFFSET * scale).squeeze(-1))
+    for part, expected in zip(parts, whole):
+        assert torch.equal(part, expected)
+    # and it is a 4-bit rounding of the exact weights: each within half a level (and bfloat16's rounding)
+    eye = torch.eye(exact.shape[1])
+    rebuilt = reference_int4_linear(eye, *parts).T  # (N, K): the copy's weights
+    level = scale.expand(-1, -1, 32).reshape(exact.shape)
+    largest = exact.abs().reshape(*scale.shape[:2], 32).amax(-1, keepdim=True).expand(-1, -1, 32).reshape(exact.shape)
+    assert bool(((rebuilt - exact).abs() <= 0.5 * level + 2**-7 * largest + 1e-6).all())  # bfloat16 zeros and scales
+    assert not torch.equal(rebuilt, exact)
+
+
+def test_stopping_between_slices_gives_nothing(gguf_folder, monkeypatch):
+    _, head = _head("llama", gguf_folder)
+    monkeypatch.setattr(int4_layout, "REQUANTIZED_ROWS", 64)
+    calls = []
+    assert requantized(head.weights, stop=lambda: calls.append(1) or len(calls) > 2) is None
+
+
+def test_the_best_rows_and_watched_ones_are_exact(gguf_folder):
+    model, blocks = _head("gemma3", gguf_folder)
+    head = _four_bit(model)
+    hidden = torch.randn(blocks.in_features, generator=torch.Generator().manual_seed(0))
+    exact = blocks(hidden)
+    watched = torch.argsort(exact)[:3]  # the three worst rows: never among the best
+    head.always_exact = watched
+    logits = head(hidden)
+    best = torch.topk(logits, EXACT_TOP).indices
+    assert set(best.tolist()) == set(torch.topk(exact, EXACT_TOP).indices.tolist())
+    torch.testing.assert_close(logits[best], exact[best], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[watched], exact[watched], rtol=1e-5, atol=1e-5)
+    rest = torch.ones_like(exact, dtype=torch.bool)
+    rest[best], rest[watched] = False, False
+    assert not torch.equal(logits[rest], exact[rest])  # the tail is the 4-bit pass's
+    assert (logits[rest] - exact[rest]).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_several_context_vectors_and_an_unready_copy_read_the_exact_head(gguf_folder):
+    model, blocks = _head("qwen2", gguf_folder)
+    head = RequantizedHead(blocks, EXACT_TOP)
+    hidden = torch.randn(3, blocks.in_features)
+    assert torch.equal(head(hidden[0]), blocks(hidden[0]))  # no copy yet
+    head.kernel_parts = requantized(blocks.weights)
+    assert torch.equal(head(hidden), blocks(hidden))
+
+
+def test_only_large_heads_in_wide_blocks_are_copied(gguf_folder, monkeypatch):
+    from chatapp.runtime import requantized_head
+
+    _, four = _head("gemma3", gguf_folder)  # its head is in Q4_K blocks
+    assert four.weights.bits == 4 and not requantizable(four, min_rows=1)
+    model, head = _head("qwen2", gguf_folder)  # Q8_0
+    assert head.weights.bits == 8 and not requantizable(head)  # 384 rows: too few to pay
+    assert requantizable(head, min_rows=1)
+    monkeypatch.setattr(requantized_head, "REQUANTIZE_FROM_ROWS", 1)
+    decoder = open_decoder(model)
+    installed = model.get_output_embeddings()
+    assert isinstance(installed, RequantizedHead) and "4-bit" in decoder.kind
+    assert installed.settled.wait(60) and installed.kernel_parts is not None
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_the_decode_step_through_the_copy_makes_the_python_step_s_choices(arch, gguf_folder):
+    """`decode_choosing` with a `RequantizedHead` (the block kernel's step to the context vector,
+    then the int4 kernel's `choose_from_head`: 4-bit pass, exact rows, soft-cap, choice) against
+    `decode_one` then `choose_token`, which reads the same head in Python: the same context
+    vector, token and numbers at every step, the draws from generators seeded alike."""
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
+
+    model = _native_model(arch, gguf_folder)
+    decoder = open_decoder(model)
+    head = _four_bit(model)
+    ops = block_kernel.ops()
+    use_kernels(ops.top_k, ops.kept_ids, block_kernel.lm_head_steps()[2], ops.choose_token)
+    settings = SamplingSettings(temperature=1.3, top_k=40, top_p=0.95, repetition_penalty=1.1)
+    try:
+        answers = []
+        for fused in (True, False):
+            decoder.reset()
+            decoder.prefill(PROMPT)
+            generator, previous, steps = torch.Generator().manual_seed(3), torch.tensor(PROMPT), []
+            for token in STEPS:
+                if fused:
+                    answer = decoder.decode_choosing(token, head, native_choice_settings(settings, generator, 5, previous))
+                    assert answer is not None, arch
+                    hidden, choice = answer[3], choice_from(answer[0])
+                else:
+                    hidden = decoder.decode_one(token)
+                    choice = choose_token(model, hidden, settings, lambda device: generator, 5, previous)
+                steps.append((hidden, choice))
+                previous = torch.cat([previous, torch.tensor([token])])
+            answers.append(steps)
+    finally:
+        use_kernels()
+    for (hidden, choice), (expected_hidden, expected) in zip(*answers):
+        assert torch.equal(hidden, expected_hidden)
+        assert choice == expected
