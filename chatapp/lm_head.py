@@ -14,7 +14,9 @@ The projection is the model's own output embedding, whatever it holds. For an in
 `chatapp.runtime.quantize.OutputHead`: a 4-bit pass over every row, then the best
 `EXACT_TOP` rows recomputed from the float32 weights, so the logits of every token that can be
 chosen or shown are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
-moved the decoder onto it.
+moved the decoder onto it. A large head kept in wider GGUF blocks (Gemma's Q8_0) is read the same
+way once its 4-bit copy is made (`chatapp.runtime.requantized_head.RequantizedHead`), its exact
+rows from the file's blocks.
 
 The top-k step keeps the k highest logits, ties broken by the lower id (`top_k_reference`).
 Where the block kernel is loaded, it and `kept_ids` run on its one-pass steps (the same numbers:

@@ -5,6 +5,8 @@ step, on the tiny GGUF files of every architecture."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -147,3 +149,43 @@ def test_the_decode_step_through_the_copy_makes_the_python_step_s_choices(arch, 
     for (hidden, choice), (expected_hidden, expected) in zip(*answers):
         assert torch.equal(hidden, expected_hidden)
         assert choice == expected
+
+
+def test_a_process_that_is_exiting_keeps_the_exact_head(gguf_folder, monkeypatch):
+    """No kernel thread starts once the interpreter is exiting (one still running stops between
+    two slices, `test_stopping_between_slices_gives_nothing`): the head is settled and exact."""
+    from chatapp.runtime import kernel_switch
+
+    model, blocks = _head("qwen2", gguf_folder)
+    head = RequantizedHead(blocks, EXACT_TOP)
+    monkeypatch.setattr(kernel_switch._Threads, "exiting", threading.Event())
+    kernel_switch._Threads.exiting.set()
+    assert not kernel_switch.requantize_in_background(head)
+    assert head.settled.is_set() and head.kernel_parts is None
+    hidden = torch.randn(blocks.in_features)
+    assert torch.equal(head(hidden), blocks(hidden))
+
+
+def test_the_default_file_read_in_its_blocks_chooses_through_the_copy_as_through_the_exact_head():
+    """The default model's file on the GGUF-native path (`--quantize gguf`): its Q8_0 head of
+    49,152 rows gets the copy, the model's notes say so, and greedy replies through the copy are
+    the exact head's, token for token, the chosen tokens' raw probabilities within 2% of theirs."""
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.engine.loader import load_engine
+
+    engine = load_engine("default", "cpu", quantize="gguf")
+    head = engine.model.get_output_embeddings()
+    assert isinstance(head, RequantizedHead) and head.note in engine.info.notes
+    assert head.settled.wait(120) and head.kernel_parts is not None
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=24)
+    messages = [{"role": "user", "content": "Name three colours and say why you like them."}]
+    four_bit = list(engine.start_turn(messages, settings))
+    parts, head.kernel_parts = head.kernel_parts, None
+    try:
+        engine.reset()
+        exact = list(engine.start_turn(messages, settings))
+    finally:
+        head.kernel_parts = parts
+    assert [step.token_id for step in four_bit] == [step.token_id for step in exact]
+    for ours, theirs in zip(four_bit, exact):
+        assert abs(ours.raw_prob - theirs.raw_prob) <= 0.02 * theirs.raw_prob

@@ -9,6 +9,9 @@ waited for: decoding runs on the TorchScript layers meanwhile and switches when 
 The same thread then loads the block kernel (`block_kernel.built_ops`) when it was built before,
 for the LM head's one-pass top-k and kept ids (the engine takes them up at its next step).
 
+A large LM head kept in wider GGUF blocks gets its 4-bit copy made on such a thread too
+(`requantize_in_background`, for `chatapp.runtime.requantized_head.RequantizedHead`).
+
 That thread never outlives the interpreter: a process ending while it runs native code (loading
 the library, laying out weights) aborts ("terminate called without an active exception"). At
 exit (`_finish_at_exit`, an `atexit` hook: it runs after non-daemon threads are joined, while
