@@ -102,14 +102,24 @@ def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_fol
     kernel's steps: the same context vector and the same token and numbers at every step, the
     draws from generators seeded alike (the rotary tables made 4 positions at a time, so the
     steps cross from one batch of them to the next)."""
-    from chatapp.chat.settings import SamplingSettings
-    from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
     from chatapp.runtime import layer_step
 
     monkeypatch.setattr(layer_step, "TABLE_POSITIONS", 4)
     model = _native_model(arch, gguf_folder)
     decoder = open_decoder(model)
-    head = model.get_output_embeddings()
+    fused, python = steps_both_ways(model, decoder, model.get_output_embeddings())
+    for (hidden, choice), (expected_hidden, expected) in zip(fused, python):
+        assert torch.equal(hidden, expected_hidden)
+        assert choice == expected
+
+
+def steps_both_ways(model, decoder: LayeredDecoder, head) -> list[list]:
+    """`STEPS` after `PROMPT`, each step's (context vector, choice) by `decode_choosing` and by
+    `decode_one` then `choose_token` (the block kernel's LM head steps), with generators seeded
+    alike; `[fused steps, Python steps]`."""
+    from chatapp.chat.settings import SamplingSettings
+    from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
+
     ops = block_kernel.ops()
     use_kernels(ops.top_k, ops.kept_ids, block_kernel.lm_head_steps()[2], ops.choose_token)
     settings = SamplingSettings(temperature=1.3, top_k=40, top_p=0.95, repetition_penalty=1.1)
@@ -122,7 +132,7 @@ def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_fol
             for token in STEPS:
                 if fused:
                     answer = decoder.decode_choosing(token, head, native_choice_settings(settings, generator, 5, previous))
-                    assert answer is not None, arch
+                    assert answer is not None
                     hidden, choice = answer[3], choice_from(answer[0])
                 else:
                     hidden = decoder.decode_one(token)
@@ -132,6 +142,4 @@ def test_a_whole_step_in_one_call_makes_the_python_step_s_choices(arch, gguf_fol
             answers.append(steps)
     finally:
         use_kernels()
-    for (hidden, choice), (expected_hidden, expected) in zip(*answers):
-        assert torch.equal(hidden, expected_hidden)
-        assert choice == expected
+    return answers

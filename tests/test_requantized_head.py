@@ -16,7 +16,7 @@ from chatapp.runtime.decoder_choice import open_decoder
 from chatapp.runtime.int4_layout import pack, reference_int4_linear, requantized
 from chatapp.runtime.quantize import ZERO_OFFSET, int4_blocks
 from chatapp.runtime.requantized_head import RequantizedHead, requantizable
-from tests.test_layer_step import PROMPT, STEPS, _native_model
+from tests.test_layer_step import _native_model, steps_both_ways
 from tests.tiny_gguf import ARCHITECTURES
 
 pytestmark = pytest.mark.skipif(
@@ -118,35 +118,10 @@ def test_the_decode_step_through_the_copy_makes_the_python_step_s_choices(arch, 
     then the int4 kernel's `choose_from_head`: 4-bit pass, exact rows, soft-cap, choice) against
     `decode_one` then `choose_token`, which reads the same head in Python: the same context
     vector, token and numbers at every step, the draws from generators seeded alike."""
-    from chatapp.chat.settings import SamplingSettings
-    from chatapp.lm_head import choice_from, choose_token, native_choice_settings, use_kernels
-
     model = _native_model(arch, gguf_folder)
     decoder = open_decoder(model)
-    head = _four_bit(model)
-    ops = block_kernel.ops()
-    use_kernels(ops.top_k, ops.kept_ids, block_kernel.lm_head_steps()[2], ops.choose_token)
-    settings = SamplingSettings(temperature=1.3, top_k=40, top_p=0.95, repetition_penalty=1.1)
-    try:
-        answers = []
-        for fused in (True, False):
-            decoder.reset()
-            decoder.prefill(PROMPT)
-            generator, previous, steps = torch.Generator().manual_seed(3), torch.tensor(PROMPT), []
-            for token in STEPS:
-                if fused:
-                    answer = decoder.decode_choosing(token, head, native_choice_settings(settings, generator, 5, previous))
-                    assert answer is not None, arch
-                    hidden, choice = answer[3], choice_from(answer[0])
-                else:
-                    hidden = decoder.decode_one(token)
-                    choice = choose_token(model, hidden, settings, lambda device: generator, 5, previous)
-                steps.append((hidden, choice))
-                previous = torch.cat([previous, torch.tensor([token])])
-            answers.append(steps)
-    finally:
-        use_kernels()
-    for (hidden, choice), (expected_hidden, expected) in zip(*answers):
+    fused, python = steps_both_ways(model, decoder, _four_bit(model))
+    for (hidden, choice), (expected_hidden, expected) in zip(fused, python):
         assert torch.equal(hidden, expected_hidden)
         assert choice == expected
 
