@@ -164,3 +164,25 @@ def test_the_default_file_read_in_its_blocks_chooses_through_the_copy_as_through
     assert [step.token_id for step in four_bit] == [step.token_id for step in exact]
     for ours, theirs in zip(four_bit, exact):
         assert abs(ours.raw_prob - theirs.raw_prob) <= 0.02 * theirs.raw_prob
+
+
+def test_with_the_kernel_built_the_first_call_waits_for_the_copy(gguf_folder, monkeypatch):
+    """A head whose copy is still being made (`wait`: the int4 kernel was built) answers its first
+    call through the copy, once made, so every step of a session reads the same head."""
+    from chatapp.runtime import kernel_switch
+
+    model, blocks = _head("qwen2", gguf_folder)
+    made = threading.Event()
+
+    def slowly(weights, stop):
+        made.wait(5)  # held until the head is already being called
+        return requantized(weights, stop)
+
+    monkeypatch.setattr(kernel_switch, "requantized", slowly)
+    head = RequantizedHead(blocks, EXACT_TOP, wait=True)
+    assert kernel_switch.requantize_in_background(head)
+    hidden = torch.randn(blocks.in_features)
+    threading.Timer(0.3, made.set).start()
+    first = head(hidden)
+    assert head.kernel_parts is not None
+    assert torch.equal(first, head(hidden)) and not torch.equal(first, blocks(hidden))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, fuse_block_linears
+from chatapp.runtime import int4_kernel
 from chatapp.runtime.kernel_switch import requantize_in_background
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.layer_fusion import FusedNorm, fuse_mlp, fuse_norm
@@ -152,7 +153,7 @@ class LayeredDecoder(Decoder):
             self.kind = "chatapp layered decoder, one native call a step"
         head = model.get_output_embeddings()
         if self.native is not None and requantizable(head):
-            head = RequantizedHead(head)
+            head = RequantizedHead(head, wait=int4_kernel.built())  # built: ready in under a second
             model.set_output_embeddings(head)
             requantize_in_background(head)
             self.kind = f"chatapp layered decoder, layers in one native call a step, LM head 4-bit + exact top {head.exact_top}"
@@ -216,7 +217,7 @@ class LayeredDecoder(Decoder):
         transformed, if at all, by a final soft-cap). Arguments and answer as
         `LlamaDecoder.decode_choosing`'s."""
         native, embed, config = self.native, self.embed, self.model.config
-        four_bit = head.kernel_parts if isinstance(head, RequantizedHead) else None
+        four_bit = head.four_bit() if isinstance(head, RequantizedHead) else None
         blocks = head.blocks if isinstance(head, RequantizedHead) else head
         if (native is None or not isinstance(embed, BlockEmbedding) or embed.kernel is None or embed.dtype != torch.float32
                 or type(blocks) is not BlockLinear or blocks.kernel is None or not isinstance(self.final_norm, FusedNorm)

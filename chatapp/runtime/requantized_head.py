@@ -11,8 +11,11 @@ which the tests and the README's measurements check; only the far tail, in the s
 normaliser and the entropy, keeps the 4-bit rounding.
 
 The copy is made on a kernel thread (`chatapp.runtime.kernel_switch.requantize_in_background`,
-about a second for Gemma); until it is ready, and for more than one context vector at a time
-(a prefill's or the lens's), the head is the exact one.
+half a second for Gemma). Where the int4 kernel was built before, the head's first call waits for
+it (`wait`), so that every step of a session reads the same head (a reply is the same for the
+same seed); otherwise (the kernel compiles first, about 20 s) the head is the exact one until the
+copy is ready. For more than one context vector at a time (a prefill's or the lens's) it is the
+exact one always.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ REQUANTIZE_FROM_BITS = 5
 """Heads in blocks of fewer bits stay exact: a 4-bit copy (5 bits a weight with its scales) would
 not read fewer bytes."""
 
+WAIT_SECONDS = 30.0
+"""Longest the head's first call waits for its copy (about 0.7 s with the kernel built)."""
+
 _NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
@@ -49,8 +55,11 @@ class RequantizedHead(nn.Module):
     """`blocks`' logits: for one context vector, once `kernel_parts` is set, a 4-bit pass with
     its best rows exact; otherwise `blocks`' own."""
 
-    def __init__(self, blocks: BlockLinear, exact_top: int = EXACT_TOP) -> None:
+    def __init__(self, blocks: BlockLinear, exact_top: int = EXACT_TOP, wait: bool = False) -> None:
+        """Read `blocks` exactly until `kernel_parts` is set; with `wait`, the first call waits
+        (at most `WAIT_SECONDS`) until `settled`."""
         super().__init__()
+        self._wait = wait
         self.blocks = blocks
         self.in_features, self.out_features = blocks.in_features, blocks.out_features
         self.vocab_rows = blocks.out_features
@@ -73,8 +82,15 @@ class RequantizedHead(nn.Module):
         """The file's blocks, from which the exact rows are recomputed."""
         return self.blocks.weights
 
+    def four_bit(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The copy's tensors, or None while it is not ready (the first call waits, with `wait`)."""
+        if self._wait:
+            self._wait = False
+            self.settled.wait(WAIT_SECONDS)
+        return self.kernel_parts
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N) float32
-        parts = self.kernel_parts
+        parts = self.four_bit()
         if parts is None or hidden.dim() != 1:
             return self.blocks(hidden)
         x = hidden.float().contiguous()
