@@ -12,8 +12,8 @@ shows with a single device-to-host copy.
 
 The projection is the model's own output embedding, whatever it holds. For an int4 model it is
 `chatapp.runtime.quantize.OutputHead`: a 4-bit pass over every row, then the best
-`EXACT_TOP` rows recomputed from the float32 weights, so the logits of every token that can be
-chosen or shown are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
+`EXACT_TOP` rows recomputed from the float32 weights, so the logits of every token shown, and of
+every token top-k (k up to `EXACT_TOP`) can choose, are exact; that pass runs on chatapp's kernel once `runtime.kernel_switch` has
 moved the decoder onto it. A large head kept in wider GGUF blocks (Gemma's Q8_0) is read the same
 way once its 4-bit copy is made (`chatapp.runtime.requantized_head.RequantizedHead`), its exact
 rows from the file's blocks.

@@ -8,7 +8,9 @@ as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product,
 or many (a prefill: from 20 tokens its products dequantize each weight once to float32 and run
 torch's matrix product, its attention is torch's fused one), and
 `torch.ops.chatapp.decode_step` for the whole step, the LM head and the choice of the next token
-included (the LM head's C++ in `kernels/lm_head_steps.h`, shared with the block kernel). How
+included (the LM head's C++ in `kernels/lm_head_steps.h`, shared with the block kernel), and
+`torch.ops.chatapp.choose_from_head` for that head and choice alone (a GGUF model's LM head read
+through its 4-bit copy, `chatapp.runtime.requantized_head`). How
 much faster that is, is measured in the README (Performance).
 
 The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 20 s)

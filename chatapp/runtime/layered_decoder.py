@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from chatapp.runtime.block_linear import BlockEmbedding, BlockLinear, fuse_block_linears
-from chatapp.runtime import int4_kernel
 from chatapp.runtime.kernel_switch import requantize_in_background
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.layer_fusion import FusedNorm, fuse_mlp, fuse_norm
@@ -153,9 +152,10 @@ class LayeredDecoder(Decoder):
             self.kind = "chatapp layered decoder, one native call a step"
         head = model.get_output_embeddings()
         if self.native is not None and requantizable(head):
-            head = RequantizedHead(head, wait=int4_kernel.built())  # built: ready in under a second
+            head = RequantizedHead(head, wait=True)  # the kernel is built: ready in under a second
             model.set_output_embeddings(head)
             requantize_in_background(head)
+        if isinstance(head, RequantizedHead):
             self.kind = f"chatapp layered decoder, layers in one native call a step, LM head 4-bit + exact top {head.exact_top}"
         self.reset()
 

@@ -5,17 +5,19 @@ step reads from memory, half of the step. `RequantizedHead` reads it as the defa
 head does (`chatapp.runtime.quantize.OutputHead`): a pass over every row in a 4-bit copy
 (chatapp's int4 kernel; 105 MB for Gemma), then the `EXACT_TOP` best rows of that pass, and any
 watched ones, recomputed in float32 from the file's own blocks (the block kernel's
-`exact_logits`). The candidates, the chosen token and the top-k distribution (k up to
-`EXACT_TOP`) are the exact head's numbers when the true best rows are among the pass's best,
-which the tests and the README's measurements check; only the far tail, in the softmax's
-normaliser and the entropy, keeps the 4-bit rounding.
+`exact_logits`). The candidates shown, the greedy choice and the top-k distribution for k up
+to `EXACT_TOP` are the exact head's numbers when the true best rows are among the pass's best,
+which the tests and the README's measurements check; the far tail, in the softmax's normaliser
+and the entropy (and a token drawn from beyond the best rows, with top-k off or above
+`EXACT_TOP`), keeps the 4-bit rounding.
 
 The copy is made on a kernel thread (`chatapp.runtime.kernel_switch.requantize_in_background`,
-half a second for Gemma). Where the int4 kernel was built before, the head's first call waits for
-it (`wait`), so that every step of a session reads the same head (a reply is the same for the
-same seed); otherwise (the kernel compiles first, about 20 s) the head is the exact one until the
-copy is ready. For more than one context vector at a time (a prefill's or the lens's) it is the
-exact one always.
+half a second for Gemma), only where the int4 kernel was built before (`make setup` builds it;
+a GGUF model never starts its compile) and the block kernel runs its AVX512 build (whose exact
+rows are the int4 kernel's to the last bit, so that the native and the Python step agree). The
+head's first call waits for it (`wait`), so that every step of a session reads the same head (a
+reply is the same for the same seed). For more than one context vector at a time (a prefill's
+or the lens's) the head is the exact one.
 """
 
 from __future__ import annotations
@@ -25,30 +27,32 @@ import threading
 import torch
 from torch import nn
 
-from chatapp.runtime import int4_kernel
+from chatapp.runtime import block_kernel, int4_kernel
 from chatapp.runtime.block_linear import BlockLinear, ScaledBlocks
 from chatapp.runtime.quantize import EXACT_TOP
 
 REQUANTIZE_FROM_ROWS = 32768
 """Heads with fewer rows stay exact: their pass is short either way."""
-REQUANTIZE_FROM_BITS = 5
+REQUANTIZE_FROM_BITS = 6
 """Heads in blocks of fewer bits stay exact: a 4-bit copy (5 bits a weight with its scales) would
-not read fewer bytes."""
+read at most a tenth fewer bytes than a 5-bit type's (5.5-6 bits a weight); Q6_K's (held as 8-bit
+codes) and Q8_0's (6.6 and 8.5 bits a weight) are worth it."""
 
 WAIT_SECONDS = 30.0
-"""Longest the head's first call waits for its copy (about 0.7 s with the kernel built)."""
+"""Longest the head's first call waits for its copy (about half a second on Gemma 3 270M)."""
 
 _NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
 def requantizable(head: nn.Module, min_rows: int | None = None) -> bool:
-    """Whether `head` is a bias-free `BlockLinear` on the block kernel, of at least `min_rows`
-    rows (None: `REQUANTIZE_FROM_ROWS`) of `REQUANTIZE_FROM_BITS` bits or more, shaped for the
-    int4 kernel (K a multiple of 64, N of 4) on a CPU that has its instructions."""
+    """Whether `head` is a bias-free `BlockLinear` on the block kernel's AVX512 build, of at least
+    `min_rows` rows (None: `REQUANTIZE_FROM_ROWS`) of `REQUANTIZE_FROM_BITS` bits or more, shaped
+    for the int4 kernel (K a multiple of 64, N of 4), that kernel wanted here and built before."""
     min_rows = REQUANTIZE_FROM_ROWS if min_rows is None else min_rows
     return (type(head) is BlockLinear and head.bias is None and head.kernel is not None
             and head.weights.bits >= REQUANTIZE_FROM_BITS and head.out_features >= min_rows
-            and head.out_features % 4 == 0 and head.in_features % 64 == 0 and int4_kernel.cpu_supported())
+            and head.out_features % 4 == 0 and head.in_features % 64 == 0
+            and block_kernel.build_for_cpu() == "avx512" and int4_kernel.wanted() is None and int4_kernel.built())
 
 
 class RequantizedHead(nn.Module):
