@@ -29,7 +29,7 @@ from chatapp.runtime.kernel_switch import requantize_in_background
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.layer_fusion import FusedNorm, fuse_mlp, fuse_norm
 from chatapp.runtime.layer_step import NativeLayers
-from chatapp.runtime.llama_decoder import NO_IDS, rotation_matrix
+from chatapp.runtime.llama_decoder import rotation_matrix
 from chatapp.runtime.requantized_head import RequantizedHead, requantizable
 from chatapp.support.memory import return_freed_memory
 
@@ -238,9 +238,8 @@ class LayeredDecoder(Decoder):
         self.token_ids.append(token_id)
         if four_bit is not None:
             hidden = answer[3]
-            always = head.always_exact if head.always_exact is not None else NO_IDS
             answer = (*torch.ops.chatapp.choose_from_head(
-                hidden, list(four_bit), head.vocab_rows, head.exact_top, always,
+                hidden, list(four_bit), head.vocab_rows, head.exact_top, head.exact_ids,
                 [weights.codes, weights.scale, weights.low], [weights.bits, weights.block], softcap, *choice), hidden)
         return answer
 

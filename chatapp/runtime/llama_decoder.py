@@ -36,7 +36,7 @@ from chatapp.runtime.block_linear import ScaledBlocks
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.kernel_switch import KernelSwitch
 from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
-from chatapp.runtime.quantize import Int4Linear, OutputHead
+from chatapp.runtime.quantize import NO_ROWS, Int4Linear, OutputHead
 
 _SETTLED = threading.Event()
 _SETTLED.set()  # the kernel_settled of a decoder that never uses the kernel
@@ -49,7 +49,7 @@ MIN_CAPACITY = 256
 """Tokens the KV buffers hold at first; they double when full."""
 KERNEL_TENSORS = 12
 """Tensors of one layer in the kernel's weights: three for each of its four projections."""
-NO_IDS = torch.empty(0, dtype=torch.long)
+
 
 def config_unsupported_reason(config) -> str | None:
     """Why a model with this config (transformers' or `chatapp.loading.plain_llama`'s) is not one whose
@@ -286,7 +286,7 @@ class LlamaDecoder(Decoder):
         answer = torch.ops.chatapp.decode_step(
             token_id, [embedding.codes, embedding.scale, embedding.low], [embedding.bits, embedding.block],
             self.cos[start], self.sin[start], self.norms, step_weights, self.cache, start, self.heads, self.kv_heads,
-            self.eps, self.norm_weight, list(head.kernel_parts), head.vocab_rows, head.exact_top, NO_IDS,
+            self.eps, self.norm_weight, list(head.kernel_parts), head.vocab_rows, head.exact_top, NO_ROWS,
             [exact.codes, exact.scale, exact.low], [exact.bits, exact.block], *choice,
         )
         self.token_ids.append(token_id)

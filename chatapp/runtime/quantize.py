@@ -51,6 +51,8 @@ ROW_MULTIPLE = 16
 """torch packs int4 weights whose output size is a multiple of this."""
 EXACT_TOP = 256
 """Logits per step that `OutputHead` recomputes in float32."""
+NO_ROWS = torch.empty(0, dtype=torch.long)
+"""No rows to recompute beyond the best ones (no watched tokens)."""
 
 # The state-dict keys of an `OutputHead` saved as a model's `lm_head` (the int4 file cache).
 HEAD_KEY = "lm_head.weight"
@@ -138,7 +140,7 @@ class OutputHead(nn.Module):
         if hidden.dim() == 1:  # one context vector: recompute its best rows as one small product
             logits = logits[0]
             if self.exact_of is not None and self.exact_blocks is not None:
-                always = self.always_exact if self.always_exact is not None else _NO_ROWS
+                always = self.always_exact if self.always_exact is not None else NO_ROWS
                 self.exact_of(logits, hidden.float().contiguous(), self.exact_top, always, *self.exact_blocks.kernel_args())
                 return logits
             if self.best_of is not None:
@@ -155,7 +157,6 @@ class OutputHead(nn.Module):
         return logits.scatter(-1, best, exact).reshape(*hidden.shape[:-1], -1)
 
 
-_NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import nn
 
 from chatapp.runtime import block_kernel, int4_kernel
 from chatapp.runtime.block_linear import BlockLinear, ScaledBlocks
-from chatapp.runtime.quantize import EXACT_TOP
+from chatapp.runtime.quantize import EXACT_TOP, NO_ROWS
 
 REQUANTIZE_FROM_ROWS = 32768
 """Heads with fewer rows stay exact: their pass is short either way."""
@@ -40,8 +40,6 @@ codes) and Q8_0's (6.6 and 8.5 bits a weight) are worth it."""
 
 WAIT_SECONDS = 30.0
 """Longest the head's first call waits for its copy (about half a second on Gemma 3 270M)."""
-
-_NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
 def requantizable(head: nn.Module, min_rows: int | None = None) -> bool:
@@ -86,6 +84,11 @@ class RequantizedHead(nn.Module):
         """The file's blocks, from which the exact rows are recomputed."""
         return self.blocks.weights
 
+    @property
+    def exact_ids(self) -> torch.Tensor:
+        """The rows recomputed exactly beside the best ones: the watched tokens (or none)."""
+        return self.always_exact if self.always_exact is not None else NO_ROWS
+
     def four_bit(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The copy's tensors, or None while it is not ready (the first call waits, with `wait`)."""
         if self._wait:
@@ -99,8 +102,7 @@ class RequantizedHead(nn.Module):
             return self.blocks(hidden)
         x = hidden.float().contiguous()
         logits = torch.ops.chatapp.int4_linear(x.reshape(1, -1), *parts)[0]
-        always = self.always_exact if self.always_exact is not None else _NO_ROWS
-        self.blocks.kernel.exact_logits(logits, x, self.exact_top, always, *self.exact_blocks.kernel_args())
+        self.blocks.kernel.exact_logits(logits, x, self.exact_top, self.exact_ids, *self.exact_blocks.kernel_args())
         return logits
 
     def extra_repr(self) -> str:
