@@ -17,6 +17,7 @@ import torch
 
 from chatapp.chat.records import Step, TurnStats, WatchedToken
 from chatapp.chat.settings import SamplingSettings
+from chatapp.engine.core_lending import CoreLending
 from chatapp.engine.detokenizer import ReplyDetokenizer
 from chatapp.lm_head import Choice, choice_from, choose_token, native_choice_settings
 
@@ -72,6 +73,10 @@ class Turn:
         self.on_prefill: Callable[[int, int], None] | None = None
         """Called with (tokens prefilled, tokens to prefill) as a long prompt is read (set it
         before iterating; it runs on the iterating thread)."""
+        self.spare_core: Callable[[], bool] | None = None
+        """Asked before each decode step, if set: while it answers True (a UI is drawing what the
+        turn reported), a step that runs whole on chatapp's kernels leaves that UI a core
+        (`chatapp.engine.core_lending`)."""
         self.context_vector: torch.Tensor | None = None
         """`(d_model,)` the final block's output from which the latest step was chosen."""
 
@@ -122,6 +127,13 @@ class Turn:
                 return hidden, choice_from(numbers)
         return decoder.decode_one(token_id), None
 
+    def _steps_natively(self, decoder) -> bool:
+        """Whether the next decode step runs whole on chatapp's kernels (`_decode` through
+        `decode_choosing`): only such a step may leave a core to the UI, its numbers being the same
+        on fewer threads."""
+        engine = self.engine
+        return not engine.watch_ids and decoder.steps_natively(engine.model.get_output_embeddings())
+
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
         self._cancelled.set()
@@ -149,6 +161,7 @@ class Turn:
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
+        lending = CoreLending(decoder.device)
         try:
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             choice = None  # the next step's, where the decoder chose it with its decode step
@@ -194,6 +207,8 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
+                    if self.spare_core is not None:
+                        lending.lend(self.spare_core() and layers is None and self._steps_natively(decoder))
                     if layers is None:
                         hidden, choice = self._decode(decoder, token_id, penalty_ids)
                     else:
@@ -209,6 +224,7 @@ class Turn:
             stats.finish_reason = "error"
             raise
         finally:
+            lending.lend(False)
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)

@@ -18,6 +18,9 @@ class ChatTurn(Protocol):
     """The turn's figures, complete once iteration ends."""
     on_prefill: Callable[[int, int], None] | None
     """Called with (tokens read, tokens to read) while a long prompt is read, if set."""
+    spare_core: Callable[[], bool] | None
+    """Asked before each decode step, if set: while it answers True (a UI is drawing what the turn
+    reported), the step leaves that UI a CPU core (one thread fewer; the same numbers)."""
 
     def __iter__(self) -> Iterator[Step]:
         """One `Step` per token, each chosen through `chatapp.lm_head`."""

@@ -2,12 +2,14 @@
 
 `stream_turn` is the body of a reply job (`ChatSession.run`), free of any UI so tests can run it
 directly; it reports `TokensGenerated`, then `TurnFinished` or `TurnFailed`, through the callable
-it is given (the TUI posts each event to its screen as a message). Steps are posted in batches, and the candidates panel follows the latest step at half
-that pace; the final step always reaches the panel. Every update is drawn on the UI thread, which
-takes CPU from the decoder's threads on a small CPU (and the GIL from a GPU's Python-bound loop),
-so the pace is set by `StreamPacing`: text every 0.4 s while drawing is cheap, less often when
-the updates cost the UI thread more than its budget (long replies that scroll, big terminals,
-slow machines).
+it is given (the TUI posts each event to its screen as a message). Steps are posted in batches,
+and the candidates panel follows the latest step at half that pace; the final step always
+reaches the panel. Every update is drawn on the UI thread, which takes CPU from the decoder's
+threads on a small CPU (and the GIL from a GPU's Python-bound loop), so the pace is set by
+`StreamPacing`: text every 0.4 s while drawing is cheap, less often when the updates cost the UI
+thread more than its budget (long replies that scroll, big terminals, slow machines). While the
+UI draws a batch, the turn's decode steps leave it a core (`ChatTurn.spare_core`), until the UI
+says it has drawn it (`StreamPacing.drawn`).
 """
 
 from __future__ import annotations
@@ -36,17 +38,20 @@ On a small CPU, what the UI thread spends is taken from the decoder about one fo
 pace of updates follows their cost (the measurements: README, Performance, "The TUI's cost")."""
 PACING_SMOOTHING = 0.5
 """Weight of the newest measurement when the text interval is adjusted (the rest is the old one)."""
+MAX_DRAW_SECONDS = 0.1
+"""Longest the decode steps leave the UI a core after a batch was posted (drawing one takes 5-20 ms
+here), should the UI never say it drew it."""
 MAX_ERROR_CHARS = 300
 """Longest error line shown to the user."""
 
 
 @dataclass
 class StreamPacing:
-    """How often the worker posts new text; the UI thread widens it when its updates cost more
-    than `UI_CPU_BUDGET`.
+    """How often the worker posts new text (the UI thread widens it when its updates cost more
+    than `UI_CPU_BUDGET`), and whether the UI is drawing what was posted.
 
-    The UI thread writes `batch_seconds` and the engine thread reads it at every step: a float
-    attribute, read and written whole under the GIL.
+    The UI thread writes `batch_seconds`, both threads write `drawing_since`, and the engine
+    thread reads them at every step: attributes read and written whole under the GIL.
     """
 
     batch_seconds: float = MIN_BATCH_SECONDS
@@ -56,6 +61,25 @@ class StreamPacing:
     def panel_seconds(self) -> float:
         """Shortest gap between candidate-panel updates while streaming."""
         return PANEL_BATCHES * self.batch_seconds
+
+    drawing_since: float | None = None
+    """When the latest batch was posted (`time.monotonic`), until the UI has drawn it (None)."""
+
+    def drawing(self) -> None:
+        """(engine thread) A batch was posted: the UI draws it from now on."""
+        self.drawing_since = time.monotonic()
+
+    def drawn(self) -> None:
+        """(UI thread) What was posted is on screen."""
+        self.drawing_since = None
+
+    def ui_drawing(self, now: float | None = None) -> bool:
+        """Whether the UI is drawing a batch at `now` (default: this moment), for at most
+        `MAX_DRAW_SECONDS` after it was posted, in case the UI never says it drew it."""
+        since = self.drawing_since
+        if since is None:
+            return False
+        return (time.monotonic() if now is None else now) - since < MAX_DRAW_SECONDS
 
     def observe(self, update_cpu_seconds: float) -> None:
         """Adjust to one update that cost the UI thread `update_cpu_seconds` of CPU time.
@@ -187,10 +211,12 @@ def stream_turn(
         if pending or candidates is not None:
             speed = (steps - 1) / (now - first_at) if steps > 1 and now > first_at else None
             stats = turn.stats
+            pacing.drawing()  # before the post: the UI may have drawn the batch before it returns
             post(TokensGenerated(job, pending, candidates, speed, stats.prompt_tokens, stats.cached_tokens,
                                  stats.ttft_ms or None))
         pending, last_post = [], now
 
+    turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
     try:
         for step in turn:
             steps += 1

@@ -72,8 +72,11 @@ class ReplyStreaming:
 
     async def _show_steps(self: "ChatScreen", event: TokensGenerated) -> None:
         """Append a batch of steps to the reply being written and, when due, show the newest
-        step's candidates (unless the user is inspecting another), drawn together. The pace
-        of the next batches follows what the UI thread spent since the last one."""
+        step's candidates (unless the user is inspecting another), drawn together: the panel and
+        the status line change first, so that their refreshes reach the screen while the text is
+        appended and one frame draws all three (else a second layout pass follows a frame later).
+        The pace of the next batches follows what the UI thread spent since the last one; once
+        the batch is drawn, the decoder's steps take back the core they left the UI."""
         job = self.session.job
         added = self.session.add_steps(event)
         if added is None:
@@ -84,10 +87,11 @@ class ReplyStreaming:
         self._update_cpu_at = now
         log = self.query_one(ChatLog)
         with self.app.batch_update():  # no frame between the text, its new blocks and the panel
-            await log.reply_view(job.exchange).append(added)
             if event.candidates is not None and log.cursor is None:
                 self.show_step(event.candidates, job.settings)
             self.update_status()  # the reply's own speed and context, as it is written
+            await log.reply_view(job.exchange).append(added)
+        self.call_after_refresh(self.session.pacing.drawn)
 
     def show_step(self: "ChatScreen", step: Step, settings: SamplingSettings, cursor: int | None = None,
                   notes: tuple[str, ...] = ()) -> None:

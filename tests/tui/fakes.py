@@ -65,6 +65,8 @@ class FakeEngine:
     """Raise at this step index, to test error handling."""
     dropped_turns: int = 0
     """Old turns each turn reports as left out to fit the context window."""
+    turns: list = field(default_factory=list)
+    """Every `FakeTurn` started, in order."""
     top_n: int = 6
     info: ModelInfo = FAKE_INFO
     calls: list[Call] = field(default_factory=list)
@@ -116,7 +118,8 @@ class FakeEngine:
     def start_turn(self, messages, settings, reply_prefix_ids=(), stop=None) -> "FakeTurn":
         self.calls.append(Call([dict(m) for m in messages], settings, list(reply_prefix_ids)))
         tokens = self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
-        return FakeTurn(self, tokens, list(reply_prefix_ids), messages, settings.max_new_tokens, stop)
+        self.turns.append(FakeTurn(self, tokens, list(reply_prefix_ids), messages, settings.max_new_tokens, stop))
+        return self.turns[-1]
 
     def step(self, index: int, text: str) -> Step:
         """The scripted record for token `text` at `index`."""
@@ -144,6 +147,9 @@ class FakeTurn:
                                dropped_turns=engine.dropped_turns)
         self._cancelled = stop if stop is not None else threading.Event()
         self.on_prefill = None
+        self.spare_core = None
+        """Asked before each step after the first, as the real turn asks it (what it answered: `spare_answers`)."""
+        self.spare_answers: list[bool] = []
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -184,5 +190,7 @@ class FakeTurn:
             if step.is_stop:
                 stats.finish_reason = "stop"
                 break
+            if self.spare_core is not None:
+                self.spare_answers.append(self.spare_core())
         stats.text = self.prefix_text + "".join(texts)
         stats.tok_per_s = FAKE_TOK_PER_S

@@ -11,6 +11,7 @@ from rich.cells import cell_len
 
 from chatapp.chat.settings import SamplingSettings
 from chatapp.session import reply_stream
+from chatapp.session.reply_stream import StreamPacing
 from chatapp.tui import replies
 from chatapp.tui.screens import ConfirmQuitScreen, HelpScreen
 from chatapp.tui.widgets.chat_log import ChatLog
@@ -169,6 +170,24 @@ async def test_costly_updates_slow_the_streaming_pace(monkeypatch):
         assert app.chat.session.pacing.batch_seconds == reply_stream.MIN_BATCH_SECONDS
         await send(pilot, "hi")
         assert reply_stream.MIN_BATCH_SECONDS < app.chat.session.pacing.batch_seconds <= reply_stream.MAX_BATCH_SECONDS
+
+
+async def test_the_decoder_leaves_the_ui_a_core_until_each_batch_is_drawn(monkeypatch):
+    # Steps slower than the batch interval are each posted as they come: the step after each
+    # finds the UI drawing (the real turn runs it on one thread fewer), and the UI says when it
+    # has drawn each batch (the core goes back).
+    monkeypatch.setattr(reply_stream, "MAX_BATCH_SECONDS", reply_stream.MIN_BATCH_SECONDS)  # a steady pace
+    engine = FakeEngine(replies=[list("abcd")], delay=reply_stream.MIN_BATCH_SECONDS + 0.05)
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        pacing = app.chat.session.pacing
+        drawn = []
+        monkeypatch.setattr(pacing, "drawn", lambda: drawn.append(pacing.drawing_since) or StreamPacing.drawn(pacing))
+        await send(pilot, "hi")
+        await wait_until(pilot, lambda: pacing.drawing_since is None, what="the last batch drawn")
+        assert engine.turns[-1].spare_answers == [True] * 4
+        assert len(set(drawn) - {None}) == 5  # each of the five batches (four letters, the stop) said drawn
 
 
 async def test_words_typed_after_enter_are_kept_when_the_submission_is_handled():

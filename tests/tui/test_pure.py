@@ -11,6 +11,7 @@ from chatapp.chat.conversation import Conversation, Exchange, ReplyVersion, bran
 from chatapp.chat.settings import SamplingSettings
 from chatapp.session.reply_stream import (
     MAX_BATCH_SECONDS,
+    MAX_DRAW_SECONDS,
     MIN_BATCH_SECONDS,
     PANEL_BATCHES,
     UI_CPU_BUDGET,
@@ -215,6 +216,33 @@ def test_stream_turn_follows_a_pace_changed_while_it_runs():
     assert sizes[0] == 1 and max(sizes[1:3]) <= 5 and sizes[3:-1] == [10, 10]
     panels = [m for m in posted if isinstance(m, TokensGenerated) and m.candidates is not None]
     assert len(panels) < len(sizes)  # the panel at half the pace of the text
+
+
+def test_the_steps_after_a_batch_leave_the_ui_a_core_until_it_says_it_drew_it():
+    # The turn asks `spare_core` before each step after the first; a UI that never says it drew
+    # what was posted gets a core for every step here (they come within MAX_DRAW_SECONDS), one
+    # that draws each batch at once gets none.
+    for draws in (False, True):
+        pacing = StreamPacing()
+        turn = FakeEngine(replies=[list("abcdefghij")]).start_turn([{"role": "user", "content": "x"}], SamplingSettings())
+
+        def post(message):
+            if draws and isinstance(message, TokensGenerated):
+                pacing.drawn()
+
+        stream_turn(turn, 1, post, lambda: False, clock=Ticks(0.13), pacing=pacing)
+        assert len(turn.spare_answers) == 10 and set(turn.spare_answers) == {not draws}
+
+
+def test_the_ui_drawing_ends_when_it_says_so_or_after_the_longest_draw():
+    pacing = StreamPacing()
+    assert not pacing.ui_drawing()
+    pacing.drawing()
+    since = pacing.drawing_since
+    assert pacing.ui_drawing() and pacing.ui_drawing(since + MAX_DRAW_SECONDS * 0.9)
+    assert not pacing.ui_drawing(since + MAX_DRAW_SECONDS * 1.1)  # a UI that never said it drew the batch
+    pacing.drawn()
+    assert not pacing.ui_drawing() and not pacing.ui_drawing(since)
 
 
 def test_stream_turn_reports_errors_as_one_line():

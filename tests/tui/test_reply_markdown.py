@@ -87,6 +87,35 @@ async def test_each_streamed_update_is_laid_out_once():
         assert view.region.height == whole.region.height
 
 
+def paragraphs(view: AssistantMessage) -> list[Widget]:
+    """The paragraph blocks of a reply's Markdown body."""
+    return list(view.query_one(ReplyMarkdown).query_children("MarkdownParagraph"))
+
+
+def texts(view: AssistantMessage) -> list[str]:
+    """What each paragraph of a reply's Markdown body shows."""
+    return [str(block.content) for block in paragraphs(view)]
+
+
+async def test_the_first_streamed_text_fills_the_empty_paragraph_in_place():
+    # Mounting the reply's first block when its first token comes costs the UI thread in the
+    # middle of decoding, and the new block reports its size a frame late: a second layout pass.
+    app = StreamApp(reference="Hello there.")
+    async with app.run_test(size=(60, 20)) as pilot:
+        await pilot.pause()
+        view, whole = app.screen.query(AssistantMessage)
+        waiting = paragraphs(view)
+        assert texts(view) == [""] and texts(whole) == ["Hello there."]  # an empty reply: one empty paragraph
+        assert await stream(pilot, view, ["Hello"]) == [1]
+        assert paragraphs(view) == waiting and texts(view) == ["Hello"]  # the same block, filled
+        await stream(pilot, view, [" there.\n\nA second paragraph."])
+        assert texts(view) == ["Hello there.", "A second paragraph."]
+        view.exchange.reply.text = ""
+        view.show_reply()  # a new version starts empty again
+        await pilot.pause()
+        assert texts(view) == [""]
+
+
 async def test_a_wide_code_block_still_gets_its_scrollbar():
     app = StreamApp()
     async with app.run_test(size=(60, 30)) as pilot:

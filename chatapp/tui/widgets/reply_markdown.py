@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from textual.await_complete import AwaitComplete
 from textual.geometry import Size
 from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownBlock
@@ -59,6 +61,23 @@ class ReplyMarkdown(OneLayoutPass, Markdown):
     def __init__(self, **kwargs) -> None:
         """A Markdown widget parsing with the shared parser (`kwargs` go to `Markdown`)."""
         super().__init__(parser_factory=shared_parser, **kwargs)
+
+    def update(self, markdown: str) -> AwaitComplete:
+        """Show `markdown`; an empty document gets one empty paragraph, which the first
+        streamed text fills in place (a paragraph mounted then, in the middle of decoding,
+        costs the UI thread more, and reports its size a frame late: a second layout pass)."""
+        shown = super().update(markdown)
+        if markdown:
+            return shown
+
+        async def with_empty_paragraph() -> None:
+            await shown
+            async with self.lock:
+                if not self.source and not self.query_children(MarkdownBlock):
+                    paragraph = self.get_block_class("paragraph_open")(self, Token("paragraph_open", "p", 1), (0, 0))
+                    await self.mount(paragraph)
+
+        return AwaitComplete(with_empty_paragraph())
 
     def get_block_class(self, block_name: str) -> type[MarkdownBlock]:
         """Textual's block class for `block_name`, with `OneLayoutPass`."""
