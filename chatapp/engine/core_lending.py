@@ -1,35 +1,57 @@
 """Leaving a core to a UI while it draws, on CPU.
 
-torch runs a decode step on one OpenMP thread per core, and its threads wait for each other at
-the end of every product (about 120 a step). A UI thread that draws beside them takes a core
+torch runs a decode step on its OpenMP threads (by default one per physical core), which wait
+for each other at the end of every product (about 120 a step). A UI thread that draws beside them takes a core
 from one of them, and the others spin at the next barrier until it is back: drawing a batch of
-text then costs the decoder more time than the drawing itself. While a UI draws, a turn's steps
-run on one thread fewer instead, and the UI has a core of its own (what that saves: README,
-Performance, "The TUI's cost").
+text then costs the decoder more time than the drawing itself. While a UI draws, chatapp's
+kernels run their loops on one thread fewer instead (`kernels/parallel_rows.h`), and the UI has
+a core of its own (what that saves: README, Performance, "The TUI's cost").
 
-Only steps that run whole on chatapp's kernels lend a core (`Decoder.steps_natively`): their
-numbers are the same on any thread count (tested), where torch's own operations may sum in
-another order on fewer threads, and a seed would no longer give the same reply.
+Only chatapp's own loops lend: each of their chunks computes outputs of its own, so the numbers
+are the same on any thread count (tested). torch's own operations keep torch's thread count: on
+fewer threads they may sum in another order, and a seed would no longer give the same reply.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from chatapp.runtime import block_kernel, int4_kernel
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 class CoreLending:
-    """The thread count of one turn's decode steps: torch's own, or one fewer while lent."""
+    """Whether one turn's decode steps leave a core to the UI now."""
 
     def __init__(self, device: torch.device) -> None:
-        """For a turn decoding on `device` (lending happens only on CPU, with 2+ threads)."""
-        self.threads = torch.get_num_threads()
-        """The count the turn started with, restored when lending ends."""
-        self.can_lend = device.type == "cpu" and self.threads > 1
+        """For a turn decoding on `device`."""
+        threads = torch.get_num_threads()
+        self.can_lend = device.type == "cpu" and 1 < threads and threads >= usable_cpus()
+        """Only on CPU, with 2 threads or more, and only where they take every CPU (else the UI
+        has one already, torch's default being one thread per physical core)."""
         self.lent = False
-        """Whether the steps run on one thread fewer now."""
+        """Whether chatapp's loops run on one thread fewer now."""
 
-    def lend(self, lend: bool) -> None:
-        """Run the next steps on one thread fewer (`lend`), or on all of them again."""
-        if lend != self.lent and self.can_lend:
-            torch.set_num_threads(self.threads - 1 if lend else self.threads)
-            self.lent = lend
+    def lend(self) -> None:
+        """Run chatapp's loops on one thread fewer from the next step on."""
+        if self.can_lend and not self.lent:
+            self._set(1)
+
+    def reclaim(self) -> None:
+        """Run them on all of torch's threads again."""
+        if self.lent:
+            self._set(0)
+
+    def _set(self, lent: int) -> None:
+        int4_kernel.lend_threads(lent)
+        block_kernel.lend_threads(lent)
+        self.lent = lent > 0

@@ -75,7 +75,7 @@ class Turn:
         before iterating; it runs on the iterating thread)."""
         self.spare_core: Callable[[], bool] | None = None
         """Asked before each decode step, if set: while it answers True (a UI is drawing what the
-        turn reported), a step that runs whole on chatapp's kernels leaves that UI a core
+        turn reported), the step's loops on chatapp's kernels leave that UI a core
         (`chatapp.engine.core_lending`)."""
         self.context_vector: torch.Tensor | None = None
         """`(d_model,)` the final block's output from which the latest step was chosen."""
@@ -126,13 +126,6 @@ class Turn:
                 numbers, _, _, hidden = answer
                 return hidden, choice_from(numbers)
         return decoder.decode_one(token_id), None
-
-    def _steps_natively(self, decoder) -> bool:
-        """Whether the next decode step runs whole on chatapp's kernels (`_decode` through
-        `decode_choosing`): only such a step may leave a core to the UI, its numbers being the same
-        on fewer threads."""
-        engine = self.engine
-        return not engine.watch_ids and decoder.steps_natively(engine.model.get_output_embeddings())
 
     def cancel(self) -> None:
         """Stop before the next step (safe from any thread)."""
@@ -207,8 +200,10 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
-                    if self.spare_core is not None:
-                        lending.lend(self.spare_core() and layers is None and self._steps_natively(decoder))
+                    if self.spare_core is not None and self.spare_core():
+                        lending.lend()
+                    else:
+                        lending.reclaim()
                     if layers is None:
                         hidden, choice = self._decode(decoder, token_id, penalty_ids)
                     else:
@@ -224,7 +219,7 @@ class Turn:
             stats.finish_reason = "error"
             raise
         finally:
-            lending.lend(False)
+            lending.reclaim()
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)

@@ -37,6 +37,7 @@ SOURCES = [KERNELS / "block_linear.cpp", KERNELS / "layer_step.cpp", KERNELS / "
 HEADER = KERNELS / "block_dot.h"
 STEPS_HEADER = KERNELS / "lm_head_steps.h"
 ATTENTION_HEADER = KERNELS / "attention.h"
+ROWS_HEADER = KERNELS / "parallel_rows.h"
 BUILD_STAMP = "chatapp-build-key"
 """Beside a finished build: `_build_key` of what it was built from."""
 STALE_LOCK_SECONDS = 300
@@ -108,7 +109,7 @@ def _build_folder(build: str) -> Path:
 def _build_key(build: str) -> str:
     """What a build is made from: its sources, headers and flags (`_compile` writes it beside a
     finished build as `BUILD_STAMP`)."""
-    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, STEPS_HEADER, ATTENTION_HEADER, EXP_HEADER])
+    content = b"".join(path.read_bytes() for path in [*SOURCES, HEADER, STEPS_HEADER, ATTENTION_HEADER, EXP_HEADER, ROWS_HEADER])
     return hashlib.sha256(content + " ".join([*COMMON_FLAGS, *BUILDS[build][1]]).encode()).hexdigest()
 
 
@@ -200,6 +201,14 @@ def lm_head_steps() -> tuple | None:
         return None
     raw_summary = kernels.raw_summary if build_for_cpu() == "avx512" else None
     return kernels.top_k, kernels.kept_ids, raw_summary, kernels.choose_token
+
+
+def lend_threads(lent: int) -> None:
+    """From now on the loaded build's parallel loops run on `lent` threads fewer than torch's (0:
+    on all of them; `kernels/parallel_rows.h`), where it is loaded (`chatapp.engine.core_lending`)."""
+    kernels = loaded()
+    if kernels is not None:
+        kernels.lend_threads(lent)
 
 
 def ops() -> object | None:

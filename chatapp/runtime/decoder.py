@@ -86,13 +86,6 @@ class Decoder:
         kernel); None, having run nothing."""
         return None
 
-    def steps_natively(self, head) -> bool:
-        """Whether `decode_choosing` with `head` runs the step on chatapp's kernels (its answer is
-        not None). Such a step's numbers do not depend on how many threads run it (each output row
-        of a product, each attention head, on one thread); torch's own operations may sum in
-        another order on another thread count."""
-        return False
-
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         raise NotImplementedError
 

@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
 EXP_HEADER = SOURCE.with_name("vector_exp.h")
 """The vector exponential `SOURCE` includes (shared with the block kernel): part of the build's key."""
-HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h"), SOURCE.with_name("attention.h")]
+HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h"), SOURCE.with_name("attention.h"),
+           SOURCE.with_name("parallel_rows.h")]
 """Every header `SOURCE` includes (the LM head's steps and the block layout, for `decode_step`;
-the attention of a head, shared with the block kernel): part of the build's key."""
+the attention of a head and the parallel loops, shared with the block kernel): part of the
+build's key."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 """The CPU features the kernel is compiled for."""
 COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma", "-fopenmp"]
@@ -275,6 +277,13 @@ def wanted() -> str | None:
 def built() -> bool:
     """Whether the kernel is wanted and already compiled (so `load` takes milliseconds)."""
     return wanted() is None and (_State.loaded or (_State.error is None and _verified(_library_path())))
+
+
+def lend_threads(lent: int) -> None:
+    """From now on the kernel's parallel loops run on `lent` threads fewer than torch's (0: on all
+    of them; `kernels/parallel_rows.h`), where it is loaded (`chatapp.engine.core_lending`)."""
+    if _State.loaded:
+        torch.ops.chatapp.lend_threads(lent)
 
 
 def load() -> bool:

@@ -216,11 +216,13 @@ class LayeredDecoder(Decoder):
         the embedding and `head` are the file's blocks on the kernel (and the logits are
         transformed, if at all, by a final soft-cap). Arguments and answer as
         `LlamaDecoder.decode_choosing`'s."""
-        if not self.steps_natively(head):
-            return None
         native, embed, config = self.native, self.embed, self.model.config
         four_bit = head.four_bit() if isinstance(head, RequantizedHead) else None
         blocks = head.blocks if isinstance(head, RequantizedHead) else head
+        if (native is None or not isinstance(embed, BlockEmbedding) or embed.kernel is None or embed.dtype != torch.float32
+                or type(blocks) is not BlockLinear or blocks.kernel is None or not isinstance(self.final_norm, FusedNorm)
+                or getattr(config, "logits_scaling", None) or getattr(config, "logit_scale", None)):
+            return None
         start = len(self.token_ids)
         self._reserve(start + 1)
         cos, sin = native.tables_at(self, start)
@@ -240,17 +242,6 @@ class LayeredDecoder(Decoder):
                 hidden, list(four_bit), head.vocab_rows, head.exact_top, head.exact_ids,
                 [weights.codes, weights.scale, weights.low], [weights.bits, weights.block], softcap, *choice), hidden)
         return answer
-
-    def steps_natively(self, head) -> bool:
-        """Whether `decode_choosing` runs a step on the kernels with `head`: the layers as one
-        native call, the embedding and `head` the file's blocks on the block kernel, the logits
-        transformed, if at all, by a final soft-cap."""
-        native, embed, config = self.native, self.embed, self.model.config
-        blocks = head.blocks if isinstance(head, RequantizedHead) else head
-        return not (native is None or not isinstance(embed, BlockEmbedding) or embed.kernel is None
-                    or embed.dtype != torch.float32 or type(blocks) is not BlockLinear or blocks.kernel is None
-                    or not isinstance(self.final_norm, FusedNorm) or getattr(config, "logits_scaling", None)
-                    or getattr(config, "logit_scale", None))
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         return self.final_norm(self._run(input_ids, ids, False)[0])

@@ -274,9 +274,12 @@ class LlamaDecoder(Decoder):
             the block kernel's `choose_token` answer (numbers, kept ids, their probabilities) and
             the step's context vector `(d_model,)`.
         """
-        if not self.steps_natively(head):
+        step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
+        embedding = getattr(self.embed, "weights", None)
+        if (step_weights is None or not isinstance(head, OutputHead) or head.kernel_parts is None
+                or head.exact_blocks is None or not isinstance(embedding, ScaledBlocks) or self.embed.scale is not None
+                or self.dtype != torch.float32):
             return None
-        step_weights, embedding = self.kernel.weights_for_step(), self.embed.weights
         start = len(self.token_ids)
         self._reserve(start + 1)
         exact = head.exact_blocks
@@ -288,15 +291,6 @@ class LlamaDecoder(Decoder):
         )
         self.token_ids.append(token_id)
         return answer
-
-    def steps_natively(self, head) -> bool:
-        """Whether `decode_choosing` runs a step whole on the int4 kernel with `head` (taking the
-        kernel up if it has just become ready)."""
-        step_weights = self.kernel.weights_for_step() if self.kernel is not None else None
-        embedding = getattr(self.embed, "weights", None)
-        return (step_weights is not None and isinstance(head, OutputHead) and head.kernel_parts is not None
-                and head.exact_blocks is not None and isinstance(embedding, ScaledBlocks) and self.embed.scale is None
-                and self.dtype == torch.float32)
 
     def _forward_layers(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """One token through the layers one at a time, on the kernel when decode steps run there

@@ -20,7 +20,7 @@ class ChatTurn(Protocol):
     """Called with (tokens read, tokens to read) while a long prompt is read, if set."""
     spare_core: Callable[[], bool] | None
     """Asked before each decode step, if set: while it answers True (a UI is drawing what the turn
-    reported), the step leaves that UI a CPU core (one thread fewer; the same numbers)."""
+    reported), the step leaves that UI a CPU core where it can (the same numbers)."""
 
     def __iter__(self) -> Iterator[Step]:
         """One `Step` per token, each chosen through `chatapp.lm_head`."""

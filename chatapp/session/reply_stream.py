@@ -7,9 +7,9 @@ and the candidates panel follows the latest step at half that pace; the final st
 reaches the panel. Every update is drawn on the UI thread, which takes CPU from the decoder's
 threads on a small CPU (and the GIL from a GPU's Python-bound loop), so the pace is set by
 `StreamPacing`: text every 0.4 s while drawing is cheap, less often when the updates cost the UI
-thread more than its budget (long replies that scroll, big terminals, slow machines). While the
-UI draws a batch, the turn's decode steps leave it a core (`ChatTurn.spare_core`), until the UI
-says it has drawn it (`StreamPacing.drawn`).
+thread more than its budget (long replies that scroll, big terminals, slow machines). While a
+UI that says when it has drawn a batch (`StreamPacing.ui_says_drawn`, `drawn`) draws one, the
+turn's decode steps leave it a core (`ChatTurn.spare_core`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ class StreamPacing:
 
     batch_seconds: float = MIN_BATCH_SECONDS
     """Current longest wait before new text is posted."""
+    ui_says_drawn: bool = False
+    """Whether a UI calls `drawn` once it has drawn what was posted: only then do the turn's
+    steps leave it a core meanwhile (`ChatTurn.spare_core`)."""
 
     @property
     def panel_seconds(self) -> float:
@@ -70,7 +73,7 @@ class StreamPacing:
         self.drawing_since = time.monotonic()
 
     def drawn(self) -> None:
-        """(UI thread) What was posted is on screen."""
+        """(UI thread) What was posted is drawn (handed to the terminal)."""
         self.drawing_since = None
 
     def ui_drawing(self, now: float | None = None) -> bool:
@@ -216,7 +219,8 @@ def stream_turn(
                                  stats.ttft_ms or None))
         pending, last_post = [], now
 
-    turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
+    if pacing.ui_says_drawn:
+        turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
     try:
         for step in turn:
             steps += 1

@@ -89,6 +89,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions
         keeper = self.make_keeper(chat or SavedChat(Conversation(system=system)), store_path, stored=chat is not None)
         self.session = ChatSession(settings, keeper)
         """The chat, its settings, its engine and the reply being written (no Textual)."""
+        self.session.pacing.ui_says_drawn = True  # each batch drawn, `ReplyStreaming._show_steps` says so
         self.top_n = top_n
         self.edit_index: int | None = None
         """The exchange whose user message the prompt holds for editing, or None."""

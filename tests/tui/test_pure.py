@@ -218,12 +218,14 @@ def test_stream_turn_follows_a_pace_changed_while_it_runs():
     assert len(panels) < len(sizes)  # the panel at half the pace of the text
 
 
-def test_the_steps_after_a_batch_leave_the_ui_a_core_until_it_says_it_drew_it():
+def test_the_steps_after_a_batch_leave_the_ui_a_core_until_it_says_it_drew_it(monkeypatch):
     # The turn asks `spare_core` before each step after the first; a UI that never says it drew
-    # what was posted gets a core for every step here (they come within MAX_DRAW_SECONDS), one
-    # that draws each batch at once gets none.
-    for draws in (False, True):
-        pacing = StreamPacing()
+    # what was posted gets a core for every step after a post (the longest draw made long here,
+    # so a slow machine's pause does not end it), one that draws each batch at once gets none,
+    # and a caller whose UI never says so lends nothing.
+    monkeypatch.setattr("chatapp.session.reply_stream.MAX_DRAW_SECONDS", 60.0)
+    for says_drawn, draws, lends in ((True, False, True), (True, True, False), (False, False, None)):
+        pacing = StreamPacing(ui_says_drawn=says_drawn)
         turn = FakeEngine(replies=[list("abcdefghij")]).start_turn([{"role": "user", "content": "x"}], SamplingSettings())
 
         def post(message):
@@ -231,7 +233,7 @@ def test_the_steps_after_a_batch_leave_the_ui_a_core_until_it_says_it_drew_it():
                 pacing.drawn()
 
         stream_turn(turn, 1, post, lambda: False, clock=Ticks(0.13), pacing=pacing)
-        assert len(turn.spare_answers) == 10 and set(turn.spare_answers) == {not draws}
+        assert turn.spare_answers == ([] if lends is None else [lends] * 10)
 
 
 def test_the_ui_drawing_ends_when_it_says_so_or_after_the_longest_draw():

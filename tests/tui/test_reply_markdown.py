@@ -114,6 +114,10 @@ async def test_the_first_streamed_text_fills_the_empty_paragraph_in_place():
         view.show_reply()  # a new version starts empty again
         await pilot.pause()
         assert texts(view) == [""]
+        view.exchange.reply.status = "stopped"
+        view.show_reply()  # stopped before its first token: nothing, not a blank line
+        await pilot.pause()
+        assert texts(view) == []
 
 
 async def test_a_wide_code_block_still_gets_its_scrollbar():

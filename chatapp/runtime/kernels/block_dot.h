@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "parallel_rows.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -522,7 +524,7 @@ template <int BITS, int B>
 void run_linear(const Layout& l, const float* x, const float* xsum, float* y, int64_t rows_x, int64_t n) {
   if (rows_x == 1) {
     const int64_t ahead = prefetch_distance(l);
-    at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+    chatapp_rows::parallel_rows(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
       RowScales scales(l);
       const float *scale, *low;
       for (int64_t row = begin; row < end; ++row) {
@@ -535,7 +537,7 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
   }
   // Several rows of x (a prefill): W_ROWS rows of the weight at a time decoded once into float32,
   // then multiplied with tiles of up to X_TILE rows of x, every product of a tile in registers.
-  at::parallel_for(0, (n + W_ROWS - 1) / W_ROWS, 1, [&](int64_t begin, int64_t end) {
+  chatapp_rows::parallel_rows(0, (n + W_ROWS - 1) / W_ROWS, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> w(W_ROWS * l.k, 0.f);
     float out[X_TILE][W_ROWS];
     RowScales scales(l);
@@ -558,7 +560,7 @@ void run_linear(const Layout& l, const float* x, const float* xsum, float* y, in
 
 template <int BITS, int B>
 void run_dequantize(const Layout& l, float* out, int64_t n) {
-  at::parallel_for(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+  chatapp_rows::parallel_rows(0, n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
     RowScales scales(l);
     const float *scale, *low;
     for (int64_t row = begin; row < end; ++row) {

@@ -167,7 +167,7 @@ void int4_matmul(const float* x, int64_t m, const Int4Weight& w, float* out, boo
   std::vector<int16_t> xq(m * k);
   std::vector<float> xscales(m * blocks), xsums(m * blocks);
   for (int64_t r = 0; r < m; ++r) quantize_row(x + r * k, k, xq.data() + r * k, xscales.data() + r * blocks, xsums.data() + r * blocks);
-  at::parallel_for(0, w.n / 4, 8, [&](int64_t begin, int64_t end) {  // in groups of four rows
+  chatapp_rows::parallel_rows(0, w.n / 4, 8, [&](int64_t begin, int64_t end) {  // in groups of four rows
     for (int64_t ahead = 0; ahead < kPrefetchRows; ahead += 4) prefetch_rows(w, 4 * begin + ahead, 4 * end);
     for (int64_t r = 0; r < m; ++r) {
       const int16_t* xr = xq.data() + r * k;
@@ -188,7 +188,7 @@ at::Tensor dequantized(const Int4Weight& w) {
   const int64_t blocks = w.k / kGroup;
   at::Tensor out = at::empty({w.n, w.k}, at::kFloat);
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
+  chatapp_rows::parallel_rows(0, w.n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const uint8_t* row = w.codes + j * (w.k / 2);
       for (int64_t b = 0; b < blocks; ++b) {
@@ -326,7 +326,7 @@ void decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
       }
     }
     if (count == 1) {
-      at::parallel_for(0, heads, longest >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
+      chatapp_rows::parallel_rows(0, heads, longest >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
         for (int64_t head = begin; head < end; ++head) {
           const int64_t g = head / group;
           attend(qkv.data() + head * head_dim, layer_cache + g * capacity * head_dim,
@@ -423,6 +423,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
 }
 
 }  // namespace
+
+void lend_threads(int64_t lent) { chatapp_rows::lend_threads(lent); }
+int64_t row_threads() { return chatapp_rows::row_threads(); }
+
+TORCH_LIBRARY_FRAGMENT(chatapp, m) {  // no tensor to dispatch on: defined with their kernels here
+  m.def("lend_threads(int lent) -> ()", &lend_threads);
+  m.def("row_threads() -> int", &row_threads);
+}
 
 TORCH_LIBRARY_IMPL(chatapp, CPU, m) {
   m.impl("int4_linear", &int4_linear);

@@ -89,7 +89,7 @@ Linear linear_of(const at::Tensor* t, int64_t bits, int64_t block) {
 // y (n) = W x (k), plus the bias.
 void apply(const Linear& w, const float* x, float* y) {
   if (w.bits == 32) {
-    at::parallel_for(0, w.n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
+    chatapp_rows::parallel_rows(0, w.n, ROW_GRAIN, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) y[row] = dot(w.matrix + row * w.k, x, w.k);
     });
   } else {
@@ -218,7 +218,7 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     // each head attends to positions first..position: softmax(scaling * q.k, soft-capped) . v
     const int64_t first = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0, length = position + 1 - first;
     scores.resize(heads * length);
-    at::parallel_for(0, heads, length >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
+    chatapp_rows::parallel_rows(0, heads, length >= kShareAttentionFrom ? 1 : heads, [&](int64_t begin, int64_t end) {
       for (int64_t head = begin; head < end; ++head) {
         const int64_t g = head / group;
         const float* q = qkv.data() + head * head_dim;
@@ -241,7 +241,7 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     }
     inner.resize(2 * inner_width);
     apply_slots(slots, GATE_UP, 2, h.data(), inner.data());
-    at::parallel_for(0, inner_width, 256, [&](int64_t begin, int64_t end) {
+    chatapp_rows::parallel_rows(0, inner_width, 256, [&](int64_t begin, int64_t end) {
       activate(act, inner.data() + begin, inner.data() + inner_width + begin, end - begin);
     });
     apply(slots[DOWN], inner.data(), out.data());

@@ -158,7 +158,7 @@ RawNumbers raw_numbers(const float* x, int64_t n, int64_t token) {
   const int64_t chunks = (n + SUMMARY_CHUNK - 1) / SUMMARY_CHUNK;
   std::vector<double> sums(chunks), tilts(chunks);
   std::vector<int64_t> above(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  chatapp_rows::parallel_rows(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t start = c * SUMMARY_CHUNK, stop = std::min(n, start + SUMMARY_CHUNK);
       double s = 0, t = 0;
@@ -263,6 +263,19 @@ at::Tensor filtered(at::Tensor scores, double top_p, double min_p) {
   return scores;
 }
 
+// scores (1, V) / temperature as torch divides float32 numbers by a number (each quotient rounded
+// once, in float32), on the calling thread: torch's division would run on all of torch's threads,
+// one of which a drawing UI may have been lent (parallel_rows.h).
+at::Tensor divided(const at::Tensor& scores, double temperature) {
+  const at::Tensor in = scores.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const float* x = in.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  const float t = static_cast<float>(temperature);
+  for (int64_t i = 0, n = in.numel(); i < n; ++i) y[i] = x[i] / t;
+  return out;
+}
+
 // One token chosen from raw logits (V,) float32, as chatapp.lm_head.choose_token chooses it with
 // these settings (top_p 1: off; min_p 0: off; penalty 1 or no previous ids: off), with the
 // draw from `generator`. Returns float64 numbers: the token's raw rank (1-based), the raw
@@ -294,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> choose_token(const at::Tensor& lo
     kept = scores.argmax(-1);
     kept_probs = at::ones({1}, floats);
   } else {
-    const at::Tensor scaled = (scores / temperature).contiguous();  // (1, V)
+    const at::Tensor scaled = divided(scores, temperature);  // (1, V)
     const bool filters = top_p < 1.0 || min_p > 0.0;
     if (0 < k && k < vocab) {  // the top-k: the k highest scaled logits, ties to the lower id
       auto [values, ids] = top_k(scaled[0], k);
@@ -366,7 +379,7 @@ void exact_logits(const at::Tensor& logits, const at::Tensor& hidden, int64_t to
   }
   const float* x = hidden.data_ptr<float>();
   std::vector<float> exact(ids.size());
-  at::parallel_for(0, (int64_t)ids.size(), 64, [&](int64_t begin, int64_t end) {
+  chatapp_rows::parallel_rows(0, (int64_t)ids.size(), 64, [&](int64_t begin, int64_t end) {
     RowScales scales(l);
     std::vector<float> row(k);
     for (int64_t i = begin; i < end; ++i) {

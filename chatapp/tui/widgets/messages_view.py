@@ -127,7 +127,7 @@ class AssistantMessage(OneLayoutPass, Vertical):
         text = reply.text if reply else ""
         self.set_class(reply is None, "-empty")
         self.refresh_header()
-        self.query_one(ReplyMarkdown).update(literal_text(text))
+        self.query_one(ReplyMarkdown).show(literal_text(text), streaming=reply is not None and reply.status == "streaming")
         view = self.query_one(TokenView)
         view.data = replace(view.data, steps=tuple(reply.steps) if reply else ())
 

@@ -62,12 +62,13 @@ class ReplyMarkdown(OneLayoutPass, Markdown):
         """A Markdown widget parsing with the shared parser (`kwargs` go to `Markdown`)."""
         super().__init__(parser_factory=shared_parser, **kwargs)
 
-    def update(self, markdown: str) -> AwaitComplete:
-        """Show `markdown`; an empty document gets one empty paragraph, which the first
-        streamed text fills in place (a paragraph mounted then, in the middle of decoding,
-        costs the UI thread more, and reports its size a frame late: a second layout pass)."""
-        shown = super().update(markdown)
-        if markdown:
+    def show(self, markdown: str, streaming: bool = False) -> AwaitComplete:
+        """Show `markdown` (`update`); a reply `streaming` with no text yet gets one empty
+        paragraph, which its first text fills in place (a paragraph mounted then, in the middle
+        of decoding, costs the UI thread more, and reports its size a frame late: a second
+        layout pass). A finished empty reply shows nothing."""
+        shown = self.update(markdown)
+        if markdown or not streaming:
             return shown
 
         async def with_empty_paragraph() -> None:
