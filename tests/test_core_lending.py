@@ -23,11 +23,13 @@ def two_threads(monkeypatch):
     torch.set_num_threads(2)
     monkeypatch.setattr(core_lending, "usable_cpus", lambda: 2)
     yield
+    int4_kernel.lend_threads(0)  # a test that failed while lent leaves nothing lent
+    block_kernel.lend_threads(0)
     torch.set_num_threads(before)
 
 
 def row_threads() -> dict[str, int]:
-    """How many threads each loaded kernel's loops run on now."""
+    """How many threads each loaded kernel's loops run on now (the team one of its loops had)."""
     counts = {}
     if int4_kernel.load():
         counts["int4"] = torch.ops.chatapp.row_threads()
@@ -57,7 +59,7 @@ def test_nothing_is_lent_off_the_cpu_on_one_thread_or_where_a_cpu_is_free(two_th
     torch.set_num_threads(1)
     single = CoreLending(torch.device("cpu"))
     single.lend()
-    assert not single.lent and set(row_threads().values()) <= {1}
+    assert not single.lent
 
 
 def _steps(engine, settings, spare_core=None):

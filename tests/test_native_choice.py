@@ -196,3 +196,15 @@ def test_the_int4_kernel_s_whole_step_makes_the_python_step_s_choices(settings):
     block_kernel_build(block_kernel.build_for_cpu())
     engine.take_up_kernels()
     assert _turn(engine, settings, fused=True) == _turn(engine, settings, fused=False)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3, 0.33])
+def test_the_kernel_divides_by_the_temperature_exactly_as_torch_does(steps, temperature):
+    """The kernel's own division (no torch parallel region in a decode step) gives torch's
+    quotients bit for bit: with every token kept, its probabilities are torch's softmax of
+    torch's division."""
+    choose = steps[3]
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(17)) * 4
+    _, kept, kept_probs = choose(logits, temperature, 0, 1.0, 0.0, 1.0, torch.empty(0, dtype=torch.long), None, 5)
+    expected = torch.softmax(logits.unsqueeze(0) / temperature, -1)[0]
+    assert kept.numel() > VOCAB // 2 and torch.equal(kept_probs, expected[kept])

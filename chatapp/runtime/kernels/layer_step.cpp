@@ -241,8 +241,11 @@ at::Tensor decode_layers(const at::Tensor& x, const at::Tensor& cos, const at::T
     }
     inner.resize(2 * inner_width);
     apply_slots(slots, GATE_UP, 2, h.data(), inner.data());
-    chatapp_rows::parallel_rows(0, inner_width, 256, [&](int64_t begin, int64_t end) {
-      activate(act, inner.data() + begin, inner.data() + inner_width + begin, end - begin);
+    // in groups of 16 values, the vector form's width: which values take the scalar tail (the
+    // last group's) does not depend on how many threads share them
+    chatapp_rows::parallel_rows(0, (inner_width + 15) / 16, 16, [&](int64_t begin, int64_t end) {
+      const int64_t first = 16 * begin, last = std::min(inner_width, 16 * end);
+      activate(act, inner.data() + first, inner.data() + inner_width + first, last - first);
     });
     apply(slots[DOWN], inner.data(), out.data());
     if (norms[POST_MLP_NORM].weight != nullptr) rms_norm(norms[POST_MLP_NORM], out.data(), out.data());

@@ -3,9 +3,11 @@
 // Every parallel loop of chatapp's kernels runs through parallel_rows: at::parallel_for on
 // torch's thread count, or, while a UI is lent a core (lend_threads), on that many threads fewer.
 // Each chunk of every such loop computes outputs of its own (rows of a product, attention heads,
-// pieces of a sum added in a fixed order afterwards), so the numbers do not depend on how many
-// threads run it. torch's own operations keep torch's thread count: only these loops lend.
-// Each library that includes this has its own count (the int4 kernel's, the block kernel's).
+// pieces of a sum added in a fixed order afterwards, groups of 16 values for a vector function),
+// so the numbers do not depend on how many threads run it. torch's own operations keep torch's
+// thread count: only these loops lend. The count is one per process where the compiler makes an
+// inline variable one symbol across libraries (GCC), else one per library; each library's
+// lend_threads op sets its own, so setting both (chatapp.engine.core_lending) is right either way.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -20,14 +22,9 @@ namespace chatapp_rows {
 // Threads chatapp's loops leave unused (0: none), set from Python between decode steps.
 inline std::atomic<int64_t> threads_lent{0};
 
-// How many threads chatapp's loops run on now, on the calling thread.
-inline int64_t row_threads() {
-  return std::max<int64_t>(1, at::get_num_threads() - threads_lent.load(std::memory_order_relaxed));
-}
-
 inline void lend_threads(int64_t lent) { threads_lent.store(std::max<int64_t>(0, lent), std::memory_order_relaxed); }
 
-// at::parallel_for(begin, end, grain, f) on row_threads() threads.
+// at::parallel_for(begin, end, grain, f), on threads_lent threads fewer than torch's (at least one).
 template <class F>
 void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
   const int64_t lent = threads_lent.load(std::memory_order_relaxed);
@@ -35,7 +32,7 @@ void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
     at::parallel_for(begin, end, grain, f);
     return;
   }
-  const int all = omp_get_max_threads();  // the calling thread's own count: its next regions only
+  const int all = at::get_num_threads();  // the calling thread's own count (set up as torch sets it up)
   omp_set_num_threads(std::max<int64_t>(1, all - lent));
   try {
     at::parallel_for(begin, end, grain, f);
@@ -44,6 +41,19 @@ void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
     throw;
   }
   omp_set_num_threads(all);
+}
+
+// How many threads a loop of chatapp's runs on now, on the calling thread: the team size one
+// such loop had, measured (for tests).
+inline int64_t row_threads() {
+  std::atomic<int64_t> most{1};
+  parallel_rows(0, 64, 1, [&](int64_t, int64_t) {
+    const int64_t team = omp_in_parallel() ? omp_get_num_threads() : 1;
+    int64_t seen = most.load();
+    while (team > seen && !most.compare_exchange_weak(seen, team)) {
+    }
+  });
+  return most.load();
 }
 
 }  // namespace chatapp_rows
