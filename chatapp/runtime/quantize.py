@@ -157,8 +157,6 @@ class OutputHead(nn.Module):
         return logits.scatter(-1, best, exact).reshape(*hidden.shape[:-1], -1)
 
 
-
-
 @dataclass
 class QuantizeReport:
     """What `quantize_int4` did."""

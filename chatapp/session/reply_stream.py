@@ -59,14 +59,13 @@ class StreamPacing:
     ui_says_drawn: bool = False
     """Whether a UI calls `drawn` once it has drawn what was posted: only then do the turn's
     steps leave it a core meanwhile (`ChatTurn.spare_core`)."""
+    drawing_since: float | None = None
+    """When the latest batch was posted (`time.monotonic`), until the UI has drawn it (None)."""
 
     @property
     def panel_seconds(self) -> float:
         """Shortest gap between candidate-panel updates while streaming."""
         return PANEL_BATCHES * self.batch_seconds
-
-    drawing_since: float | None = None
-    """When the latest batch was posted (`time.monotonic`), until the UI has drawn it (None)."""
 
     def drawing(self) -> None:
         """(engine thread) A batch was posted: the UI draws it from now on."""
