@@ -109,3 +109,13 @@ def test_the_default_model_s_steps_lend_a_core_and_give_the_same_numbers(quantiz
     assert set(row_threads().values()) == {1}
     steps.close()  # a reply stopped while lent
     assert set(row_threads().values()) == {2}
+
+
+def test_a_new_turn_takes_back_what_a_dropped_turn_lent(two_threads):
+    if not row_threads():
+        pytest.skip("no kernel can be built here")
+    dropped = CoreLending(torch.device("cpu"))
+    dropped.lend()  # its turn is never closed: it never reclaims
+    assert set(row_threads().values()) == {1}
+    CoreLending(torch.device("cpu"))
+    assert set(row_threads().values()) == {2}

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatapp.support.openmp import peer_environment
+
 PEER_PYTHON_VARIABLE = "CHATAPP_LLAMA_CPP_PYTHON"
 """Environment variable naming the Python that has llama.cpp's binding (`llama_cpp`)."""
 DEFAULT_PEER_VENV = Path("~/.cache/chatapp-peers/llama-cpp").expanduser()
@@ -66,7 +68,7 @@ class LlamaCpp:
         """
         self._process = subprocess.Popen(
             [str(python), str(WORKER), str(gguf), "--threads", str(threads), "--n-ctx", str(PEER_CONTEXT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=peer_environment())
         hello = self._answer()
         self.version = hello["version"]
         """llama-cpp-python's version."""

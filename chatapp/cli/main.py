@@ -31,6 +31,7 @@ from chatapp.cli.preflight import (
 )
 from chatapp.loading.model_specs import check_model_spec
 from chatapp.support.errors import ModelLoadError
+from chatapp.support.openmp import shorten_idle_spin
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl+C, as shells report SIGINT."""
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     terminal.
     """
     reopen_closed_std_fds()  # before anything opens a file that could land on fd 0, 1 or 2
+    shorten_idle_spin()  # before torch loads OpenMP: a drawing UI gets its core sooner
     args = build_parser().parse_args(argv)
     try:
         # chatapp's events go to the log file in every mode; their warnings also to stderr, but

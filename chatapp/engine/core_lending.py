@@ -33,13 +33,16 @@ class CoreLending:
     """Whether one turn's decode steps leave a core to the UI now."""
 
     def __init__(self, device: torch.device) -> None:
-        """For a turn decoding on `device`."""
+        """For a turn decoding on `device`; its steps start on all of torch's threads, even after
+        a turn that was dropped while it lent (its generator not yet closed)."""
         threads = torch.get_num_threads()
         self.can_lend = device.type == "cpu" and 1 < threads and threads >= usable_cpus()
         """Only on CPU, with 2 threads or more, and only where they take every CPU (else the UI
         has one already, torch's default being one thread per physical core)."""
         self.lent = False
         """Whether chatapp's loops run on one thread fewer now."""
+        if self.can_lend:  # one turn runs at a time: whatever a turn dropped unclosed lent ends here
+            self._set(0)
 
     def lend(self) -> None:
         """Run chatapp's loops on one thread fewer from the next step on."""
