@@ -1,12 +1,11 @@
 """How long torch's idle OpenMP threads spin before they sleep: set before torch loads libgomp.
 
-After each parallel loop, libgomp's threads spin (`GOMP_SPINCOUNT`: 300,000 pauses by default,
-3-5 ms on this CPU) before they sleep. While a UI draws on the core chatapp's kernels leave it
-(`chatapp.engine.core_lending`), the thread those loops leave out went on spinning on that core
-for those milliseconds after the last loop it ran: the UI had half a core for the first 3-5 ms of
-each batch it drew, about half of a 5-15 ms drawing. 100,000 pauses (about 1 ms) still spans the
-gaps between a decode step's loops (a 128-token turn's idle thread slept 4-7 times; 30,000 made
-it sleep more than once a step). What it bought: README, Performance, "The TUI's cost".
+After each parallel loop, libgomp's threads spin (`GOMP_SPINCOUNT` pauses, 300,000 by default:
+milliseconds) before they sleep. While a UI draws on the core chatapp's kernels leave it
+(`chatapp.engine.core_lending`), the thread those loops leave out would go on spinning on that
+core for those milliseconds, most of a batch's drawing. chatapp's processes spin for a third of
+that, still longer than the gaps between a decode step's loops, so the threads rarely sleep
+inside a step. What it bought, and what fewer pauses cost: README, Performance, "The TUI's cost".
 """
 
 from __future__ import annotations
