@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from textual import events
-
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine import thread as engine_thread
 
@@ -76,6 +74,8 @@ async def _measure(load_engine, prompt: str, settings: SamplingSettings, runs: i
 
 
 async def _drive(app, prompt: str, settings: SamplingSettings, runs: int, pairs: list) -> None:
+    from textual import events
+
     from chatapp.tui.widgets.prompt_input import PromptInput
 
     async with app.run_test(size=TUI_SIZE) as pilot:
