@@ -24,7 +24,6 @@ from textual.screen import Screen
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings, shown
 from chatapp.storage.chat_file import SavedChat
 from chatapp.storage.history_file import APP_NAME
-from chatapp.support.interpreter_lock import QuickHandoff
 from chatapp.tui.chat_screen import ChatScreen, EngineLoader
 from chatapp.tui.exit_deadline import ExitDeadline
 from chatapp.tui.model_switch import DEFAULT_MODEL_FOLDERS, ModelOpener
@@ -82,12 +81,9 @@ class ChatApp(App):
         """Warnings from before the app started (the config file's), shown once it is on screen."""
         self._deadline: ExitDeadline | None = None
         self._signal_handlers: dict[int, Any] = {}
-        self._lock_handoff = QuickHandoff()
 
     def on_mount(self) -> None:
-        """Apply the configured theme, show the notices, take over the exit signals, and hand the
-        interpreter lock to the engine thread sooner while the UI thread draws (`QuickHandoff`)."""
-        self._lock_handoff.start()
+        """Apply the configured theme, show the notices and take over the exit signals."""
         if self.theme_name and self.theme_name in self.available_themes:
             self.theme = self.theme_name
         elif self.theme_name:
@@ -130,9 +126,7 @@ class ChatApp(App):
             restore()
 
     def on_unmount(self) -> None:
-        """Give the signals and the switch interval back (a deadline already armed still runs: the
-        way out may hang)."""
-        self._lock_handoff.stop()
+        """Give the signals back (a deadline already armed still runs: the way out may hang)."""
         for number, handler in self._signal_handlers.items():
             signal.signal(number, handler)
         self._signal_handlers.clear()
