@@ -7,7 +7,8 @@ allowed). `build_for_cpu` picks the widest this CPU runs. Builds go through
 `torch.utils.cpp_extension.load` (with ninja, a dependency), which keeps them in its own build
 folder under `kernels_dir()` and rebuilds only when the source or the flags change; each build's
 operators live under their own namespace (`torch.ops.chatapp_blocks_<build>`), so a process can
-hold two (the tests hold AVX2 to AVX512).
+hold two (the tests hold AVX2 to AVX512). Loading a build marks it used and removes the builds
+that nothing has loaded for two weeks (those of older sources: `_tidy`).
 
 Without a compiler, `ops()` is None and `chatapp.runtime.block_linear` computes in plain torch.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from chatapp.runtime.int4_kernel import EXP_HEADER, cpu_flags, kernels_dir
+from chatapp.support.stale_files import mark_used, remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ def _compile(build: str, namespace: str) -> None:
             # cpp_extension (and setuptools: 3 MiB of a process's memory)
             torch.ops.load_library(str(library))
             log.info("block kernel %s loaded from %s", build, folder)
+            _tidy(folder)
             return
     from torch.utils import cpp_extension
 
@@ -162,6 +165,15 @@ def _compile(build: str, namespace: str) -> None:
     with contextlib.suppress(OSError):
         (folder / BUILD_STAMP).write_text(key, encoding="ascii")
     log.info("block kernel %s loaded from %s", build, folder)
+    _tidy(folder)
+
+
+def _tidy(folder: Path) -> None:
+    """Mark the build in `folder` used, and remove the builds nothing used for a long time (of
+    other sources, torch versions or instruction sets: `chatapp.support.stale_files.remove_unused`)."""
+    mark_used(folder)
+    for old in remove_unused(folder.parent, "blocks-*", keep=folder):
+        log.info("removed %s, a build that nothing used for a long time", old)
 
 
 def _ninja_on_path() -> None:

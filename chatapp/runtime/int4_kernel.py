@@ -16,7 +16,8 @@ much faster that is, is measured in the README (Performance).
 The kernel is compiled with the machine's C++ compiler the first time it is wanted (about 20 s)
 and kept in the user cache directory, with a sidecar file holding its size and sha256: a library
 that does not match it (a truncated one would crash the process with SIGBUS once loaded) is
-deleted and built again. `chatapp.runtime.kernel_switch` loads it on a thread of its own,
+deleted and built again; loading it marks it used and removes the builds of other sources that
+nothing has loaded for two weeks. `chatapp.runtime.kernel_switch` loads it on a thread of its own,
 so a chat never waits for a compile: decoding runs on the TorchScript layers meanwhile and
 switches when it is ready. Without a compiler, or on a CPU without AVX512-VNNI, decoding simply
 stays on torch's kernel.
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
-from chatapp.support.stale_files import remove_stale_staging
+from chatapp.support.stale_files import mark_used, remove_stale_staging, remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,9 @@ def load() -> bool:
             torch.ops.load_library(str(target))
             _State.loaded = True
             log.info("int4 kernel loaded from %s", target)
+            mark_used(target)
+            for old in remove_unused(target.parent, "int4_vnni-*.so", keep=target):
+                log.info("removed %s, a build of other sources that nothing used for a long time", old)
         except Exception as error:  # noqa: BLE001 - any failure means: keep torch's kernel
             _State.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.info("int4 kernel not available: %s", _State.error)

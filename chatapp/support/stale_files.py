@@ -1,7 +1,10 @@
-"""The leftovers of a write that was killed: staging folders and temporary files.
+"""The leftovers of a write that was killed (staging folders and temporary files), and builds
+that nothing has used for a long time.
 
 A writer names what it stages with a prefix, its process id and a dash, so what a process that
-died left behind is found and removed. Pure Python: no torch, no Textual.
+died left behind is found and removed. A build is marked used each time it is loaded
+(`mark_used`), so the builds of older sources, which no chatapp loads any more, are found and
+removed (`remove_unused`). Pure Python: no torch, no Textual.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 STALE_SECONDS = 3600
 """A staging folder or temporary file whose owner cannot be told (no process id in its name) is
 left alone until it is this old: no conversion or save takes that long."""
+UNUSED_SECONDS = 14 * 24 * 3600
+"""A build nothing has loaded for this long is removed (`remove_unused`): another chatapp still
+using it (an older checkout) would have marked it used since."""
 
 
 def remove_stale_staging(folder: Path, prefix: str) -> None:
@@ -32,6 +38,40 @@ def remove_stale_staging(folder: Path, prefix: str) -> None:
             else:
                 with contextlib.suppress(OSError):
                     entry.unlink()
+
+
+def mark_used(entry: Path) -> None:
+    """Note that `entry` (a build) was used now: its modification time. Best effort."""
+    with contextlib.suppress(OSError):
+        os.utime(entry)
+
+
+def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float = UNUSED_SECONDS) -> list[Path]:
+    """Remove the entries of `folder` matching `pattern` (a glob) but `keep` that nothing has
+    marked used (`mark_used`, or made) for `unused_seconds`, each with its companions (the files
+    named after it, such as a checksum beside a library); the entries removed. Best effort:
+    whatever cannot be removed is left for the next time."""
+    removed = []
+    try:
+        entries = [entry for entry in folder.glob(pattern) if entry != keep]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if now - entry.lstat().st_mtime <= unused_seconds:
+                continue
+            companions = list(folder.glob(f"{entry.name}.*"))
+        except OSError:
+            continue
+        for path in [entry, *companions]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        removed.append(entry)
+    return removed
 
 
 def _abandoned(rest: str, entry: Path) -> bool:
