@@ -1,5 +1,5 @@
-"""Builds nothing has used for `UNUSED_SECONDS` are removed with their companions; the one in use,
-and those used lately, stay."""
+"""Builds nothing has used for `UNUSED_SECONDS` are removed with their companions; the one in use
+(marked used as they are looked at) and those used lately stay."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def test_builds_unused_for_long_go_with_their_companions(tmp_path):
     _aged(unrelated, 2 * UNUSED_SECONDS)
 
     assert remove_unused(tmp_path, "int4_vnni-*.so", keep=current) == [old]
+    assert time.time() - current.stat().st_mtime < 60  # the build in use is marked used
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int4_vnni-aaaa.so", "int4_vnni-cccc.so", "notes.txt"]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from chatapp.runtime.int4_kernel import EXP_HEADER, cpu_flags, kernels_dir
-from chatapp.support.stale_files import mark_used, remove_unused
+from chatapp.support.stale_files import remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,6 @@ def _compile(build: str, namespace: str) -> None:
 def _tidy(folder: Path) -> None:
     """Mark the build in `folder` used, and remove the builds nothing used for a long time (of
     other sources, torch versions or instruction sets: `chatapp.support.stale_files.remove_unused`)."""
-    mark_used(folder)
     for old in remove_unused(folder.parent, "blocks-*", keep=folder):
         log.info("removed %s, a build that nothing used for a long time", old)
 

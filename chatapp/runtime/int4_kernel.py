@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
-from chatapp.support.stale_files import mark_used, remove_stale_staging, remove_unused
+from chatapp.support.stale_files import remove_stale_staging, remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,6 @@ def load() -> bool:
             torch.ops.load_library(str(target))
             _State.loaded = True
             log.info("int4 kernel loaded from %s", target)
-            mark_used(target)
             for old in remove_unused(target.parent, "int4_vnni-*.so", keep=target):
                 log.info("removed %s, a build of other sources that nothing used for a long time", old)
         except Exception as error:  # noqa: BLE001 - any failure means: keep torch's kernel

@@ -33,11 +33,7 @@ def remove_stale_staging(folder: Path, prefix: str) -> None:
         return
     for entry in entries:
         if _abandoned(entry.name[len(prefix):], entry):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            _remove(entry)
 
 
 def mark_used(entry: Path) -> None:
@@ -47,10 +43,11 @@ def mark_used(entry: Path) -> None:
 
 
 def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float = UNUSED_SECONDS) -> list[Path]:
-    """Remove the entries of `folder` matching `pattern` (a glob) but `keep` that nothing has
-    marked used (`mark_used`, or made) for `unused_seconds`, each with its companions (the files
-    named after it, such as a checksum beside a library); the entries removed. Best effort:
-    whatever cannot be removed is left for the next time."""
+    """Mark `keep`, the build in use, used (`mark_used`), and remove the other entries of `folder`
+    matching `pattern` (a glob) that nothing has marked used (or made) for `unused_seconds`, each
+    with its companions (the files named after it, such as a checksum beside a library); the
+    entries removed. Best effort: whatever cannot be removed is left for the next time."""
+    mark_used(keep)
     removed = []
     try:
         entries = [entry for entry in folder.glob(pattern) if entry != keep]
@@ -65,13 +62,18 @@ def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float 
         except OSError:
             continue
         for path in [entry, *companions]:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            _remove(path)
         removed.append(entry)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder with what it holds, or a file (a link as a file). Best effort."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _abandoned(rest: str, entry: Path) -> bool:
