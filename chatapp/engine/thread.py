@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -43,9 +43,16 @@ async def on_engine_thread(fn: Callable[..., T], *args) -> T:
     whether it is still wanted (a turn checks its job's stop event each step). A queued
     reset therefore never goes missing because the worker waiting on it was cancelled.
     """
+    return await queue_on_engine_thread(fn, *args)
+
+
+def queue_on_engine_thread(fn: Callable[..., T], *args) -> Awaitable[T]:
+    """Queue `fn(*args)` on the engine thread now (from a running event loop) and return what
+    to await for its result, so that the caller can do other work while it runs; a cancelled
+    wait leaves `fn` running, as with `on_engine_thread`."""
     waited = asyncio.wrap_future(submit(fn, *args))
     waited.add_done_callback(_retrieve)
-    return await asyncio.shield(waited)
+    return asyncio.shield(waited)
 
 
 def _retrieve(future: asyncio.Future) -> None:

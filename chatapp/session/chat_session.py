@@ -3,8 +3,8 @@
 The session owns the chat (through its `keeper`, which holds the `SavedChat` and decides when it
 is written), the sampling settings new replies use, the engine once it is loaded, and the reply
 job being written. A screen calls it and shows what changed; nothing of a screen runs on the
-engine thread. Autosave follows the reply: its exchange is marked changed when it starts, saved
-about every second while it streams, and saved when it ends or is stopped.
+engine thread. Autosave follows the reply: its exchange is saved when it starts (with the user's
+message), about every second while it streams, and when it ends or is stopped.
 
 A reply's life, and which thread does what:
 1. `start_reply` (UI thread) adds the version to its exchange and returns its `ReplyJob`;
@@ -131,6 +131,13 @@ class ChatSession:
         self.job = ReplyJob(self._jobs, index, self.conversation.messages_before(index), version.settings, prefix_ids,
                              picks=StepPicks() if step_mode else None)
         return self.job
+
+    def save_started(self) -> None:
+        """(UI thread) Save the chat with the reply just started, while the model reads the
+        prompt: the user's message is kept from the moment it is sent however long the reading
+        takes, and the first batch of the reply, which the user is waiting for, has no save to
+        wait for (the next one comes `AUTOSAVE_SECONDS` later)."""
+        self.keeper.autosave()
 
     def run(self, job: ReplyJob, report: Callable[[ReplyEvent], object]) -> None:
         """On the engine thread: write `job`'s reply, reporting its events through `report`."""

@@ -17,7 +17,7 @@ from textual import work
 from chatapp.chat.conversation import ReplyVersion
 from chatapp.chat.records import Step
 from chatapp.chat.settings import SamplingSettings
-from chatapp.engine.thread import on_engine_thread
+from chatapp.engine.thread import on_engine_thread, queue_on_engine_thread
 from chatapp.session.reply_stream import PromptRead, ReplyJob, TokensGenerated, TurnFailed, TurnFinished
 from chatapp.session.step_mode import StepProposed
 from chatapp.tui.formatting import dropped_turns_message
@@ -48,8 +48,11 @@ class ReplyStreaming:
 
     @work(exclusive=True, exit_on_error=False, group="engine")
     async def generate(self: "ChatScreen", job: ReplyJob) -> None:
-        """Wait while the session writes `job`'s reply on the engine thread."""
-        await on_engine_thread(self.session.run, job, lambda event: self.post_message(ReplyReported(event)))
+        """Wait while the session writes `job`'s reply on the engine thread, saving the chat
+        meanwhile (`ChatSession.save_started`)."""
+        running = queue_on_engine_thread(self.session.run, job, lambda event: self.post_message(ReplyReported(event)))
+        self.session.save_started()
+        await running
 
     async def on_reply_reported(self: "ChatScreen", message: ReplyReported) -> None:
         """Route an event of the reply job to its handler."""

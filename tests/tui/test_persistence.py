@@ -73,6 +73,21 @@ async def test_a_reply_being_written_is_saved_as_it_streams(store_path, monkeypa
         assert stored(store_path)[0].conversation.exchanges[0].reply.status == "done"
 
 
+async def test_the_message_is_saved_while_the_model_reads_it(store_path):
+    gate = threading.Event()  # holds the prompt's reading, as a long paste's takes seconds
+    app = app_with(FakeEngine(gate=gate, prompt_pieces=2), store_path=store_path)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "a long paste", wait=False)
+        await wait_until(pilot, lambda: stored(store_path), what="the message saved")
+        exchange = stored(store_path)[0].conversation.exchanges[0]
+        assert exchange.user == "a long paste" and not exchange.reply.steps and exchange.reply.error == INTERRUPTED_NOTE
+        assert app.chat.generating and not app.chat.conversation.last.reply.steps  # still reading
+        gate.set()
+        await wait_until(pilot, lambda: not app.chat.generating)
+    assert stored(store_path)[0].conversation.exchanges[0].reply.text == "Hello, world!"
+
+
 async def test_new_chat_saves_and_an_empty_chat_is_never_saved(store_path):
     app = app_with(FakeEngine(), store_path=store_path)
     async with app.run_test() as pilot:
