@@ -3,6 +3,8 @@ while it draws, on all of torch's threads again after, and the same numbers eith
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -106,6 +108,12 @@ def test_the_default_model_s_steps_lend_a_core_and_give_the_same_numbers(quantiz
     turn.spare_core = lambda: True
     steps = iter(turn)
     next(steps), next(steps), next(steps)
+    assert set(row_threads().values()) == {1}
+    drawn = threading.Thread(target=turn.core_back)  # the UI has drawn, in the middle of a step
+    drawn.start()
+    drawn.join()
+    assert set(row_threads().values()) == {2}  # back before the next step
+    next(steps)  # the next step, asked again, lends again
     assert set(row_threads().values()) == {1}
     steps.close()  # a reply stopped while lent
     assert set(row_threads().values()) == {2}

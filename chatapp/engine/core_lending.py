@@ -45,12 +45,18 @@ class CoreLending:
             self._set(0)
 
     def lend(self) -> None:
-        """Run chatapp's loops on one thread fewer from the next step on."""
-        if self.can_lend and not self.lent:
+        """Run chatapp's loops on one thread fewer from their next loop on (the engine thread,
+        before each step while the UI draws: set every time, as the UI may have taken the core
+        back in the middle of the step before, `reclaim`)."""
+        if self.can_lend:
             self._set(1)
 
     def reclaim(self) -> None:
-        """Run them on all of torch's threads again."""
+        """Run them on all of torch's threads again from their next loop on. Safe from any
+        thread: the UI calls it the moment it has drawn (`Turn.core_back`), in the middle of a
+        step, rather than leave the rest of that step on one thread. A reclaim that crosses a
+        `lend` still being made may miss it; the engine's own reclaim before the next step then
+        ends it."""
         if self.lent:
             self._set(0)
 

@@ -77,8 +77,17 @@ class Turn:
         """Asked before each decode step, if set: while it answers True (a UI is drawing what the
         turn reported), the step's loops on chatapp's kernels leave that UI a core
         (`chatapp.engine.core_lending`)."""
+        self._lending: CoreLending | None = None
+        """What the running iteration lends (`core_back` reaches it from the UI's thread)."""
         self.context_vector: torch.Tensor | None = None
         """`(d_model,)` the final block's output from which the latest step was chosen."""
+
+    def core_back(self) -> None:
+        """(any thread) The UI has drawn: the step running now takes back the core it left it
+        from its next loop on, not from the next step (`CoreLending.reclaim`)."""
+        lending = self._lending
+        if lending is not None:
+            lending.reclaim()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The turn's generator, seeded with `seed`, made on the device the LM head's output
@@ -154,7 +163,7 @@ class Turn:
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
-        lending = CoreLending(decoder.device)
+        lending = self._lending = CoreLending(decoder.device)
         try:
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             choice = None  # the next step's, where the decoder chose it with its decode step

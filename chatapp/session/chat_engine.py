@@ -30,6 +30,11 @@ class ChatTurn(Protocol):
         """End before the next step, as "cancelled" (safe from any thread)."""
         ...
 
+    def core_back(self) -> None:
+        """The UI has drawn (any thread): a step leaving it a core (`spare_core`) takes it back
+        now, in the middle of the step, where it can."""
+        ...
+
 
 @runtime_checkable
 class ChatEngine(Protocol):

@@ -9,7 +9,8 @@ threads on a small CPU (and the GIL from a GPU's Python-bound loop), so the pace
 `StreamPacing`: text every 0.4 s while drawing is cheap, less often when the updates cost the UI
 thread more than its budget (long replies that scroll, big terminals, slow machines). While a
 UI that says when it has drawn a batch (`StreamPacing.ui_says_drawn`, `drawn`) draws one, the
-turn's decode steps leave it a core (`ChatTurn.spare_core`).
+turn's decode steps leave it a core (`ChatTurn.spare_core`), taken back the moment it has drawn
+(`ChatTurn.core_back`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class StreamPacing:
     steps leave it a core meanwhile (`ChatTurn.spare_core`)."""
     drawing_since: float | None = None
     """When the latest batch was posted (`time.monotonic`), until the UI has drawn it (None)."""
+    core_back: Callable[[], None] | None = None
+    """What `drawn` calls, set by `stream_turn`: the turn's `core_back`, so a step that left the
+    UI a core takes it back the moment the UI has drawn, not at the next step."""
 
     @property
     def panel_seconds(self) -> float:
@@ -72,8 +76,12 @@ class StreamPacing:
         self.drawing_since = time.monotonic()
 
     def drawn(self) -> None:
-        """(UI thread) What was posted is drawn (handed to the terminal)."""
+        """(UI thread) What was posted is drawn (handed to the terminal): the turn takes its
+        core back at once."""
         self.drawing_since = None
+        core_back = self.core_back
+        if core_back is not None:
+            core_back()
 
     def ui_drawing(self, now: float | None = None) -> bool:
         """Whether the UI is drawing a batch at `now` (default: this moment), for at most
@@ -220,6 +228,7 @@ def stream_turn(
 
     if pacing.ui_says_drawn:
         turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
+        pacing.core_back = turn.core_back  # and gives it back as soon as it has drawn
     try:
         for step in turn:
             steps += 1

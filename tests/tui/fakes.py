@@ -150,9 +150,14 @@ class FakeTurn:
         self.spare_core = None
         """Asked before each step after the first, as the real turn asks it (what it answered: `spare_answers`)."""
         self.spare_answers: list[bool] = []
+        self.cores_back = 0
+        """How many times the UI said it drew (`core_back`), as the real turn is told."""
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def core_back(self) -> None:
+        self.cores_back += 1
 
     def _read_prompt(self) -> None:
         engine, total = self.engine, 1000 * self.engine.prompt_pieces

@@ -228,12 +228,17 @@ def test_the_steps_after_a_batch_leave_the_ui_a_core_until_it_says_it_drew_it(mo
         pacing = StreamPacing(ui_says_drawn=says_drawn)
         turn = FakeEngine(replies=[list("abcdefghij")]).start_turn([{"role": "user", "content": "x"}], SamplingSettings())
 
+        batches = []
+
         def post(message):
-            if draws and isinstance(message, TokensGenerated):
-                pacing.drawn()
+            if isinstance(message, TokensGenerated):
+                batches.append(message)
+                if draws:
+                    pacing.drawn()
 
         stream_turn(turn, 1, post, lambda: False, clock=Ticks(0.13), pacing=pacing)
         assert turn.spare_answers == ([] if lends is None else [lends] * 10)
+        assert turn.cores_back == (len(batches) if draws else 0)  # each drawn batch: the core back at once
 
 
 def test_the_ui_drawing_ends_when_it_says_so_or_after_the_longest_draw():
