@@ -46,3 +46,19 @@ def test_a_build_folder_marked_used_stays(tmp_path):
     _aged(other, 2 * UNUSED_SECONDS)
     assert remove_unused(tmp_path, "blocks-*", keep=kept) == [other]
     assert not other.exists() and (kept / "lib.so").exists()
+
+
+def test_a_model_cache_s_unused_copies_go_each_on_its_own(tmp_path):
+    # A converted copy's name is the start of its facts memo's: without companions, each is kept
+    # or removed by its own use (the memo of a model read natively is used while its whole copy
+    # is not).
+    header, whole = tmp_path / "model-1234-header", tmp_path / "model-1234"
+    memo = tmp_path / "model-1234.gguf-facts.json"
+    for folder in (header, whole):
+        folder.mkdir()
+        _aged(folder, 2 * UNUSED_SECONDS)
+    memo.write_text("{}")
+    _aged(memo, 2 * UNUSED_SECONDS)
+    mark_used(memo)
+    assert remove_unused(tmp_path, "*", keep=header, companions=False) == [whole]
+    assert header.exists() and memo.exists() and not whole.exists()

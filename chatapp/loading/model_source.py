@@ -16,13 +16,14 @@ from chatapp.loading.gguf_files import (
     converted_dir,
     converted_intact,
     default_gguf_path,
+    facts_memo,
     header_dir,
     quiet_transformers,
     remove_converted,
 )
 from chatapp.loading.model_specs import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 from chatapp.support.errors import ModelLoadError
-from chatapp.support.stale_files import remove_stale_staging
+from chatapp.support.stale_files import mark_used, remove_stale_staging, remove_unused
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def resolve_source(spec: str, progress: Progress, native: bool = False) -> Model
 def converted_copy(gguf: Path, progress: Progress, header_only: bool = False) -> Path:
     """The converted copy of `gguf` (with `header_only`, its config and tokenizer alone),
     converting it first when it is missing or damaged (its manifest missing or a file's size
-    changed: `converted_intact`)."""
+    changed: `converted_intact`). The copy and its facts memo are marked used, and the other
+    entries of the cache nothing has used for two weeks (`stale_files.UNUSED_SECONDS`) are
+    removed, such as the copies of files since changed or deleted, which no start reads again;
+    one is made again if its file is opened again."""
     target = header_dir(gguf) if header_only else converted_dir(gguf)
     remove_stale_staging(target.parent, STAGING_PREFIX)
     if target.exists() and not converted_intact(target):
@@ -77,6 +81,8 @@ def converted_copy(gguf: Path, progress: Progress, header_only: bool = False) ->
     if not target.exists():
         quiet_transformers()
         convert_gguf(gguf, target, progress, weights=not header_only)
+    mark_used(facts_memo(gguf))
+    remove_unused(target.parent, "*", keep=target, companions=False)  # copies of other files, weeks unused
     return target
 
 

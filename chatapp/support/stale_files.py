@@ -2,9 +2,10 @@
 that nothing has used for a long time.
 
 A writer names what it stages with a prefix, its process id and a dash, so what a process that
-died left behind is found and removed. A build is marked used each time it is loaded
-(`mark_used`), so the builds of older sources, which no chatapp loads any more, are found and
-removed (`remove_unused`). Pure Python: no torch, no Textual.
+died left behind is found and removed. A build (a kernel library, a model's converted copy) is
+marked used each time it is loaded (`mark_used`), so those that no chatapp loads any more (the
+builds of older sources, the copies of files deleted, replaced or not opened for weeks) are
+found and removed (`remove_unused`). Pure Python: no torch, no Textual.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ STALE_SECONDS = 3600
 left alone until it is this old: no conversion or save takes that long."""
 UNUSED_SECONDS = 14 * 24 * 3600
 """A build nothing has loaded for this long is removed (`remove_unused`): another chatapp still
-using it (an older checkout) would have marked it used since."""
+using it (an older checkout) would have marked it used since, and a model's copy is made again
+the next time its file is opened."""
 
 
 def remove_stale_staging(folder: Path, prefix: str) -> None:
@@ -42,11 +44,13 @@ def mark_used(entry: Path) -> None:
         os.utime(entry)
 
 
-def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float = UNUSED_SECONDS) -> list[Path]:
+def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float = UNUSED_SECONDS,
+                  companions: bool = True) -> list[Path]:
     """Mark `keep`, the build in use, used (`mark_used`), and remove the other entries of `folder`
     matching `pattern` (a glob) that nothing has marked used (or made) for `unused_seconds`, each
-    with its companions (the files named after it, such as a checksum beside a library); the
-    entries removed. Best effort: whatever cannot be removed is left for the next time."""
+    with its companions unless `companions` is False (the files named after it, such as a
+    checksum beside a library); the entries removed. Best effort: whatever cannot be removed is
+    left for the next time."""
     mark_used(keep)
     removed = []
     try:
@@ -58,10 +62,10 @@ def remove_unused(folder: Path, pattern: str, keep: Path, unused_seconds: float 
         try:
             if now - entry.lstat().st_mtime <= unused_seconds:
                 continue
-            companions = list(folder.glob(f"{entry.name}.*"))
+            beside = list(folder.glob(f"{entry.name}.*")) if companions else []
         except OSError:
             continue
-        for path in [entry, *companions]:
+        for path in [entry, *beside]:
             _remove(path)
         removed.append(entry)
     return removed

@@ -300,6 +300,32 @@ def test_a_damaged_int4_copy_is_ignored_and_written_again(tmp_path, real, monkey
     assert any("int4 copy" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
 
 
+def _aged(path: Path, days: float) -> Path:
+    then = time.time() - days * 24 * HOUR
+    os.utime(path, (then, then))
+    return path
+
+
+def test_copies_of_models_nobody_opened_for_two_weeks_are_removed(tmp_path, real):
+    copy = temp_cache(tmp_path, real)
+    models = copy.parent
+    gone = models / "deleted-model-0123456789ab"  # the whole copy of a file since deleted
+    gone.mkdir()
+    (gone / "model.safetensors").write_bytes(b"w" * 4096)
+    gone_memo = models / f"{gone.name}.gguf-facts.json"
+    gone_memo.write_text("{}")
+    lately = models / "other-model-ba9876543210-header"  # opened yesterday
+    lately.mkdir()
+    for path in (gone / "model.safetensors", gone, gone_memo, copy, *models.glob(f"{copy.name}.*")):
+        _aged(path, 15)  # the default model's copy too: last opened as long ago
+    _aged(lately, 1)
+    done = ask(tmp_path, "--max-new-tokens", "1", "Hi")
+    assert done.returncode == 0, done.stderr
+    assert not gone.exists() and not gone_memo.exists()
+    assert lately.exists() and (copy / "config.json").is_file() and list(models.glob(f"{copy.name}.*"))
+    assert time.time() - copy.stat().st_mtime < 600  # the copy in use is marked used
+
+
 # --- what dead processes leave behind ----------------------------------------------------------
 
 
