@@ -226,10 +226,10 @@ def stream_turn(
                                  stats.ttft_ms or None))
         pending, last_post = [], now
 
-    if pacing.ui_says_drawn:
-        turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
-        pacing.core_back = turn.core_back  # and gives it back as soon as it has drawn
     try:
+        if pacing.ui_says_drawn:
+            turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
+            pacing.core_back = turn.core_back  # and gives it back as soon as it has drawn
         for step in turn:
             steps += 1
             first_at = clock() if first_at is None else first_at

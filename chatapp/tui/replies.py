@@ -18,7 +18,7 @@ from chatapp.chat.conversation import ReplyVersion
 from chatapp.chat.records import Step
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.thread import on_engine_thread, queue_on_engine_thread
-from chatapp.session.reply_stream import PromptRead, ReplyJob, TokensGenerated, TurnFailed, TurnFinished
+from chatapp.session.reply_stream import PromptRead, ReplyJob, TokensGenerated, TurnFailed, TurnFinished, one_line
 from chatapp.session.step_mode import StepProposed
 from chatapp.tui.formatting import dropped_turns_message
 from chatapp.tui.messages import ReplyReported
@@ -52,7 +52,11 @@ class ReplyStreaming:
         meanwhile (`ChatSession.save_started`)."""
         running = queue_on_engine_thread(self.session.run, job, lambda event: self.post_message(ReplyReported(event)))
         self.session.save_started()
-        await running
+        try:
+            await running
+        except Exception as error:  # noqa: BLE001 - a failure the job did not report: the reply
+            # ends failed, with what it has, rather than "writing…" for good
+            self.post_message(ReplyReported(TurnFailed(job.job, one_line(error))))
 
     async def on_reply_reported(self: "ChatScreen", message: ReplyReported) -> None:
         """Route an event of the reply job to its handler."""

@@ -319,6 +319,50 @@ async def test_engine_error_is_a_notification_and_the_chat_continues():
         assert app.chat.conversation.last.reply.text == "Hello, world!"
 
 
+async def test_a_turn_that_cannot_lend_a_core_fails_in_one_line_rather_than_hang():
+    # A wrapper around a turn written before `core_back` (as a test's recording engine was).
+    engine = FakeEngine()
+    start_turn = engine.start_turn
+
+    def without_core_back(*args, **kwargs):
+        class Older:
+            def __init__(self, turn):
+                self.turn, self.stats, self.on_prefill, self.spare_core = turn, turn.stats, None, None
+
+            def __iter__(self):
+                return iter(self.turn)
+
+            def cancel(self):
+                self.turn.cancel()
+
+        return Older(start_turn(*args, **kwargs))
+
+    engine.start_turn = without_core_back
+    app = app_with(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        assert app.chat.conversation.last.reply.status == "error" and not app.chat.generating
+        assert any("core_back" in n.message for n in app._notifications)
+
+
+async def test_a_job_that_fails_outside_its_turn_ends_the_reply_failed(monkeypatch):
+    app = app_with(FakeEngine())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+
+        def broken(job, report):
+            raise RuntimeError("the engine thread lost its model")
+
+        monkeypatch.setattr(app.chat.session, "run", broken)
+        await send(pilot, "hi")  # waits until the reply is no longer being written
+        assert app.chat.conversation.last.reply.status == "error"
+        assert any("lost its model" in n.message for n in app._notifications)
+        monkeypatch.undo()
+        await send(pilot, "again")
+        assert app.chat.conversation.last.reply.text == "Hello, world!"
+
+
 async def test_quit_mid_reply_asks_first():
     gate = threading.Event()
     app = app_with(FakeEngine(gate=gate, gate_after=1))

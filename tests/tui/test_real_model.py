@@ -53,6 +53,17 @@ class RecordingEngine:
             def stats(self):
                 return turn.stats
 
+            @property
+            def spare_core(self):
+                return turn.spare_core
+
+            @spare_core.setter
+            def spare_core(self, ask):
+                turn.spare_core = ask
+
+            def core_back(self):
+                turn.core_back()
+
             def __iter__(self):
                 for step in turn:
                     recorder.steps.append(step)
