@@ -9,7 +9,8 @@ import time
 from chatapp.support.stale_files import UNUSED_SECONDS, mark_used, remove_unused
 
 
-def _aged(path, seconds):
+def aged(path, seconds):
+    """`path` with its modification time `seconds` ago, as if last used then."""
     then = time.time() - seconds
     os.utime(path, (then, then))
     return path
@@ -18,17 +19,17 @@ def _aged(path, seconds):
 def test_builds_unused_for_long_go_with_their_companions(tmp_path):
     current = tmp_path / "int4_vnni-aaaa.so"
     current.write_bytes(b"in use")
-    _aged(current, 2 * UNUSED_SECONDS)
+    aged(current, 2 * UNUSED_SECONDS)
     old = tmp_path / "int4_vnni-bbbb.so"
     old.write_bytes(b"old")
     (tmp_path / "int4_vnni-bbbb.so.sha256").write_text("sum")
-    _aged(old, UNUSED_SECONDS + 60)
+    aged(old, UNUSED_SECONDS + 60)
     recent = tmp_path / "int4_vnni-cccc.so"
     recent.write_bytes(b"an older checkout's, loaded an hour ago")
-    _aged(recent, 3600)
+    aged(recent, 3600)
     unrelated = tmp_path / "notes.txt"
     unrelated.write_text("not a build")
-    _aged(unrelated, 2 * UNUSED_SECONDS)
+    aged(unrelated, 2 * UNUSED_SECONDS)
 
     assert remove_unused(tmp_path, "int4_vnni-*.so", keep=current) == [old]
     assert time.time() - current.stat().st_mtime < 60  # the build in use is marked used
@@ -40,10 +41,10 @@ def test_a_build_folder_marked_used_stays(tmp_path):
     for folder in (kept, other):
         folder.mkdir()
         (folder / "lib.so").write_bytes(b"built")
-        _aged(folder, 2 * UNUSED_SECONDS)
+        aged(folder, 2 * UNUSED_SECONDS)
     mark_used(other)  # loaded just now by another chatapp
     assert remove_unused(tmp_path, "blocks-*", keep=kept) == []
-    _aged(other, 2 * UNUSED_SECONDS)
+    aged(other, 2 * UNUSED_SECONDS)
     assert remove_unused(tmp_path, "blocks-*", keep=kept) == [other]
     assert not other.exists() and (kept / "lib.so").exists()
 
@@ -56,9 +57,9 @@ def test_a_model_cache_s_unused_copies_go_each_on_its_own(tmp_path):
     memo = tmp_path / "model-1234.gguf-facts.json"
     for folder in (header, whole):
         folder.mkdir()
-        _aged(folder, 2 * UNUSED_SECONDS)
+        aged(folder, 2 * UNUSED_SECONDS)
     memo.write_text("{}")
-    _aged(memo, 2 * UNUSED_SECONDS)
+    aged(memo, 2 * UNUSED_SECONDS)
     mark_used(memo)
     assert remove_unused(tmp_path, "*", keep=header, companions=False) == [whole]
     assert header.exists() and memo.exists() and not whole.exists()

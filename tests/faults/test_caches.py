@@ -20,6 +20,7 @@ import pytest
 
 from chatapp.loading.gguf_files import converted_dir, default_gguf_path
 from chatapp.runtime import int4_kernel
+from tests.test_stale_files import aged
 
 pytestmark = pytest.mark.model
 
@@ -34,6 +35,7 @@ DAMAGED_MODEL = "was damaged; converting it again"
 SIGBUS_EXIT = (-7, 135)
 """How a process killed by SIGBUS ends (as subprocess sees it, or through a shell)."""
 HOUR = 3600
+DAY = 24 * HOUR
 SLOW_COMPILE_SECONDS = 300
 """How long the stand-in compiler (`slow_compiler`) runs."""
 STAND_IN_CONVERTER = """
@@ -300,12 +302,6 @@ def test_a_damaged_int4_copy_is_ignored_and_written_again(tmp_path, real, monkey
     assert any("int4 copy" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
 
 
-def _aged(path: Path, days: float) -> Path:
-    then = time.time() - days * 24 * HOUR
-    os.utime(path, (then, then))
-    return path
-
-
 def test_copies_of_models_nobody_opened_for_two_weeks_are_removed(tmp_path, real):
     copy = temp_cache(tmp_path, real)
     models = copy.parent
@@ -317,8 +313,8 @@ def test_copies_of_models_nobody_opened_for_two_weeks_are_removed(tmp_path, real
     lately = models / "other-model-ba9876543210-header"  # opened yesterday
     lately.mkdir()
     for path in (gone / "model.safetensors", gone, gone_memo, copy, *models.glob(f"{copy.name}.*")):
-        _aged(path, 15)  # the default model's copy too: last opened as long ago
-    _aged(lately, 1)
+        aged(path, 15 * DAY)  # the default model's copy too: last opened as long ago
+    aged(lately, DAY)
     done = ask(tmp_path, "--max-new-tokens", "1", "Hi")
     assert done.returncode == 0, done.stderr
     assert not gone.exists() and not gone_memo.exists()

@@ -38,31 +38,13 @@ class RecordingEngine:
         recorder = self
 
         class Recorded:
-            def cancel(self):
-                turn.cancel()
+            """The turn itself (every attribute read and set through), its steps recorded."""
 
-            @property
-            def on_prefill(self):
-                return turn.on_prefill
+            def __getattr__(self, name):
+                return getattr(turn, name)
 
-            @on_prefill.setter
-            def on_prefill(self, report):
-                turn.on_prefill = report
-
-            @property
-            def stats(self):
-                return turn.stats
-
-            @property
-            def spare_core(self):
-                return turn.spare_core
-
-            @spare_core.setter
-            def spare_core(self, ask):
-                turn.spare_core = ask
-
-            def core_back(self):
-                turn.core_back()
+            def __setattr__(self, name, value):
+                setattr(turn, name, value)
 
             def __iter__(self):
                 for step in turn:
