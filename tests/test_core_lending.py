@@ -1,8 +1,11 @@
 """A turn's decode steps leave a drawing UI a core: chatapp's kernel loops on one thread fewer
-while it draws, on all of torch's threads again after, and the same numbers either way."""
+while it draws, on all of torch's threads again after, and the same numbers either way; for the
+length of the turn the decoder's threads are bound to a CPU each and the UI's thread to the one
+a lent loop leaves out."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -127,3 +130,99 @@ def test_a_new_turn_takes_back_what_a_dropped_turn_lent(two_threads):
     assert set(row_threads().values()) == {1}
     CoreLending(torch.device("cpu"))
     assert set(row_threads().values()) == {2}
+
+
+class WaitingThread:
+    """A thread that only waits (standing in for the UI's), and its Linux id."""
+
+    def __enter__(self) -> int:
+        self._done = threading.Event()
+        started = threading.Event()
+        self._thread = threading.Thread(target=lambda: started.set() or self._done.wait())
+        self._thread.start()
+        started.wait()
+        return self._thread.native_id
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def bound_threads() -> dict[int, set[int]]:
+    """The CPUs each thread of this process may run on now, by Linux id."""
+    return {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+
+
+@pytest.fixture
+def two_cpus(two_threads):
+    """The two threads of `two_threads`, and at least two CPUs to bind them to."""
+    cpus = core_lending.process_cpus()
+    if len(cpus) < 2:
+        pytest.skip("binding threads needs two CPUs")
+    if not row_threads():
+        pytest.skip("no kernel can be built here")
+    return cpus
+
+
+def test_a_turn_s_lending_binds_the_decoder_s_threads_and_the_ui_s_until_it_ends(two_cpus, monkeypatch):
+    for name in core_lending.USER_BINDING:
+        monkeypatch.delenv(name, raising=False)
+    everywhere = set(two_cpus)
+    with WaitingThread() as ui:
+        lending = CoreLending(torch.device("cpu"), ui_thread=ui)
+        assert lending.bound
+        assert os.sched_getaffinity(0) == {two_cpus[0]}  # the decoder's own thread
+        assert os.sched_getaffinity(ui) == {two_cpus[1]}  # the UI: where the thread a lent loop leaves out runs
+        assert {two_cpus[1]} in [cpus for tid, cpus in bound_threads().items() if tid != ui]  # the other decoder thread
+        lending.lend()
+        assert set(row_threads().values()) == {1}
+        lending.end()
+        assert not lending.bound and not lending.lent
+        assert all(cpus == everywhere for cpus in bound_threads().values())  # every thread anywhere again
+
+
+def test_nothing_is_bound_where_the_user_binds_threads_or_off_the_cpu(two_cpus, monkeypatch):
+    monkeypatch.setenv("OMP_PROC_BIND", "false")
+    with WaitingThread() as ui:
+        lending = CoreLending(torch.device("cpu"), ui_thread=ui)
+        assert lending.can_lend and not lending.bound
+        assert os.sched_getaffinity(0) == os.sched_getaffinity(ui) == set(two_cpus)
+        lending.end()
+    monkeypatch.delenv("OMP_PROC_BIND")
+    assert not CoreLending(torch.device("cuda")).bound
+
+
+@pytest.mark.model
+def test_a_default_model_turn_binds_its_threads_only_while_it_runs(two_cpus, monkeypatch):
+    """A real turn with a UI thread: bound from its first step to its end (stopped or not), with
+    the same numbers as a turn that binds nothing."""
+    from chatapp.engine.loader import load_engine
+
+    engine = load_engine("default", "cpu")
+    settings = SamplingSettings(seed=5, max_new_tokens=24)
+    everywhere = set(two_cpus)
+    monkeypatch.setenv("OMP_PROC_BIND", "false")  # the user binds: chatapp binds nothing
+    reference, _ = _steps(engine, settings)
+    for name in core_lending.USER_BINDING:
+        monkeypatch.delenv(name, raising=False)
+    with WaitingThread() as ui:
+        engine.reset()
+        turn = engine.start_turn(MESSAGES, settings)
+        turn.ui_thread = ui
+        seen = []
+        steps = []
+        for step in turn:
+            seen.append((os.sched_getaffinity(0), os.sched_getaffinity(ui)))
+            steps.append(step)
+        assert set(map(lambda s: (frozenset(s[0]), frozenset(s[1])), seen)) == {
+            (frozenset({two_cpus[0]}), frozenset({two_cpus[1]}))}
+        assert [(s.token_id, s.prob, s.raw_prob, s.entropy) for s in steps] == [r[:4] for r in reference]
+        assert os.sched_getaffinity(0) == os.sched_getaffinity(ui) == everywhere  # free again at its end
+        engine.reset()
+        stopped = engine.start_turn(MESSAGES, settings)
+        stopped.ui_thread = ui
+        running = iter(stopped)
+        next(running), next(running)
+        assert os.sched_getaffinity(ui) == {two_cpus[1]}
+        running.close()  # a reply stopped in the middle
+        assert os.sched_getaffinity(0) == os.sched_getaffinity(ui) == everywhere

@@ -77,6 +77,9 @@ class Turn:
         """Asked before each decode step, if set: while it answers True (a UI is drawing what the
         turn reported), the step's loops on chatapp's kernels leave that UI a core
         (`chatapp.engine.core_lending`)."""
+        self.ui_thread: int | None = None
+        """Linux id of the UI's thread, if set: for the length of the iteration, bound to the CPU
+        the lending steps leave it (`CoreLending`)."""
         self._lending: CoreLending | None = None
         """What the running iteration lends (`core_back` reaches it from the UI's thread)."""
         self.context_vector: torch.Tensor | None = None
@@ -163,7 +166,7 @@ class Turn:
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
-        lending = self._lending = CoreLending(decoder.device)
+        lending = self._lending = CoreLending(decoder.device, self.ui_thread)
         try:
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             choice = None  # the next step's, where the decoder chose it with its decode step
@@ -209,6 +212,7 @@ class Turn:
                 if index + 1 < budget:
                     if penalty_ids is not None:
                         penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
+                    lending.bind()
                     if self.spare_core is not None and self.spare_core():
                         lending.lend()
                     else:
@@ -228,7 +232,7 @@ class Turn:
             stats.finish_reason = "error"
             raise
         finally:
-            lending.reclaim()
+            lending.end()
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)

@@ -21,6 +21,9 @@ class ChatTurn(Protocol):
     spare_core: Callable[[], bool] | None
     """Asked before each decode step, if set: while it answers True (a UI is drawing what the turn
     reported), the step leaves that UI a CPU core where it can (the same numbers)."""
+    ui_thread: int | None
+    """Linux id of the thread that draws the turn's steps, if set: bound to the CPU core the steps
+    leave it, where they lend one, for the length of the turn."""
 
     def __iter__(self) -> Iterator[Step]:
         """One `Step` per token, each chosen through `chatapp.lm_head`."""

@@ -60,6 +60,9 @@ class StreamPacing:
     ui_says_drawn: bool = False
     """Whether a UI calls `drawn` once it has drawn what was posted: only then do the turn's
     steps leave it a core meanwhile (`ChatTurn.spare_core`)."""
+    ui_thread: int | None = None
+    """Linux id (`threading.get_native_id`) of the thread that draws the batches, where the UI
+    says so: the turn binds it to the CPU its steps leave it (`ChatTurn.ui_thread`)."""
     drawing_since: float | None = None
     """When the latest batch was posted (`time.monotonic`), until the UI has drawn it (None)."""
     core_back: Callable[[], None] | None = None
@@ -230,6 +233,7 @@ def stream_turn(
         if pacing.ui_says_drawn:
             turn.spare_core = pacing.ui_drawing  # the UI draws a batch on a core of its own
             pacing.core_back = turn.core_back  # and gives it back as soon as it has drawn
+            turn.ui_thread = pacing.ui_thread  # on the CPU the steps leave it
         for step in turn:
             steps += 1
             first_at = clock() if first_at is None else first_at

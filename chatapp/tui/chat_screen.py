@@ -13,6 +13,7 @@ the small messages of `chatapp.tui.messages`. The screen's parts: the reply's vi
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -136,6 +137,7 @@ class ChatScreen(ChatKeeping, ChatSwitching, CompletionMode, ConversationActions
     async def on_mount(self) -> None:
         """Open the history and show a reopened chat; the prompt is usable right away."""
         self.query_one(TopKPanel).border_title = "Candidates"
+        self.session.pacing.ui_thread = threading.get_native_id()  # this thread draws the batches
         self.keeper.open()
         await self.query_one(ChatLog).show_exchanges(self.session.conversation.exchanges)
         self.query_one(PromptInput).focus()

@@ -150,6 +150,8 @@ class FakeTurn:
         self.spare_core = None
         """Asked before each step after the first, as the real turn asks it (what it answered: `spare_answers`)."""
         self.spare_answers: list[bool] = []
+        self.ui_thread = None
+        """The UI's thread, as the real turn is given it."""
         self.cores_back = 0
         """How many times the UI said it drew (`core_back`), as the real turn is told."""
 

@@ -187,6 +187,7 @@ async def test_the_decoder_leaves_the_ui_a_core_until_each_batch_is_drawn(monkey
         await send(pilot, "hi")
         await wait_until(pilot, lambda: pacing.drawing_since is None, what="the last batch drawn")
         assert engine.turns[-1].spare_answers == [True] * 4 and engine.turns[-1].cores_back == 5  # given back as drawn
+        assert engine.turns[-1].ui_thread == threading.get_native_id()  # the thread that draws, to bind
         assert len(set(drawn) - {None}) == 5  # each of the five batches (four letters, the stop) said drawn
 
 

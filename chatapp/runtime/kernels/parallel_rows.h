@@ -16,6 +16,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <vector>
+
+#ifdef __linux__
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace chatapp_rows {
 
@@ -54,6 +61,29 @@ inline int64_t row_threads() {
     }
   });
   return most.load();
+}
+
+// Binds the threads of the calling thread's OpenMP team of torch's thread count (the team
+// chatapp's loops run on; thread 0 is the calling thread, and a loop lent away leaves out the
+// last one): with `each`, thread i to CPU cpus[i % size] alone; without, every thread to all of
+// `cpus`. Returns each thread's Linux thread id, or -1 where it was not bound (always off Linux).
+inline std::vector<int64_t> bind_threads(const std::vector<int64_t>& cpus, bool each) {
+  const int all = at::get_num_threads();
+  std::vector<int64_t> bound(all, -1);
+#ifdef __linux__
+  if (cpus.empty()) return bound;
+#pragma omp parallel num_threads(all)
+  {
+    const int i = omp_get_thread_num();
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (size_t c = 0; c < cpus.size(); ++c) {
+      if ((!each || c == i % cpus.size()) && cpus[c] >= 0 && cpus[c] < CPU_SETSIZE) CPU_SET(cpus[c], &set);
+    }
+    if (CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) == 0) bound[i] = syscall(SYS_gettid);
+  }
+#endif
+  return bound;
 }
 
 }  // namespace chatapp_rows
