@@ -30,6 +30,7 @@ def two_threads(monkeypatch):
     yield
     int4_kernel.lend_threads(0)  # a test that failed while lent leaves nothing lent
     block_kernel.lend_threads(0)
+    core_lending.free_threads()  # nor any thread bound (lendings these tests never end)
     torch.set_num_threads(before)
 
 
@@ -176,9 +177,46 @@ def test_a_turn_s_lending_binds_the_decoder_s_threads_and_the_ui_s_until_it_ends
         assert {two_cpus[1]} in [cpus for tid, cpus in bound_threads().items() if tid != ui]  # the other decoder thread
         lending.lend()
         assert set(row_threads().values()) == {1}
-        lending.end()
-        assert not lending.bound and not lending.lent
-        assert all(cpus == everywhere for cpus in bound_threads().values())  # every thread anywhere again
+        with WaitingThread() as started_meanwhile:  # by a bound thread: it inherits that thread's CPU
+            assert os.sched_getaffinity(started_meanwhile) == {two_cpus[0]}
+            lending.end()
+            assert not lending.bound and not lending.lent
+            assert all(cpus == everywhere for cpus in bound_threads().values())  # every thread anywhere again
+
+
+def test_after_a_lent_loop_the_team_is_bound_again_and_a_dropped_turn_frees_nothing_later(two_cpus, monkeypatch):
+    # A smaller team may end the pool's spare threads, and a full team then starts new ones on
+    # the decoder's CPU (with three threads or more): the step after a lent loop binds them again.
+    for name in core_lending.USER_BINDING:
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    real = int4_kernel.bind_threads
+    monkeypatch.setattr(int4_kernel, "bind_threads", lambda cpus: calls.append(list(cpus)) or real(cpus))
+    monkeypatch.setattr(block_kernel, "bind_threads", lambda cpus: None)
+    dropped = CoreLending(torch.device("cpu"))
+    lending = CoreLending(torch.device("cpu"))  # the next turn binds; the dropped one is not ended
+    assert len(calls) == 2 and lending.bound
+    lending.bind()
+    assert len(calls) == 2  # bound already, nothing lent since
+    lending.lend()
+    lending.bind()
+    assert len(calls) == 2  # not while lent
+    lending.reclaim()
+    lending.bind()
+    assert calls[-1] == list(two_cpus) and len(calls) == 3
+    dropped.end()  # the dropped turn finalized now: the running turn's threads stay bound
+    assert os.sched_getaffinity(0) == {two_cpus[0]}
+    lending.end()
+    assert os.sched_getaffinity(0) == set(two_cpus)
+
+
+def test_nothing_is_bound_with_more_threads_than_cpus(two_cpus, monkeypatch):
+    # Three threads on two CPUs: the UI's CPU would be one a decoder thread is bound to.
+    monkeypatch.setattr(core_lending, "process_cpus", lambda: two_cpus[:2])
+    torch.set_num_threads(3)
+    lending = CoreLending(torch.device("cpu"), ui_thread=threading.get_native_id())
+    assert lending.can_lend and not lending.bound
+    assert len(os.sched_getaffinity(0)) > 1  # this thread, the UI's here, stays free
 
 
 def test_nothing_is_bound_where_the_user_binds_threads_or_off_the_cpu(two_cpus, monkeypatch):

@@ -11,12 +11,13 @@ Only chatapp's own loops lend: each of their chunks computes outputs of its own,
 are the same on any thread count (tested). torch's own operations keep torch's thread count: on
 fewer threads they may sum in another order, and a seed would no longer give the same reply.
 
-For the length of a turn, each of the decoder's threads is bound to a CPU of its own, and the UI's
-thread to the CPU of the one a lent loop leaves out. Unbound, the scheduler now and then ran the
-UI beside the decoder's own thread on one CPU while the other idled: a lent step that takes 9 ms
-then took 15-22 (what binding bought: README, Performance, "The TUI's cost"). Binding changes no
-number. Where the user's environment binds threads itself (`OMP_PROC_BIND` and the like), chatapp
-binds nothing.
+For the length of a turn, where torch runs one thread per CPU, each of the decoder's threads is
+bound to a CPU of its own, and the UI's thread to the CPU of the one a lent loop leaves out; at
+its end every thread of the process may run on any of its CPUs again. Unbound, the scheduler now
+and then ran the UI beside the decoder's own thread on one CPU while the other idled: a lent step
+that takes 9 ms then took 15-22 (what binding bought: README, Performance, "The TUI's cost").
+Binding changes no number. Where the user's environment binds threads itself (`OMP_PROC_BIND` and
+the like), chatapp binds nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ binds no thread."""
 
 @functools.cache
 def process_cpus() -> tuple[int, ...]:
-    """The CPUs this process may run on, as it started (read once: a bound thread would read its
-    own CPU); empty where the system does not say (not Linux)."""
+    """The CPUs this process may run on, read at the first call (before any turn binds a thread:
+    a bound thread would read its own CPU); empty where the system does not say (not Linux)."""
     try:
         return tuple(sorted(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -59,6 +60,22 @@ def _bind_thread(thread_id: int, cpus: set[int]) -> None:
             pass
 
 
+def free_threads() -> None:
+    """Let every thread of this process run on any of its CPUs (`process_cpus`) again: the ones a
+    turn bound, and any a bound thread started meanwhile (a new thread inherits its creator's
+    CPUs). Safe from any thread; nothing where the system cannot bind."""
+    cpus = set(process_cpus())
+    if len(cpus) > 1 and os.path.isdir("/proc/self/task"):
+        for thread_id in os.listdir("/proc/self/task"):
+            _bind_thread(int(thread_id), cpus)
+
+
+class _Binding:
+    holder: "CoreLending | None" = None
+    """The lending whose turn's threads are bound now (the latest to bind): only it frees them, so
+    a dropped turn finalized later cannot free the threads of the turn running then."""
+
+
 class CoreLending:
     """Whether one turn's decode steps leave a core to the UI now."""
 
@@ -78,8 +95,11 @@ class CoreLending:
         """The UI's thread, bound while the decoder's threads are."""
         self.bound = False
         """Whether the decoder's threads (and the UI's) are bound to their CPUs now."""
-        self._may_bind = self.can_lend and len(process_cpus()) > 1 and not any(
+        self._may_bind = self.can_lend and threads == len(process_cpus()) > 1 and not any(
             name in os.environ for name in USER_BINDING)
+        """One thread per CPU (with more threads than CPUs, the UI's would share one with the
+        decoder's), and the user binds nothing."""
+        self._lent_since_bound = False
         if self.can_lend:  # one turn runs at a time: whatever a turn dropped unclosed lent ends here
             self._set(0)
         self.bind()
@@ -90,6 +110,7 @@ class CoreLending:
         back in the middle of the step before, `reclaim`)."""
         if self.can_lend:
             self._set(1)
+            self._lent_since_bound = True
 
     def reclaim(self) -> None:
         """Run them on all of torch's threads again from their next loop on. Safe from any
@@ -101,29 +122,32 @@ class CoreLending:
             self._set(0)
 
     def end(self) -> None:
-        """(the decoder's thread, as the turn ends) Take back what was lent, and let every
-        thread bound run on any of the process's CPUs again."""
+        """(any thread, as the turn ends) Take back what was lent, and, unless a later turn has
+        bound them since, let every thread of the process run on any of its CPUs again."""
         self.reclaim()
         if self.bound:
-            cpus = list(process_cpus())
-            int4_kernel.bind_threads(cpus, False)
-            block_kernel.bind_threads(cpus, False)
-            if self.ui_thread is not None:
-                _bind_thread(self.ui_thread, set(cpus))
             self.bound = False
+            if _Binding.holder is self:
+                _Binding.holder = None
+                free_threads()
 
     def bind(self) -> None:
-        """(the decoder's thread) Bind its threads, and the UI's, where they are not bound yet and
-        a kernel is loaded: at the turn's start, and before each step until then (the first turn
-        after a start may begin before the kernel's thread has loaded it)."""
-        if not self._may_bind or self.bound:
+        """(the decoder's thread, before each step) Bind its team's threads, and the UI's, where
+        not bound yet and a kernel is loaded (the first turn after a start may begin before the
+        kernel's thread has loaded it), and again after a lent loop: a smaller team may end the
+        pool's spare threads, and the ones a full team starts again inherit this thread's CPU."""
+        if not self._may_bind or (self.bound and not (self._lent_since_bound and not self.lent)):
             return
         cpus = list(process_cpus())
-        bound = [int4_kernel.bind_threads(cpus, True), block_kernel.bind_threads(cpus, True)]
-        self.bound = any(ids is not None for ids in bound)
-        if self.bound and self.ui_thread is not None:
-            lent_thread = torch.get_num_threads() - 1  # the one a lent loop leaves out
-            _bind_thread(self.ui_thread, {cpus[lent_thread % len(cpus)]})
+        bound = [ids for ids in (int4_kernel.bind_threads(cpus), block_kernel.bind_threads(cpus))
+                 if ids is not None]
+        self._lent_since_bound = False
+        if not any(thread_id >= 0 for ids in bound for thread_id in ids):
+            return
+        if not self.bound and self.ui_thread is not None:
+            _bind_thread(self.ui_thread, {cpus[-1]})  # the CPU of the thread a lent loop leaves out
+        self.bound = True
+        _Binding.holder = self
 
     def _set(self, lent: int) -> None:
         int4_kernel.lend_threads(lent)

@@ -166,8 +166,9 @@ class Turn:
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
-        lending = self._lending = CoreLending(decoder.device, self.ui_thread)
+        lending = None
         try:
+            lending = self._lending = CoreLending(decoder.device, self.ui_thread)
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             choice = None  # the next step's, where the decoder chose it with its decode step
             for index in range(budget):
@@ -232,7 +233,8 @@ class Turn:
             stats.finish_reason = "error"
             raise
         finally:
-            lending.end()
+            if lending is not None:
+                lending.end()
             end = time.perf_counter()
             if first_token_at is not None and stats.tokens > 1:
                 stats.tok_per_s = (stats.tokens - 1) / max(end - first_token_at, 1e-9)

@@ -222,10 +222,10 @@ def lend_threads(lent: int) -> None:
         kernels.lend_threads(lent)
 
 
-def bind_threads(cpus: list[int], each: bool) -> list[int] | None:
+def bind_threads(cpus: list[int]) -> list[int] | None:
     """The loaded build's `bind_threads` (as `int4_kernel.bind_threads`); None where none is loaded."""
     kernels = loaded()
-    return list(kernels.bind_threads(cpus, each)) if kernels is not None else None
+    return list(kernels.bind_threads(cpus)) if kernels is not None else None
 
 
 def ops() -> object | None:

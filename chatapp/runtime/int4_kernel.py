@@ -287,13 +287,12 @@ def lend_threads(lent: int) -> None:
         torch.ops.chatapp.lend_threads(lent)
 
 
-def bind_threads(cpus: list[int], each: bool) -> list[int] | None:
-    """Bind the calling thread's team of torch's threads (the one the kernel's loops run on) to
-    `cpus`, thread i to `cpus[i]` alone with `each`, else every thread to all of them; the
-    threads' Linux ids (-1: not bound), or None where the kernel is not loaded
-    (`chatapp.engine.core_lending`, `kernels/parallel_rows.h`)."""
+def bind_threads(cpus: list[int]) -> list[int] | None:
+    """Bind thread i of the calling thread's team of torch's threads (the one the kernel's loops
+    run on) to `cpus[i]`; the threads' Linux ids (-1: not bound), or None where the kernel is not
+    loaded (`chatapp.engine.core_lending`, `kernels/parallel_rows.h`)."""
     if _State.loaded:
-        return list(torch.ops.chatapp.bind_threads(cpus, each))
+        return list(torch.ops.chatapp.bind_threads(cpus))
     return None
 
 

@@ -426,12 +426,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
 
 void lend_threads(int64_t lent) { chatapp_rows::lend_threads(lent); }
 int64_t row_threads() { return chatapp_rows::row_threads(); }
-std::vector<int64_t> bind_threads(std::vector<int64_t> cpus, bool each) { return chatapp_rows::bind_threads(cpus, each); }
+std::vector<int64_t> bind_threads(std::vector<int64_t> cpus) { return chatapp_rows::bind_threads(cpus); }
 
 TORCH_LIBRARY_FRAGMENT(chatapp, m) {  // no tensor to dispatch on: defined with their kernels here
   m.def("lend_threads(int lent) -> ()", &lend_threads);
   m.def("row_threads() -> int", &row_threads);
-  m.def("bind_threads(int[] cpus, bool each) -> int[]", &bind_threads);
+  m.def("bind_threads(int[] cpus) -> int[]", &bind_threads);
 }
 
 TORCH_LIBRARY_IMPL(chatapp, CPU, m) {

@@ -29,14 +29,14 @@ at::Tensor raw_summary(const at::Tensor& logits, int64_t token) {
 
 void lend_threads(int64_t lent) { chatapp_rows::lend_threads(lent); }
 int64_t row_threads() { return chatapp_rows::row_threads(); }
-std::vector<int64_t> bind_threads(std::vector<int64_t> cpus, bool each) { return chatapp_rows::bind_threads(cpus, each); }
+std::vector<int64_t> bind_threads(std::vector<int64_t> cpus) { return chatapp_rows::bind_threads(cpus); }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(BLOCKS_NAMESPACE, lib) {
   lib.def("lend_threads(int lent) -> ()", &lend_threads);  // parallel_rows.h
   lib.def("row_threads() -> int", &row_threads);
-  lib.def("bind_threads(int[] cpus, bool each) -> int[]", &bind_threads);
+  lib.def("bind_threads(int[] cpus) -> int[]", &bind_threads);
   lib.def("top_k(Tensor scores, int k) -> (Tensor, Tensor)", &top_k);
   lib.def("raw_summary(Tensor logits, int token) -> Tensor", &raw_summary);
   lib.def("kept_ids(Tensor probabilities) -> Tensor", &kept_ids);

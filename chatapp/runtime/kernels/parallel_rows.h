@@ -63,11 +63,11 @@ inline int64_t row_threads() {
   return most.load();
 }
 
-// Binds the threads of the calling thread's OpenMP team of torch's thread count (the team
-// chatapp's loops run on; thread 0 is the calling thread, and a loop lent away leaves out the
-// last one): with `each`, thread i to CPU cpus[i % size] alone; without, every thread to all of
-// `cpus`. Returns each thread's Linux thread id, or -1 where it was not bound (always off Linux).
-inline std::vector<int64_t> bind_threads(const std::vector<int64_t>& cpus, bool each) {
+// Binds thread i of the calling thread's OpenMP team of torch's thread count (the team chatapp's
+// loops run on; thread 0 is the calling thread, and a loop lent away leaves out the last one) to
+// CPU cpus[i % size] alone. Returns each thread's Linux thread id, or -1 where it was not bound
+// (always off Linux). chatapp.engine.core_lending frees them again from Python.
+inline std::vector<int64_t> bind_threads(const std::vector<int64_t>& cpus) {
   const int all = at::get_num_threads();
   std::vector<int64_t> bound(all, -1);
 #ifdef __linux__
@@ -75,12 +75,13 @@ inline std::vector<int64_t> bind_threads(const std::vector<int64_t>& cpus, bool 
 #pragma omp parallel num_threads(all)
   {
     const int i = omp_get_thread_num();
+    const int64_t cpu = cpus[static_cast<size_t>(i) % cpus.size()];
     cpu_set_t set;
     CPU_ZERO(&set);
-    for (size_t c = 0; c < cpus.size(); ++c) {
-      if ((!each || c == i % cpus.size()) && cpus[c] >= 0 && cpus[c] < CPU_SETSIZE) CPU_SET(cpus[c], &set);
+    if (cpu >= 0 && cpu < CPU_SETSIZE) {
+      CPU_SET(cpu, &set);
+      if (sched_setaffinity(0, sizeof set, &set) == 0) bound[i] = syscall(SYS_gettid);
     }
-    if (CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) == 0) bound[i] = syscall(SYS_gettid);
   }
 #endif
   return bound;
