@@ -93,8 +93,6 @@ class CoreLending:
         """Whether chatapp's loops run on one thread fewer now."""
         self.ui_thread = ui_thread
         """The UI's thread, bound while the decoder's threads are."""
-        self.bound = False
-        """Whether the decoder's threads (and the UI's) are bound to their CPUs now."""
         self._may_bind = self.can_lend and threads == len(process_cpus()) > 1 and not any(
             name in os.environ for name in USER_BINDING)
         """One thread per CPU (with more threads than CPUs, the UI's would share one with the
@@ -121,22 +119,27 @@ class CoreLending:
         if self.lent:
             self._set(0)
 
+    @property
+    def bound(self) -> bool:
+        """Whether this turn's threads (and the UI's) are bound to their CPUs now: it bound them
+        last, and has not ended."""
+        return _Binding.holder is self
+
     def end(self) -> None:
         """(any thread, as the turn ends) Take back what was lent, and, unless a later turn has
         bound them since, let every thread of the process run on any of its CPUs again."""
         self.reclaim()
         if self.bound:
-            self.bound = False
-            if _Binding.holder is self:
-                _Binding.holder = None
-                free_threads()
+            _Binding.holder = None
+            free_threads()
 
     def bind(self) -> None:
         """(the decoder's thread, before each step) Bind its team's threads, and the UI's, where
         not bound yet and a kernel is loaded (the first turn after a start may begin before the
         kernel's thread has loaded it), and again after a lent loop: a smaller team may end the
         pool's spare threads, and the ones a full team starts again inherit this thread's CPU."""
-        if not self._may_bind or (self.bound and not (self._lent_since_bound and not self.lent)):
+        again = self._lent_since_bound and not self.lent
+        if not self._may_bind or (self.bound and not again):
             return
         cpus = list(process_cpus())
         bound = [ids for ids in (int4_kernel.bind_threads(cpus), block_kernel.bind_threads(cpus))
@@ -146,7 +149,6 @@ class CoreLending:
             return
         if not self.bound and self.ui_thread is not None:
             _bind_thread(self.ui_thread, {cpus[-1]})  # the CPU of the thread a lent loop leaves out
-        self.bound = True
         _Binding.holder = self
 
     def _set(self, lent: int) -> None:
