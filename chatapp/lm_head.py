@@ -120,6 +120,15 @@ def top_k_reference(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return values.gather(-1, order), ids.gather(-1, order)
 
 
+def top_k_by_sort(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_reference`'s answer without reading anything back to the host: a stable sort puts
+    equal scores in ascending id order, so its first k are the k highest with ties broken by the
+    lower id, highest first. A full sort, so for a device whose host reads cost more than
+    sorting the vocabulary (a GPU), not for a CPU (`top_k`)."""
+    values, ids = torch.sort(scores, dim=-1, descending=True, stable=True)  # (..., V)
+    return values[..., :k], ids[..., :k]
+
+
 RawSummary = Callable[[torch.Tensor, int], torch.Tensor]
 """`(V,)` raw logits and a token id (or -1) -> float64 `(3,)`: `raw_numbers`' answer."""
 NativeChoice = Callable[..., "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
@@ -164,6 +173,7 @@ def probabilities_from_logits(
     min_p: float | None = None,
     repetition_penalty: float | None = None,
     previous_ids: torch.Tensor | None = None,
+    host_reads: bool = True,
 ) -> torch.Tensor:
     """Turn logits into the distribution to sample from. `logits` is never modified.
 
@@ -175,12 +185,15 @@ def probabilities_from_logits(
         min_p: drop tokens below min_p times the most likely token's probability.
         repetition_penalty: penalise tokens in `previous_ids`, as transformers does.
         previous_ids: `(T,)` or `(B, T)` ids the penalty applies to.
+        host_reads: False computes the same distribution without reading a value back to the
+            host (on a GPU each read waits for its queue to drain): NaN or infinite logits are
+            then not checked here but left to the caller, and top-k runs as `top_k_by_sort`.
 
     Returns:
         float32 probabilities of the same shape as `logits`, zero outside the kept set.
     """
     # One reduction instead of a full isfinite pass: any NaN or inf makes the sum non-finite.
-    if not torch.isfinite(logits.float().sum()):
+    if host_reads and not torch.isfinite(logits.float().sum()):
         raise NonFiniteLogitsError("the model produced NaN or infinite logits")
     single = logits.dim() == 1
     scores = logits.float().unsqueeze(0) if single else logits.float()  # (B, V)
@@ -200,7 +213,7 @@ def probabilities_from_logits(
     # Top-k: keep exactly k logits, every other one becomes -inf.
     vocab = scaled.shape[-1]
     if 0 < k < vocab:
-        top_values, top_indices = top_k(scaled, k)  # (B, k)
+        top_values, top_indices = (top_k if host_reads else top_k_by_sort)(scaled, k)  # (B, k)
         if (top_p is None or top_p >= 1.0) and not min_p:
             # Softmax over the kept logits: the distribution of the whole row with the rest at
             # -inf, without a pass over the vocabulary.
@@ -257,10 +270,20 @@ def raw_numbers(logits: torch.Tensor, token_id: torch.Tensor | int | None = None
     kernel = _Kernels.raw_summary
     if kernel is not None and logits.dim() == 1 and logits.device.type == "cpu" and logits.dtype == torch.float32:
         return kernel(logits, -1 if token_id is None else int(token_id))
+    return raw_numbers_in_torch(logits, token_id)
+
+
+def raw_numbers_in_torch(logits: torch.Tensor, token_id: torch.Tensor | int | None = None) -> torch.Tensor:
+    """`raw_numbers` in torch (a float32 log-sum-exp) wherever the logits are, reading nothing
+    back to the host when `token_id` is a tensor on their device."""
     log_z = torch.logsumexp(logits.float(), -1)  # ()
     log_raw = logits.float() - log_z  # (V,)
     entropy = -torch.dot(log_raw.exp(), log_raw)
-    above = torch.count_nonzero(logits > logits[token_id]) if token_id is not None else torch.zeros((), dtype=torch.long)
+    if token_id is None:
+        above = torch.zeros((), dtype=torch.long, device=logits.device)
+    else:  # gather, not logits[token_id]: indexing by a tensor reads it back to the host
+        chosen = torch.as_tensor(token_id, device=logits.device).reshape(1)
+        above = torch.count_nonzero(logits > logits.gather(-1, chosen))
     return torch.stack([log_z.double(), entropy.double(), above.double()])
 
 
@@ -295,19 +318,35 @@ def sample_token_ids(
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     support: torch.Tensor | None = None,
+    host_reads: bool = True,
 ) -> torch.Tensor:
     """Sample token ids with `torch.multinomial` (seeded when `generator` is given).
 
     For a single distribution whose support is small (top-k kept 50 of 49,152 tokens), the draw
     runs over the support alone: the same distribution, about 15 times cheaper on a CPU.
-    `support` is `kept_ids(probabilities)` when the caller has it already.
+    `support` is `kept_ids(probabilities)` when the caller has it already. With `host_reads`
+    False, one draw over the whole distribution by `multinomial_without_sync`.
     """
+    if not host_reads:
+        if num_samples != 1:
+            raise ValueError("a draw without host reads takes one sample")
+        return multinomial_without_sync(probabilities, generator)
     if probabilities.dim() == 1:
         support = kept_ids(probabilities) if support is None else support  # (S,)
         if support.numel() * COMPACT_SAMPLING_RATIO < probabilities.numel():
             picks = torch.multinomial(probabilities[support], num_samples=num_samples, generator=generator)
             return support[picks]
     return torch.multinomial(probabilities, num_samples=num_samples, generator=generator)
+
+
+def multinomial_without_sync(probabilities: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`torch.multinomial(probabilities, 1, generator=generator)`: the same draw from the same
+    generator state (tests/test_device_steps.py), by torch's own one-sample algorithm (ATen's
+    exponential race: the argmax of `p / q`, `q ~ Exp(1)` for every entry). What it leaves out
+    are torch.multinomial's two checks of the distribution, each a value read back to the host
+    (on a GPU a wait for its queue): the caller has checked its logits are finite instead."""
+    race = torch.empty_like(probabilities).exponential_(1, generator=generator)  # (..., V)
+    return torch.argmax(probabilities / race, dim=-1, keepdim=True)  # (..., 1)
 
 
 def get_top_token(probabilities: torch.Tensor, tokenizer, top_n: int = 1, generator=None) -> str:
@@ -467,18 +506,24 @@ def native_choice_settings(settings: "SamplingSettings", generator: torch.Genera
             settings.min_p or 0.0, 1.0 if penalty is None else penalty, previous, generator, top_n)
 
 
-def choice_from(numbers: torch.Tensor) -> Choice:
+def choice_from(numbers: torch.Tensor, watch_ids: tuple[int, ...] = ()) -> Choice:
     """The `Choice` of a native choice's float64 numbers (the block kernel's `choose_token`: the
     rank and entropy, then the ids, probabilities and raw probabilities of the token and its
-    candidates), in one copy to the host; NonFiniteLogitsError where it found none (empty)."""
-    if not numbers.numel():
-        raise NonFiniteLogitsError("the model produced NaN or infinite logits")
+    candidates; a device step's end with the sampled and raw probabilities and the rank of each
+    of `watch_ids`), in one copy to the host; NonFiniteLogitsError where it found none (empty,
+    or a NaN rank)."""
     packed = numbers.tolist()
+    if not packed or math.isnan(packed[0]):
+        raise NonFiniteLogitsError("the model produced NaN or infinite logits")
+    w = len(watch_ids)
+    watched = packed[len(packed) - 3 * w :] if w else []
+    packed = packed[: len(packed) - 3 * w]
     m = (len(packed) - 2) // 3  # the token and its candidates
     ids, probs, raws = packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
     return Choice(
         token_id=int(ids[0]), prob=probs[0], raw_prob=raws[0], rank=int(packed[0]), entropy=packed[1],
         top_ids=[int(i) for i in ids[1:]], top_probs=probs[1:], top_raw_probs=raws[1:],
+        watched=tuple((i, watched[j], watched[w + j], int(watched[2 * w + j])) for j, i in enumerate(watch_ids)),
     )
 
 

@@ -34,6 +34,7 @@ from chatapp.chat.prompt import ContextOverflowError, Message, encode_prompt, fi
 from chatapp.chat.records import Candidate, LensEntry, ModelInfo, WatchedToken, WhatIf
 from chatapp.chat.settings import DEFAULT_TOP_N, SamplingSettings
 from chatapp.engine.detokenizer import TokenTexts, vocabulary_ids
+from chatapp.engine.device_steps import steps_on_device
 from chatapp.engine.step_probes import logit_lens, what_if
 from chatapp.engine.turn import Turn
 from chatapp.lm_head import output_logits, use_kernels
@@ -92,6 +93,10 @@ class Engine:
         self.token_texts = TokenTexts(self.tokenizer)
         self.decoder = open_decoder(self.model)
         """The conversation's KV cache and the decoder that fills it."""
+        self.steps_on_device = steps_on_device(self.decoder.device)
+        """Whether each step's choice stays on the model's device until one copy to the host
+        (`chatapp.engine.device_steps`): on a GPU. On a CPU, `choose_token` and the kernels'
+        whole steps."""
         head_note = getattr(self.model.get_output_embeddings(), "note", None)  # a head the decoder took up
         if head_note:
             self.info = replace(self.info, notes=(*self.info.notes, head_note))

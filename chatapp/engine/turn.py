@@ -1,7 +1,8 @@
 """One turn: the prefill of its prompt, then one token at a time through the LM head.
 
 `Turn` is what `Engine.start_turn` (and `start_completion`) return: iterating it runs the model
-and yields one `Step` per generated token, each chosen by `chatapp.lm_head.choose_token`; when
+and yields one `Step` per generated token, each chosen by `chatapp.lm_head.choose_token` (on a GPU
+through `chatapp.engine.device_steps`, reading back to the host once a step); when
 iteration ends, `stats` holds the turn's `TurnStats`. `cancel()` (or the stop event it was given)
 ends it before its next step, or between the pieces of a long prompt.
 """
@@ -19,6 +20,7 @@ from chatapp.chat.records import Step, TurnStats, WatchedToken
 from chatapp.chat.settings import SamplingSettings
 from chatapp.engine.core_lending import CoreLending
 from chatapp.engine.detokenizer import ReplyDetokenizer
+from chatapp.engine.device_steps import choose_on_device
 from chatapp.lm_head import Choice, choice_from, choose_token, native_choice_settings
 
 if TYPE_CHECKING:
@@ -124,6 +126,19 @@ class Turn:
         layers = decoder.decode_one_layers(todo[-1])
         return layers[-1], layers
 
+    def _choose(self, hidden: torch.Tensor, penalty_ids: torch.Tensor | None,
+                watch_index: torch.Tensor | None) -> tuple[Choice, torch.Tensor | None]:
+        """The next token's choice from `hidden` through the LM head, and on a GPU the drawn
+        token `(1,)` still on the device (`chatapp.engine.device_steps`: the step's one read back
+        to the host is `choice_from`'s copy); None for it elsewhere."""
+        engine = self.engine
+        if engine.steps_on_device:
+            numbers, token = choose_on_device(engine.model, hidden, self.settings, self._generator, engine.top_n,
+                                              penalty_ids, watch_index)
+            return choice_from(numbers, engine.watch_ids), token
+        return choose_token(engine.model, hidden, self.settings, self._generator, engine.top_n, penalty_ids,
+                            engine.watch_ids), None
+
     def _decode(self, decoder, token_id: int, penalty_ids: torch.Tensor | None) -> tuple[torch.Tensor, Choice | None]:
         """Run `token_id` (with no watched tokens, as one native call that chooses the next token
         too, where the decoder has one: `decode_choosing`); the context vector and that choice,
@@ -163,6 +178,8 @@ class Turn:
         for forced in ids[len(ids) - self.prefix_len :]:
             detok.step(forced)  # the reply's forced start is part of its text
         penalty_ids = torch.tensor(ids, dtype=torch.long, device=decoder.device) if settings.repetition_penalty else None
+        watch_index = (torch.tensor(engine.watch_ids, dtype=torch.long, device=decoder.device)
+                       if engine.steps_on_device and engine.watch_ids else None)
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
@@ -171,6 +188,7 @@ class Turn:
             lending = self._lending = CoreLending(decoder.device, self.ui_thread)
             hidden, layers = self._read_prompt(decoder, ids[cached:], engine.lens)  # (d_model,), (L, d_model)
             choice = None  # the next step's, where the decoder chose it with its decode step
+            token = None  # on a GPU, the drawn token on the device
             for index in range(budget):
                 if self._cancelled.is_set():
                     stats.finish_reason = "cancelled"
@@ -178,8 +196,7 @@ class Turn:
                 self.context_vector = hidden
                 engine.take_up_kernels()
                 if choice is None:
-                    choice = choose_token(engine.model, hidden, settings, self._generator, engine.top_n, penalty_ids,
-                                          engine.watch_ids)
+                    choice, token = self._choose(hidden, penalty_ids, watch_index)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids
@@ -212,13 +229,16 @@ class Turn:
                         break
                 if index + 1 < budget:
                     if penalty_ids is not None:
-                        penalty_ids = torch.cat([penalty_ids, penalty_ids.new_tensor([token_id])])
+                        newest = token if token is not None else penalty_ids.new_tensor([token_id])
+                        penalty_ids = torch.cat([penalty_ids, newest])
                     lending.bind()
                     if self.spare_core is not None and self.spare_core():
                         lending.lend()
                     else:
                         lending.reclaim()
-                    if layers is None:
+                    if token is not None and layers is None:
+                        hidden, choice = decoder.decode_one(token_id, token), None
+                    elif layers is None:
                         hidden, choice = self._decode(decoder, token_id, penalty_ids)
                     else:
                         layers, choice = decoder.decode_one_layers(token_id), None

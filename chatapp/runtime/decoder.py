@@ -67,9 +67,14 @@ class Decoder:
         return self._forward(input_ids, ids)
 
     @torch.inference_mode()
-    def decode_one(self, token_id: int) -> torch.Tensor:
-        """Run one token; return its hidden state `(d_model,)`."""
-        input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
+    def decode_one(self, token_id: int, token: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one token; return its hidden state `(d_model,)`. `token`, where given, is that id
+        already on the device (one long, e.g. the draw that chose it), so the step copies nothing
+        from the host."""
+        if token is not None:
+            input_ids = token.reshape(1, 1)
+        else:
+            input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
         return self._forward(input_ids, [token_id])
 
     @torch.inference_mode()

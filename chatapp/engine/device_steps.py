@@ -1,0 +1,98 @@
+"""A decode step for a GPU: its choice stays on the model's device until one copy to the host.
+
+On a GPU the host queues kernels ahead of the device, and every value it reads back (`.item()`,
+`bool(tensor)`, `torch.nonzero`, torch.multinomial's checks, a tensor made from a Python int)
+makes it wait until the queue drains (`chatapp.engine.host_syncs`). The CPU's path reads back
+several times a step, which costs a CPU nothing. A step here reads back once:
+
+1. the seed's LM head, `lm_head(..., host_reads=False)`: logits -> penalty -> temperature ->
+   top-k (by a stable sort) -> top-p -> min-p -> softmax, the logits left unchecked;
+2. one draw, `sample_token_ids(..., host_reads=False)`: torch.multinomial's own algorithm over
+   the whole distribution, without its checks;
+3. the numbers the panel shows packed into one float64 tensor on the device (`step_numbers`:
+   whether the logits were finite rides in the rank), in the layout of the native choice;
+4. one copy of them to the host (`chatapp.lm_head.choice_from`).
+
+The drawn token stays on the device as the next step's input (`Decoder.decode_one`'s `token`)
+and as the repetition penalty's newest id. The same code runs on a CPU, where the tests hold it
+to `choose_token` and count its waits (tests/test_device_steps.py). On a GPU a seed's draws
+are torch.multinomial's over the whole vocabulary, so they differ from the CPU's, which draw
+over the kept tokens alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from chatapp.lm_head import LN2, lm_head, raw_numbers_in_torch, raw_probabilities, sample_token_ids
+
+if TYPE_CHECKING:
+    from chatapp.chat.settings import SamplingSettings
+
+
+def steps_on_device(device: torch.device) -> bool:
+    """Whether a model on `device` decodes with `choose_on_device`: everywhere but a CPU, where
+    host reads cost nothing and chatapp's kernels run the step."""
+    return device.type != "cpu"
+
+
+@torch.inference_mode()
+def choose_on_device(
+    model,
+    hidden: torch.Tensor,
+    settings: "SamplingSettings",
+    generator: Callable[[torch.device], torch.Generator],
+    top_n: int,
+    previous_ids: torch.Tensor | None = None,
+    watch_index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chatapp.lm_head.choose_token`'s choice (its arguments mean the same) without a read back
+    to the host.
+
+    Args:
+        watch_index: `(W,)` long ids on the model's device whose numbers to report too.
+
+    Returns:
+        the step's numbers (`step_numbers`: pass them to `choice_from` with the watched ids)
+        and the drawn token `(1,)`, both on the device.
+    """
+    # The seed's LM head: logits -> penalty -> temperature -> top-k -> top-p -> min-p -> softmax.
+    probs, logits = lm_head(
+        model, hidden, settings.temperature, settings.top_k, return_logits=True, top_p=settings.top_p,
+        min_p=settings.min_p, repetition_penalty=settings.repetition_penalty, previous_ids=previous_ids,
+        host_reads=False,
+    )  # (V,), (V,)
+    # One draw with torch.multinomial's algorithm from the seeded generator.
+    token = sample_token_ids(probs, 1, generator(probs.device), host_reads=False)  # (1,)
+    return step_numbers(token, probs, logits, top_n, watch_index), token
+
+
+def step_numbers(token: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor, top_n: int,
+                 watch_index: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 numbers of one step, on the device: the chosen token's raw rank (NaN where the
+    logits were not all finite) and the raw entropy in bits, then the ids, sampled and raw
+    probabilities of the token and its `top_n` best candidates (kept tokens by sampled
+    probability, then filtered ones by raw), then the sampled and raw probabilities and the raw
+    rank of each watched id: `describe_choice`'s and `watched_odds`' numbers.
+
+    Args:
+        token: `(1,)` the drawn id.
+        probs: `(V,)` the distribution it was drawn from.
+        logits: `(V,)` raw float32 logits.
+        top_n: how many candidates.
+        watch_index: `(W,)` ids to report too, or None.
+    """
+    log_z, entropy, above = raw_numbers_in_torch(logits, token)  # float64 each
+    finite = torch.isfinite(logits.sum())
+    rank = torch.where(finite, above + 1, torch.full_like(above, float("nan")))
+    raw = raw_probabilities(logits, log_z)  # (V,)
+    n = min(top_n, probs.shape[-1])
+    order_key = torch.where(probs > 0, probs, raw - 1.0)  # kept first, by sampled; then by raw
+    ids = torch.cat([token.reshape(1), torch.topk(order_key, n).indices])  # (n + 1,)
+    parts = [torch.stack([rank, entropy / LN2]), ids.double(), probs[ids].double(), raw[ids].double()]
+    if watch_index is not None and watch_index.numel():
+        ranks = (logits.unsqueeze(0) > logits[watch_index].unsqueeze(1)).sum(-1) + 1  # (W,)
+        parts += [probs[watch_index].double(), raw[watch_index].double(), ranks.double()]
+    return torch.cat(parts)
