@@ -116,9 +116,17 @@ def test_a_decode_step_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(co
     assert torch.allclose(fast.cache[..., :used, :], reference.cache[..., :used, :], atol=1e-3)
 
 
+@pytest.fixture
+def float_prefill():
+    """A prefill's products as float32 products (not on AMX tiles: tests/test_prefill_tiles.py)."""
+    int4_kernel.prefill_tiles(False)
+    yield
+    int4_kernel.prefill_tiles(True)
+
+
 @needs_kernel
 @pytest.mark.parametrize("first, second", [(1, 40), (37, 5), (130, 200)])
-def test_a_prefill_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(first, second):
+def test_a_prefill_on_the_kernel_is_float_arithmetic_on_the_4_bit_weights(first, second, float_prefill):
     model, twin = _int4_model_and_float_twin(hidden_size=256)  # head_dim 64: the vector attention
     fast, reference = LlamaDecoder(model), LlamaDecoder(twin, kernel=False)
     ids = torch.randint(0, 1000, (first + second,), generator=torch.Generator().manual_seed(3)).tolist()

@@ -52,7 +52,7 @@ SOURCE = Path(__file__).with_name("kernels") / "int4_vnni.cpp"
 EXP_HEADER = SOURCE.with_name("vector_exp.h")
 """The vector exponential `SOURCE` includes (shared with the block kernel): part of the build's key."""
 HEADERS = [EXP_HEADER, SOURCE.with_name("block_dot.h"), SOURCE.with_name("lm_head_steps.h"), SOURCE.with_name("attention.h"),
-           SOURCE.with_name("parallel_rows.h")]
+           SOURCE.with_name("parallel_rows.h"), SOURCE.with_name("amx_int4.h")]
 """Every header `SOURCE` includes (the LM head's steps and the block layout, for `decode_step`;
 the attention of a head and the parallel loops, shared with the block kernel): part of the
 build's key."""
@@ -296,6 +296,20 @@ def bind_threads(cpus: list[int]) -> list[int] | None:
     return None
 
 
+PREFILL_TILES_VARIABLE = "CHATAPP_PREFILL_TILES"
+"""Set to 0, a prefill's products run as float32 products instead of on AMX-INT8 tiles."""
+
+
+def prefill_tiles(wanted: bool = True) -> bool:
+    """Run a prefill's int4 products (from 20 tokens) on AMX-INT8 tiles (`kernels/amx_int4.h`:
+    activations rounded to 11 bits per block of 32) where this CPU and Linux allow, or (False) as
+    float32 products of the dequantized weights; whether they now run on tiles. False where the
+    kernel is not loaded. `load` sets it from `PREFILL_TILES_VARIABLE` (on unless 0)."""
+    if _State.loaded:
+        return bool(torch.ops.chatapp.prefill_tiles(wanted))
+    return False
+
+
 def load() -> bool:
     """Build (if needed) and load the kernel; whether it is now usable. Safe from any thread."""
     with _State.lock:
@@ -313,6 +327,7 @@ def load() -> bool:
                 _build(target)
             torch.ops.load_library(str(target))
             _State.loaded = True
+            prefill_tiles(os.environ.get(PREFILL_TILES_VARIABLE, "1") != "0")
             log.info("int4 kernel loaded from %s", target)
             for old in remove_unused(target.parent, "int4_vnni-*.so", keep=target):
                 log.info("removed %s, a build of other sources that nothing used for a long time", old)

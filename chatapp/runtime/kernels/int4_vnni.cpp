@@ -2,7 +2,8 @@
 // (w = scale * (q - 8) + zero, scale and zero in bfloat16, as torch's int4 kernel has them),
 // with x rounded to int16 per block of 32 and the products summed by AVX512-VNNI integer dot
 // products; and chatapp::decode_layers, a whole decode step of a Llama-family model's layers in
-// one call. Built at run time by chatapp.int4_kernel, which also defines the ops' schemas and
+// one call (a prefill's products from 20 tokens run on AMX-INT8 tiles where the CPU has them:
+// amx_int4.h). Built at run time by chatapp.int4_kernel, which also defines the ops' schemas and
 // lays out the weights (see there for the layouts).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,11 +14,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "amx_int4.h"
 #include "attention.h"
 #include "lm_head_steps.h"
 #include "vector_exp.h"
@@ -208,18 +211,40 @@ at::Tensor dequantized(const Int4Weight& w) {
   return out;
 }
 
-// Tokens from which a prefill's products run as float32 matrix products over the dequantized
-// weight (one dequantization for all of them, then torch's blocked GEMM) rather than int4_matmul.
+// Tokens from which a prefill's products run on AMX-INT8 tiles (amx_int4.h), or as float32 matrix
+// products over the dequantized weight (one dequantization for all of them, then torch's blocked
+// GEMM), rather than int4_matmul.
 constexpr int64_t kMatrixProductFrom = 20;
 
-// out (M, N) (+)= x (M, K) @ w^T: int4_matmul, or for many rows the dequantized weight's product.
+// Whether a prefill's products from kMatrixProductFrom tokens run on AMX-INT8 tiles (amx_int4.h)
+// where the CPU and the OS allow, rather than as float32 products of the dequantized weight.
+std::atomic<bool> prefill_tiles_wanted{true};
+
+bool tiles_for(const Int4Weight& w) {
+  return prefill_tiles_wanted.load(std::memory_order_relaxed) && w.n % amx::kTileRows == 0 && amx::ready();
+}
+
+// out (M, N) (+)= x (M, K) @ w^T: int4_matmul, or for many rows the tiles' product or the
+// dequantized weight's.
 void int4_product(const float* x, int64_t m, const Int4Weight& w, float* out, bool accumulate) {
   if (m < kMatrixProductFrom) return int4_matmul(x, m, w, out, accumulate);
+  if (tiles_for(w)) return amx::int4_product(x, m, w.codes, w.scales, w.zeros, w.n, w.k, out, accumulate);
   const at::Tensor xs = at::from_blob(const_cast<float*>(x), {m, w.k}, at::kFloat);
   at::Tensor result = at::from_blob(out, {m, w.n}, at::kFloat);
   const at::Tensor weight = dequantized(w);
   if (accumulate) result.addmm_(xs, weight.t());
   else at::mm_out(result, xs, weight.t());
+}
+
+// int4_linear as a prefill of x's rows computes it (int4_product).
+at::Tensor int4_prefill_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                               const at::Tensor& zeros) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "int4_prefill_linear: x must be float32 (M, K)");
+  const Int4Weight w = int4_weight(weight, scales, zeros, x.size(1));
+  const at::Tensor xf = x.contiguous();
+  at::Tensor out = at::empty({x.size(0), w.n}, x.options());
+  int4_product(xf.data_ptr<float>(), x.size(0), w, out.data_ptr<float>(), false);
+  return out;
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& zeros) {
@@ -427,11 +452,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
 void lend_threads(int64_t lent) { chatapp_rows::lend_threads(lent); }
 int64_t row_threads() { return chatapp_rows::row_threads(); }
 std::vector<int64_t> bind_threads(std::vector<int64_t> cpus) { return chatapp_rows::bind_threads(cpus); }
+bool prefill_tiles(bool wanted) {
+  prefill_tiles_wanted.store(wanted, std::memory_order_relaxed);
+  return wanted && amx::ready();
+}
 
 TORCH_LIBRARY_FRAGMENT(chatapp, m) {  // no tensor to dispatch on: defined with their kernels here
   m.def("lend_threads(int lent) -> ()", &lend_threads);
   m.def("row_threads() -> int", &row_threads);
   m.def("bind_threads(int[] cpus) -> int[]", &bind_threads);
+  m.def("prefill_tiles(bool wanted) -> bool", &prefill_tiles);
+  m.def("int4_prefill_linear(Tensor x, Tensor weight, Tensor scales, Tensor zeros) -> Tensor", &int4_prefill_linear);
 }
 
 TORCH_LIBRARY_IMPL(chatapp, CPU, m) {
