@@ -148,8 +148,9 @@ def test_a_device_turn_reads_back_once_a_step(default_model, monkeypatch):
     # per turn, not per step: the prompt's ids for the prefill and for the penalty
     assert waits == ["aten.lift_fresh.default"] * 2
     cpu_steps, cpu_waits, _ = _turn(default_model, False, settings, monkeypatch)
-    assert len(cpu_waits) >= 3 * len(cpu_steps)  # what the probe sees on the CPU's path
-    assert collections.Counter(cpu_waits)["aten.multinomial.default"] == len(cpu_steps)
+    # what the probe sees on the CPU's path: waits every step (the Python steps' or the kernels')
+    per_step = collections.Counter(cpu_waits)
+    assert len(cpu_waits) >= 2 * len(cpu_steps), per_step
 
 
 @pytest.mark.model
