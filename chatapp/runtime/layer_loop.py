@@ -66,13 +66,17 @@ def run_layers(
     eps: float,
     mask: Optional[torch.Tensor],
     causal: bool,
+    positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run `x` `(T, d_model)`, the embedded tokens at positions `start..`, through every
     decoder layer, writing their keys and values into `caches`; return the final residual.
 
     `cos`/`sin` are the rotary tables `(T, heads + 2 kv_heads, head_dim)` (ones and zeros for v),
     `norms` holds each layer's two RMS norm weights in turn, each doubled (see `rms_norm`).
-    `LlamaDecoder` runs it compiled, or as plain Python where TorchScript is missing.
+    With `positions` `(T,)` on the device instead of `start`, the keys and values are written
+    there and attention runs over the whole buffers under `mask` (`chatapp.runtime.captured_step`:
+    no shape depends on the position). `LlamaDecoder` runs it compiled, or as plain Python where
+    TorchScript is missing.
     """
     count, head_dim = x.shape[0], rotation.shape[0]
     end = start + count
@@ -81,11 +85,17 @@ def run_layers(
         qkv = project(rms_norm(x, norms[2 * index], eps), qkv_parts[index], True)
         qkv = qkv.view(count, -1, head_dim)  # (T, H + 2 KVH, hd)
         qkv = torch.addcmul(qkv * cos, qkv @ rotation, sin)  # rotary embeddings on q and k
-        cache[:, :, start:end] = qkv[:, heads:].view(count, 2, kv_heads, head_dim).permute(1, 2, 0, 3)
+        new_kv = qkv[:, heads:].view(count, 2, kv_heads, head_dim).permute(1, 2, 0, 3)  # (2, KVH, T, hd)
+        if positions is None:
+            cache[:, :, start:end] = new_kv
+            keys, values = cache[0:1, :, :end], cache[1:2, :, :end]  # (1, KVH, end, hd) each
+        else:
+            cache.index_copy_(2, positions, new_kv)
+            keys, values = cache[0:1], cache[1:2]  # (1, KVH, capacity, hd) each
         attended = F.scaled_dot_product_attention(
             qkv[:, :heads].transpose(0, 1).unsqueeze(0),  # (1, H, T, hd)
-            cache[0:1, :, :end],  # keys (1, KVH, end, hd)
-            cache[1:2, :, :end],  # values
+            keys,
+            values,
             attn_mask=mask,
             is_causal=causal,
             enable_gqa=heads != kv_heads,

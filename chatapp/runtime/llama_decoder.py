@@ -33,6 +33,7 @@ from torch import nn
 
 from chatapp.runtime import int4_kernel
 from chatapp.runtime.block_linear import ScaledBlocks
+from chatapp.runtime.captured_step import CapturedStep
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.kernel_switch import KernelSwitch
 from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
@@ -184,6 +185,9 @@ class LlamaDecoder(Decoder):
             if kernel and self._kernel_suits() and int4_kernel.wanted() is None else None
         )
         """When decode steps move onto chatapp's int4 kernel (`chatapp.runtime.kernel_switch`), or None."""
+        self.captured: CapturedStep | None = CapturedStep(self) if self.device.type == "cuda" else None
+        """On a GPU, the decode step a CUDA graph replays (`chatapp.runtime.captured_step`), for
+        the tokens already on the device (`decode_one`'s `token`); None elsewhere."""
         self.reset()
 
     @property
@@ -236,7 +240,10 @@ class LlamaDecoder(Decoder):
             return
         capacity = grown_capacity(self.capacity, length, self.max_length, MIN_CAPACITY)
         shape = (len(self.o_parts), 2, self.kv_heads, capacity, self.head_dim)
-        cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        # The captured step attends over the whole buffer, the unused positions masked: they must
+        # hold numbers (a masked NaN still makes NaN of its zero weight times its value).
+        allocate = torch.zeros if self.captured is not None else torch.empty
+        cache = allocate(shape, dtype=self.dtype, device=self.device)
         held = len(self.token_ids)
         if self.cache is not None and held:
             cache[..., :held, :] = self.cache[..., :held, :]
@@ -257,6 +264,18 @@ class LlamaDecoder(Decoder):
         cos_table[:, :rotated] = self.cos[start : start + count].unsqueeze(1)
         sin_table[:, :rotated] = self.sin[start : start + count].unsqueeze(1)
         return cos_table, sin_table
+
+    def rotary_tables_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_rotary_tables` for positions given on the device `(T,)`, read without slicing by a
+        host number."""
+        rotated = self.heads + self.kv_heads
+        cos, sin = self.cos.index_select(0, positions), self.sin.index_select(0, positions)  # (T, head_dim)
+        shape = (positions.shape[0], self.kv_heads, self.head_dim)
+        ones = torch.ones(shape, dtype=self.dtype, device=self.device)
+        zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        cos_table = torch.cat([cos.unsqueeze(1).expand(-1, rotated, -1), ones], 1)
+        sin_table = torch.cat([sin.unsqueeze(1).expand(-1, rotated, -1), zeros], 1)
+        return cos_table, sin_table  # (T, heads + 2 kv_heads, head_dim) each
 
     @torch.inference_mode()
     def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:
@@ -318,6 +337,17 @@ class LlamaDecoder(Decoder):
         self.token_ids.extend(ids)
         states = torch.stack(outputs)  # (layers, d_model)
         return F.rms_norm(states, (states.shape[-1],), self.norm_weight, self.eps)
+
+    @torch.inference_mode()
+    def decode_one(self, token_id: int, token: torch.Tensor | None = None) -> torch.Tensor:
+        """`Decoder.decode_one`; a token already on a GPU runs as the captured step there."""
+        if token is None or self.captured is None:
+            return super().decode_one(token_id, token)
+        start = len(self.token_ids)
+        self._reserve(start + 1)
+        hidden = self.captured.run(token, start)
+        self.token_ids.append(token_id)
+        return hidden
 
     def _forward(self, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
         start, count = len(self.token_ids), len(ids)
