@@ -229,7 +229,7 @@ class Turn:
                         break
                 if index + 1 < budget:
                     if penalty_ids is not None:
-                        newest = token if token is not None else penalty_ids.new_tensor([token_id])
+                        newest = token.to(penalty_ids.device) if token is not None else penalty_ids.new_tensor([token_id])
                         penalty_ids = torch.cat([penalty_ids, newest])
                     lending.bind()
                     if self.spare_core is not None and self.spare_core():

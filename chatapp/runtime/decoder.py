@@ -71,8 +71,8 @@ class Decoder:
         """Run one token; return its hidden state `(d_model,)`. `token`, where given, is that id
         already on the device (one long, e.g. the draw that chose it), so the step copies nothing
         from the host."""
-        if token is not None:
-            input_ids = token.reshape(1, 1)
+        if token is not None:  # (on the head's device, where Accelerate spread the layers)
+            input_ids = token.reshape(1, 1).to(self.device)
         else:
             input_ids = torch.tensor([[token_id]], dtype=torch.long, device=self.device)  # (1, 1)
         return self._forward(input_ids, [token_id])

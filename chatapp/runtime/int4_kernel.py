@@ -5,8 +5,9 @@ bfloat16 number and multiplies in floating point. `chatapp/runtime/kernels/int4_
 the activations to integers and sums integer products with the CPU's dot product instructions,
 as llama.cpp does: `torch.ops.chatapp.int4_linear` for one product,
 `torch.ops.chatapp.decode_layers` for a Llama-family model's layers over one token (a decode step)
-or many (a prefill: from 20 tokens its products dequantize each weight once to float32 and run
-torch's matrix product, its attention is torch's fused one), and
+or many (a prefill: from 8 tokens its products run on AMX-INT8 tiles where the CPU has them,
+`kernels/amx_int4.h`, else from 20 tokens they dequantize each weight once to float32 and run
+torch's matrix product; its attention is torch's fused one), and
 `torch.ops.chatapp.decode_step` for the whole step, the LM head and the choice of the next token
 included (the LM head's C++ in `kernels/lm_head_steps.h`, shared with the block kernel), and
 `torch.ops.chatapp.choose_from_head` for that head and choice alone (a GGUF model's LM head read
@@ -301,7 +302,7 @@ PREFILL_TILES_VARIABLE = "CHATAPP_PREFILL_TILES"
 
 
 def prefill_tiles(wanted: bool = True) -> bool:
-    """Run a prefill's int4 products (from 20 tokens) on AMX-INT8 tiles (`kernels/amx_int4.h`:
+    """Run a prefill's int4 products (from 8 tokens) on AMX-INT8 tiles (`kernels/amx_int4.h`:
     activations rounded to 11 bits per block of 32) where this CPU and Linux allow, or (False) as
     float32 products of the dequantized weights; whether they now run on tiles. False where the
     kernel is not loaded. `load` sets it from `PREFILL_TILES_VARIABLE` (on unless 0)."""

@@ -8,9 +8,9 @@ with q in 0..15 (torch's int4 convention, `chatapp.runtime.quantize`), becomes
 - `scales`, `zeros` `(N, K / 32)` bfloat16: the very numbers torch's kernel reads, so a step
   reads as many bytes of weights as with torch's kernel.
 
-Arithmetic (every int4 product of the kernel's ops, but those of a prefill of 20 tokens or more,
-which run on AMX-INT8 tiles with the activations rounded to 11 bits, `kernels/amx_int4.h`, or
-multiply the weight dequantized to float32): each block of 32 activations is rounded to int16
+Arithmetic (every int4 product of the kernel's ops, but a prefill's from 8 tokens on AMX-INT8
+tiles, with the activations rounded to 11 bits, `kernels/amx_int4.h`, and off the tiles those of
+a prefill of 20 tokens or more, which multiply the weight dequantized to float32): each block of 32 activations is rounded to int16
 (scale = largest magnitude / `ACTIVATION_LEVELS`), its products with the 4-bit codes are summed
 exactly in int32 (AVX512-VNNI `vpdpwssd`), and `zero - 8 * scale` times the block's exact float32
 sum is added. The outputs are float arithmetic on the same 4-bit weights but for that rounding,
