@@ -1,4 +1,4 @@
-"""On a GPU only (skipped elsewhere; `scripts/gpu-check.sh` runs them with the bench): a turn of the
+"""On a GPU only (skipped elsewhere; `make gpu-check` runs them with the bench): a turn of the
 default model waits for the GPU once a step, by CUDA's own count (`set_sync_debug_mode`), its
 decode steps replayed from a CUDA graph with `decode_one`'s numbers. The same design is held to
 on this CPU by tests/test_device_steps.py and tests/test_captured_step.py."""

@@ -31,6 +31,8 @@ from chatapp.lm_head import (
 from tests.test_native_choice import SETTINGS, VOCAB, _Head
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+"""Where the step's pieces are checked: also on a GPU, where there is one (`make gpu-check`)."""
 
 
 @pytest.fixture(autouse=True)
@@ -41,26 +43,29 @@ def torch_steps():
     use_kernels()
 
 
-def test_the_sorted_cut_is_the_reference_cut_ties_included():
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_sorted_cut_is_the_reference_cut_ties_included(device):
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
-        scores = torch.randint(-6, 6, (3, 400), generator=generator).float()  # many equal scores
+        scores = torch.randint(-6, 6, (3, 400), generator=generator).float().to(device)  # many equal scores
         for k in (1, 5, 50, 399, 400):
             values, ids = top_k_by_sort(scores, k)
             expected_values, expected_ids = top_k_reference(scores, k)
             assert torch.equal(ids, expected_ids) and torch.equal(values, expected_values)
 
 
-def test_the_draw_without_sync_is_torch_multinomial_s_draw():
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_draw_without_sync_is_torch_multinomial_s_draw(device):
     generator = torch.Generator().manual_seed(1)
     for seed in range(200):
         probs = torch.rand(500, generator=generator) ** 6
         probs[torch.rand(500, generator=generator) < 0.7] = 0.0
         if seed % 10 == 0:
             probs = torch.zeros(500).index_fill_(0, torch.tensor([seed]), 1.0)  # greedy's one-hot
-        probs /= probs.sum()
-        expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(multinomial_without_sync(probs, torch.Generator().manual_seed(seed)), expected)
+        probs = (probs / probs.sum()).to(device)
+        expected = torch.multinomial(probs, 1, generator=torch.Generator(device).manual_seed(seed))
+        got = multinomial_without_sync(probs, torch.Generator(device).manual_seed(seed))
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: s.describe_sampling())
@@ -107,13 +112,33 @@ def test_the_device_step_makes_the_python_steps_numbers(settings):
         previous = torch.cat([previous, token])
 
 
-def test_non_finite_logits_are_refused_after_the_copy():
+def test_non_finite_logits_or_probabilities_are_refused_after_the_copy():
     model = _Head(torch.randn(VOCAB, 32))
+    tiny = SamplingSettings(temperature=1e-39)  # finite logits, infinite once divided by it
+    numbers, _ = choose_on_device(model, torch.ones(32), tiny, lambda device: torch.Generator(), 5)
+    with pytest.raises(NonFiniteLogitsError):
+        choice_from(numbers)
     for bad in (float("nan"), float("inf")):
         model.head.weight.data[5, 0] = bad
         numbers, _ = choose_on_device(model, torch.ones(32), SamplingSettings(), lambda device: torch.Generator(), 5)
         with pytest.raises(NonFiniteLogitsError):
             choice_from(numbers)
+
+
+def test_the_probe_sees_copies_between_devices_and_reads_back():
+    """What it cannot see on a CPU (a copy to or from a GPU), from the operations' own arguments."""
+    from chatapp.engine.host_syncs import _waits
+
+    aten = torch.ops.aten
+    cpu = torch.zeros(3)
+    assert _waits(aten._to_copy.default, (cpu,), {"device": torch.device("cuda", 0)})
+    assert not _waits(aten._to_copy.default, (cpu,), {"dtype": torch.float64})
+    with HostSyncProbe() as probe:
+        bool(cpu.sum() > 0)
+        torch.tensor([1, 2])
+        cpu[cpu > 0]
+        cpu[0] = 1.0  # a number assigned by indexing: a fill, not a copy
+    assert probe.waits == ["aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.index.Tensor"]
 
 
 def test_only_a_gpu_decodes_with_the_device_step():

@@ -121,7 +121,7 @@ def float_prefill():
     """A prefill's products as float32 products (not on AMX tiles: tests/test_prefill_tiles.py)."""
     int4_kernel.prefill_tiles(False)
     yield
-    int4_kernel.prefill_tiles(True)
+    int4_kernel.prefill_tiles(int4_kernel.prefill_tiles_wanted())
 
 
 @needs_kernel

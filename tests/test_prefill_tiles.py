@@ -22,10 +22,10 @@ tiles_here = pytest.mark.skipif(
 
 @pytest.fixture
 def on_tiles():
-    """Prefill products on the tiles, whatever a test before left."""
+    """Prefill products on the tiles, whatever a test before left; then as the environment says."""
     int4_kernel.prefill_tiles(True)
     yield
-    int4_kernel.prefill_tiles(True)
+    int4_kernel.prefill_tiles(int4_kernel.prefill_tiles_wanted())
 
 
 def _weight(n: int, k: int, seed: int):

@@ -5,7 +5,9 @@
   reuses and chooses every token through `chatapp.lm_head`;
 - `detokenizer`: stream-safe text deltas and a token's literal bytes;
 - `loader`: how the apps build an engine (a model loaded, its context limited);
-- `thread`: the one thread on which a UI process does all its model work.
+- `thread`: the one thread on which a UI process does all its model work;
+- `device_steps`: a GPU's decode step, which reads back to the host once (`host_syncs` counts
+  the operations that would wait, on any device).
 
 May import: `chatapp.lm_head`, `chatapp.runtime`, `chatapp.loading`, `chatapp.chat` and
 `chatapp.support`; never a UI or storage.

@@ -72,7 +72,7 @@ def choose_on_device(
 def step_numbers(token: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor, top_n: int,
                  watch_index: torch.Tensor | None = None) -> torch.Tensor:
     """float64 numbers of one step, on the device: the chosen token's raw rank (NaN where the
-    logits were not all finite) and the raw entropy in bits, then the ids, sampled and raw
+    logits or the probabilities were not all finite) and the raw entropy in bits, then the ids, sampled and raw
     probabilities of the token and its `top_n` best candidates (kept tokens by sampled
     probability, then filtered ones by raw), then the sampled and raw probabilities and the raw
     rank of each watched id: `describe_choice`'s and `watched_odds`' numbers.
@@ -85,7 +85,7 @@ def step_numbers(token: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor,
         watch_index: `(W,)` ids to report too, or None.
     """
     log_z, entropy, above = raw_numbers_in_torch(logits, token)  # float64 each
-    finite = torch.isfinite(logits.sum())
+    finite = torch.isfinite(logits.sum()) & torch.isfinite(probs.sum())  # (a tiny temperature overflows)
     rank = torch.where(finite, above + 1, torch.full_like(above, float("nan")))
     raw = raw_probabilities(logits, log_z)  # (V,)
     n = min(top_n, probs.shape[-1])
@@ -93,6 +93,7 @@ def step_numbers(token: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor,
     ids = torch.cat([token.reshape(1), torch.topk(order_key, n).indices])  # (n + 1,)
     parts = [torch.stack([rank, entropy / LN2]), ids.double(), probs[ids].double(), raw[ids].double()]
     if watch_index is not None and watch_index.numel():
+        watch_index = watch_index.to(logits.device)  # (the head's, where Accelerate spread the layers)
         ranks = (logits.unsqueeze(0) > logits[watch_index].unsqueeze(1)).sum(-1) + 1  # (W,)
         parts += [probs[watch_index].double(), raw[watch_index].double(), ranks.double()]
     return torch.cat(parts)

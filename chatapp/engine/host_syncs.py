@@ -34,7 +34,7 @@ WAITING_OPS = frozenset({
 depends on the values)."""
 
 
-def _waits(func, args) -> bool:
+def _waits(func, args, kwargs) -> bool:
     if func in WAITING_OPS:
         return True
     if func is aten.lift_fresh.default:
@@ -44,9 +44,11 @@ def _waits(func, args) -> bool:
     if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
         # a boolean mask as an index becomes `nonzero` inside
         return any(isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or ()))
-    if func in (aten._to_copy.default, aten.copy_.default):
-        devices = {arg.device for arg in args[:2] if isinstance(arg, torch.Tensor)}
-        return len(devices) > 1  # between the host and a device
+    if func is aten._to_copy.default:  # its device is a keyword argument
+        target = kwargs.get("device")
+        return target is not None and torch.device(target) != args[0].device
+    if func is aten.copy_.default:
+        return args[0].device != args[1].device  # between the host and a device
     return False
 
 
@@ -61,6 +63,6 @@ class HostSyncProbe(TorchDispatchMode):
         """The waiting operations seen, in order."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if _waits(func, args):
+        if _waits(func, args, kwargs or {}):
             self.waits.append(str(func))
         return func(*args, **(kwargs or {}))

@@ -126,18 +126,19 @@ class Turn:
         layers = decoder.decode_one_layers(todo[-1])
         return layers[-1], layers
 
-    def _choose(self, hidden: torch.Tensor, penalty_ids: torch.Tensor | None,
+    def _choose(self, hidden: torch.Tensor, penalty_ids: torch.Tensor | None, watch_ids: tuple[int, ...],
                 watch_index: torch.Tensor | None) -> tuple[Choice, torch.Tensor | None]:
         """The next token's choice from `hidden` through the LM head, and on a GPU the drawn
         token `(1,)` still on the device (`chatapp.engine.device_steps`: the step's one read back
-        to the host is `choice_from`'s copy); None for it elsewhere."""
+        to the host is `choice_from`'s copy); None for it elsewhere. `watch_ids` are the turn's
+        watched tokens, `watch_index` the same on the device (on a GPU)."""
         engine = self.engine
         if engine.steps_on_device:
             numbers, token = choose_on_device(engine.model, hidden, self.settings, self._generator, engine.top_n,
                                               penalty_ids, watch_index)
-            return choice_from(numbers, engine.watch_ids), token
+            return choice_from(numbers, watch_ids), token
         return choose_token(engine.model, hidden, self.settings, self._generator, engine.top_n, penalty_ids,
-                            engine.watch_ids), None
+                            watch_ids), None
 
     def _decode(self, decoder, token_id: int, penalty_ids: torch.Tensor | None) -> tuple[torch.Tensor, Choice | None]:
         """Run `token_id` (with no watched tokens, as one native call that chooses the next token
@@ -178,8 +179,9 @@ class Turn:
         for forced in ids[len(ids) - self.prefix_len :]:
             detok.step(forced)  # the reply's forced start is part of its text
         penalty_ids = torch.tensor(ids, dtype=torch.long, device=decoder.device) if settings.repetition_penalty else None
-        watch_index = (torch.tensor(engine.watch_ids, dtype=torch.long, device=decoder.device)
-                       if engine.steps_on_device and engine.watch_ids else None)
+        watch_ids = engine.watch_ids  # this turn's, whatever changes them meanwhile
+        watch_index = (torch.tensor(watch_ids, dtype=torch.long, device=decoder.device)
+                       if engine.steps_on_device and watch_ids else None)
         stats.finish_reason = "length"
         first_token_at = None
         stop_at = None  # where a stop sequence begins in the reply's text, once one appears
@@ -196,7 +198,7 @@ class Turn:
                 self.context_vector = hidden
                 engine.take_up_kernels()
                 if choice is None:
-                    choice, token = self._choose(hidden, penalty_ids, watch_index)
+                    choice, token = self._choose(hidden, penalty_ids, watch_ids, watch_index)
                 token_id = choice.token_id
                 self.generated_ids.append(token_id)
                 is_stop = token_id in engine.stop_ids

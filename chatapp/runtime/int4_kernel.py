@@ -301,11 +301,16 @@ PREFILL_TILES_VARIABLE = "CHATAPP_PREFILL_TILES"
 """Set to 0, a prefill's products run as float32 products instead of on AMX-INT8 tiles."""
 
 
+def prefill_tiles_wanted() -> bool:
+    """Whether this process's environment leaves a prefill's products on the tiles (`PREFILL_TILES_VARIABLE`)."""
+    return os.environ.get(PREFILL_TILES_VARIABLE, "1") != "0"
+
+
 def prefill_tiles(wanted: bool = True) -> bool:
     """Run a prefill's int4 products (from 8 tokens) on AMX-INT8 tiles (`kernels/amx_int4.h`:
     activations rounded to 11 bits per block of 32) where this CPU and Linux allow, or (False) as
     float32 products of the dequantized weights; whether they now run on tiles. False where the
-    kernel is not loaded. `load` sets it from `PREFILL_TILES_VARIABLE` (on unless 0)."""
+    kernel is not loaded. `load` sets it from the environment (`prefill_tiles_wanted`)."""
     if _State.loaded:
         return bool(torch.ops.chatapp.prefill_tiles(wanted))
     return False
@@ -328,7 +333,7 @@ def load() -> bool:
                 _build(target)
             torch.ops.load_library(str(target))
             _State.loaded = True
-            prefill_tiles(os.environ.get(PREFILL_TILES_VARIABLE, "1") != "0")
+            prefill_tiles(prefill_tiles_wanted())
             log.info("int4 kernel loaded from %s", target)
             for old in remove_unused(target.parent, "int4_vnni-*.so", keep=target):
                 log.info("removed %s, a build of other sources that nothing used for a long time", old)

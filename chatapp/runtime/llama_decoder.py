@@ -25,6 +25,7 @@ windows, layers spread by Accelerate) run through transformers' modules (`chatap
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
@@ -33,11 +34,13 @@ from torch import nn
 
 from chatapp.runtime import int4_kernel
 from chatapp.runtime.block_linear import ScaledBlocks
-from chatapp.runtime.captured_step import CapturedStep
+from chatapp.runtime.captured_step import CapturedStep, CaptureFailed
 from chatapp.runtime.decoder import Decoder, grown_capacity
 from chatapp.runtime.kernel_switch import KernelSwitch
 from chatapp.runtime.layer_loop import compiled_run_layers, run_layers
 from chatapp.runtime.quantize import NO_ROWS, Int4Linear, OutputHead
+
+log = logging.getLogger(__name__)
 
 _SETTLED = threading.Event()
 _SETTLED.set()  # the kernel_settled of a decoder that never uses the kernel
@@ -225,6 +228,8 @@ class LlamaDecoder(Decoder):
         self.capacity = 0
         self.cache = None  # (layers, 2, kv_heads, capacity, head_dim): keys, values
         self.layer_caches: list[torch.Tensor] = []
+        if self.captured is not None:
+            self.captured.forget()
         self.cos = self.sin = None  # (capacity, head_dim): the rotary angles of every position
 
     def keep(self, n: int) -> None:
@@ -249,6 +254,8 @@ class LlamaDecoder(Decoder):
             cache[..., :held, :] = self.cache[..., :held, :]
         self.cache, self.capacity = cache, capacity
         self.layer_caches = list(cache.unbind(0))  # (2, kv_heads, capacity, head_dim) each
+        if self.captured is not None:  # its recording reads the buffer replaced
+            self.captured.forget()
         # The model's own rotary module, once for every position the buffers can hold.
         positions = torch.arange(capacity, device=self.device).unsqueeze(0)  # (1, capacity)
         probe = torch.empty(0, dtype=self.dtype, device=self.device)
@@ -345,7 +352,12 @@ class LlamaDecoder(Decoder):
             return super().decode_one(token_id, token)
         start = len(self.token_ids)
         self._reserve(start + 1)
-        hidden = self.captured.run(token, start)
+        try:
+            hidden = self.captured.run(token, start)
+        except CaptureFailed as error:
+            log.warning("decoding without a CUDA graph: recording the step failed: %s", error)
+            self.captured = None
+            return super().decode_one(token_id, token)
         self.token_ids.append(token_id)
         return hidden
 

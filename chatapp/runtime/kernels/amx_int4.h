@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include <c10/util/Exception.h>
 #include <immintrin.h>
 
 #include "parallel_rows.h"
@@ -134,9 +135,7 @@ inline void weight_tiles(const uint8_t* codes, const uint16_t* wscales, const ui
                          uint8_t* tiles, float* scales, float* offsets) {
   const int64_t blocks = k / kBlock;
   const __m128i low_nibbles = _mm_set1_epi8(15), high_nibbles = _mm_set1_epi8((char)0xf0);
-  // byte offsets of the 16 rows' first scale: a 32-bit gather's low half is the bfloat16 there
-  const __m512i row_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                 _mm512_set1_epi32((int)(2 * blocks)));
+  alignas(32) uint16_t column[2][kTileRows];  // one block's 16 scales and zeros, as bfloat16
   for (int64_t b = 0; b < blocks; ++b) {
     __m512i words[kTileRows];
     for (int64_t c = 0; c < kTileRows; ++c) {
@@ -151,10 +150,12 @@ inline void weight_tiles(const uint8_t* codes, const uint16_t* wscales, const ui
     transpose_words(words);  // tile row r: the word r of each weight row
     uint8_t* tile = tiles + b * kTileBytes;
     for (int r = 0; r < kTileRows; ++r) _mm512_store_si512((__m512i*)(tile + r * 64), words[r]);
-    const uint16_t* first = wscales + row * blocks + b;
-    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_i32gather_epi32(row_offsets, first, 1), 16));
-    const uint16_t* zero_at = wzeros + row * blocks + b;
-    const __m512 zero = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_i32gather_epi32(row_offsets, zero_at, 1), 16));
+    for (int64_t c = 0; c < kTileRows; ++c) {
+      column[0][c] = wscales[(row + c) * blocks + b];
+      column[1][c] = wzeros[(row + c) * blocks + b];
+    }
+    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i*)column[0])), 16));
+    const __m512 zero = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i*)column[1])), 16));
     _mm512_storeu_ps(scales + b * kTileRows, scale);
     _mm512_storeu_ps(offsets + b * kTileRows, _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), scale, zero));
   }
@@ -174,9 +175,10 @@ inline void add_block(const int32_t* sums, const float* xscales, const float* xs
 }
 
 // out (m, n) (+)= x (m, k) @ w^T on the tiles, on all threads (each takes groups of 16 weight rows);
-// n a multiple of 16, k of 64. Call only where ready().
+// n a multiple of 16, k of 64 (blocks in pairs). Call only where ready().
 inline void int4_product(const float* x, int64_t m, const uint8_t* codes, const uint16_t* wscales,
                          const uint16_t* wzeros, int64_t n, int64_t k, float* out, bool accumulate) {
+  TORCH_CHECK(n % kTileRows == 0 && k % (2 * kBlock) == 0, "amx::int4_product: N must be a multiple of 16, K of 64");
   const int64_t blocks = k / kBlock, padded = (m + kTileRows - 1) / kTileRows * kTileRows;
   std::vector<int8_t> xq(padded * blocks * kDepth, 0);
   std::vector<float> xscales(padded * blocks, 0.0f), xsums(padded * blocks, 0.0f);
