@@ -405,35 +405,29 @@ def describe_choice(
     else:
         top_ids = torch.topk(probabilities, n).indices  # (n,): right whenever n tokens are kept
     numbers = (above + 1, entropy / LN2, log_z)
-    rank_entropy, ids, probs, raws = _to_host(token_id, numbers, top_ids, probabilities, logits)
-    if probs[-1] == 0.0:  # the n-th candidate was filtered out: order the filtered ones by raw
-        order_key = torch.where(probabilities > 0, probabilities, raw_probabilities(logits, log_z) - 1.0)
-        top_ids = torch.topk(order_key, n).indices
-        rank_entropy, ids, probs, raws = _to_host(token_id, numbers, top_ids, probabilities, logits)
-    return Choice(
-        token_id=int(ids[0]),
-        prob=probs[0],
-        raw_prob=raws[0],
-        rank=int(rank_entropy[0]),
-        entropy=rank_entropy[1],
-        top_ids=[int(i) for i in ids[1:]],
-        top_probs=probs[1:],
-        top_raw_probs=raws[1:],
-    )
+    choice = choice_from(packed_numbers(token_id, numbers, top_ids, probabilities, logits))
+    if choice.top_probs and choice.top_probs[-1] == 0.0:  # the n-th candidate was filtered out
+        top_ids = torch.topk(candidate_order(probabilities, raw_probabilities(logits, log_z)), n).indices
+        choice = choice_from(packed_numbers(token_id, numbers, top_ids, probabilities, logits))
+    return choice
 
 
-def _to_host(token_id, numbers, top_ids, probabilities, logits) -> tuple[list[float], ...]:
-    """[rank, entropy], then the ids, sampled and raw probabilities of the chosen token followed by
-    `top_ids`, in one device -> host copy (`numbers`: the rank, the entropy in bits and the
-    log-normaliser, float64). Ids and ranks are exact in float64; the probabilities are float32
-    numbers already."""
+def candidate_order(probabilities: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """`(V,)` keys whose highest are the best candidates: kept tokens by sampled probability
+    first, then filtered-out ones by `raw` probability."""
+    return torch.where(probabilities > 0, probabilities, raw - 1.0)
+
+
+def packed_numbers(token_id: torch.Tensor, numbers: tuple, top_ids: torch.Tensor, probabilities: torch.Tensor,
+                   logits: torch.Tensor) -> torch.Tensor:
+    """float64 `(2 + 3 (n + 1),)` on the logits' device, in `choice_from`'s layout: [rank,
+    entropy], then the ids, sampled and raw probabilities of the chosen token followed by
+    `top_ids` (`numbers`: the rank, the entropy in bits and the log-normaliser, float64). Ids and
+    ranks are exact in float64; the probabilities are float32 numbers already."""
     rank, entropy, log_z = numbers
     ids = torch.cat([token_id.reshape(1), top_ids])  # (n + 1,)
     raw = raw_probabilities_of(logits, ids, log_z)  # (n + 1,)
-    head = torch.stack([rank, entropy])
-    packed = torch.cat([head, ids.double(), probabilities[ids].double(), raw.double()]).tolist()
-    m = len(ids)
-    return packed[:2], packed[2 : 2 + m], packed[2 + m : 2 + 2 * m], packed[2 + 2 * m :]
+    return torch.cat([torch.stack([rank, entropy]), ids.double(), probabilities[ids].double(), raw.double()])
 
 
 @torch.inference_mode()

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from chatapp.lm_head import LN2, lm_head, raw_numbers_in_torch, raw_probabilities, sample_token_ids
+from chatapp.lm_head import (
+    LN2,
+    candidate_order,
+    lm_head,
+    packed_numbers,
+    raw_numbers_in_torch,
+    raw_probabilities,
+    raw_probabilities_of,
+    sample_token_ids,
+)
 
 if TYPE_CHECKING:
     from chatapp.chat.settings import SamplingSettings
@@ -87,13 +96,12 @@ def step_numbers(token: torch.Tensor, probs: torch.Tensor, logits: torch.Tensor,
     log_z, entropy, above = raw_numbers_in_torch(logits, token)  # float64 each
     finite = torch.isfinite(logits.sum()) & torch.isfinite(probs.sum())  # (a tiny temperature overflows)
     rank = torch.where(finite, above + 1, torch.full_like(above, float("nan")))
-    raw = raw_probabilities(logits, log_z)  # (V,)
     n = min(top_n, probs.shape[-1])
-    order_key = torch.where(probs > 0, probs, raw - 1.0)  # kept first, by sampled; then by raw
-    ids = torch.cat([token.reshape(1), torch.topk(order_key, n).indices])  # (n + 1,)
-    parts = [torch.stack([rank, entropy / LN2]), ids.double(), probs[ids].double(), raw[ids].double()]
+    top_ids = torch.topk(candidate_order(probs, raw_probabilities(logits, log_z)), n).indices  # (n,)
+    parts = [packed_numbers(token, (rank, entropy / LN2, log_z), top_ids, probs, logits)]
     if watch_index is not None and watch_index.numel():
         watch_index = watch_index.to(logits.device)  # (the head's, where Accelerate spread the layers)
         ranks = (logits.unsqueeze(0) > logits[watch_index].unsqueeze(1)).sum(-1) + 1  # (W,)
-        parts += [probs[watch_index].double(), raw[watch_index].double(), ranks.double()]
+        raw = raw_probabilities_of(logits, watch_index, log_z)  # (W,)
+        parts += [probs[watch_index].double(), raw.double(), ranks.double()]
     return torch.cat(parts)

@@ -264,25 +264,22 @@ class LlamaDecoder(Decoder):
 
     def _rotary_tables(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin `(T, heads + 2 kv_heads, head_dim)`: rotate q and k, leave v alone."""
-        rotated = self.heads + self.kv_heads
-        shape = (count, rotated + self.kv_heads, self.head_dim)
-        cos_table = torch.ones(shape, dtype=self.dtype, device=self.device)
-        sin_table = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        cos_table[:, :rotated] = self.cos[start : start + count].unsqueeze(1)
-        sin_table[:, :rotated] = self.sin[start : start + count].unsqueeze(1)
-        return cos_table, sin_table
+        return self._rotary_tables_of(self.cos[start : start + count], self.sin[start : start + count])
 
     def rotary_tables_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_rotary_tables` for positions given on the device `(T,)`, read without slicing by a
         host number."""
+        return self._rotary_tables_of(self.cos.index_select(0, positions), self.sin.index_select(0, positions))
+
+    def _rotary_tables_of(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables of `_rotary_tables` from the angles' rows `(T, head_dim)` of the positions."""
         rotated = self.heads + self.kv_heads
-        cos, sin = self.cos.index_select(0, positions), self.sin.index_select(0, positions)  # (T, head_dim)
-        shape = (positions.shape[0], self.kv_heads, self.head_dim)
-        ones = torch.ones(shape, dtype=self.dtype, device=self.device)
-        zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        cos_table = torch.cat([cos.unsqueeze(1).expand(-1, rotated, -1), ones], 1)
-        sin_table = torch.cat([sin.unsqueeze(1).expand(-1, rotated, -1), zeros], 1)
-        return cos_table, sin_table  # (T, heads + 2 kv_heads, head_dim) each
+        shape = (cos.shape[0], rotated + self.kv_heads, self.head_dim)
+        cos_table = torch.ones(shape, dtype=self.dtype, device=self.device)
+        sin_table = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        cos_table[:, :rotated] = cos.unsqueeze(1)
+        sin_table[:, :rotated] = sin.unsqueeze(1)
+        return cos_table, sin_table
 
     @torch.inference_mode()
     def decode_choosing(self, token_id: int, head, choice: tuple) -> tuple[torch.Tensor, ...] | None:

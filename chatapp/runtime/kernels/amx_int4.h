@@ -14,7 +14,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include <c10/util/Exception.h>
@@ -63,13 +62,6 @@ inline void configure_tiles() {
   TileConfig config;
   for (int tile : {0, 1, 2, 3, 4, 5}) config.rows[tile] = kTileRows, config.colsb[tile] = kDepth;
   _tile_loadconfig(&config);
-}
-
-inline float bf16_to_float(uint16_t bits) {
-  const uint32_t wide = (uint32_t)bits << 16;
-  float value;
-  std::memcpy(&value, &wide, 4);
-  return value;
 }
 
 // Rows [begin, end) of x (K floats each) rounded per block to 11 bits: `codes` in the tiles'

@@ -280,7 +280,7 @@ at::Tensor divided(const at::Tensor& scores, double temperature) {
 // these settings (top_p 1: off; min_p 0: off; penalty 1 or no previous ids: off), with the
 // draw from `generator`. Returns float64 numbers: the token's raw rank (1-based), the raw
 // entropy in bits, then the ids, sampled probabilities and raw probabilities of the token and
-// the best min(top_n, V) candidates (chatapp.lm_head._to_host's order); and the kept tokens' ids
+// the best min(top_n, V) candidates (chatapp.lm_head.packed_numbers' order); and the kept tokens' ids
 // (ascending) and probabilities. All three are empty when a logit is NaN or infinite.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> choose_token(const at::Tensor& logits, double temperature, int64_t k,
                                                             double top_p, double min_p, double penalty,
